@@ -1,0 +1,13 @@
+"""Config section `algo` (owned by the algo issue; every key here must be read by code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AlgoConfig:
+    """Placeholder until the owning issue adds its keys."""
+
+    def check(self) -> None:
+        """Range checks; raise ValueError('key: why') so the loader can name the key."""
