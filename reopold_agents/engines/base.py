@@ -1,0 +1,92 @@
+"""The engine interface: what the rollout needs from a generator (HF in-process, vLLM on GPU).
+
+An engine turns token-id prompts (plus images for VL models) into sampled continuations and returns
+the *exact* ids it sampled with their log-probs, so the rollout never re-tokenises text. Log-probs are
+those of the raw model distribution (temperature 1, no top-k/top-p renormalisation): that is what the
+learner recomputes as pi_old / pi_theta, so the importance ratio is 1 on-policy.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. ``temperature == 0`` means greedy; ``top_k == 0`` and ``top_p == 1`` disable them.
+
+    Generation stops at the tokenizer's EOS (``<|im_end|>``) or at any id in ``stop_token_ids``
+    (typically the ``</tool_call>`` id). ``seed`` makes sampling reproducible (None: unseeded).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0 (0 disables), got {self.top_k}")
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt as token ids. For VL models ``prompt_ids`` already holds every image's expanded
+    ``<|image_pad|>`` run (see ``reopold_agents.chat``) and ``images`` the PIL images in order of
+    appearance. ``model_inputs`` may carry the already processed tensors of those images
+    (``pixel_values``, ``image_grid_thw``) so an in-process engine does not process them twice;
+    engines that take raw images (vLLM) use ``images``.
+    """
+
+    prompt_ids: list[int]
+    images: list[Any] = field(default_factory=list)
+    model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Generation:
+    """The sampled continuation: ``token_ids`` exactly as sampled (a stop token, if hit, is the last
+    id; nothing is appended after it) and ``logprobs[i] = log p(token_ids[i] | prompt, token_ids[:i])``
+    under the raw model distribution."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(f"{len(self.token_ids)} token ids but {len(self.logprobs)} log-probs")
+
+
+class Engine(ABC):
+    """A student (or teacher) generator. Implementations: ``hf`` (in-process), ``vllm`` (GPU)."""
+
+    @abstractmethod
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
+        """Sample one continuation per request (same order)."""
+
+    @abstractmethod
+    def load_weights(self, model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor]) -> None:
+        """Sync the generator's weights from the learner (a module or a state dict) after an update."""
+
+    def score(self, requests: list[GenerationRequest]) -> list[list[float]]:
+        """Log-probs of each request's own ``prompt_ids`` (teacher scoring), *target-aligned*:
+        entry ``t`` is ``log p(prompt_ids[t] | prompt_ids[:t])`` and entry 0 is 0.0."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score sequences")
+
+    def close(self) -> None:
+        """Release resources (GPU memory, worker processes)."""
