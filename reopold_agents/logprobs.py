@@ -1,0 +1,270 @@
+"""Memory-lean per-token log-probs and entropy: logits are built chunk by chunk, never as one tensor.
+
+A full fp32 log-softmax over ``[tokens, vocab]`` costs ``4 * N * V`` bytes (8k tokens x 151,657 vocab is
+~5 GB), and autograd would keep it alive for the backward. Here the forward walks over chunks of
+``chunk_size`` tokens, computes their logits from the hidden states and the ``lm_head`` weight, keeps
+only the gathered log-probs, the entropy and the log-sum-exp per token, and the backward recomputes
+each chunk's logits to form its gradient. Peak extra memory is ``O(chunk_size * V)`` both ways.
+
+All ``[B, T]`` outputs are *target-aligned* (docs/ARCHITECTURE.md): entry ``t`` is
+``log p(input_ids[t] | input_ids[<t])`` computed from the hidden state at ``t - 1``; entry 0 and
+padding positions are 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class _ChunkedGatherLogprobs(torch.autograd.Function):
+    """``logp[n, k] = log_softmax(hidden[n] @ W.T + b)[targets[n, k]]`` (+ entropy), chunked over n.
+
+    Gradients flow to ``hidden``, ``weight`` and ``bias`` through the log-probs only; the entropy is
+    a non-differentiable by-product (it is used for token selection and metrics, never trained on).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, with_entropy: bool):  # type: ignore[override]
+        n = hidden.shape[0]
+        k = targets.shape[1]
+        acc = _acc_dtype(weight)
+        logp = hidden.new_empty((n, k), dtype=acc)
+        lse_all = hidden.new_empty((n,), dtype=acc)
+        entropy = hidden.new_zeros((n,), dtype=acc) if with_entropy else hidden.new_zeros((0,))
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            logits = _chunk_logits(hidden[start:end], weight, bias)
+            lse = torch.logsumexp(logits, dim=-1)
+            lse_all[start:end] = lse
+            logp[start:end] = logits.gather(1, targets[start:end]) - lse[:, None]
+            if with_entropy:
+                # H = lse - sum_v p_v z_v, with p = exp(z - lse); no [chunk, V] tensor survives the loop.
+                probs = torch.exp(logits - lse[:, None])
+                entropy[start:end] = lse - (probs * logits).sum(dim=-1)
+            del logits
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_zeros(0), targets, lse_all)
+        ctx.has_bias = bias is not None
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):  # type: ignore[override]
+        hidden, weight, bias, targets, lse_all = ctx.saved_tensors
+        bias_t = bias if ctx.has_bias else None
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        acc = lse_all.dtype
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        n = hidden.shape[0]
+        for start in range(0, n, ctx.chunk_size):
+            end = min(start + ctx.chunk_size, n)
+            g = grad_logp[start:end].to(acc)  # [c, K]
+            if not torch.any(g):
+                continue
+            logits = _chunk_logits(hidden[start:end], weight, bias_t)
+            # d logp[k] / d z = onehot(target_k) - softmax(z); summed over k with weights g[k].
+            grad_z = torch.exp(logits - lse_all[start:end, None]).mul_(-g.sum(dim=1, keepdim=True))
+            grad_z.scatter_add_(1, targets[start:end], g)
+            del logits
+            if need_h:
+                grad_h[start:end] = (grad_z.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_w:
+                grad_w.addmm_(grad_z.t(), hidden[start:end].to(acc))
+            if need_b:
+                grad_b += grad_z.sum(dim=0)
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """fp32 logits of one chunk; the matmul runs in the weight's dtype (bf16 on GPU), then upcasts."""
+    logits = hidden.to(weight.dtype) @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    return logits.to(_acc_dtype(weight))
+
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: fp32 for fp32/bf16/fp16 weights, fp64 kept for exact reference checks."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def chunked_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``targets`` under ``softmax(hidden @ weight.T + bias)`` without a full logits tensor.
+
+    ``hidden`` is ``[N, H]``, ``weight`` ``[V, H]``, ``targets`` ``[N]`` or ``[N, K]`` (several ids per
+    position, e.g. a teacher's top-k). Returns fp32 log-probs shaped like ``targets`` and, if asked,
+    the fp32 entropy ``[N]`` (no gradient).
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not match")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    squeeze = targets.dim() == 1
+    tgt = targets[:, None] if squeeze else targets
+    if tgt.shape[0] != hidden.shape[0]:
+        raise ValueError(f"{tgt.shape[0]} targets for {hidden.shape[0]} hidden states")
+    tgt = tgt.long()
+    if tgt.numel() and (int(tgt.min()) < 0 or int(tgt.max()) >= weight.shape[0]):
+        raise ValueError(f"target ids must lie in [0, {weight.shape[0]}), got [{int(tgt.min())}, {int(tgt.max())}]")
+    logp, entropy = _ChunkedGatherLogprobs.apply(hidden, weight, bias, tgt, int(chunk_size), bool(with_entropy))
+    return (logp[:, 0] if squeeze else logp), (entropy if with_entropy else None)
+
+
+def chunked_logprobs_from_logits(
+    logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same as :func:`chunked_logprobs` for callers that already hold ``[N, V]`` logits.
+
+    The logits themselves exist, but the fp32 log-softmax is only ever built for one chunk: each chunk
+    is upcast, reduced and (with grad) checkpointed, so autograd keeps no ``[N, V]`` fp32 copy.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [N, V], got {tuple(logits.shape)}")
+    squeeze = targets.dim() == 1
+    tgt = (targets[:, None] if squeeze else targets).long()
+    outs, ents = [], []
+
+    def one(chunk: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = chunk.to(_acc_dtype(chunk))
+        lse = torch.logsumexp(z, dim=-1)
+        lp = z.gather(1, t) - lse[:, None]
+        with torch.no_grad():
+            ent = lse - (torch.softmax(z, dim=-1) * z).sum(-1) if with_entropy else lse.new_zeros(0)
+        return lp, ent
+
+    for start in range(0, logits.shape[0], chunk_size):
+        end = min(start + chunk_size, logits.shape[0])
+        if logits.requires_grad:
+            lp, ent = checkpoint(one, logits[start:end], tgt[start:end], use_reentrant=False)
+        else:
+            lp, ent = one(logits[start:end], tgt[start:end])
+        outs.append(lp)
+        ents.append(ent.detach())
+    logp = torch.cat(outs) if outs else logits.new_zeros((0, tgt.shape[1]), dtype=torch.float32)
+    entropy = torch.cat(ents) if (with_entropy and ents) else (logits.new_zeros(0) if with_entropy else None)
+    return (logp[:, 0] if squeeze else logp), entropy
+
+
+def _hidden_and_head(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any] | None
+) -> tuple[torch.Tensor, nn.Linear]:
+    """Last hidden states of the base model (no logits) and the LM head that maps them to the vocab.
+
+    Works for Qwen2ForCausalLM and Qwen2.5-VL (``model_inputs`` carries ``pixel_values`` and
+    ``image_grid_thw``; the base model builds the multimodal rope positions itself).
+    """
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or not isinstance(head, nn.Linear):
+        raise TypeError(f"{type(model).__name__}: need a base model and a Linear lm_head for chunked log-probs")
+    if getattr(getattr(model, "config", None), "final_logit_softcapping", None):
+        raise NotImplementedError("final_logit_softcapping is not supported by the chunked log-prob path")
+    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **(model_inputs or {}))
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden, head
+
+
+def model_token_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    model_inputs: dict[str, Any] | None = None,
+    with_entropy: bool = False,
+    chunk_size: int = 1024,
+    target_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target-aligned log-probs ``[B, T]`` of ``input_ids`` (and student entropy ``[B, T]``) from ``model``.
+
+    Entry ``[b, t]`` is ``log p(input_ids[b, t] | input_ids[b, <t])``; entry 0 and padded positions
+    (``attention_mask == 0``) are 0. With ``target_ids`` ``[B, T, K]`` the log-probs of those ids at
+    each position are returned instead (``[B, T, K]``; used for GKD's teacher top-k support).
+    Differentiable w.r.t. the model's parameters through the log-probs; entropy carries no gradient.
+    """
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} / attention_mask {tuple(attention_mask.shape)} mismatch")
+    bsz, length = input_ids.shape
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs)
+    # Positions 1..T-1 whose token is real are predicted by hidden states 0..T-2.
+    valid = attention_mask[:, 1:].bool()
+    rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    if target_ids is None:
+        tgt = input_ids[:, 1:].reshape(-1).index_select(0, rows)
+    else:
+        if target_ids.shape[:2] != input_ids.shape:
+            raise ValueError(f"target_ids {tuple(target_ids.shape)} must be [B, T, K] with [B, T] = {(bsz, length)}")
+        tgt = target_ids[:, 1:].reshape(-1, target_ids.shape[-1]).index_select(0, rows)
+    logp_flat, ent_flat = chunked_logprobs(h, head.weight, tgt, head.bias, chunk_size, with_entropy)
+    out_shape = (bsz, length) if target_ids is None else (bsz, length, target_ids.shape[-1])
+    logp = logp_flat.new_zeros((bsz * (length - 1),) + out_shape[2:]).index_copy(0, rows, logp_flat)
+    logp = torch.cat([logp_flat.new_zeros((bsz, 1) + out_shape[2:]), logp.view((bsz, length - 1) + out_shape[2:])], 1)
+    entropy = None
+    if ent_flat is not None:
+        ent = ent_flat.new_zeros(bsz * (length - 1)).index_copy(0, rows, ent_flat)
+        entropy = torch.cat([ent_flat.new_zeros((bsz, 1)), ent.view(bsz, length - 1)], dim=1)
+    return logp, entropy
+
+
+@torch.no_grad()
+def model_topk_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    k: int,
+    model_inputs: dict[str, Any] | None = None,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target-aligned top-``k`` log-probs and ids ``[B, T, k]`` of ``model``'s next-token distribution.
+
+    Entry ``[b, t]`` describes the distribution that predicts position ``t`` (from the hidden state at
+    ``t - 1``), the support GKD's supervised top-k KL is taken over. Entry 0 and padding hold id 0 and
+    log-prob 0. Ties among equal logits resolve to the smaller id (``torch.topk`` on CPU/GPU is not
+    guaranteed stable, so ids are re-sorted by (value desc, id asc)).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    bsz, length = input_ids.shape
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs)
+    valid = attention_mask[:, 1:].bool()
+    rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    vals_l, ids_l = [], []
+    for start in range(0, h.shape[0], chunk_size):
+        logits = _chunk_logits(h[start : start + chunk_size], head.weight, head.bias)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        v, i = torch.topk(logits, k=min(k, logits.shape[-1]), dim=-1)
+        # Deterministic order: by value desc, then id asc.
+        order = torch.argsort(i, dim=-1, stable=True)
+        v, i = v.gather(1, order), i.gather(1, order)
+        order = torch.argsort(-v, dim=-1, stable=True)
+        vals_l.append((v.gather(1, order) - lse))
+        ids_l.append(i.gather(1, order))
+    kk = min(k, head.weight.shape[0])
+    vals = torch.cat(vals_l) if vals_l else h.new_zeros((0, kk), dtype=torch.float32)
+    ids = torch.cat(ids_l) if ids_l else torch.zeros((0, kk), dtype=torch.long, device=h.device)
+    out_v = vals.new_zeros((bsz * (length - 1), kk)).index_copy(0, rows, vals)
+    out_i = ids.new_zeros((bsz * (length - 1), kk)).index_copy(0, rows, ids)
+    pad_v = vals.new_zeros((bsz, 1, kk))
+    pad_i = ids.new_zeros((bsz, 1, kk))
+    return torch.cat([pad_v, out_v.view(bsz, length - 1, kk)], 1), torch.cat([pad_i, out_i.view(bsz, length - 1, kk)], 1)
