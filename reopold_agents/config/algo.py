@@ -1,13 +1,66 @@
-"""Config section `algo` (owned by the algo issue; every key here must be read by code)."""
+"""Config section `algo`: the training objective and every one of its knobs (docs/objective.md).
+
+Presets live in configs/algo/{reopold,opd,grpo,gkd,opd_outcome}.yaml; ablations are one override
+(``algo.reward_clip=false``, ``algo.stage2_rule=all``, ``algo.stage_switch=0``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+ALGO_NAMES = ("reopold", "opd", "opd_outcome", "grpo", "gkd")
+SELECTION_RULES = ("all", "entropy", "reward_floor")
+AGGREGATIONS = ("token_mean", "seq_mean")
+KL_DIRECTIONS = ("reverse", "forward")
+
 
 @dataclass
 class AlgoConfig:
-    """Placeholder until the owning issue adds its keys."""
+    """Objective family (``name``) plus its knobs; defaults are REOPOLD's (arXiv 2603.11137)."""
+
+    name: str = "reopold"  # reopold | opd | opd_outcome (token reward) | grpo (outcome) | gkd (top-k KL)
+    reward_clip: bool = True  # mixture-based clipping r_hat = max(r, log(lambda / (1 - lambda)))
+    clip_lambda: float = 0.2  # lambda in (0, 1); floor log(0.25) ~ -1.386; also the reward_floor rule's floor
+    beta: float = 0.5  # fraction of trainable tokens kept by the "entropy" rule (top by student entropy)
+    stage_switch: float = 0.5  # fraction of trainer.total_steps spent in stage 1 (0: stage 2 only, 1: stage 1 only)
+    stage1_rule: str = "reward_floor"  # exploration stage token rule: all | entropy | reward_floor
+    stage2_rule: str = "entropy"  # refinement stage token rule: all | entropy | reward_floor
+    ppo_clip_low: float = 0.2  # rho clipped to [1 - low, 1 + high] in the surrogate
+    ppo_clip_high: float = 0.2
+    aggregation: str = "token_mean"  # token_mean | seq_mean
+    outcome_coef: float = 0.0  # opd_outcome: A_t = r_hat_t + outcome_coef * A_group(outcome)
+    grpo_std_norm: bool = True  # GRPO advantage (R - mean_group) / (std_group + eps); false: mean-centred only
+    gkd_topk: int = 8  # teacher top-k support size for gkd (teacher scoring fills k ids per position)
+    gkd_direction: str = "reverse"  # gkd: reverse KL(student || teacher) or forward KL(teacher || student)
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
+        if self.name not in ALGO_NAMES:
+            raise ValueError(f"name: {self.name!r} is not one of {ALGO_NAMES}")
+        if not 0.0 < self.clip_lambda < 1.0:
+            raise ValueError(f"clip_lambda: must lie in (0, 1), got {self.clip_lambda}")
+        if not 0.0 < self.beta <= 1.0:
+            raise ValueError(f"beta: must lie in (0, 1], got {self.beta}")
+        if not 0.0 <= self.stage_switch <= 1.0:
+            raise ValueError(f"stage_switch: must lie in [0, 1], got {self.stage_switch}")
+        for key in ("stage1_rule", "stage2_rule"):
+            rule = getattr(self, key)
+            if rule not in SELECTION_RULES:
+                raise ValueError(f"{key}: {rule!r} is not one of {SELECTION_RULES}")
+            if rule == "reward_floor" and self.name in ("grpo", "gkd"):
+                raise ValueError(f"{key}: 'reward_floor' needs a teacher token reward, which {self.name} has not")
+        for key in ("ppo_clip_low", "ppo_clip_high"):
+            if getattr(self, key) <= 0.0:
+                raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.ppo_clip_low >= 1.0:
+            raise ValueError(f"ppo_clip_low: must be < 1 (rho >= 1 - low > 0), got {self.ppo_clip_low}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation: {self.aggregation!r} is not one of {AGGREGATIONS}")
+        if self.outcome_coef < 0.0:
+            raise ValueError(f"outcome_coef: must be >= 0, got {self.outcome_coef}")
+        if self.name == "opd_outcome" and self.outcome_coef == 0.0:
+            raise ValueError("outcome_coef: opd_outcome needs a positive coefficient (0 is plain OPD)")
+        if self.gkd_topk < 1:
+            raise ValueError(f"gkd_topk: must be >= 1, got {self.gkd_topk}")
+        if self.gkd_direction not in KL_DIRECTIONS:
+            raise ValueError(f"gkd_direction: {self.gkd_direction!r} is not one of {KL_DIRECTIONS}")

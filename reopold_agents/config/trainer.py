@@ -1,13 +1,65 @@
-"""Config section `trainer` (owned by the trainer issue; every key here must be read by code)."""
+"""Config section `trainer`: the learner's optimisation keys and the run loop's keys.
+
+Learner keys (read by reopold_agents/learner.py): lr, weight_decay, betas, eps, max_grad_norm,
+warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, logprob_chunk_size, total_steps.
+Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
+seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
 class TrainerConfig:
-    """Placeholder until the owning issue adds its keys."""
+    # optimiser (AdamW) and LR schedule
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still measured and logged)
+    warmup_steps: int = 0  # linear warm-up from 0 to lr over this many learner steps
+    lr_schedule: str = "constant"  # after warm-up: constant | cosine | linear decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0
+    # PPO-style reuse of one rollout batch
+    ppo_epochs: int = 1  # passes over the batch per learner step
+    num_minibatches: int = 1  # optimizer steps per epoch (the batch split along sequences)
+    logprob_chunk_size: int = 1024  # tokens per chunk in the memory-lean log-prob/entropy pass
+    # run loop
+    total_steps: int = 100  # learner steps; also sets the stage switch (algo.stage_switch) and LR decay
+    prompts_per_step: int = 8  # distinct prompts per rollout batch
+    group_size: int = 4  # rollouts per prompt (GRPO groups share a group_id)
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    save_every: int = 50  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest N checkpoints kept
+    resume: bool = False  # continue from latest_checkpoint(output_dir/checkpoints)
+    log_every: int = 1
+    eval_every: int = 0  # 0 disables periodic evaluation
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: need two values in [0, 1), got {list(self.betas)}")
+        if self.eps <= 0:
+            raise ValueError(f"eps: must be > 0, got {self.eps}")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm: must be >= 0, got {self.max_grad_norm}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio: must lie in [0, 1], got {self.min_lr_ratio}")
+        for key in ("ppo_epochs", "num_minibatches", "logprob_chunk_size", "total_steps", "prompts_per_step",
+                    "group_size", "keep_checkpoints", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "save_every", "eval_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
