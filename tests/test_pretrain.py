@@ -1,0 +1,76 @@
+"""SFT of the tiny teacher/student: masks cover assistant turns only, training is seeded and learns."""
+
+from __future__ import annotations
+
+import torch
+
+from reopold_agents.pretrain import SFTConfig, sft_loss, sft_train, tokenize_demonstration
+from reopold_agents.testing import build_tokenizer, tiny_qwen2
+
+SYSTEM = {"role": "system", "content": "Use the calculator."}
+
+
+def _demo(a: int, b: int) -> list[dict]:
+    return [
+        SYSTEM,
+        {"role": "user", "content": f"What is {a} + {b}?"},
+        {"role": "assistant", "content": f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{a} + {b}"}}}}</tool_call>'},
+        {"role": "tool", "content": str(a + b)},
+        {"role": "assistant", "content": f"The answer is \\boxed{{{a + b}}}."},
+    ]
+
+
+def test_mask_covers_exactly_the_assistant_turns():
+    tok = build_tokenizer()
+    msgs = _demo(347, 29)
+    ex = tokenize_demonstration(tok, msgs)
+    # Segment-wise ids equal the one-shot tokenisation of the rendered conversation here (no merges
+    # across turn boundaries in this template), minus the trailing newline after the last turn.
+    full = tok(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert ex.input_ids == full[: len(ex.input_ids)]
+    trained = tok.decode([i for i, m in zip(ex.input_ids, ex.loss_mask) if m])
+    expected = msgs[2]["content"] + "<|im_end|>" + msgs[4]["content"] + "<|im_end|>"
+    assert trained == expected
+    # Tool result and user/system text never carry loss.
+    untrained = tok.decode([i for i, m in zip(ex.input_ids, ex.loss_mask) if not m])
+    assert "<tool_response>\n376\n</tool_response>" in untrained and "What is 347 + 29?" in untrained
+
+
+def test_no_assistant_turn_is_an_error():
+    tok = build_tokenizer()
+    try:
+        tokenize_demonstration(tok, [SYSTEM, {"role": "user", "content": "hi"}])
+    except ValueError as exc:
+        assert "no assistant turn" in str(exc)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_sft_loss_matches_brute_force():
+    tok = build_tokenizer()
+    torch.set_num_threads(1)
+    model = tiny_qwen2(tok, seed=1)
+    exs = [tokenize_demonstration(tok, _demo(a, b)) for a, b in [(1, 2), (30, 45)]]
+    got = sft_loss(model, exs, tok.pad_token_id)
+    total, count = 0.0, 0
+    for ex in exs:  # one sequence at a time, no padding, explicit per-token log-softmax
+        logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        for t in range(1, len(ex.input_ids)):
+            if ex.loss_mask[t]:
+                total += -logp[t - 1, ex.input_ids[t]].item()
+                count += 1
+    assert abs(got.item() - total / count) < 1e-4
+
+
+def test_sft_is_seeded_and_lowers_the_loss():
+    tok = build_tokenizer()
+    torch.set_num_threads(1)
+    exs = [tokenize_demonstration(tok, _demo(a, a + 1)) for a in range(12)]
+    cfg = SFTConfig(steps=25, batch_size=4, lr=3e-3, warmup=5, seed=3)
+    m1, m2 = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=0)
+    l1 = sft_train(m1, exs, cfg, tok.pad_token_id, progress=False)
+    l2 = sft_train(m2, exs, cfg, tok.pad_token_id, progress=False)
+    assert l1 == l2
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
+    assert sum(l1[-5:]) / 5 < 0.5 * sum(l1[:5]) / 5
