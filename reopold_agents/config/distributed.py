@@ -1,13 +1,64 @@
-"""Config section `distributed` (owned by the distributed issue; every key here must be read by code)."""
+"""Config section `distributed`: where the roles (rollout, teacher, learner) run; never *what* they compute.
+
+``backend=single`` keeps everything in one process (the default); ``backend=ray`` places rollout
+workers, teacher scorers and the learner as Ray actors. Everything else (rollout function, scoring,
+loss) is shared code, so switching backends changes placement only. Read by
+``reopold_agents.distributed`` (backends, actors, accelerate learner).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+BACKENDS = ("single", "ray")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LEARNER_STRATEGIES = ("auto", "plain", "ddp", "fsdp")
+
 
 @dataclass
 class DistributedConfig:
-    """Placeholder until the owning issue adds its keys."""
+    """Placement, fault tolerance and the learner's accelerate settings."""
+
+    backend: str = "single"  # single | ray
+    address: str | None = None  # Ray cluster address ("auto", "ray://host:10001"); None: start a local one
+    local_num_cpus: int = 2  # CPUs a locally started Ray cluster advertises (ignored with `address`)
+    num_rollout_workers: int = 1  # RolloutWorker actors, each with its own engine and envs/sandboxes
+    num_teacher_workers: int = 1  # TeacherWorker actors scoring shards of the batch
+    rollout_chunk_size: int = 4  # tasks per unit of work: load balancing, seeding and the redo unit
+    cpus_per_rollout_worker: float = 1.0
+    gpus_per_rollout_worker: float = 0.0
+    cpus_per_teacher: float = 0.0  # 0: scoring is bursty, do not hold a CPU slot for it
+    gpus_per_teacher: float = 0.0
+    cpus_per_learner: float = 0.0
+    gpus_per_learner: float = 0.0
+    max_restarts: int = 3  # Ray restarts of a crashed actor (per actor)
+    max_chunk_retries: int = 3  # times one chunk may be redone after worker crashes before giving up
+    restart_timeout_s: float = 120.0  # how long to wait for a crashed worker to come back
+    async_rollout: bool = False  # rollouts of step k+1 overlap the update of step k (policy lag 1)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast + grad scaling for fp16)
+    grad_accumulation: int = 1  # micro-batches per optimiser step in the accelerate learner
+    learner_strategy: str = "auto"  # auto (fsdp on >1 GPU, else plain) | plain | ddp | fsdp
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision: must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if self.learner_strategy not in LEARNER_STRATEGIES:
+            raise ValueError(
+                f"learner_strategy: must be one of {', '.join(LEARNER_STRATEGIES)}, got {self.learner_strategy!r}"
+            )
+        for key in ("num_rollout_workers", "num_teacher_workers", "rollout_chunk_size", "grad_accumulation",
+                    "local_num_cpus"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("max_restarts", "max_chunk_retries"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("cpus_per_rollout_worker", "gpus_per_rollout_worker", "cpus_per_teacher", "gpus_per_teacher",
+                    "cpus_per_learner", "gpus_per_learner"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.restart_timeout_s <= 0:
+            raise ValueError(f"restart_timeout_s: must be > 0, got {self.restart_timeout_s}")
