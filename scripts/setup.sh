@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   need=()
   command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+  command -v dockerd >/dev/null 2>&1 || need+=(docker.io)  # docker sandbox tests start their own dockerd
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
