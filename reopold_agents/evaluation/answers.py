@@ -1,0 +1,81 @@
+"""Answer extraction and normalisation for majority voting.
+
+Voting needs a key per sample such that equivalent answers collide. Samples the environment verified as
+correct are all equivalent to the gold answer, so they vote for the gold key (math-verify decides
+equivalence, e.g. "0.5" vs "\\frac{1}{2}"). Other samples vote for their normalised extracted answer;
+a sample with no extractable answer abstains.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any
+
+_ANSWER_PATTERNS = (
+    re.compile(r"<answer>(.*?)</answer>", re.S | re.I),
+    re.compile(r"final answer\s*(?:is|:)\s*(.+)", re.I),
+    re.compile(r"answer\s*(?:is|:)\s*(.+)", re.I),
+)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, or None."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth, j = 1, i
+    while j < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        j += 1
+    return text[i : j - 1] if depth == 0 else None
+
+
+def extract_answer(text: str) -> str | None:
+    """The model's final answer in ``text``: last boxed expression, else an "answer is/Answer:" phrase,
+    else an ``<answer>`` tag, else the last number; None if nothing answer-like is present."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    for pattern in _ANSWER_PATTERNS:
+        hits = pattern.findall(text)
+        if hits:
+            return hits[-1].strip().splitlines()[0].strip() if hits[-1].strip() else None
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def _latex_to_plain(s: str) -> str:
+    s = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", s)
+    s = re.sub(r"\\text\{([^{}]*)\}|\\mathrm\{([^{}]*)\}", lambda m: m.group(1) or m.group(2) or "", s)
+    for token in ("\\left", "\\right", "\\!", "\\,", "\\;", "$", "\\%", "%", "^\\circ", "^{\\circ}", "°"):
+        s = s.replace(token, "")
+    return s
+
+
+def normalize_answer(answer: Any) -> str | None:
+    """A canonical string for voting: numbers become reduced fractions ("0.50" -> "1/2", "1,000" ->
+    "1000"), LaTeX fractions/text wrappers are unwrapped, case and whitespace are ignored."""
+    if answer is None:
+        return None
+    s = _latex_to_plain(str(answer)).strip().rstrip(".").strip()
+    s = re.sub(r"\s+", "", s).lower()
+    if not s:
+        return None
+    plain = s.replace("(", "").replace(")", "")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", plain):
+        plain = plain.replace(",", "")
+    try:
+        value = Fraction(plain)
+    except (ValueError, ZeroDivisionError):
+        return s
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+def vote_key(extracted: str | None, correct: bool, gold: Any) -> str | None:
+    """The key a sample votes for: the gold key if verified correct, else its normalised answer."""
+    if correct and gold is not None:
+        return normalize_answer(gold)
+    return normalize_answer(extracted)
