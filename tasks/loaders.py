@@ -1,0 +1,290 @@
+"""Load benchmark suites from local files into `Task` records (nothing is downloaded).
+
+Sources (``load_tasks(path_or_name, ...)``):
+
+- ``synthetic:<kind>`` (math, vqa, toolqa): the seeded generators, ``size``/``seed``/``difficulty``.
+- a ``.jsonl`` / ``.json`` / ``.parquet`` file;
+- a directory written by ``datasets.Dataset(Dict).save_to_disk`` (needs the ``datasets`` package), or a
+  directory holding ``<split>.jsonl`` / ``<split>.parquet`` / ``data/<split>-*.parquet`` files;
+- a bare name (``gsm8k``) looked up as such a file or directory under ``$REOPOLD_DATA``.
+
+Rows are mapped field by field (docs/envs.md lists the schemas): GSM8K (``question``, ``answer`` with
+``#### final``), MATH-500 / AIME (``problem``, ``answer`` or ``solution`` with ``\\boxed{}``), MathVista
+(``pid``, ``question``, ``image``/``decoded_image``, ``choices``, ``question_type``, ``answer_type``),
+Geometry3K (``problem`` with ``<image>``, ``images``, ``choices``), tool use (``question``, ``answer``,
+``tools``, ``demonstration``). Missing required fields fail with the row number and the fields found.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tasks.record import Task
+
+QUESTION_KEYS = ("question", "problem", "prompt", "query", "input", "Question", "Problem")
+ANSWER_KEYS = ("answer", "final_answer", "label", "target", "Answer")
+ID_KEYS = ("id", "pid", "unique_id", "problem_id", "idx", "ID", "task_id")
+IMAGE_KEYS = ("images", "decoded_image", "image", "image_path")
+CHOICE_KEYS = ("choices", "options")
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+class TaskLoadError(ValueError):
+    """A task file is missing, unreadable or has rows that do not map onto `Task`."""
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None."""
+    matches = list(_BOXED.finditer(text))
+    if not matches:
+        return None
+    start = matches[-1].end()
+    depth = 1
+    for j in range(start, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:j].strip()
+    return None
+
+
+def load_tasks(
+    path_or_name: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    difficulty: int = 1,
+    size: int = 1000,
+) -> Sequence[Task]:
+    """Tasks from a synthetic generator, a local file/directory or a name under ``$REOPOLD_DATA``."""
+    source = str(path_or_name)
+    if source.startswith("synthetic:"):
+        from tasks.synthetic import generate
+
+        n = size if limit is None else min(size, limit)
+        return generate(source.split(":", 1)[1], size=n, seed=seed, difficulty=difficulty)
+    path = _resolve(source)
+    rows, base = _read_rows(path, split)
+    tasks: list[Task] = []
+    for i, row in enumerate(rows):
+        if limit is not None and len(tasks) >= limit:
+            break
+        tasks.append(row_to_task(row, index=i, stem=path.stem, base_dir=base))
+    if not tasks:
+        raise TaskLoadError(f"{path}: no tasks found" + (f" in split {split!r}" if split else ""))
+    return tasks
+
+
+def _resolve(source: str) -> Path:
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    tried = [str(path)]
+    data_dir = os.environ.get("REOPOLD_DATA")
+    if data_dir and os.sep not in source:
+        for cand in (Path(data_dir) / source, *(Path(data_dir) / f"{source}{ext}" for ext in (".jsonl", ".json", ".parquet"))):
+            tried.append(str(cand))
+            if cand.exists():
+                return cand
+    hint = "" if data_dir else " (set $REOPOLD_DATA to a folder of suites to load them by name)"
+    raise TaskLoadError(f"task source {source!r} not found; tried: {', '.join(tried)}{hint}")
+
+
+def _read_rows(path: Path, split: str | None) -> tuple[Iterable[dict[str, Any]], Path]:
+    if path.is_dir():
+        if any((path / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            return _read_saved_dataset(path, split), path
+        files = _split_files(path, split or "test")
+        rows: list[dict[str, Any]] = []
+        for f in files:
+            rows.extend(_read_rows(f, None)[0])
+        return rows, path
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path), path.parent
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and split and split in data:
+            data = data[split]
+        if not isinstance(data, list):
+            raise TaskLoadError(f"{path}: expected a JSON list of records (or a dict of splits), got {type(data).__name__}")
+        return data, path.parent
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:  # pragma: no cover - pyarrow is a dependency
+            raise TaskLoadError(f"{path}: reading parquet needs pyarrow ({exc})") from None
+        return pq.read_table(path).to_pylist(), path.parent
+    raise TaskLoadError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .parquet or a dataset folder)")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise TaskLoadError(f"{path}:{n}: invalid JSON: {exc.msg}") from None
+    return rows
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    found = sorted(
+        p
+        for pattern in (f"{split}.jsonl", f"{split}.parquet", f"{split}.json", f"data/{split}-*.parquet", f"{split}-*.parquet")
+        for p in folder.glob(pattern)
+    )
+    if not found:
+        raise TaskLoadError(f"{folder}: no files for split {split!r} (looked for {split}.jsonl, {split}.parquet, data/{split}-*.parquet)")
+    return found
+
+
+def _read_saved_dataset(path: Path, split: str | None) -> Iterable[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise TaskLoadError(f"{path} is a saved `datasets` folder; install the `datasets` package to read it") from None
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            split = "test" if "test" in ds else next(iter(ds))
+        if split not in ds:
+            raise TaskLoadError(f"{path}: split {split!r} not found; splits: {', '.join(ds)}")
+        ds = ds[split]
+    return iter(ds)
+
+
+# ----------------------------------------------------------------------------------- row mapping
+
+
+def _first(row: dict[str, Any], keys: Sequence[str]) -> tuple[str | None, Any]:
+    for k in keys:
+        if k in row and row[k] is not None and row[k] != "":
+            return k, row[k]
+    return None, None
+
+
+def _answer_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        return _answer_text(value[0])
+    return str(value).strip()
+
+
+def _image(value: Any, base_dir: Path, where: str) -> Any:
+    """A PIL image or an absolute path from a path, bytes, an HF ``{"bytes", "path"}`` struct or PIL."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return _image(value["bytes"], base_dir, where)
+        if value.get("path"):
+            return _image(value["path"], base_dir, where)
+        raise TaskLoadError(f"{where}: image struct has neither bytes nor path")
+    if isinstance(value, (bytes, bytearray)):
+        img = Image.open(io.BytesIO(value))
+        img.load()
+        return img
+    if isinstance(value, str):
+        p = Path(value)
+        p = p if p.is_absolute() else base_dir / p
+        if not p.exists():
+            raise TaskLoadError(f"{where}: image file {str(p)!r} not found")
+        return str(p)
+    raise TaskLoadError(f"{where}: cannot read an image from {type(value).__name__}")
+
+
+def row_to_task(row: dict[str, Any], *, index: int = 0, stem: str = "task", base_dir: Path | str = ".") -> Task:
+    """Map one benchmark row onto a `Task` (see the module docstring for the recognised fields)."""
+    where = f"{stem} row {index}"
+    base_dir = Path(base_dir)
+    if not isinstance(row, dict):
+        raise TaskLoadError(f"{where}: expected a record (dict), got {type(row).__name__}")
+    q_key, question = _first(row, QUESTION_KEYS)
+    if question is None:
+        raise TaskLoadError(f"{where}: no question field (one of {QUESTION_KEYS}); fields: {sorted(row)}")
+    used = {q_key}
+    meta: dict[str, Any] = {}
+    a_key, answer = _first(row, ANSWER_KEYS)
+    if answer is not None:
+        used.add(a_key)
+        answer = _answer_text(answer)
+        if "####" in answer:  # GSM8K: reasoning, then '#### final answer'
+            meta["solution"] = answer.split("####")[0].strip()
+            answer = answer.split("####")[-1].strip().replace(",", "")
+    elif isinstance(row.get("solution"), str) and last_boxed(row["solution"]) is not None:
+        answer = last_boxed(row["solution"])  # MATH: the final answer is boxed in the solution
+        used.add("solution")
+        meta["solution"] = row["solution"]
+    else:
+        raise TaskLoadError(f"{where}: no answer field (one of {ANSWER_KEYS}, or a solution with \\boxed{{}}); fields: {sorted(row)}")
+    id_key, task_id = _first(row, ID_KEYS)
+    used.add(id_key)
+    task_id = str(task_id) if task_id is not None else f"{stem}-{index}"
+
+    images: list[Any] = []
+    img_key, img_value = _first(row, IMAGE_KEYS)
+    if img_value is not None:
+        used.add(img_key)
+        values = img_value if isinstance(img_value, list) else [img_value]
+        images = [_image(v, base_dir, where) for v in values]
+    used.update(k for k in IMAGE_KEYS if k in row)  # e.g. MathVista has both 'image' and 'decoded_image'
+
+    choices = None
+    c_key, raw_choices = _first(row, CHOICE_KEYS)
+    if raw_choices is not None:
+        used.add(c_key)
+        if isinstance(raw_choices, dict):
+            raw_choices = [raw_choices[k] for k in sorted(raw_choices)]
+        if isinstance(raw_choices, str):
+            raw_choices = json.loads(raw_choices) if raw_choices.strip().startswith("[") else [raw_choices]
+        choices = [str(c) for c in raw_choices] or None
+
+    question = str(question).replace("<image>", "").strip()
+    meta["answer_type"] = _answer_type(row, choices, used)
+    demo = row.get("demonstration") or []
+    if isinstance(demo, str):
+        demo = [demo]
+    used.add("demonstration")
+    for k, v in row.items():
+        if k not in used and _jsonable(v):
+            meta.setdefault(k, v)
+    return Task(id=task_id, question=question, answer=answer, images=images, choices=choices, meta=meta, demonstration=[str(d) for d in demo])
+
+
+def _answer_type(row: dict[str, Any], choices: list[str] | None, used: set) -> str:
+    explicit = row.get("answer_type")
+    qtype = row.get("question_type")
+    used.update({"answer_type", "question_type"} & set(row))
+    if qtype == "multi_choice" or (choices and explicit is None):
+        return "choice"
+    if explicit in ("integer", "float", "numeric"):
+        return "numeric"
+    if explicit in ("text", "exact", "string"):
+        return "exact"
+    if explicit in ("math", "choice", "auto"):
+        return explicit
+    return "auto"
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True
