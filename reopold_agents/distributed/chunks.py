@@ -1,0 +1,47 @@
+"""Splitting a step's tasks into chunks: the unit of load balancing, of seeding and of redo.
+
+A chunk's seed depends only on (run seed, step, chunk index), never on which worker runs it or how
+many workers there are, so 1 worker, 2 workers and the single-process backend sample the same
+episodes. A chunk whose worker crashed is rerun whole with the same seed: its episodes are redone
+exactly once and never counted twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reopold_agents.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int  # position in the step's task list (chunk order = task order)
+    tasks: list[Any]
+    seed: int
+
+
+def chunk_seed(seed: int, step: int, index: int) -> int:
+    """A 31-bit seed mixed from (seed, step, index) with NumPy's SeedSequence (no correlated streams)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(index)]).generate_state(1)[0] >> 1)
+
+
+def make_chunks(tasks: list[Any], chunk_size: int, seed: int, step: int) -> list[Chunk]:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not tasks:
+        raise ValueError("cannot roll out an empty task list")
+    return [
+        Chunk(index=i, tasks=list(tasks[start : start + chunk_size]), seed=chunk_seed(seed, step, i))
+        for i, start in enumerate(range(0, len(tasks), chunk_size))
+    ]
+
+
+def join_chunks(results: dict[int, list[Trajectory]], num_chunks: int) -> list[Trajectory]:
+    """Concatenate chunk results in chunk order; a missing or extra chunk is a bug, not a retry."""
+    if sorted(results) != list(range(num_chunks)):
+        missing = sorted(set(range(num_chunks)) - set(results))
+        raise RuntimeError(f"rollout lost chunks {missing} (got {sorted(results)})")
+    return [traj for i in range(num_chunks) for traj in results[i]]

@@ -1,0 +1,156 @@
+"""RayBackend: rollout workers, teacher scorers and the learner as Ray actors (`distributed=ray`).
+
+Weights travel through the object store: the learner returns its state dict as an object (stored
+once per node), and each rollout worker loads it before the first chunk it runs with that version.
+The broadcast is lazy, at dispatch, so a rollout submitted before an update (async mode) keeps the
+weights it was submitted with. On GPU with ``engine=vllm`` the same ``load_weights`` call goes to the
+vLLM engine's weight loader; for large models replace the object store with an NCCL broadcast from
+the learner to the vLLM workers (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from reopold_agents.distributed.backend import Backend, RolloutHandle, RolloutStats
+from reopold_agents.distributed.chunks import join_chunks, make_chunks
+from reopold_agents.distributed.cluster import connect, import_ray
+from reopold_agents.distributed.roles import RoleFactories
+from reopold_agents.distributed.supervisor import ChunkSupervisor
+from reopold_agents.distributed.workers import LearnerWorker, RolloutWorker, TeacherWorker
+from reopold_agents.trajectory import Trajectory
+
+
+def _threads(cpus: float) -> int:
+    return max(1, int(cpus))
+
+
+class _RayRolloutHandle(RolloutHandle):
+    def __init__(self, supervisor: ChunkSupervisor, future: Future, num_chunks: int, started: float) -> None:
+        self.supervisor = supervisor
+        self.stats: RolloutStats = supervisor.stats
+        self._future = future
+        self._num_chunks = num_chunks
+        self._started = started
+        self._trajectories: list[Trajectory] | None = None
+
+    @property
+    def completed(self) -> int:
+        return len(self.supervisor.results)
+
+    def result(self) -> list[Trajectory]:
+        if self._trajectories is None:
+            results = self._future.result()
+            self._trajectories = join_chunks(results, self._num_chunks)
+            self.stats.seconds = time.perf_counter() - self._started
+        return self._trajectories
+
+
+class RayBackend(Backend):
+    """Actors: ``num_rollout_workers`` RolloutWorkers (restartable), ``num_teacher_workers`` TeacherWorkers
+    (restartable, calls retried), one LearnerWorker (not restarted: a job resumes from its checkpoint)."""
+
+    def __init__(self, cfg: Any, factories: RoleFactories) -> None:
+        super().__init__(cfg)
+        d = self.dcfg
+        self.ray = ray = import_ray()
+        self._started_ray = connect(d)
+        self.learner = (
+            ray.remote(LearnerWorker)
+            .options(num_cpus=d.cpus_per_learner, num_gpus=d.gpus_per_learner, max_restarts=0)
+            .remote(factories, cfg, threads=_threads(d.cpus_per_learner))
+        )
+        self.teachers = [
+            ray.remote(TeacherWorker)
+            .options(num_cpus=d.cpus_per_teacher, num_gpus=d.gpus_per_teacher, max_restarts=d.max_restarts,
+                     max_task_retries=d.max_chunk_retries)
+            .remote(factories, cfg, threads=_threads(d.cpus_per_teacher))
+            for _ in range(d.num_teacher_workers)
+        ]
+        self.workers = [
+            ray.remote(RolloutWorker)
+            .options(num_cpus=d.cpus_per_rollout_worker, num_gpus=d.gpus_per_rollout_worker,
+                     max_restarts=d.max_restarts, max_task_retries=0)  # redo is ours: weights must be re-sent
+            .remote(factories, cfg, i, threads=_threads(d.cpus_per_rollout_worker))
+            for i in range(d.num_rollout_workers)
+        ]
+        self.alive = [True] * len(self.workers)
+        self._worker_version = [-2] * len(self.workers)  # version each worker was last sent
+        self._weights: tuple[Any, int] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-supervisor")
+        self._active: _RayRolloutHandle | None = None
+        # Fail fast (with the actor's own traceback) if any role cannot be built.
+        ray.get([a.ready.remote() for a in [self.learner, *self.teachers, *self.workers]])
+        self.sync_weights()
+
+    # --- weights -----------------------------------------------------------------------------
+    def sync_weights(self) -> int:
+        state_ref, version_ref = self.learner.weights.options(num_returns=2).remote()
+        version = int(self.ray.get(version_ref))
+        self._weights = (state_ref, version)
+        return version
+
+    def _ensure_weights(self, worker: int, weights: tuple[Any, int]) -> None:
+        state_ref, version = weights
+        if self._worker_version[worker] != version:
+            self.workers[worker].load_weights.remote(state_ref, version)  # actor order: runs before the chunk
+            self._worker_version[worker] = version
+
+    def _forget_weights(self, worker: int) -> None:
+        self._worker_version[worker] = -2  # a restarted actor has its initial weights again
+
+    def worker_pids(self) -> list[int]:
+        return list(self.ray.get([w.ready.remote() for w in self.workers]))
+
+    # --- roles -------------------------------------------------------------------------------
+    def submit_rollout(self, tasks: list[Any], step: int) -> RolloutHandle:
+        if self._active is not None and self._active._trajectories is None:
+            raise RuntimeError("submit_rollout: the previous rollout was not collected (call result() first)")
+        assert self._weights is not None
+        weights = self._weights  # pinned: a later sync_weights does not change this rollout's policy
+        chunks = make_chunks(tasks, self.dcfg.rollout_chunk_size, self.seed, step)
+        supervisor = ChunkSupervisor(
+            self.ray,
+            self.workers,
+            self.alive,
+            chunks,
+            ensure_weights=lambda w: self._ensure_weights(w, weights),
+            forget_weights=self._forget_weights,
+            max_chunk_retries=self.dcfg.max_chunk_retries,
+            restart_timeout_s=self.dcfg.restart_timeout_s,
+        )
+        started = time.perf_counter()
+        self._active = _RayRolloutHandle(supervisor, self._executor.submit(supervisor.run), len(chunks), started)
+        return self._active
+
+    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        n = min(len(self.teachers), len(trajectories))
+        if n == 0:
+            return []
+        bounds = [round(i * len(trajectories) / n) for i in range(n + 1)]
+        refs = [self.teachers[i].score.remote(trajectories[bounds[i] : bounds[i + 1]]) for i in range(n)]
+        return [traj for shard in self.ray.get(refs) for traj in shard]
+
+    def update(self, trajectories: list[Trajectory], step: int) -> tuple[dict[str, float], int]:
+        metrics, version = self.ray.get(self.learner.update.remote(trajectories, step))
+        return metrics, version
+
+    def save(self, directory: str, step: int) -> None:
+        self.ray.get(self.learner.save.remote(directory, step))
+
+    def load(self, directory: str) -> int:
+        step = int(self.ray.get(self.learner.load.remote(directory)))
+        self.sync_weights()
+        return step
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for actor in [*self.workers, *self.teachers, self.learner]:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        if self._started_ray:
+            self.ray.shutdown()

@@ -1,0 +1,112 @@
+"""The placed roles as plain classes: used in-process by LocalBackend and as Ray actors by RayBackend.
+
+Keeping them Ray-free means the code that runs inside an actor is exactly the code the single-process
+path runs; ``ray.remote(cls)`` only changes where an instance lives.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from reopold_agents.distributed.chunks import Chunk
+from reopold_agents.distributed.roles import RoleFactories, StateDict
+from reopold_agents.trajectory import Trajectory
+
+
+def _limit_threads(threads: int | None) -> None:
+    """Actors share a node's cores: cap torch's intra-op threads to the CPUs the actor reserved."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+class RolloutWorker:
+    """One student engine with its own envs; runs chunks in an RNG fork seeded by the chunk."""
+
+    def __init__(self, factories: RoleFactories, cfg: Any, index: int, threads: int | None = None) -> None:
+        _limit_threads(threads)
+        self.index = index
+        self.role = factories.rollout(cfg, index)
+        self.version = -1  # no learner weights loaded yet
+
+    def ready(self) -> int:
+        """The worker's pid (also a liveness probe after a restart)."""
+        return os.getpid()
+
+    def load_weights(self, state_dict: StateDict, version: int) -> int:
+        self.role.load_weights(state_dict)
+        self.version = int(version)
+        return self.version
+
+    def run(self, chunk: Chunk) -> tuple[list[Trajectory], float]:
+        """Episodes of ``chunk`` stamped with the weights version that produced them, and the seconds taken.
+
+        The RNG fork keeps a chunk's sampling a function of its seed alone (not of earlier chunks on
+        this worker) and leaves the process's own RNG streams untouched for whatever else runs here.
+        """
+        start = time.perf_counter()
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(chunk.seed)
+            random.seed(chunk.seed)
+            np.random.seed(chunk.seed)
+            try:
+                trajectories = self.role.run(list(chunk.tasks), chunk.seed)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        for traj in trajectories:
+            traj.info["policy_version"] = self.version
+            traj.info["rollout_chunk"] = chunk.index
+        return trajectories, time.perf_counter() - start
+
+
+class TeacherWorker:
+    """Scores trajectories with the teacher (stateless between calls, so a retry is always safe)."""
+
+    def __init__(self, factories: RoleFactories, cfg: Any, threads: int | None = None) -> None:
+        _limit_threads(threads)
+        self.role = factories.teacher(cfg)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        return self.role.score(trajectories)
+
+
+class LearnerWorker:
+    """The learner and its weights version (number of updates applied), which stamps every broadcast."""
+
+    def __init__(self, factories: RoleFactories, cfg: Any, threads: int | None = None) -> None:
+        _limit_threads(threads)
+        self.role = factories.learner(cfg)
+        self.version = 0
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def update(self, trajectories: list[Trajectory], step: int) -> tuple[dict[str, float], int]:
+        """Apply one step; return its metrics and the learner version the update started from."""
+        started_at = self.version
+        metrics = self.role.update(trajectories, step)
+        self.version += 1
+        return dict(metrics), started_at
+
+    def weights(self) -> tuple[StateDict, int]:
+        """Full CPU weights for broadcast, with their version."""
+        state = {k: v.detach().to("cpu") for k, v in self.role.state_dict().items()}
+        return state, self.version
+
+    def save(self, directory: str, step: int) -> None:
+        self.role.save(directory, step)
+
+    def load(self, directory: str) -> int:
+        step = int(self.role.load(directory))
+        self.version = step
+        return step
