@@ -1,13 +1,126 @@
-"""Config section `eval` (owned by the eval issue; every key here must be read by code)."""
+"""Config section `eval`: an evaluation *suite* (a named set of benchmarks), plus the evaluate CLI's keys.
+
+Two uses of one schema:
+- training (``configs/config.yaml`` group ``eval``, default ``none`` = no benchmarks): every
+  ``trainer.eval_every`` steps the run CLI calls ``reopold_agents.evaluation.evaluate_suite`` on
+  ``cfg.eval`` (e.g. ``python -m reopold_agents.run eval=math_tiny trainer.eval_every=20``);
+- the evaluate CLI (``configs/evaluate.yaml``, schema ``EvaluateConfig``): ``suite=<name>`` loads
+  ``configs/eval/<name>.yaml`` (or a YAML path) into the same ``EvalConfig``.
+
+A benchmark = an env + a task source (``tasks.load_tasks``) + sampling settings. Benchmarks are a
+mapping keyed by name so single keys can be overridden: ``eval.benchmarks.gsm8k.source=/data/gsm8k.jsonl``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from reopold_agents.config.engine import EngineConfig
+
+
+@dataclass
+class BenchmarkConfig:
+    env: str = "math"  # registered env name (reopold_agents.make_env)
+    # task source for tasks.load_tasks: "synthetic:<kind>", a .jsonl/.json/.parquet file, a dataset
+    # folder, or a bare name looked up under $REOPOLD_DATA (schemas: docs/evaluate.md)
+    source: str = "synthetic:math"
+    split: Optional[str] = None  # split of a dataset folder / dict-of-splits JSON (loader default: test)
+    limit: Optional[int] = None  # first N tasks (synthetic: number generated); null = all (synthetic: 1000)
+    seed: int = 1234  # synthetic generator seed; differs from training's so evaluation tasks are held out
+    difficulty: int = 1  # synthetic generator difficulty
+    n: int = 4  # samples per task (the evaluate CLI's k= overrides it)
+    temperature: float = 0.8  # 0 = greedy (then n > 1 only repeats the same answer)
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128  # per assistant turn
+    max_turns: int = 1  # assistant turns per episode (agent suites: > 1)
+    max_total_tokens: int = 2048  # prompt + all turns
+    env_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for make_env
+
+    def check(self) -> None:
+        if not self.env:
+            raise ValueError("env: empty; name a registered env (math, vqa, toolqa)")
+        if not self.source:
+            raise ValueError("source: empty; use synthetic:<kind>, a file path or a name under $REOPOLD_DATA")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be >= 1 or null, got {self.limit}")
+        for key in ("n", "max_new_tokens", "max_turns", "max_total_tokens", "difficulty"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
+
+    def engine_config(self, base: EngineConfig) -> EngineConfig:
+        """``base`` (engine name, batch size, vLLM keys) with this benchmark's sampling/episode keys."""
+        from dataclasses import replace
+
+        return replace(base, max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                       top_k=self.top_k, max_turns=self.max_turns, max_total_tokens=self.max_total_tokens)
 
 
 @dataclass
 class EvalConfig:
-    """Placeholder until the owning issue adds its keys."""
+    """A suite. ``benchmarks`` empty (``eval=none``) disables in-training evaluation."""
+
+    name: str = "none"
+    seed: int = 0  # base sampling seed; each chunk of episodes derives its own from it
+    batch_size: int = 16  # episodes per lock-step generation chunk (also the resume granularity)
+    benchmarks: Dict[str, BenchmarkConfig] = field(default_factory=dict)
 
     def check(self) -> None:
-        """Range checks; raise ValueError('key: why') so the loader can name the key."""
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        for name, bench in self.benchmarks.items():
+            if not name or "/" in name:
+                raise ValueError(f"benchmarks: bad benchmark name {name!r}")
+            try:
+                bench.check()
+            except ValueError as exc:
+                raise ValueError(f"benchmarks.{name}.{exc}") from None
+
+
+@dataclass
+class EvaluateConfig:
+    """Root config of ``python -m reopold_agents.evaluate`` (configs/evaluate.yaml)."""
+
+    suite: str = "math_tiny"  # name in configs/eval/ or a path to a suite YAML
+    k: Optional[int] = None  # samples per task for every benchmark (overrides each benchmark's n)
+    limit: Optional[int] = None  # cap on tasks per benchmark (min with each benchmark's own limit)
+    model: str = "tiny"  # tiny | tiny_vl | HF id | local path (reopold_agents.models.load_model)
+    role: str = "student"  # which tiny weights `model` names (student | teacher); ignored for HF ids/paths
+    compare: Optional[str] = None  # a second model, loaded as the teacher/reference, evaluated and compared
+    dtype: str = "float32"
+    device: str = "auto"
+    out_dir: Optional[str] = None  # default outputs/eval/<suite>
+    resume: bool = True  # reuse samples already in out_dir (same settings only)
+    overwrite: bool = False  # delete earlier records in out_dir first
+    max_samples: Optional[int] = None  # stop after this many new samples (a deliberate interruption)
+    plots: bool = True
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the loaded suite (filled from `suite`)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # engine name/batching; sampling from the suite
+
+    def check(self) -> None:
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k: must be >= 1, got {self.k}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be >= 1, got {self.limit}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples: must be >= 1, got {self.max_samples}")
+        if self.role not in ("student", "teacher"):
+            raise ValueError(f"role: {self.role!r}; use student or teacher")
+        if not self.model:
+            raise ValueError("model: empty; use tiny, tiny_vl, an HF id or a path")
+        from reopold_agents.config.model import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {DTYPES}")
+        for section in ("eval", "engine"):
+            try:
+                getattr(self, section).check()
+            except ValueError as exc:
+                raise ValueError(f"{section}.{exc}") from None

@@ -1,0 +1,94 @@
+"""Loading suites and composing the evaluate CLI's config.
+
+``suite=<name>`` selects ``configs/eval/<name>.yaml`` through Hydra's ``eval`` group, so every key of the
+suite can be overridden on the command line (``eval.benchmarks.gsm8k.source=/data/gsm8k.jsonl``);
+``suite=<path.yaml>`` reads a suite file from anywhere. ``k=`` and ``limit=`` are applied afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from reopold_agents.config.eval import BenchmarkConfig, EvalConfig, EvaluateConfig
+from reopold_agents.config.schema import CONFIG_DIR, ConfigError
+
+SUITE_DIR = CONFIG_DIR / "eval"
+
+
+def suite_names() -> list[str]:
+    """Suites shipped in configs/eval/."""
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def _is_path(suite: str) -> bool:
+    return suite.endswith((".yaml", ".yml")) or "/" in suite
+
+
+def _structured(schema: type, cfg: Any, prefix: str) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+        raise ConfigError(f"bad config key {prefix + key!r}: {msg}") from None
+    try:
+        obj.check()
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
+    return obj
+
+
+def load_suite(suite: str, overrides: list[str] | None = None) -> EvalConfig:
+    """A suite by name (configs/eval/<name>.yaml) or path, with dotted overrides (``benchmarks.x.n=2``)."""
+    path = Path(suite) if _is_path(suite) else SUITE_DIR / f"{suite}.yaml"
+    if not path.exists():
+        where = f"file {path}" if _is_path(suite) else f"suite {suite!r}; shipped suites: {', '.join(suite_names())}"
+        raise ConfigError(f"suite: unknown {where}")
+    data = OmegaConf.load(path)
+    if overrides:
+        data = OmegaConf.merge(data, OmegaConf.from_dotlist(list(overrides)))
+    return _structured(EvalConfig, data, "eval.")
+
+
+def compose_evaluate(overrides: list[str] | None = None) -> EvaluateConfig:
+    """The evaluate CLI's config from command-line overrides (``suite=math_tiny k=8 ...``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides or [])
+    suite = next((o.split("=", 1)[1] for o in overrides if o.startswith("suite=")), None)
+    hydra_overrides = [o for o in overrides if not o.startswith(("eval=", "eval."))]
+    eval_overrides = [o[len("eval."):] for o in overrides if o.startswith("eval.")]
+    if any(o.startswith("eval=") for o in overrides):
+        raise ConfigError("eval: choose the suite with suite=<name or path>, not eval=")
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg: DictConfig = compose(config_name="evaluate", overrides=hydra_overrides)
+    except Exception as exc:  # hydra's override/compose errors name the offending key
+        match = re.search(r"Could not override '([^']+)'", str(exc))
+        if match:
+            raise ConfigError(f"unknown config key {match.group(1)!r} (see reopold_agents/config/eval.py)") from None
+        raise ConfigError(f"bad override: {exc}") from None
+    suite = suite or str(cfg.suite)
+    OmegaConf.set_struct(cfg, False)
+    suite_cfg = load_suite(suite, eval_overrides)
+    cfg.eval = OmegaConf.structured(suite_cfg)
+    return _structured(EvaluateConfig, cfg, "")
+
+
+def resolve_suite(cfg: EvalConfig, k: int | None = None, limit: int | None = None) -> EvalConfig:
+    """The suite with ``k`` samples per task for every benchmark and at most ``limit`` tasks each."""
+    benches: dict[str, BenchmarkConfig] = {}
+    for name, bench in cfg.benchmarks.items():
+        new_limit = bench.limit if limit is None else min(limit, bench.limit or limit)
+        benches[name] = replace(bench, n=k if k is not None else bench.n, limit=new_limit)
+    return replace(cfg, benchmarks=benches)
