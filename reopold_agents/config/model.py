@@ -1,13 +1,44 @@
-"""Config section `model` (owned by the model issue; every key here must be read by code)."""
+"""Config section `model`: which student and teacher to load and where they run.
+
+Read by ``reopold_agents.models`` (student, teacher, dtype, device) and ``reopold_agents.teacher``
+(teacher_engine, chunk_size, teacher_batch_size).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+TINY_NAMES = ("tiny", "tiny_vl")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
 
 @dataclass
 class ModelConfig:
-    """Placeholder until the owning issue adds its keys."""
+    # "tiny" / "tiny_vl" (project-built models, see reopold_agents/models.py) or an HF id / local path
+    student: str = "tiny"
+    teacher: str = "tiny"
+    dtype: str = "float32"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda if available, else cpu
+    teacher_engine: str = "hf"  # hf: in-process forward | vllm: prompt log-probs through the vLLM engine
+    chunk_size: int = 1024  # tokens per chunk when the teacher gathers sampled-token log-probs
+    teacher_batch_size: int = 8  # sequences per teacher forward
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
+        for key in ("student", "teacher"):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: empty; use tiny, tiny_vl, an HF id or a path")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {DTYPES}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device: {self.device!r}; use auto, cpu, cuda or cuda:N")
+        if self.teacher_engine not in ("hf", "vllm"):
+            raise ValueError(f"teacher_engine: {self.teacher_engine!r}; use hf or vllm")
+        if (self.student in TINY_NAMES or self.teacher in TINY_NAMES) and self.student != self.teacher:
+            raise ValueError(
+                f"student/teacher: tiny models come in pairs (student={self.student!r}, teacher={self.teacher!r});"
+                " use the same tiny name for both"
+            )
+        for key in ("chunk_size", "teacher_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")

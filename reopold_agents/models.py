@@ -1,0 +1,153 @@
+"""Loading the student and the teacher: project-built tiny models or anything ``from_pretrained`` reads.
+
+``tiny`` / ``tiny_vl`` name project-built Qwen2 / Qwen2.5-VL pairs that share the project tokenizer.
+Trained weights (made by the project's pretraining script) are read from ``tiny_model_dir(name, role)``
+under ``reopold_agents.testing.cache_dir()``; when that directory is absent a randomly initialised model
+of the same architecture is built from config (and a warning says so), so everything still runs.
+Any other name is an HF id or local path and goes through ``AutoModel*.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from reopold_agents.config.model import TINY_NAMES
+
+log = logging.getLogger(__name__)
+Role = Literal["student", "teacher"]
+
+# Architecture of the random fallbacks (the pretraining script should save models of these sizes).
+TINY_SIZES: dict[tuple[str, str], dict[str, int]] = {
+    ("tiny", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+    ("tiny", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
+    ("tiny_vl", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+    ("tiny_vl", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model with what it needs to read and write tokens. ``path`` is a directory or HF id
+    ``from_pretrained`` (and vLLM) can load, or None for a random tiny model that exists only in memory."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    processor: Any
+    name: str
+    path: str | None
+
+    @property
+    def is_vl(self) -> bool:
+        return getattr(self.model.config, "image_token_id", None) is not None
+
+
+def tiny_model_dir(name: str, role: Role) -> Path:
+    """Where trained tiny weights live (HF format: config.json + safetensors [+ tokenizer files])."""
+    from reopold_agents.testing import cache_dir
+
+    return cache_dir() / "models" / f"{name}-{role}"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_student(cfg: Any) -> LoadedModel:
+    """The student named by ``cfg.student`` (a ``ModelConfig``), on ``cfg.device`` in ``cfg.dtype``."""
+    return load_model(cfg.student, "student", cfg.dtype, cfg.device)
+
+
+def load_teacher(cfg: Any) -> LoadedModel:
+    """The teacher named by ``cfg.teacher``; frozen (eval mode, no grad)."""
+    loaded = load_model(cfg.teacher, "teacher", cfg.dtype, cfg.device)
+    loaded.model.requires_grad_(False)
+    return loaded
+
+
+def load_model(name: str, role: Role, dtype: str = "float32", device: str = "auto") -> LoadedModel:
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if name in TINY_NAMES:
+        loaded = _load_tiny(name, role)
+    else:
+        loaded = _load_pretrained(name, torch_dtype)
+    loaded.model.to(device=dev, dtype=torch_dtype)
+    loaded.model.eval()
+    return loaded
+
+
+def _load_tiny(name: str, role: Role) -> LoadedModel:
+    from reopold_agents.testing import build_tokenizer, tiny_qwen2
+    from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+
+    tokenizer = build_tokenizer()
+    processor = tiny_vl_processor(tokenizer) if name == "tiny_vl" else None
+    target = tiny_model_dir(name, role)
+    if (target / "config.json").exists():
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+        auto = AutoModelForImageTextToText if name == "tiny_vl" else AutoModelForCausalLM
+        model = auto.from_pretrained(str(target))
+        path: str | None = str(target)
+    else:
+        log.warning("no trained %s %s at %s: using a randomly initialised model", name, role, target)
+        build = tiny_qwen2_5_vl if name == "tiny_vl" else tiny_qwen2
+        model = build(tokenizer, seed=0 if role == "student" else 1, **TINY_SIZES[(name, role)])
+        path = None
+    return LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=path)
+
+
+def _load_pretrained(name: str, torch_dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    if not (os.path.isdir(name) or "/" in name):
+        raise ValueError(f"model {name!r}: not tiny/tiny_vl, not a local directory and not an HF id (owner/name)")
+    config = AutoConfig.from_pretrained(name)
+    is_vl = getattr(config, "vision_config", None) is not None
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    auto = AutoModelForImageTextToText if is_vl else AutoModelForCausalLM
+    model = auto.from_pretrained(name, dtype=torch_dtype)
+    processor = AutoProcessor.from_pretrained(name) if is_vl else None
+    return LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=name)
+
+
+def mm_token_type_ids(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """Qwen-VL token types (0 text, 1 image, 2 video) that switch on 3-D mrope positions for vision
+    tokens; None for text-only models. Every forward of a VL model (engine, teacher, learner) must pass
+    the same, or positions (and log-probs) differ between rollout and training."""
+    cfg = getattr(model, "config", None)
+    image_id = getattr(cfg, "image_token_id", None)
+    if image_id is None:
+        return None
+    types = (input_ids == image_id).to(torch.int32)
+    video_id = getattr(cfg, "video_token_id", None)
+    if video_id is not None:
+        types = types + 2 * (input_ids == video_id).to(torch.int32)
+    return types
+
+
+def forward_inputs(model: torch.nn.Module, input_ids: torch.Tensor, model_inputs: dict[str, Any] | None) -> dict[str, Any]:
+    """``model_inputs`` plus ``mm_token_type_ids`` when the model is a VL model and images are present."""
+    extra = dict(model_inputs or {})
+    if "image_grid_thw" in extra or "video_grid_thw" in extra:
+        types = mm_token_type_ids(model, input_ids)
+        if types is not None:
+            extra.setdefault("mm_token_type_ids", types)
+    return extra

@@ -1,0 +1,164 @@
+"""Teacher scoring: log pi_T of every token the student wrote, on the student's exact ids and images.
+
+The teacher never sees text: it is handed the trajectory's token ids (and the same processed images),
+so the token reward ``log pi_T(y_t|s_t) - log pi_old(y_t|s_t)`` compares the two models on identical
+states. That requires one shared tokenizer; ``check_same_tokenizer`` fails loudly otherwise
+(cross-tokenizer distillation is an explicit extension, not a silent fallback).
+
+Two back ends behind one class: an in-process HF model (forward in micro-batches, sampled-token
+log-probs gathered chunk by chunk by ``model_token_logprobs``, no [tokens x vocab] fp32 tensor) or any
+``Engine`` with ``score`` (vLLM prompt log-probs on GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from reopold_agents.engines.base import Engine, GenerationRequest
+from reopold_agents.trajectory import Trajectory
+
+
+class TokenizerMismatchError(ValueError):
+    """Student and teacher tokenizers differ, so the teacher cannot score the student's token ids."""
+
+
+def check_same_tokenizer(student: Any, teacher: Any) -> None:
+    """Raise TokenizerMismatchError naming the first differences in vocabulary or special tokens."""
+    problems: list[str] = []
+    sv, tv = student.get_vocab(), teacher.get_vocab()
+    if len(sv) != len(tv):
+        problems.append(f"vocabulary sizes differ (student {len(sv)}, teacher {len(tv)})")
+    diff = [tok for tok, i in sv.items() if tv.get(tok) != i]
+    if diff:
+        shown = ", ".join(f"{t!r}: {sv[t]} vs {tv.get(t)}" for t in sorted(diff, key=sv.get)[:5])
+        problems.append(f"{len(diff)} tokens map to different ids (student vs teacher: {shown})")
+    for attr in ("eos_token", "pad_token", "bos_token"):
+        a, b = getattr(student, attr, None), getattr(teacher, attr, None)
+        if a != b:
+            problems.append(f"{attr} differs ({a!r} vs {b!r})")
+    sa, ta = set(student.all_special_tokens), set(teacher.all_special_tokens)
+    if sa != ta:
+        problems.append(f"special tokens differ (only student: {sorted(sa - ta)[:5]}, only teacher: {sorted(ta - sa)[:5]})")
+    if problems:
+        raise TokenizerMismatchError(
+            "student and teacher tokenizers differ, so the teacher cannot score the student's ids: "
+            + "; ".join(problems)
+        )
+
+
+class Teacher:
+    """Fills ``Trajectory.teacher_logprobs`` (0.0 on env tokens) and, with ``top_k``, the GKD top-k fields."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: torch.nn.Module | None = None,
+        engine: Engine | None = None,
+        chunk_size: int = 1024,
+        batch_size: int = 8,
+        top_k: int = 0,
+    ) -> None:
+        if (model is None) == (engine is None):
+            raise ValueError("Teacher needs exactly one of model (in-process) or engine (e.g. vLLM)")
+        if engine is not None and top_k:
+            raise ValueError("teacher top-k (GKD) needs the in-process teacher (model.teacher_engine=hf)")
+        if chunk_size < 1 or batch_size < 1 or top_k < 0:
+            raise ValueError(f"chunk_size/batch_size must be >= 1 and top_k >= 0, got {chunk_size}/{batch_size}/{top_k}")
+        self.tokenizer = tokenizer
+        self.model = model
+        self.engine = engine
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self.top_k = top_k
+
+    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """Score in place (and return) the trajectories."""
+        for i, traj in enumerate(trajectories):
+            if not traj.token_ids:
+                raise ValueError(f"trajectory {i} is empty")
+        if self.engine is not None:
+            self._score_engine(trajectories)
+        else:
+            order = sorted(range(len(trajectories)), key=lambda i: len(trajectories[i]))  # less padding
+            for start in range(0, len(order), self.batch_size):
+                self._score_hf([trajectories[i] for i in order[start : start + self.batch_size]])
+        return trajectories
+
+    def _score_engine(self, trajectories: list[Trajectory]) -> None:
+        requests = [GenerationRequest(t.token_ids, images=list(t.images), model_inputs=dict(t.model_inputs)) for t in trajectories]
+        for traj, lps in zip(trajectories, self.engine.score(requests)):  # type: ignore[union-attr]
+            if len(lps) != len(traj):
+                raise ValueError(f"engine scored {len(lps)} positions for a {len(traj)}-token trajectory")
+            traj.teacher_logprobs = [float(lp) if m else 0.0 for lp, m in zip(lps, traj.loss_mask)]
+
+    @torch.no_grad()
+    def _score_hf(self, trajectories: list[Trajectory]) -> None:
+        from reopold_agents.logprobs import model_token_logprobs, model_topk_logprobs
+        from reopold_agents.models import forward_inputs
+
+        model = self.model
+        assert model is not None
+        device = next(model.parameters()).device
+        width = max(len(t) for t in trajectories)
+        ids = torch.full((len(trajectories), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        loss_mask = torch.zeros((len(trajectories), width), dtype=torch.float32)
+        for i, t in enumerate(trajectories):
+            ids[i, : len(t)] = torch.tensor(t.token_ids, dtype=torch.long)
+            mask[i, : len(t)] = 1
+            loss_mask[i, : len(t)] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        keys = sorted(set().union(*(t.model_inputs.keys() for t in trajectories)))
+        mm = {k: torch.cat([t.model_inputs[k] for t in trajectories if k in t.model_inputs]).to(device) for k in keys}
+        ids, mask = ids.to(device), mask.to(device)
+        extra = forward_inputs(model, ids, mm)
+        was_training = model.training
+        model.eval()
+        try:
+            logps, _ = model_token_logprobs(model, ids, mask, model_inputs=extra, chunk_size=self.chunk_size)
+            logps = (logps.float().cpu() * loss_mask).tolist()
+            if self.top_k:
+                top_lp, top_ids = model_topk_logprobs(model, ids, mask, self.top_k, model_inputs=extra, chunk_size=self.chunk_size)
+                keep = loss_mask[..., None]
+                top_lp = (top_lp.float().cpu() * keep).tolist()
+                top_ids = (top_ids.cpu() * keep.long()).tolist()
+        finally:
+            model.train(was_training)
+        for i, t in enumerate(trajectories):
+            t.teacher_logprobs = logps[i][: len(t)]
+            if self.top_k:
+                t.teacher_topk_ids = top_ids[i][: len(t)]
+                t.teacher_topk_logprobs = top_lp[i][: len(t)]
+
+
+def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0, engine_cfg: Any = None) -> Teacher:
+    """Load the teacher named by ``model_cfg.teacher`` behind ``model_cfg.teacher_engine``; its tokenizer
+    must equal the student's. ``top_k`` > 0 also fills the GKD top-k fields (``algo.gkd_topk``)."""
+    if model_cfg.teacher_engine == "vllm":
+        from reopold_agents.models import load_model
+
+        if engine_cfg is None:
+            raise ValueError("model.teacher_engine=vllm needs the engine config (vLLM settings)")
+        loaded = load_model(model_cfg.teacher, "teacher", model_cfg.dtype, "cpu")
+        check_same_tokenizer(student_tokenizer, loaded.tokenizer)
+        if loaded.path is None:
+            raise ValueError(f"teacher {model_cfg.teacher!r} has no saved weights for vLLM to load; train/save it first")
+        from dataclasses import replace
+
+        from reopold_agents.engines import make_engine
+
+        vcfg = replace(engine_cfg, name="vllm")
+        engine = make_engine(vcfg, model=None, tokenizer=loaded.tokenizer, processor=loaded.processor, model_path=loaded.path)
+        return Teacher(loaded.tokenizer, engine=engine, chunk_size=model_cfg.chunk_size, batch_size=model_cfg.teacher_batch_size)
+    from reopold_agents.models import load_teacher
+
+    loaded = load_teacher(model_cfg)
+    check_same_tokenizer(student_tokenizer, loaded.tokenizer)
+    return Teacher(
+        loaded.tokenizer,
+        model=loaded.model,
+        chunk_size=model_cfg.chunk_size,
+        batch_size=model_cfg.teacher_batch_size,
+        top_k=top_k,
+    )
