@@ -272,7 +272,8 @@ def _split_model_inputs(batch: Batch, idx: torch.Tensor, model: nn.Module) -> di
     mi = batch.model_inputs
     if not mi:
         return {}
-    unknown = set(mi) - {"pixel_values", "image_grid_thw"}
+    per_row = {"mm_token_type_ids"}  # [B, T] like input_ids
+    unknown = set(mi) - {"pixel_values", "image_grid_thw"} - per_row
     start_id = getattr(getattr(model, "config", None), "vision_start_token_id", None)
     if unknown or "image_grid_thw" not in mi or start_id is None:
         raise NotImplementedError(
@@ -290,11 +291,11 @@ def _split_model_inputs(batch: Batch, idx: torch.Tensor, model: nn.Module) -> di
     for p in patches:
         patch_start.append(patch_start[-1] + p)
     imgs = [i for b in idx.tolist() for i in range(img_start[b], img_start[b + 1])]
+    out = {k: mi[k].index_select(0, idx) for k in per_row if k in mi}
     if not imgs:
-        return {}
+        return out
     rows = [r for i in imgs for r in range(patch_start[i], patch_start[i + 1])]
     dev = grid.device
-    return {
-        "image_grid_thw": grid.index_select(0, torch.tensor(imgs, device=dev)),
-        "pixel_values": mi["pixel_values"].index_select(0, torch.tensor(rows, device=dev)),
-    }
+    out["image_grid_thw"] = grid.index_select(0, torch.tensor(imgs, device=dev))
+    out["pixel_values"] = mi["pixel_values"].index_select(0, torch.tensor(rows, device=dev))
+    return out

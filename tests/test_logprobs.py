@@ -1,0 +1,154 @@
+"""Chunked log-probs / entropy vs the naive full log-softmax (forward and gradients, fp32, 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reopold_agents.logprobs import (
+    chunked_logprobs,
+    chunked_logprobs_from_logits,
+    model_token_logprobs,
+    model_topk_logprobs,
+)
+from reopold_agents.testing import build_tokenizer, tiny_qwen2
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def _naive(h, w, b, t):
+    """Full log-softmax in float64: the ground truth both paths are held to."""
+    h, w, b = h.double(), w.double(), (b.double() if b is not None else None)
+    logits = h @ w.t() + (b if b is not None else 0)
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(1, t), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_matches_naive_forward_and_grads(chunk, k, with_bias):
+    g = torch.Generator().manual_seed(chunk * 10 + k)
+    n, hdim, vocab = 29, 16, 211
+    h = torch.randn(n, hdim, generator=g, requires_grad=True)
+    w = (0.5 * torch.randn(vocab, hdim, generator=g)).requires_grad_()  # logits of LM-like scale
+    b = torch.randn(vocab, generator=g, requires_grad=True) if with_bias else None
+    t = torch.randint(0, vocab, (n, k), generator=g)
+    lp, ent = chunked_logprobs(h, w, t, b, chunk_size=chunk, with_entropy=True)
+    ref_lp, ref_ent = _naive(h, w, b, t)
+    assert lp.shape == (n, k) and lp.dtype == torch.float32
+    torch.testing.assert_close(lp.double(), ref_lp, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent.detach(), atol=ATOL, rtol=0)
+    assert not ent.requires_grad
+    upstream = torch.randn(n, k, generator=g)
+    params = [h, w] + ([b] if b is not None else [])
+    got = torch.autograd.grad((lp * upstream).sum(), params)
+    want = torch.autograd.grad((ref_lp * upstream).sum(), params)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e.double(), atol=ATOL, rtol=0)
+
+
+def test_chunked_1d_targets_and_bad_ids():
+    h, w = torch.randn(5, 4), torch.randn(9, 4)
+    lp, ent = chunked_logprobs(h, w, torch.tensor([0, 1, 2, 3, 8]))
+    assert lp.shape == (5,) and ent is None
+    with pytest.raises(ValueError, match="target ids"):
+        chunked_logprobs(h, w, torch.tensor([0, 1, 2, 3, 9]))
+    with pytest.raises(ValueError, match="do not match"):
+        chunked_logprobs(h, torch.randn(9, 5), torch.zeros(5, dtype=torch.long))
+
+
+def test_chunked_from_logits_matches_naive():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(23, 97, generator=g, requires_grad=True)
+    t = torch.randint(0, 97, (23,), generator=g)
+    lp, ent = chunked_logprobs_from_logits(z, t, chunk_size=5, with_entropy=True)
+    ref = torch.log_softmax(z, -1)
+    torch.testing.assert_close(lp, ref.gather(1, t[:, None])[:, 0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(ent, -(ref.exp() * ref).sum(-1).detach(), atol=ATOL, rtol=0)
+    (ga,) = torch.autograd.grad(lp.sum(), z)
+    (gb,) = torch.autograd.grad(ref.gather(1, t[:, None]).sum(), z)
+    torch.testing.assert_close(ga, gb, atol=ATOL, rtol=0)
+
+
+def _padded_batch(tok, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, len(tok), (3, 17), generator=g)
+    am = torch.ones_like(ids)
+    am[1, -6:] = 0
+    am[2, -1:] = 0
+    ids[am == 0] = tok.pad_token_id
+    return ids, am
+
+
+def test_model_token_logprobs_target_aligned_and_grads(tok):
+    model = tiny_qwen2(tok, seed=3).float()
+    ids, am = _padded_batch(tok)
+    lp, ent = model_token_logprobs(model, ids, am, with_entropy=True, chunk_size=5)
+    assert lp.shape == ids.shape and ent.shape == ids.shape
+    logits = model(input_ids=ids, attention_mask=am).logits
+    ref = torch.log_softmax(logits[:, :-1].float(), -1)
+    ref_lp = ref.gather(-1, ids[:, 1:, None])[..., 0] * am[:, 1:]
+    ref_ent = -(ref.exp() * ref).sum(-1) * am[:, 1:]
+    assert torch.all(lp[:, 0] == 0) and torch.all(lp[am == 0] == 0)
+    torch.testing.assert_close(lp[:, 1:], ref_lp, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ent[:, 1:], ref_ent.detach(), atol=ATOL, rtol=0)
+    params = [p for p in model.parameters()]
+    got = torch.autograd.grad(lp.sum(), params, allow_unused=True)
+    want = torch.autograd.grad(ref_lp.sum(), params, allow_unused=True)
+    for (name, _), a, e in zip(model.named_parameters(), got, want):
+        assert (a is None) == (e is None), name
+        if a is not None:
+            torch.testing.assert_close(a, e, atol=ATOL, rtol=1e-4, msg=name)
+
+
+def test_model_token_logprobs_at_given_ids(tok):
+    model = tiny_qwen2(tok, seed=4)
+    ids, am = _padded_batch(tok, seed=1)
+    extra = torch.randint(0, len(tok), ids.shape + (4,))
+    with torch.no_grad():
+        lp, _ = model_token_logprobs(model, ids, am, target_ids=extra, chunk_size=8)
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1], -1)
+    want = ref.gather(-1, extra[:, 1:]) * am[:, 1:, None]
+    assert lp.shape == (3, 17, 4)
+    torch.testing.assert_close(lp[:, 1:], want, atol=ATOL, rtol=0)
+    assert torch.all(lp[:, 0] == 0)
+
+
+def test_model_topk_logprobs_matches_naive(tok):
+    model = tiny_qwen2(tok, seed=5)
+    ids, am = _padded_batch(tok, seed=2)
+    vals, top = model_topk_logprobs(model, ids, am, k=5, chunk_size=4)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1], -1)
+    rv, _ = torch.topk(ref, 5, dim=-1)
+    valid = am[:, 1:].bool()
+    torch.testing.assert_close(vals[:, 1:][valid], rv[valid], atol=ATOL, rtol=0)
+    # the ids really carry those log-probs, in descending order
+    torch.testing.assert_close(ref.gather(-1, top[:, 1:])[valid], rv[valid], atol=ATOL, rtol=0)
+    assert torch.all(vals[:, 0] == 0) and torch.all(top[:, 0] == 0)
+    assert torch.all(vals[:, 1:][valid][:, :-1] >= vals[:, 1:][valid][:, 1:])
+
+
+def test_qwen2_5_vl_uses_image_inputs(tok):
+    from reopold_agents.testing.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
+
+    proc, model = tiny_vl_processor(tok), tiny_qwen2_5_vl(tok)
+    texts = ["what <|vision_start|><|image_pad|><|vision_end|> is this", "a <|vision_start|><|image_pad|><|vision_end|> b"]
+    enc = proc(text=texts, images=[color_image(), color_image((0, 0, 200), (28, 56))], padding=True, return_tensors="pt")
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    mi = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
+    lp, ent = model_token_logprobs(model, ids, am, mi, with_entropy=True, chunk_size=3)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=am, **mi).logits[:, :-1].float(), -1)
+    torch.testing.assert_close(lp[:, 1:].detach(), ref.gather(-1, ids[:, 1:, None])[..., 0] * am[:, 1:], atol=ATOL, rtol=0)
+    # the image matters: other pixels give other log-probs after the image tokens
+    mi2 = dict(mi, pixel_values=torch.randn_like(mi["pixel_values"]))
+    with torch.no_grad():
+        lp2, _ = model_token_logprobs(model, ids, am, mi2)
+    assert (lp2 - lp.detach()).abs().max() > 1e-4
