@@ -1,0 +1,99 @@
+"""Parse Qwen/Hermes-style tool calls out of an assistant message, never raising.
+
+Format: ``<tool_call>{"name": "search", "arguments": {"query": "Paris"}}</tool_call>``. Text before the
+call (reasoning) is allowed and ignored; ``arguments`` may be an object or a JSON-encoded object string
+(OpenAI style), and may be omitted for tools without parameters. Everything else the model can get wrong
+(unterminated or stray tags, nesting, empty or non-JSON bodies, a non-object, a missing or non-string
+name, non-object arguments) is reported as one readable ``error`` that the env sends back as a ``tool``
+message. Whether several calls in one message are allowed is the env's decision (`ParsedCalls.calls`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+FORMAT_HINT = 'Call a tool as <tool_call>{"name": "<tool name>", "arguments": {...}}</tool_call>.'
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class ParsedCalls:
+    """Result of parsing one message: ``has_markup`` is True when any tool-call tag appears."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    error: str | None = None
+    has_markup: bool = False
+
+
+def _parse_body(body: str, index: int) -> tuple[ToolCall | None, str | None]:
+    where = f"tool call {index + 1}"
+    if not body.strip():
+        return None, f"{where} is empty. {FORMAT_HINT}"
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return None, f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}). {FORMAT_HINT}"
+    except RecursionError:
+        return None, f"{where} is nested too deeply to parse. {FORMAT_HINT}"
+    if not isinstance(obj, dict):
+        return None, f"{where} must be a JSON object, got {_json_type(obj)}. {FORMAT_HINT}"
+    if "name" not in obj:
+        return None, f"{where} has no \"name\" (keys: {sorted(obj)}). {FORMAT_HINT}"
+    name = obj["name"]
+    if not isinstance(name, str) or not name.strip():
+        return None, f"{where}: \"name\" must be a non-empty string, got {_json_type(name)}."
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as exc:
+            return None, f"{where}: \"arguments\" is a string but not valid JSON ({exc.msg})."
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return None, f"{where}: \"arguments\" must be a JSON object, got {_json_type(args)}."
+    return ToolCall(name=name.strip(), arguments=args), None
+
+
+def _json_type(v: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if v is None else names.get(type(v), type(v).__name__)
+
+
+def parse_tool_calls(text: str) -> ParsedCalls:
+    """All ``<tool_call>`` blocks in ``text``, or the first problem found with them."""
+    if not isinstance(text, str):
+        return ParsedCalls(error=f"expected text, got {type(text).__name__}")
+    if OPEN not in text and CLOSE not in text:
+        return ParsedCalls()
+    calls: list[ToolCall] = []
+    pos = 0
+    while True:
+        start = text.find(OPEN, pos)
+        stray = text.find(CLOSE, pos)
+        if stray != -1 and (start == -1 or stray < start):
+            return ParsedCalls(error=f"found {CLOSE} without a matching {OPEN}. {FORMAT_HINT}", has_markup=True)
+        if start == -1:
+            break
+        body_start = start + len(OPEN)
+        end = text.find(CLOSE, body_start)
+        nested = text.find(OPEN, body_start)
+        if end == -1:
+            return ParsedCalls(error=f"unterminated {OPEN}: missing {CLOSE}. {FORMAT_HINT}", has_markup=True)
+        if nested != -1 and nested < end:
+            return ParsedCalls(error=f"nested {OPEN} inside a tool call. {FORMAT_HINT}", has_markup=True)
+        call, error = _parse_body(text[body_start:end], len(calls))
+        if error is not None:
+            return ParsedCalls(error=error, has_markup=True)
+        assert call is not None
+        calls.append(call)
+        pos = end + len(CLOSE)
+    return ParsedCalls(calls=calls, has_markup=True)
