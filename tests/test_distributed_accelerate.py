@@ -1,0 +1,97 @@
+"""AccelerateLearner: gradient accumulation and mixed precision change how, never what, it optimises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reopold_agents.config.algo import AlgoConfig
+from reopold_agents.config.distributed import DistributedConfig
+from reopold_agents.config.trainer import TrainerConfig
+from reopold_agents.distributed.accelerate_learner import AccelerateLearner, learner_strategy
+from reopold_agents.learner import Learner
+from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.trajectory import Trajectory, collate
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps one state per process; each test here builds its own with other settings."""
+    from accelerate.state import AcceleratorState
+
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _batch(tok, seed: int = 0):
+    """Six trajectories of varying lengths: prompt tokens (mask 0), generated tokens with log-probs."""
+    g = torch.Generator().manual_seed(seed)
+    trajs = []
+    vocab = len(tok)
+    for i in range(6):
+        t = Trajectory(group_id=i // 2)
+        t.append_env(torch.randint(10, vocab, (3 + i % 3,), generator=g).tolist())
+        n = 4 + (i * 3) % 5
+        t.append_generated(torch.randint(10, vocab, (n,), generator=g).tolist(),
+                           (-torch.rand(n, generator=g) * 3 - 4).tolist())
+        t.teacher_logprobs = [0.0 if m == 0 else float(-torch.rand(1, generator=g) * 8) for m in t.loss_mask]
+        t.reward = float(i % 2)
+        trajs.append(t)
+    return collate(trajs, tok.pad_token_id)
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("aggregation,rule", [("token_mean", "entropy"), ("seq_mean", "all")])
+def test_grad_accumulation_matches_one_pass(aggregation, rule):
+    tok = build_tokenizer()
+    algo = AlgoConfig(aggregation=aggregation, stage_switch=0.0, stage2_rule=rule)
+    trainer = TrainerConfig(lr=1e-2, total_steps=4, max_grad_norm=0.5)
+    batch = _batch(tok)
+
+    ref_model = tiny_qwen2(tok, seed=1)
+    ref = Learner(ref_model, algo, trainer)
+    ref_metrics = [ref.step(batch, s) for s in range(2)]
+
+    model = tiny_qwen2(tok, seed=1)
+    acc = AccelerateLearner(model, algo, trainer, DistributedConfig(grad_accumulation=3))
+    metrics = [acc.step(batch, s) for s in range(2)]
+
+    # lr=1e-2: a wrong accumulation weight would move params by ~1e-2, float noise moves them <1e-4
+    assert torch.allclose(_params(acc.unwrapped), _params(ref_model), atol=1e-4, rtol=0)  # Adam turns float noise in ~0 grads into <=1e-4
+    for m, r in zip(metrics, ref_metrics):
+        assert m["loss"] == pytest.approx(r["loss"], rel=1e-4, abs=1e-6)
+        assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-4)
+        assert m["num_selected"] == r["num_selected"]
+        assert m["grad_accumulation"] == 3.0
+    # the update did something (so the equality above is not vacuous)
+    assert not torch.allclose(_params(acc.unwrapped), _params(tiny_qwen2(tok, seed=1)))
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    tok = build_tokenizer()
+    algo = AlgoConfig(stage_switch=0.0, stage2_rule="all")
+    trainer = TrainerConfig(lr=1e-3, total_steps=2)
+    batch = _batch(tok, seed=3)
+    ref = Learner(tiny_qwen2(tok, seed=2), algo, trainer).step(batch, 0)
+    acc = AccelerateLearner(tiny_qwen2(tok, seed=2), algo, trainer, DistributedConfig(mixed_precision="bf16"))
+    assert acc.accelerator.mixed_precision == "bf16"
+    m = acc.step(batch, 0)
+    assert m["skipped"] == 0.0
+    assert m["loss"] == pytest.approx(ref["loss"], abs=0.05, rel=0.05)  # bf16 rounding, same objective
+
+
+def test_strategy_choice_and_cpu_errors():
+    assert learner_strategy(DistributedConfig(), 1, cuda=False) == "plain"
+    assert learner_strategy(DistributedConfig(), 4, cuda=True) == "fsdp"
+    assert learner_strategy(DistributedConfig(learner_strategy="ddp"), 4, cuda=True) == "ddp"
+    tok = build_tokenizer()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16"):
+            AccelerateLearner(tiny_qwen2(tok), AlgoConfig(), TrainerConfig(), DistributedConfig(mixed_precision="fp16"))
+        with pytest.raises(ValueError, match="fsdp"):
+            AccelerateLearner(tiny_qwen2(tok), AlgoConfig(), TrainerConfig(), DistributedConfig(learner_strategy="fsdp"))
