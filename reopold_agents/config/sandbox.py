@@ -16,7 +16,7 @@ BACKENDS = ("local", "docker", "sandbox_fusion")
 class SandboxLimits:
     timeout_s: float = 10.0  # wall clock per run; the whole process tree is killed after it
     cpu_time_s: int = 10  # RLIMIT_CPU (local), --cpus quota x timeout (docker)
-    memory_mb: int = 512  # RLIMIT_AS (local) / cgroup memory (docker); fusion: the server's own limits
+    memory_mb: int = 512  # RLIMIT_AS (local) / cgroup memory (docker) / memory_limit_MB (fusion)
     max_processes: int = 64  # RLIMIT_NPROC of the sandbox user (local) / pids cgroup (docker)
     max_file_size_mb: int = 16  # RLIMIT_FSIZE: largest single file the code may write
     max_open_files: int = 64  # RLIMIT_NOFILE
