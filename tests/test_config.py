@@ -1,0 +1,63 @@
+"""algo/trainer config: presets compose, unknown keys and bad values fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from reopold_agents.config import compose
+from reopold_agents.config.schema import ConfigError
+
+
+@pytest.mark.parametrize("name", ["reopold", "opd", "grpo", "gkd", "opd_outcome"])
+def test_algo_presets_compose(name):
+    cfg = compose([f"algo={name}"])
+    assert cfg.algo.name == name
+
+
+def test_reopold_defaults_and_ablation_one_liners():
+    cfg = compose([])
+    assert (cfg.algo.clip_lambda, cfg.algo.beta, cfg.algo.stage_switch) == (0.2, 0.5, 0.5)
+    assert (cfg.algo.stage1_rule, cfg.algo.stage2_rule, cfg.algo.reward_clip) == ("reward_floor", "entropy", True)
+    abl = compose(["algo.reward_clip=false", "algo.stage2_rule=all", "algo.stage_switch=0"])
+    assert (abl.algo.reward_clip, abl.algo.stage2_rule, abl.algo.stage_switch) == (False, "all", 0.0)
+    assert compose(["trainer.total_steps=7", "trainer.resume=true"]).trainer.total_steps == 7
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("+algo.clip_lamda=0.3", "clip_lamda"),
+        ("+trainer.learning_rate=1e-3", "learning_rate"),
+    ],
+)
+def test_unknown_key_fails_naming_it(override, key):
+    with pytest.raises(ConfigError, match=key):
+        compose([override])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("algo.clip_lambda=1.0", "algo.clip_lambda"),
+        ("algo.beta=0", "algo.beta"),
+        ("algo.stage_switch=2", "algo.stage_switch"),
+        ("algo.stage1_rule=random", "algo.stage1_rule"),
+        ("algo.aggregation=sum", "algo.aggregation"),
+        ("algo.name=ppo", "algo.name"),
+        ("trainer.lr=0", "trainer.lr"),
+        ("trainer.lr_schedule=step", "trainer.lr_schedule"),
+        ("trainer.betas=[0.9]", "trainer.betas"),
+        ("trainer.num_minibatches=0", "trainer.num_minibatches"),
+        ("trainer.lr=abc", "lr"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose([override])
+
+
+def test_cross_key_checks():
+    with pytest.raises(ConfigError, match="algo.stage1_rule"):
+        compose(["algo=grpo", "algo.stage1_rule=reward_floor"])
+    with pytest.raises(ConfigError, match="algo.outcome_coef"):
+        compose(["algo=opd_outcome", "algo.outcome_coef=0"])
