@@ -109,9 +109,8 @@ def test_scaling_ks():
 def test_answer_extraction_and_normalisation():
     assert extract_answer(r"so x = \boxed{\frac{1}{2}} done") == r"\frac{1}{2}"
     assert extract_answer(r"\boxed{a} then \boxed{\sqrt{4}}") == r"\sqrt{4}"
-    assert extract_answer("The answer is 42.") == "42."
     assert extract_answer("<answer>Paris</answer>") == "Paris"
-    assert extract_answer("I think 3 then 7") == "7"
+    assert extract_answer("I think 3 then 7") is None  # not in the envs' answer format: abstains
     assert extract_answer("no idea") is None
     assert normalize_answer(r"\frac{1}{2}") == normalize_answer("0.50") == "1/2"
     assert normalize_answer("1,000") == "1000"

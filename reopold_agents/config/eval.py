@@ -7,8 +7,9 @@ Two uses of one schema:
 - the evaluate CLI (``configs/evaluate.yaml``, schema ``EvaluateConfig``): ``suite=<name>`` loads
   ``configs/eval/<name>.yaml`` (or a YAML path) into the same ``EvalConfig``.
 
-A benchmark = an env + a task source (``tasks.load_tasks``) + sampling settings. Benchmarks are a
-mapping keyed by name so single keys can be overridden: ``eval.benchmarks.gsm8k.source=/data/gsm8k.jsonl``.
+A benchmark = an env config (same schema as training's ``env`` group: env name, task source for
+``tasks.load_tasks``, episode limits) + sampling settings. Benchmarks are a mapping keyed by name so
+single keys can be overridden: ``eval.benchmarks.gsm8k.env.tasks=/data/gsm8k/test.jsonl``.
 """
 
 from __future__ import annotations
@@ -17,50 +18,40 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from reopold_agents.config.engine import EngineConfig
+from reopold_agents.config.env import EnvConfig
 
 
 @dataclass
 class BenchmarkConfig:
-    env: str = "math"  # registered env name (reopold_agents.make_env)
-    # task source for tasks.load_tasks: "synthetic:<kind>", a .jsonl/.json/.parquet file, a dataset
-    # folder, or a bare name looked up under $REOPOLD_DATA (schemas: docs/evaluate.md)
-    source: str = "synthetic:math"
-    split: Optional[str] = None  # split of a dataset folder / dict-of-splits JSON (loader default: test)
-    limit: Optional[int] = None  # first N tasks (synthetic: number generated); null = all (synthetic: 1000)
-    seed: int = 1234  # synthetic generator seed; differs from training's so evaluation tasks are held out
-    difficulty: int = 1  # synthetic generator difficulty
+    """One benchmark: an env with its task source (the training ``env`` schema, built by
+    ``envs.factory.build_env``) plus how to sample from the model."""
+
+    # env name, task source (tasks: synthetic | file | $REOPOLD_DATA name), split, size (0 = all rows of a
+    # file), seed, difficulty, max_turns, tools...: see reopold_agents/config/env.py
+    env: EnvConfig = field(default_factory=EnvConfig)
     n: int = 4  # samples per task (the evaluate CLI's k= overrides it)
     temperature: float = 0.8  # 0 = greedy (then n > 1 only repeats the same answer)
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 128  # per assistant turn
-    max_turns: int = 1  # assistant turns per episode (agent suites: > 1)
-    max_total_tokens: int = 2048  # prompt + all turns
-    env_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for make_env
+    max_total_tokens: int = 2048  # prompt + all turns of an episode
 
     def check(self) -> None:
-        if not self.env:
-            raise ValueError("env: empty; name a registered env (math, vqa, toolqa)")
-        if not self.source:
-            raise ValueError("source: empty; use synthetic:<kind>, a file path or a name under $REOPOLD_DATA")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: must be >= 1 or null, got {self.limit}")
-        for key in ("n", "max_new_tokens", "max_turns", "max_total_tokens", "difficulty"):
+        try:
+            self.env.check()
+        except ValueError as exc:
+            raise ValueError(f"env.{exc}") from None
+        for key in ("n", "max_new_tokens", "max_total_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
+        self.sampling().check()
 
-    def engine_config(self, base: EngineConfig) -> EngineConfig:
-        """``base`` (engine name, batch size, vLLM keys) with this benchmark's sampling/episode keys."""
-        from dataclasses import replace
+    def sampling(self, seed: int | None = None):
+        """The engine's ``SamplingParams`` for this benchmark (stop ids are added by the rollout)."""
+        from reopold_agents.engines.base import SamplingParams
 
-        return replace(base, max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                       top_k=self.top_k, max_turns=self.max_turns, max_total_tokens=self.max_total_tokens)
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, seed=seed)
 
 
 @dataclass

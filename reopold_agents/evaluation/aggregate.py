@@ -86,7 +86,7 @@ def benchmark_metrics(records: Sequence[SampleRecord], n: int) -> dict[str, Any]
         "mean_turns": _mean([r.turns for r in flat]),
         "mean_tool_calls": _mean([r.tool_calls for r in flat]),
         "mean_output_tokens": _mean([r.output_tokens for r in flat]),
-        "truncated_rate": _mean([r.finish in ("length", "max_turns", "truncated") for r in flat]),
+        "unfinished_rate": _mean([r.finish != "terminated" for r in flat]),  # no final answer committed
         SPEED_KEY: speed_metrics(flat),
     }
 

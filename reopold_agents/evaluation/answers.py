@@ -1,6 +1,7 @@
 """Answer extraction and normalisation for majority voting.
 
-Voting needs a key per sample such that equivalent answers collide. Samples the environment verified as
+Extraction is the envs' own (``envs.answers``), so a vote uses exactly what the env scored. Voting
+needs a key per sample such that equivalent answers collide. Samples the environment verified as
 correct are all equivalent to the gold answer, so they vote for the gold key (math-verify decides
 equivalence, e.g. "0.5" vs "\\frac{1}{2}"). Other samples vote for their normalised extracted answer;
 a sample with no extractable answer abstains.
@@ -12,39 +13,13 @@ import re
 from fractions import Fraction
 from typing import Any
 
-_ANSWER_PATTERNS = (
-    re.compile(r"<answer>(.*?)</answer>", re.S | re.I),
-    re.compile(r"final answer\s*(?:is|:)\s*(.+)", re.I),
-    re.compile(r"answer\s*(?:is|:)\s*(.+)", re.I),
-)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, or None."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(text) and depth:
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        j += 1
-    return text[i : j - 1] if depth == 0 else None
-
 
 def extract_answer(text: str) -> str | None:
-    """The model's final answer in ``text``: last boxed expression, else an "answer is/Answer:" phrase,
-    else an ``<answer>`` tag, else the last number; None if nothing answer-like is present."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    for pattern in _ANSWER_PATTERNS:
-        hits = pattern.findall(text)
-        if hits:
-            return hits[-1].strip().splitlines()[0].strip() if hits[-1].strip() else None
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
+    """The final answer an assistant message commits to, in the envs' format (last ``\\boxed{}``, else
+    last ``<answer>`` tag); None if it gives none. Same function the envs score with."""
+    from envs.answers import extract_final_answer
+
+    return extract_final_answer(text)
 
 
 def _latex_to_plain(s: str) -> str:

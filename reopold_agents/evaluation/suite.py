@@ -89,6 +89,8 @@ def resolve_suite(cfg: EvalConfig, k: int | None = None, limit: int | None = Non
     """The suite with ``k`` samples per task for every benchmark and at most ``limit`` tasks each."""
     benches: dict[str, BenchmarkConfig] = {}
     for name, bench in cfg.benchmarks.items():
-        new_limit = bench.limit if limit is None else min(limit, bench.limit or limit)
-        benches[name] = replace(bench, n=k if k is not None else bench.n, limit=new_limit)
+        size = bench.env.size
+        if limit is not None:
+            size = limit if size == 0 else min(size, limit)
+        benches[name] = replace(bench, n=k if k is not None else bench.n, env=replace(bench.env, size=size))
     return replace(cfg, benchmarks=benches)
