@@ -1,0 +1,106 @@
+"""Math env walk-throughs and the math-verify checker."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import reopold_agents as ra
+from envs.answers import extract_final_answer
+from envs.scoring import verify_math
+from tasks import Task
+
+
+def _env(answer: str, **kw):
+    return ra.make_env("math", tasks=[Task(id="m", question="Compute it.", answer=answer)], **kw)
+
+
+def test_correct_answer():
+    env = _env("\\frac{1}{2}")
+    env.reset(seed=0)
+    obs, r, term, trunc, info = env.step("1/4 + 1/4 = 1/2, so \\boxed{0.5}")
+    assert (r, term, trunc, info["success"], info["pred"]) == (1.0, True, False, True, "0.5")
+    assert "math-verify" in info["why"]
+
+
+def test_wrong_answer():
+    env = _env("7")
+    env.reset(seed=0)
+    obs, r, term, trunc, info = env.step("\\boxed{8}")
+    assert (r, term, trunc, info["success"]) == (0.0, True, False, False)
+    assert "is not equivalent" in info["why"]
+
+
+def test_nudge_then_truncation():
+    env = _env("7", max_turns=2)
+    env.reset(seed=0)
+    obs, r, term, trunc, info = env.step("It is seven.")
+    assert (r, term, trunc) == (0.0, False, False)
+    assert obs["messages"][-1]["role"] == "user" and "\\boxed" in obs["messages"][-1]["content"]
+    obs, r, term, trunc, info = env.step("Still seven.")
+    assert (r, term, trunc, info["success"]) == (0.0, False, True, False)
+    assert "max_turns (2)" in info["why"]
+
+
+def test_nudge_then_correct():
+    env = _env("7", max_turns=3)
+    env.reset(seed=0)
+    env.step("seven")
+    _, r, term, _, info = env.step("\\boxed{7}")
+    assert r == 1.0 and term and info["turn"] == 2
+
+
+@pytest.mark.parametrize(
+    "gold, pred, ok",
+    [
+        ("\\frac{1}{2}", "0.5", True),
+        ("\\frac{1}{2}", "\\dfrac{1}{2}", True),
+        ("\\frac{1}{2}", "1/2", True),
+        ("\\frac{1}{2}", "\\frac{2}{4}", True),
+        ("\\frac{1}{3}", "0.33", False),
+        ("3", "3.0", True),
+        ("72", "72", True),
+        ("72", "27", False),
+        ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", True),
+        ("2\\pi", "2 \\pi", True),
+        ("x^2+1", "1+x^2", True),
+        ("\\{1, 2\\}", "\\{2, 1\\}", True),
+        ("-\\frac{3}{4}", "-0.75", True),
+        ("-\\frac{3}{4}", "0.75", False),
+        ("10", "\\text{ten}", False),
+    ],
+)
+def test_verify_math(gold, pred, ok):
+    assert verify_math(pred, gold).success is ok
+
+
+def test_verify_math_off_main_thread():
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", verify_math("\\frac{6}{8}", "\\frac{3}{4}")))
+    t.start()
+    t.join(30)
+    assert out["v"].success
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+        ("\\boxed{1} then \\boxed{2}", "2"),
+        ("\\boxed{\\left\\{ 1, 2 \\right\\}}", "\\left\\{ 1, 2 \\right\\}"),
+        ("<answer> 42 </answer>", "42"),
+        ("\\boxed {7}", "7"),
+        ("no answer", None),
+        ("\\boxed{unclosed", None),
+    ],
+)
+def test_extract_final_answer(text, answer):
+    assert extract_final_answer(text) == answer
+
+
+def test_benchmark_rows_default_to_math_verify():
+    env = ra.make_env("math", tasks=[Task(id="g", question="q", answer="1,000")], max_turns=1)
+    env.reset(seed=0)
+    _, r, *_ = env.step("\\boxed{1000}")
+    assert r == 1.0
