@@ -34,14 +34,18 @@ class _SampledLogprobs(LogitsProcessor):
     the last step is resolved by ``finish``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, banned: list[int]) -> None:
         self.prev: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
+        self.banned = banned
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.prev is not None:
             self.steps.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
         self.prev = torch.log_softmax(scores.float(), dim=-1)
+        if self.banned:  # after recording the raw distribution: these ids are never sampled
+            scores = scores.clone()
+            scores[:, self.banned] = -float("inf")
         return scores
 
     def finish(self, last_ids: torch.Tensor) -> torch.Tensor:
@@ -71,13 +75,29 @@ def _image_inputs(requests: list[GenerationRequest], processor: Any) -> dict[str
 class HFEngine(Engine):
     """Generates with an in-process transformers model (shared with the learner or a copy of it)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, processor: Any = None, max_batch_size: int = 64):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        processor: Any = None,
+        max_batch_size: int = 64,
+        banned_token_ids: list[int] | None = None,
+    ):
+        """``banned_token_ids`` are never sampled (default for VL processors: the image/video pad ids,
+        which would otherwise desynchronise image tokens and image features); their probability mass
+        stays in the recorded raw log-probs, which is what the learner recomputes."""
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before building HFEngine")
         self.model = model
         self.tokenizer = tokenizer
         self.processor = processor
         self.max_batch_size = max_batch_size
+        if banned_token_ids is None:
+            banned_token_ids = [
+                int(i) for i in (getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None))
+                if i is not None
+            ]
+        self.banned_token_ids = list(banned_token_ids)
 
     @property
     def device(self) -> torch.device:
@@ -131,7 +151,7 @@ class HFEngine(Engine):
         device = self.device
         extra = {k: v.to(device) for k, v in _image_inputs(requests, self.processor).items()}
         extra = forward_inputs(self.model, ids.to(device), extra)
-        capture = _SampledLogprobs()
+        capture = _SampledLogprobs(self.banned_token_ids)
         config = self._generation_config(sampling)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
