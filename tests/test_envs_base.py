@@ -28,6 +28,7 @@ def test_check_env_passes_for_builtins(gym_id):
         check_env(env.unwrapped)
     # check_env reports API problems as warnings; none may come from our envs.
     assert [str(w.message) for w in caught] == []
+    assert type(gym.make(f"envs:{gym_id}").unwrapped) is type(env.unwrapped)  # the module-prefixed form
 
 
 @pytest.mark.parametrize("name", ["math", "vqa", "toolqa"])
