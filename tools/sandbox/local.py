@@ -138,7 +138,7 @@ class LocalSandbox(Sandbox):
         argv += ["--proc", "/proc", "--dev", "/dev",
                  "--size", size, "--perms", "1777", "--tmpfs", "/tmp",
                  "--size", size, "--perms", "1777", "--tmpfs", WORKDIR,
-                 "--ro-bind", host_dir, CODE_DIR, "--chdir", WORKDIR]
+                 "--ro-bind", host_dir, CODE_DIR, "--remount-ro", "/", "--chdir", WORKDIR]
         for key, value in self._child_env(WORKDIR).items():
             argv += ["--setenv", key, value]
         return argv + ["--", self.cfg.python, "-I", f"{CODE_DIR}/main.py"]
