@@ -128,6 +128,26 @@ def _load_pretrained(name: str, torch_dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=name)
 
 
+def load_tokenizer_and_processor(name: str, role: Role = "teacher") -> tuple[Any, Any, str | None]:
+    """Tokenizer, processor and loadable path of a model without loading its weights (for engines
+    such as vLLM that load the weights themselves). The path is None for a random tiny model."""
+    if name in TINY_NAMES:
+        from reopold_agents.testing import build_tokenizer
+        from reopold_agents.testing.vl import tiny_vl_processor
+
+        tok = build_tokenizer()
+        target = tiny_model_dir(name, role)
+        path = str(target) if (target / "config.json").exists() else None
+        return tok, (tiny_vl_processor(tok) if name == "tiny_vl" else None), path
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    is_vl = getattr(AutoConfig.from_pretrained(name), "vision_config", None) is not None
+    return tok, (AutoProcessor.from_pretrained(name) if is_vl else None), name
+
+
 def mm_token_type_ids(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
     """Qwen-VL token types (0 text, 1 image, 2 video) that switch on 3-D mrope positions for vision
     tokens; None for text-only models. Every forward of a VL model (engine, teacher, learner) must pass

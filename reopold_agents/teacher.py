@@ -136,21 +136,19 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0, engine
     """Load the teacher named by ``model_cfg.teacher`` behind ``model_cfg.teacher_engine``; its tokenizer
     must equal the student's. ``top_k`` > 0 also fills the GKD top-k fields (``algo.gkd_topk``)."""
     if model_cfg.teacher_engine == "vllm":
-        from reopold_agents.models import load_model
-
-        if engine_cfg is None:
-            raise ValueError("model.teacher_engine=vllm needs the engine config (vLLM settings)")
-        loaded = load_model(model_cfg.teacher, "teacher", model_cfg.dtype, "cpu")
-        check_same_tokenizer(student_tokenizer, loaded.tokenizer)
-        if loaded.path is None:
-            raise ValueError(f"teacher {model_cfg.teacher!r} has no saved weights for vLLM to load; train/save it first")
         from dataclasses import replace
 
         from reopold_agents.engines import make_engine
+        from reopold_agents.models import load_tokenizer_and_processor
 
-        vcfg = replace(engine_cfg, name="vllm")
-        engine = make_engine(vcfg, model=None, tokenizer=loaded.tokenizer, processor=loaded.processor, model_path=loaded.path)
-        return Teacher(loaded.tokenizer, engine=engine, chunk_size=model_cfg.chunk_size, batch_size=model_cfg.teacher_batch_size)
+        if engine_cfg is None:
+            raise ValueError("model.teacher_engine=vllm needs the engine config (vLLM settings)")
+        tok, processor, path = load_tokenizer_and_processor(model_cfg.teacher, "teacher")
+        check_same_tokenizer(student_tokenizer, tok)
+        if path is None:
+            raise ValueError(f"teacher {model_cfg.teacher!r} has no saved weights for vLLM to load; train/save it first")
+        engine = make_engine(replace(engine_cfg, name="vllm"), model=None, tokenizer=tok, processor=processor, model_path=path)
+        return Teacher(tok, engine=engine, chunk_size=model_cfg.chunk_size, batch_size=model_cfg.teacher_batch_size)
     from reopold_agents.models import load_teacher
 
     loaded = load_teacher(model_cfg)
