@@ -1,0 +1,72 @@
+"""Suites and the evaluate CLI's config: every shipped suite loads, unknown keys fail naming the key,
+k/limit apply to every benchmark, and training's `eval` group reads the same suite files."""
+
+from __future__ import annotations
+
+import pytest
+
+from reopold_agents.config import compose
+from reopold_agents.config.schema import ConfigError
+from reopold_agents.evaluation.suite import compose_evaluate, load_suite, resolve_suite, suite_names
+
+BUILTIN = {"math_tiny", "vqa_tiny", "toolqa_tiny", "gsm8k", "math500", "aime", "mathvista", "geometry3k", "tooluse"}
+
+
+def test_every_shipped_suite_loads():
+    assert BUILTIN | {"none"} <= set(suite_names())
+    for name in BUILTIN:
+        suite = load_suite(name)
+        assert suite.name == name and suite.benchmarks
+    assert load_suite("none").benchmarks == {}
+
+
+def test_cli_config_as_documented():
+    cfg = compose_evaluate(["suite=math_tiny", "k=8"])
+    assert (cfg.suite, cfg.k, cfg.eval.name) == ("math_tiny", 8, "math_tiny")
+    resolved = resolve_suite(cfg.eval, cfg.k, limit=3)
+    assert all(b.n == 8 and b.env.size == 3 for b in resolved.benchmarks.values())
+    # file suites use size 0 (= every row); limit caps them too
+    gsm = compose_evaluate(["suite=gsm8k", "eval.benchmarks.gsm8k.env.tasks=/data/gsm8k.jsonl"])
+    assert gsm.eval.benchmarks["gsm8k"].env.tasks == "/data/gsm8k.jsonl"
+    assert resolve_suite(gsm.eval, None, 7).benchmarks["gsm8k"].env.size == 7
+    assert resolve_suite(gsm.eval, None, None).benchmarks["gsm8k"].env.size == 0
+
+
+@pytest.mark.parametrize("override,key", [
+    ("kk=3", "kk"),
+    ("engine.bogus=1", "engine.bogus"),
+    ("eval.benchmarks.arith.nn=3", "eval.benchmarks.arith.nn"),
+    ("eval.benchmarks.arith.env.colour=red", "eval.benchmarks.arith.env.colour"),
+    ("eval.benchmarks.arith.n=0", "eval.benchmarks.arith.n"),
+    ("eval.benchmarks.arith.top_p=0", "eval.benchmarks.arith.top_p"),
+    ("k=0", "k"),
+    ("role=boss", "role"),
+    ("suite=no_such_suite", "suite"),
+])
+def test_bad_keys_fail_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose_evaluate([override])
+
+
+def test_suite_from_a_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nbenchmarks:\n  a:\n    env: {name: math, size: 3}\n    n: 2\n")
+    cfg = compose_evaluate([f"suite={path}", "eval.benchmarks.a.n=5"])
+    assert cfg.eval.name == "mine" and cfg.eval.benchmarks["a"].n == 5
+
+
+def test_training_eval_group_reads_the_same_suites():
+    assert compose([]).eval.benchmarks == {}  # eval=none: no in-training evaluation
+    run_cfg = compose(["eval=math_tiny", "trainer.eval_every=10"])
+    assert run_cfg.eval == load_suite("math_tiny") and run_cfg.trainer.eval_every == 10
+    with pytest.raises(ConfigError, match="eval.benchmarks.arith.n"):
+        compose(["eval=math_tiny", "eval.benchmarks.arith.n=0"])
+
+
+def test_cli_main_reports_config_errors(capsys):
+    from reopold_agents.evaluate import main
+
+    assert main(["suite=math_tiny", "temperature=0.5"]) == 2
+    assert "temperature" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "math_tiny" in capsys.readouterr().out
