@@ -101,11 +101,13 @@ class LocalSandbox(Sandbox):
             self.uid, self.gid = pw.pw_uid, pw.pw_gid
         else:
             log.warning("local sandbox: not root, so code runs as the current user (uid %d)", os.geteuid())
-        self.bwrap = self._find_bwrap()
-        if self.bwrap and not any(self.cfg.python.startswith(p.rstrip("/") + "/") for p in self.cfg.ro_paths):
+        if self.cfg.bwrap != "never" and not any(
+            self.cfg.python.startswith(p.rstrip("/") + "/") for p in self.cfg.ro_paths
+        ):
             raise SandboxError(f"local.python: {self.cfg.python} is not under any of local.ro_paths {self.cfg.ro_paths}")
         if not os.path.exists(self.cfg.python):
             raise SandboxError(f"local.python: {self.cfg.python} does not exist")
+        self.bwrap = self._find_bwrap()
 
     @property
     def isolated(self) -> bool:
