@@ -1,0 +1,219 @@
+"""Learner on tiny real Qwen2 / Qwen2.5-VL models: OPD gradient = policy gradient with the stop-gradient
+log-ratio reward, one step = AdamW on that gradient, KL to a fixed teacher goes down, NaN guard, modes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from reopold_agents.config.algo import AlgoConfig
+from reopold_agents.config.trainer import TrainerConfig
+from reopold_agents.learner import Learner
+from reopold_agents.logprobs import model_token_logprobs, model_topk_logprobs
+from reopold_agents.losses import batch_advantages, objective_loss, selection_mask
+from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.trajectory import Batch
+
+OPD = dict(name="opd", reward_clip=False, stage1_rule="all", stage2_rule="all")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def _toy_batch(tok, student, teacher, seed=0, bsz=4, length=20, prompt=6):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, len(tok), (bsz, length), generator=g)
+    am = torch.ones_like(ids)
+    am[1, -4:] = 0
+    ids[am == 0] = tok.pad_token_id
+    lm = torch.zeros(bsz, length)
+    lm[:, prompt:] = 1
+    lm = lm * am
+    with torch.no_grad():
+        old, _ = model_token_logprobs(student, ids, am)
+        tea, _ = model_token_logprobs(teacher, ids, am)
+    return Batch(ids, am, lm, old * lm, tea * lm, torch.tensor([1.0, 0.0, 1.0, 0.0][:bsz]), torch.tensor([0, 0, 1, 1][:bsz]))
+
+
+def _naive_pg_loss(model, batch):
+    """-(1/N) sum_t sg(log pi_T - log pi_old) log pi_theta(y_t), from the model's full logits."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    mask = batch.loss_mask[:, 1:]
+    reward = (batch.teacher_logprobs[:, 1:] - batch.old_logprobs[:, 1:]).detach()
+    return -(reward * logp * mask).sum() / mask.sum()
+
+
+def test_opd_gradient_is_policy_gradient_with_stop_gradient_reward(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    cfg = AlgoConfig(**OPD)
+    logp, ent = model_token_logprobs(student, batch.input_ids, batch.attention_mask, with_entropy=True, chunk_size=7)
+    adv = batch_advantages(cfg, batch)
+    mask = selection_mask(cfg, "all", batch.loss_mask, ent, adv)
+    loss, _ = objective_loss(cfg, logp, batch.old_logprobs, adv.advantages, mask)
+    params = list(student.parameters())
+    got = torch.autograd.grad(loss, params)
+    want = torch.autograd.grad(_naive_pg_loss(student, batch), params)
+    assert sum(float(g.abs().sum()) for g in want) > 0
+    for (name, _), a, e in zip(student.named_parameters(), got, want):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_learner_step_applies_adamw_to_that_gradient(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher, seed=1)
+    ref = copy.deepcopy(student)
+    # eps=1 keeps Adam's first update ~linear in the gradient, so float round-off in near-zero
+    # gradients (every vocab row gets one through the tied head) cannot flip an update's sign.
+    trainer = TrainerConfig(lr=1e-3, eps=1.0, max_grad_norm=0.0, weight_decay=0.01, total_steps=3)
+    metrics = Learner(student, AlgoConfig(**OPD), trainer).step(batch, 0)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=1.0, weight_decay=0.01)
+    _naive_pg_loss(ref, batch).backward()
+    opt.step()
+    for (name, a), b in zip(student.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert metrics["skipped"] == 0.0 and metrics["num_tokens"] == float(batch.loss_mask.sum())
+    assert metrics["frac_selected"] == 1.0 and metrics["frac_clipped"] == 0.0
+    r = (batch.teacher_logprobs - batch.old_logprobs)[batch.loss_mask > 0]
+    assert metrics["reward_mean"] == pytest.approx(float(r.mean()), abs=1e-6)
+    assert metrics["reward_min"] == pytest.approx(float(r.min())) and metrics["reward_max"] == pytest.approx(float(r.max()))
+    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # on-policy: rho = 1
+    for key in ("loss", "grad_norm", "entropy_mean", "reward_std", "lr", "stage"):
+        assert key in metrics
+
+
+def _exact_reverse_kl(model, ids, am, lm, logq):
+    with torch.no_grad():
+        ls = torch.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1], -1)
+    per_pos = (ls.exp() * (ls - logq)).sum(-1)
+    return float((per_pos * lm[:, 1:]).sum() / lm[:, 1:].sum())
+
+
+@pytest.mark.parametrize("algo", [OPD, dict(name="reopold")])
+def test_learner_lowers_reverse_kl_to_fixed_teacher(tok, algo):
+    """On-policy loop: sample from the student, score with a fixed teacher distribution q, step."""
+    torch.manual_seed(0)
+    student = tiny_qwen2(tok, seed=0)
+    vocab = len(tok)
+    logq = torch.log_softmax(torch.randn(vocab, generator=torch.Generator().manual_seed(7)), -1)
+    prompts = torch.randint(10, vocab, (8, 4), generator=torch.Generator().manual_seed(0))
+    learner = Learner(student, AlgoConfig(**algo), TrainerConfig(lr=3e-3, total_steps=8))
+    kls = []
+    for step in range(8):
+        torch.manual_seed(100 + step)
+        with torch.no_grad():
+            ids = student.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+                                   max_new_tokens=12, min_new_tokens=12, top_k=0, top_p=1.0)
+            am = torch.ones_like(ids)
+            lm = torch.zeros(ids.shape)
+            lm[:, 4:] = 1
+            old, _ = model_token_logprobs(student, ids, am)
+        kls.append(_exact_reverse_kl(student, ids, am, lm, logq))
+        batch = Batch(ids, am, lm, old * lm, logq[ids] * lm, torch.zeros(8), torch.arange(8))
+        metrics = learner.step(batch, step)
+        assert metrics["skipped"] == 0.0
+    assert kls[-1] < kls[0] - 0.005, kls
+    assert sum(b < a for a, b in zip(kls, kls[1:])) >= 5, kls
+
+
+def test_nonfinite_loss_skips_the_step(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    batch.teacher_logprobs[0, 10] = float("nan")
+    before = copy.deepcopy(student.state_dict())
+    learner = Learner(student, AlgoConfig(**OPD), TrainerConfig(lr=1e-2))
+    metrics = learner.step(batch, 0)
+    assert metrics["skipped"] == 1.0 and metrics["skipped_nonfinite"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert not learner.optimizer.state  # AdamW never stepped
+    batch.teacher_logprobs[0, 10] = 0.0
+    assert learner.step(batch, 1)["skipped"] == 0.0  # the next good batch trains normally
+
+
+def test_no_trainable_tokens_is_an_empty_skip(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    batch.loss_mask.zero_()
+    metrics = Learner(student, AlgoConfig(name="reopold"), TrainerConfig(total_steps=2)).step(batch, 1)
+    assert metrics["skipped"] == 1.0 and metrics["skipped_empty"] == 1.0 and metrics["num_tokens"] == 0.0
+
+
+def test_reopold_stages_select_as_configured(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=2)
+    batch = _toy_batch(tok, student, teacher)
+    batch.teacher_logprobs[0, 8] = -50.0  # one token the teacher rejects outright
+    n = float(batch.loss_mask.sum())
+    learner = Learner(student, AlgoConfig(name="reopold", beta=0.25), TrainerConfig(lr=1e-4, total_steps=4))
+    m1 = learner.step(batch, 0)  # stage 1: reward_floor
+    r = (batch.teacher_logprobs - batch.old_logprobs)[batch.loss_mask > 0]
+    assert m1["stage"] == 1.0 and m1["num_selected"] == float((r >= -1.3862944).sum()) < n
+    assert m1["frac_clipped"] == 0.0  # every kept token is above the floor
+    m2 = learner.step(batch, 2)  # stage 2: top-25% by student entropy
+    assert m2["stage"] == 2.0 and m2["num_selected"] == float(-(-int(n) // 4))
+
+
+def test_ppo_epochs_and_minibatches(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    learner = Learner(student, AlgoConfig(name="reopold", stage_switch=0.0), TrainerConfig(lr=1e-3, ppo_epochs=2, num_minibatches=2))
+    m = learner.step(batch, 0)
+    assert m["skipped"] == 0.0 and m["frac_selected"] == pytest.approx(0.5, abs=0.05)
+    assert learner.optimizer.state[learner.params[0]]["step"] == 4  # 2 epochs x 2 minibatches
+    assert m["ratio_mean"] != pytest.approx(1.0, abs=1e-7)  # later passes see an updated policy
+    with pytest.raises(ValueError, match="num_minibatches"):
+        Learner(student, AlgoConfig(), TrainerConfig(num_minibatches=5)).step(batch, 0)
+
+
+def test_grpo_and_gkd_train(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    m = Learner(copy.deepcopy(student), AlgoConfig(name="grpo", stage1_rule="all"), TrainerConfig(lr=1e-3)).step(batch, 0)
+    assert m["skipped"] == 0.0 and m["grad_norm"] > 0
+    vals, ids = model_topk_logprobs(teacher, batch.input_ids, batch.attention_mask, k=4)
+    batch.teacher_topk_ids, batch.teacher_topk_logprobs = ids, vals
+    gkd = Learner(student, AlgoConfig(name="gkd", gkd_topk=4, stage1_rule="all", stage2_rule="all"), TrainerConfig(lr=3e-3))
+    kls = [gkd.step(batch, s)["topk_kl"] for s in range(4)]
+    assert kls[-1] < kls[0], kls
+    with pytest.raises(ValueError, match="gkd_topk"):
+        Learner(student, AlgoConfig(name="gkd", gkd_topk=8, stage1_rule="all"), TrainerConfig()).step(batch, 0)
+
+
+def test_learner_on_qwen2_5_vl_with_minibatches(tok):
+    from reopold_agents.testing.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
+    from reopold_agents.learner import _split_model_inputs
+
+    proc, student, teacher = tiny_vl_processor(tok), tiny_qwen2_5_vl(tok, seed=0), tiny_qwen2_5_vl(tok, seed=1)
+    texts = ["look <|vision_start|><|image_pad|><|vision_end|> red square here", "no image in this one at all ok",
+             "two <|vision_start|><|image_pad|><|vision_end|> and <|vision_start|><|image_pad|><|vision_end|> x"]
+    imgs = [color_image(), color_image((0, 0, 200), (28, 56)), color_image((0, 200, 0), (56, 28))]
+    enc = proc(text=texts, images=imgs, padding=True, return_tensors="pt")
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    mi = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
+    lm = am.float().clone()
+    lm[:, :3] = 0
+    with torch.no_grad():
+        old, _ = model_token_logprobs(student, ids, am, mi)
+        tea, _ = model_token_logprobs(teacher, ids, am, mi)
+    batch = Batch(ids, am, lm, old * lm, tea * lm, torch.zeros(3), torch.arange(3), model_inputs=mi)
+    # splitting rows keeps each sequence's own images
+    part = _split_model_inputs(batch, torch.tensor([2]), student)
+    assert torch.equal(part["image_grid_thw"], mi["image_grid_thw"][1:])
+    assert part["pixel_values"].shape[0] == int(mi["image_grid_thw"][1:].prod(-1).sum())
+    learner = Learner(student, AlgoConfig(name="reopold", stage_switch=0.0), TrainerConfig(lr=1e-3, num_minibatches=3))
+    m = learner.step(batch, 0)
+    assert m["skipped"] == 0.0 and m["grad_norm"] > 0
+    assert any(p.grad is None for p in student.parameters())  # grads cleared after the step
