@@ -225,7 +225,9 @@ class VLLMEngine(Engine):
 
             tmp = tempfile.mkdtemp(prefix="reopold-vllm-sync-")
             try:
-                save_file({n: t.to("cpu").contiguous() for n, t in items}, os.path.join(tmp, "model.safetensors"))
+                # copy=True: tied tensors (lm_head = embed_tokens) must not share storage in a safetensors file.
+                tensors = {n: t.to("cpu", copy=True).contiguous() for n, t in items}
+                save_file(tensors, os.path.join(tmp, "model.safetensors"))
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
