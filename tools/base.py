@@ -112,10 +112,12 @@ def to_result(out: Any) -> ToolResult:
         return ToolResult(text=out[0], images=list(imgs))
     if out is None:
         return ToolResult(text="")
-    try:
-        return ToolResult(text=json.dumps(out, ensure_ascii=False, default=str))
-    except (TypeError, ValueError):
-        return ToolResult(text=str(out))
+    if isinstance(out, (dict, list, int, float, bool)):
+        try:
+            return ToolResult(text=json.dumps(out, ensure_ascii=False, default=str))
+        except (TypeError, ValueError):  # e.g. circular structures
+            pass
+    return ToolResult(text=str(out))
 
 
 def _is_image(obj: Any) -> bool:
@@ -169,7 +171,7 @@ def validate_arguments(tool_name: str, schema: dict[str, Any], kwargs: dict[str,
         if errors:
             err = errors[0]
             where = key + "".join(f"[{p!r}]" for p in err.path)
-            problems.append(f"argument {where!r}: {_describe(err.instance)} {_short(err)}")
+            problems.append(f"argument '{where}': {_describe(err.instance)} {_short(err)}")
     if not problems:
         return None
     return f"invalid arguments for tool {tool_name!r}: " + "; ".join(problems)
