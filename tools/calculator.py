@@ -138,7 +138,8 @@ def evaluate(expression: str) -> int | float:
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as exc:
-        raise CalcError(f"syntax error at column {exc.offset}: {exc.msg}") from None
+        where = f" at column {exc.offset}" if exc.offset else ""
+        raise CalcError(f"syntax error{where}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
         raise CalcError(f"cannot parse the expression: {type(exc).__name__}") from None
     n_nodes = sum(1 for _ in ast.walk(tree))
