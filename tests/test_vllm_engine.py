@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.vllm_cpu
-
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = os.environ.get("VLLM_CPU_PYTHON")
 SKIP_REASON = "VLLM_CPU_PYTHON is not set (make the venv with scripts/setup_vllm_cpu.sh; see docs/vllm.md)"
@@ -58,6 +56,7 @@ def report(tmp_path_factory) -> dict:
     return data
 
 
+@pytest.mark.vllm_cpu
 @pytest.mark.parametrize("name", CHECKS)
 def test_vllm_cpu_check(report: dict, name: str) -> None:
     crashed = {k: v for k, v in report.items() if k.endswith("_crashed")}
@@ -66,7 +65,23 @@ def test_vllm_cpu_check(report: dict, name: str) -> None:
     assert report[name]["ok"], f"{name}: {report[name]}"
 
 
+@pytest.mark.vllm_cpu
 def test_check_list_is_complete(report: dict) -> None:
     """Every check the script reports is asserted here (a new check cannot silently go unasserted)."""
     reported = {k for k, v in report.items() if isinstance(v, dict) and not k.endswith("_crashed")}
     assert reported == set(CHECKS)
+
+
+def test_missing_vllm_is_a_clear_error() -> None:
+    """In the project venv (no vllm) engine=vllm fails at construction, naming the fix."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed in this interpreter")
+    from reopold_agents.config.engine import EngineConfig
+    from reopold_agents.engines.vllm import VLLMEngine
+
+    with pytest.raises(ImportError, match="setup_vllm_cpu.sh"):
+        VLLMEngine(EngineConfig(name="vllm"), model_path="/nonexistent")
+    with pytest.raises(ValueError, match="model_path"):
+        VLLMEngine(EngineConfig(name="vllm"))

