@@ -19,9 +19,7 @@ from PIL import Image
 from reopold_agents.evaluation.aggregate import strip_speed
 from reopold_agents.evaluation.runner import evaluate_suite
 from reopold_agents.evaluation.suite import compose_evaluate, resolve_suite
-from reopold_agents.models import load_model
-
-from test_eval_harness import OracleEngine
+from test_eval_harness import OracleEngine, random_tiny
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +57,7 @@ def test_file_suites_read_benchmark_files(tmp_path, suite_name, rows, tool_first
                            if suite_name == "tooluse" else
                            [f"suite={suite_name}", f"eval.benchmarks.{suite_name}.env.tasks={path}", "k=2"])
     suite = resolve_suite(cfg.eval, cfg.k, None)
-    tok = load_model("tiny", "student", device="cpu").tokenizer
+    tok = random_tiny().tokenizer
     from envs.factory import load_env_tasks
 
     tasks = load_env_tasks(suite.benchmarks[suite_name].env)
@@ -82,7 +80,7 @@ def test_mathvista_style_suite_with_images(tmp_path):
     cfg = compose_evaluate(["suite=mathvista", f"eval.benchmarks.mathvista.env.tasks={path}", "k=1",
                             "eval.benchmarks.mathvista.env.max_pixels=12544"])
     suite = resolve_suite(cfg.eval, cfg.k, None)
-    vl = load_model("tiny_vl", "student", device="cpu")
+    vl = random_tiny(vl=True)
     from envs.factory import load_env_tasks
 
     tasks = load_env_tasks(suite.benchmarks["mathvista"].env)

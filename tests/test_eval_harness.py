@@ -18,7 +18,8 @@ from reopold_agents.evaluation.aggregate import strip_speed
 from reopold_agents.evaluation.records import SAMPLES_FILE, RecordStore
 from reopold_agents.evaluation.runner import EvaluationStopped, evaluate_suite
 from reopold_agents.evaluation.suite import load_suite, resolve_suite
-from reopold_agents.models import load_model
+from reopold_agents.models import LoadedModel
+from reopold_agents.testing import build_tokenizer, tiny_qwen2
 
 torch.set_num_threads(1)
 
@@ -83,9 +84,20 @@ def small_suite(name: str, k: int, limit: int, max_new_tokens: int | None = None
     return replace(suite, benchmarks=benches)
 
 
+def random_tiny(vl: bool = False, seed: int = 0) -> LoadedModel:
+    """A randomly initialised tiny model built from config (never the cached trained pair, so the tests
+    neither depend on nor trigger a build)."""
+    tok = build_tokenizer()
+    if vl:
+        from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+
+        return LoadedModel(tiny_qwen2_5_vl(tok, seed=seed), tok, tiny_vl_processor(tok), "tiny_vl", None)
+    return LoadedModel(tiny_qwen2(tok, seed=seed), tok, None, "tiny", None)
+
+
 @pytest.fixture(scope="module")
 def tiny_student():
-    return load_model("tiny", "student", device="cpu")
+    return random_tiny()
 
 
 @pytest.mark.parametrize("suite_name,tool_first", [("math_tiny", False), ("toolqa_tiny", True)])
@@ -116,7 +128,7 @@ def test_metrics_match_what_the_engine_answered(tmp_path, tiny_student, suite_na
 
 @pytest.mark.parametrize("suite_name,model", [("math_tiny", "tiny"), ("toolqa_tiny", "tiny"), ("vqa_tiny", "tiny_vl")])
 def test_tiny_models_on_each_builtin_suite(tmp_path, suite_name, model):
-    loaded = load_model(model, "student", device="cpu")
+    loaded = random_tiny(vl=model == "tiny_vl")
     suite = small_suite(suite_name, k=2, limit=2, max_new_tokens=8)
     res = evaluate_suite(loaded.model, loaded.tokenizer, suite, processor=loaded.processor, out_dir=tmp_path,
                          label=f"{model}-student", progress=False)

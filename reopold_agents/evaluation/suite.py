@@ -8,7 +8,7 @@ suite can be overridden on the command line (``eval.benchmarks.gsm8k.source=/dat
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +58,24 @@ def load_suite(suite: str, overrides: list[str] | None = None) -> EvalConfig:
 
 
 def compose_evaluate(overrides: list[str] | None = None) -> EvaluateConfig:
-    """The evaluate CLI's config from command-line overrides (``suite=math_tiny k=8 ...``)."""
+    """The evaluate CLI's config from command-line overrides (``suite=math_tiny k=8 ...``).
+
+    Hydra composes ``configs/evaluate.yaml`` with the ``engine`` group (``engine=vllm``). The CLI's own
+    scalar keys (``model=`` would otherwise be read as the training ``model`` group), ``engine.*`` and the
+    suite's keys (``eval.*``) are merged afterwards and checked against the dataclasses, so each error
+    names the full key.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = list(overrides or [])
-    suite = next((o.split("=", 1)[1] for o in overrides if o.startswith("suite=")), None)
-    hydra_overrides = [o for o in overrides if not o.startswith(("eval=", "eval."))]
-    eval_overrides = [o[len("eval."):] for o in overrides if o.startswith("eval.")]
     if any(o.startswith("eval=") for o in overrides):
         raise ConfigError("eval: choose the suite with suite=<name or path>, not eval=")
+    own = {f.name for f in fields(EvaluateConfig)} - {"eval", "engine"}
+    # merged after composition and checked against the dataclasses (a group's YAML need not list every key)
+    own_overrides = [o for o in overrides if o.split("=", 1)[0] in own or o.startswith("engine.")]
+    eval_overrides = [o[len("eval."):] for o in overrides if o.startswith("eval.")]
+    hydra_overrides = [o for o in overrides if o not in own_overrides and not o.startswith("eval.")]
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     try:
@@ -78,10 +86,10 @@ def compose_evaluate(overrides: list[str] | None = None) -> EvaluateConfig:
         if match:
             raise ConfigError(f"unknown config key {match.group(1)!r} (see reopold_agents/config/eval.py)") from None
         raise ConfigError(f"bad override: {exc}") from None
-    suite = suite or str(cfg.suite)
     OmegaConf.set_struct(cfg, False)
-    suite_cfg = load_suite(suite, eval_overrides)
-    cfg.eval = OmegaConf.structured(suite_cfg)
+    if own_overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(own_overrides))
+    cfg.eval = OmegaConf.structured(load_suite(str(cfg.suite), eval_overrides))
     return _structured(EvaluateConfig, cfg, "")
 
 
