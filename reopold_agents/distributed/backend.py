@@ -87,11 +87,13 @@ class Backend(ABC):
     def rollout(self, tasks: list[Any], step: int) -> list[Trajectory]:
         return self.submit_rollout(tasks, step).result()
 
-    def train(self, tasks_for_step: Callable[[int], list[Any]], start_step: int, end_step: int) -> Iterator[StepResult]:
+    def train(self, tasks_for_step: Callable[[int], list[Any]], start_step: int, end_step: int,
+              async_rollout: bool | None = None) -> Iterator[StepResult]:
         """Run steps ``start_step..end_step-1``; ``tasks_for_step(step)`` must be deterministic in ``step``
         (resume and async look-ahead both rely on it). Yields after each update, weights already synced,
-        so the caller may checkpoint with ``save`` between steps."""
-        async_rollout = bool(self.dcfg.async_rollout)
+        so the caller may checkpoint with ``save`` between steps. ``async_rollout`` defaults to
+        ``distributed.async_rollout``; the first step after (re)starting has lag 0, later ones lag 1."""
+        async_rollout = bool(self.dcfg.async_rollout if async_rollout is None else async_rollout)
         pending_box: list[RolloutHandle | None] = [None]  # the async look-ahead rollout, if any
         try:
             yield from self._steps(tasks_for_step, start_step, end_step, async_rollout, pending_box)

@@ -18,7 +18,8 @@ from reopold_agents.trajectory import Trajectory
 
 @dataclass(frozen=True)
 class Chunk:
-    index: int  # position in the step's task list (chunk order = task order)
+    index: int  # chunk order = task order
+    start: int  # position of tasks[0] in the step's task list (offsets group ids to be step-global)
     tasks: list[Any]
     seed: int
 
@@ -34,7 +35,7 @@ def make_chunks(tasks: list[Any], chunk_size: int, seed: int, step: int) -> list
     if not tasks:
         raise ValueError("cannot roll out an empty task list")
     return [
-        Chunk(index=i, tasks=list(tasks[start : start + chunk_size]), seed=chunk_seed(seed, step, i))
+        Chunk(index=i, start=start, tasks=list(tasks[start : start + chunk_size]), seed=chunk_seed(seed, step, i))
         for i, start in enumerate(range(0, len(tasks), chunk_size))
     ]
 

@@ -14,6 +14,24 @@ def import_ray() -> Any:
     return ray
 
 
+def _loopback_only() -> None:
+    """Make a local cluster listen on 127.0.0.1 only (GCS, raylet, workers).
+
+    On Linux Ray uses the host's routable address even for a one-machine cluster; its switch for
+    loopback is an env var read at import time, so set it for the processes Ray spawns and for this
+    (already importing) process. A value the user set is respected.
+    """
+    if "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in os.environ:
+        return
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # layout changed: children still get the env var
+        pass
+
+
 def connect(dcfg: Any) -> bool:
     """Connect to ``dcfg.address`` or start a local cluster; return True when this call started Ray
     (so the backend also stops it). An already initialised Ray (tests, notebooks) is reused as is."""
@@ -28,10 +46,6 @@ def connect(dcfg: Any) -> bool:
     if dcfg.address:
         ray.init(address=dcfg.address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
     else:
-        ray.init(
-            num_cpus=int(dcfg.local_num_cpus),
-            include_dashboard=False,
-            runtime_env={"env_vars": env_vars},
-            _node_ip_address="127.0.0.1",  # a local cluster listens on loopback only
-        )
+        _loopback_only()
+        ray.init(num_cpus=int(dcfg.local_num_cpus), include_dashboard=False, runtime_env={"env_vars": env_vars})
     return True

@@ -32,9 +32,9 @@ class LocalBackend(Backend):
 
     def __init__(self, cfg: Any, factories: RoleFactories) -> None:
         super().__init__(cfg)
-        self.learner = LearnerWorker(factories.learner, cfg)
-        self.teacher = TeacherWorker(factories.teacher, cfg)
-        self.worker = RolloutWorker(factories.rollout, cfg, 0)
+        self.learner = LearnerWorker(factories, cfg)
+        self.teacher = TeacherWorker(factories, cfg)
+        self.worker = RolloutWorker(factories, cfg, 0)
         self.sync_weights()
 
     def submit_rollout(self, tasks: list[Any], step: int) -> RolloutHandle:

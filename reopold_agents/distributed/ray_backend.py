@@ -102,7 +102,21 @@ class RayBackend(Backend):
         self._worker_version[worker] = -2  # a restarted actor has its initial weights again
 
     def worker_pids(self) -> list[int]:
-        return list(self.ray.get([w.ready.remote() for w in self.workers]))
+        """Pids of the rollout workers, waiting (up to ``restart_timeout_s``) for any that is restarting."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + self.dcfg.restart_timeout_s
+        pids = []
+        for worker in self.workers:
+            while True:
+                try:
+                    pids.append(int(self.ray.get(worker.ready.remote())))
+                    break
+                except ActorUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        return pids
 
     # --- roles -------------------------------------------------------------------------------
     def submit_rollout(self, tasks: list[Any], step: int) -> RolloutHandle:

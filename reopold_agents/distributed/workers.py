@@ -61,6 +61,9 @@ class RolloutWorker:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
         for traj in trajectories:
+            # Roles number groups by task position in the list they got; make it the step's position,
+            # as one call over the whole list would (GRPO normalises within a group).
+            traj.group_id += chunk.start
             traj.info["policy_version"] = self.version
             traj.info["rollout_chunk"] = chunk.index
         return trajectories, time.perf_counter() - start
