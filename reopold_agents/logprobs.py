@@ -180,7 +180,12 @@ def _hidden_and_head(
         raise TypeError(f"{type(model).__name__}: need a base model and a Linear lm_head for chunked log-probs")
     if getattr(getattr(model, "config", None), "final_logit_softcapping", None):
         raise NotImplementedError("final_logit_softcapping is not supported by the chunked log-prob path")
-    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **(model_inputs or {}))
+    # Same extra inputs as the engine and the teacher (VL: mm_token_type_ids switches on 3-D rope positions),
+    # so the learner's log-probs match the rollout's.
+    from reopold_agents.models import forward_inputs
+
+    extra = forward_inputs(model, input_ids, model_inputs)
+    out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden, head
 

@@ -154,7 +154,11 @@ def test_qwen2_5_vl_uses_image_inputs(tok):
     mi = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
     lp, ent = model_token_logprobs(model, ids, am, mi, with_entropy=True, chunk_size=3)
     with torch.no_grad():
-        ref = torch.log_softmax(model(input_ids=ids, attention_mask=am, **mi).logits[:, :-1].float(), -1)
+        # the reference VL forward: with mm_token_type_ids, as the engine, teacher and learner all pass it
+        types = (ids == model.config.image_token_id).to(torch.int32)
+        ref = torch.log_softmax(
+            model(input_ids=ids, attention_mask=am, mm_token_type_ids=types, **mi).logits[:, :-1].float(), -1
+        )
     torch.testing.assert_close(lp[:, 1:].detach(), ref.gather(-1, ids[:, 1:, None])[..., 0] * am[:, 1:], atol=ATOL, rtol=0)
     # the image matters: other pixels give other log-probs after the image tokens
     mi2 = dict(mi, pixel_values=torch.randn_like(mi["pixel_values"]))
