@@ -198,7 +198,9 @@ def test_in_memory_evaluation_for_training(tiny_student):
 
     engine = make_engine(EngineConfig(), model=tiny_student.model, tokenizer=tiny_student.tokenizer)
     suite = small_suite("math_tiny", k=2, limit=2, max_new_tokens=4)
+    rng_before = torch.get_rng_state()
     res = evaluate_suite(engine, tiny_student.tokenizer, suite, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the training run's RNG stream is untouched
     flat = flatten_for_logging(res)
     assert flat["eval/success"] == res["overall"]["pass@1"]
     assert {"eval/arith/pass@1", "eval/arith/maj@2", "eval/arith/tokens_per_s"} <= set(flat)

@@ -189,8 +189,6 @@ def evaluate_suite(
     The results dict is ``{"suite", "model", "benchmarks": {name: metrics}, "overall": {...}}`` (metrics in
     docs/evaluate.md). Wall-clock measurements sit only under ``benchmarks.<name>.speed``.
     """
-    from tqdm.auto import tqdm
-
     engine_cfg = engine_cfg or EngineConfig()
     engine = _as_engine(engine_or_model, tokenizer, processor, engine_cfg)
     out = Path(out_dir) if out_dir is not None else None
@@ -200,6 +198,23 @@ def evaluate_suite(
             (out / SAMPLES_FILE).unlink()
         _check_settings(out, _settings(suite, label), resume)
     store = RecordStore(out / SAMPLES_FILE if out is not None else None)
+
+    # Generation reseeds the global torch RNG per chunk; fork it so a training run's RNG stream is untouched.
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        store = _generate(engine, tokenizer, processor, suite, engine_cfg, sandbox, label, store, max_samples, progress)
+
+    benchmarks = {name: benchmark_metrics(store.for_benchmark(name), bench.n) for name, bench in suite.benchmarks.items()}
+    results = {"suite": suite.name, "model": label, "benchmarks": benchmarks, "overall": overall_metrics(benchmarks)}
+    if out is not None:
+        write_outputs(results, out, plots=plots)
+    return results
+
+
+def _generate(engine: Any, tokenizer: Any, processor: Any, suite: EvalConfig, engine_cfg: EngineConfig, sandbox: Any,
+              label: str, store: RecordStore, max_samples: int | None, progress: bool) -> RecordStore:
+    """Run every chunk that still has missing samples, appending records as chunks finish."""
+    from tqdm.auto import tqdm
 
     runners: dict[str, BenchmarkRunner] = {}
     try:
@@ -232,12 +247,7 @@ def evaluate_suite(
     finally:
         for runner in runners.values():
             runner.close()
-
-    benchmarks = {name: benchmark_metrics(store.for_benchmark(name), bench.n) for name, bench in suite.benchmarks.items()}
-    results = {"suite": suite.name, "model": label, "benchmarks": benchmarks, "overall": overall_metrics(benchmarks)}
-    if out is not None:
-        write_outputs(results, out, plots=plots)
-    return results
+    return store
 
 
 def write_outputs(results: dict[str, Any], out: Path, plots: bool = True) -> None:
