@@ -18,7 +18,8 @@ import torch
 
 from reopold_agents.trajectory import Trajectory, collate
 
-IM_END = "<|im_end|>"
+# The engine stops a turn at these (besides EOS); a demonstration turn ending in one gets no EOS.
+STOP_TOKENS = ("</tool_call>",)
 
 
 @dataclass
@@ -54,80 +55,67 @@ class SFTConfig:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
 
 
-Encoder = Callable[[str, list[Any]], tuple[list[int], dict[str, torch.Tensor]]]
-
-
-def text_encoder(tokenizer: Any) -> Encoder:
-    """Encode a text segment with a plain tokenizer (no images)."""
-
-    def encode(text: str, images: list[Any]) -> tuple[list[int], dict[str, torch.Tensor]]:
-        if images:
-            raise ValueError("a text-only tokenizer cannot encode images; pass a VL processor encoder")
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"]), {}
-
-    return encode
-
-
-def _message_images(message: dict[str, Any]) -> list[Any]:
-    content = message.get("content")
-    if isinstance(content, list):
-        return [part["image"] for part in content if isinstance(part, dict) and part.get("image") is not None]
-    return []
+def _split_turns(messages: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Group a conversation into ("env", [messages...]) and ("assistant", [message]) runs, in order."""
+    runs: list[tuple[str, list[dict[str, Any]]]] = []
+    for m in messages:
+        kind = "assistant" if m.get("role") == "assistant" else "env"
+        if runs and kind == "env" and runs[-1][0] == "env":
+            runs[-1][1].append(m)
+        else:
+            runs.append((kind, [m]))
+    return runs
 
 
 def tokenize_demonstration(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
     tools: Sequence[dict[str, Any]] | None = None,
-    encode: Encoder | None = None,
+    processor: Any = None,
+    images: Sequence[Any] | None = None,
 ) -> SFTExample:
-    """Tokenise a conversation turn by turn; loss only on assistant content and its ``<|im_end|>``.
+    """Tokenise a conversation exactly as a rollout of it would be; loss only on assistant ids.
 
-    Each segment is the difference between successive chat-template renderings, so the ids are the
-    ones a rollout produces (prompt/env deltas tokenised on their own, assistant ids as generated).
+    The prompt and every env turn go through ``reopold_agents.chat`` (the rollout's incremental
+    encoder, ``loss_mask`` 0); an assistant turn is its text's ids, plus ``<|im_end|>`` unless it ends in
+    a stop token such as ``</tool_call>`` (the engine stops there, and the env turn closes it).
     """
-    if not any(m.get("role") == "assistant" for m in messages):
+    from reopold_agents.chat import count_images, encode_env_turn, encode_prompt
+
+    runs = _split_turns(messages)
+    if not any(kind == "assistant" for kind, _ in runs):
         raise ValueError("demonstration has no assistant turn to learn from")
-    encode = encode or text_encoder(tokenizer)
-    render_kw: dict[str, Any] = {"tokenize": False}
-    if tools:
-        render_kw["tools"] = list(tools)
-
-    def render(msgs: Sequence[dict[str, Any]], gen: bool) -> str:
-        return tokenizer.apply_chat_template(list(msgs), add_generation_prompt=gen, **render_kw)
-
+    if runs[0][0] != "env":
+        raise ValueError("demonstration must start with a system/user prompt, not an assistant turn")
+    tools_list = list(tools) if tools else None
+    image_iter = iter(list(images or []))
+    eos = tokenizer.eos_token_id
+    stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS}
     ids: list[int] = []
     mask: list[int] = []
     inputs: dict[str, list[torch.Tensor]] = {}
-    done_text = ""
-    pending_images: list[Any] = []
-
-    def add(text: str, images: list[Any], trained: int) -> None:
-        if not text:
-            return
-        seg_ids, seg_inputs = encode(text, images)
-        ids.extend(seg_ids)
-        mask.extend([trained] * len(seg_ids))
-        for k, v in seg_inputs.items():
-            inputs.setdefault(k, []).append(v)
-
-    for i, msg in enumerate(messages):
-        if msg.get("role") != "assistant":
-            pending_images.extend(_message_images(msg))
+    closed = True
+    for n, (kind, msgs) in enumerate(runs):
+        if kind == "assistant":
+            content = msgs[0].get("content")
+            if not isinstance(content, str):
+                raise ValueError(f"assistant turn {n} must be text, got {type(content).__name__}")
+            turn = list(tokenizer(content, add_special_tokens=False)["input_ids"])
+            if not turn or turn[-1] not in stop_ids:
+                turn.append(eos)
+            ids.extend(turn)
+            mask.extend([1] * len(turn))
+            closed = turn[-1] == eos
             continue
-        prefix = render(messages[:i], gen=True)
-        full = render(messages[: i + 1], gen=False)
-        if not prefix.startswith(done_text) or not full.startswith(prefix):
-            raise ValueError(f"chat template is not incremental at message {i}; cannot segment the demonstration")
-        add(prefix[len(done_text):], pending_images, 0)
-        pending_images = []
-        turn = full[len(prefix):]
-        cut = turn.rfind(IM_END)
-        if cut < 0:
-            raise ValueError(f"rendered assistant message {i} has no {IM_END}")
-        cut += len(IM_END)
-        add(turn[:cut], _message_images(msg), 1)
-        done_text = prefix + turn[:cut]
+        imgs = [next(image_iter) for _ in range(count_images(msgs))]
+        if n == 0:
+            enc = encode_prompt(tokenizer, msgs, tools_list, processor, imgs)
+        else:
+            enc = encode_env_turn(tokenizer, msgs, closed, tools_list, processor, imgs)
+        ids.extend(enc.ids)
+        mask.extend([0] * len(enc.ids))
+        for k, v in enc.model_inputs.items():
+            inputs.setdefault(k, []).append(v)
     model_inputs = {k: torch.cat(v, dim=0) for k, v in inputs.items()}
     return SFTExample(ids, mask, model_inputs)
 
@@ -212,3 +200,34 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+@torch.no_grad()
+def greedy_success(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    env_factory: Callable[[], Any],
+    task_indices: Sequence[int],
+    processor: Any = None,
+    max_new_tokens: int = 64,
+    max_turns: int = 4,
+    max_total_tokens: int = 2048,
+    batch_size: int = 32,
+) -> float:
+    """Fraction of tasks a model solves with greedy decoding through the real rollout path."""
+    from reopold_agents.engines.base import SamplingParams
+    from reopold_agents.engines.hf import HFEngine
+    from reopold_agents.rollout import Rollout
+
+    engine = HFEngine(model, tokenizer, processor=processor, max_batch_size=batch_size)
+    rollout = Rollout(engine, tokenizer, env_factory, processor=processor, max_turns=max_turns,
+                      max_total_tokens=max_total_tokens, env_workers=4)
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    wins = 0
+    try:
+        for start in range(0, len(task_indices), batch_size):
+            prompts = [{"options": {"task_index": int(i)}} for i in task_indices[start : start + batch_size]]
+            wins += sum(t.success for t in rollout.run(prompts, sampling))
+    finally:
+        rollout.close()
+    return wins / max(1, len(task_indices))

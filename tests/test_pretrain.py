@@ -24,16 +24,30 @@ def test_mask_covers_exactly_the_assistant_turns():
     tok = build_tokenizer()
     msgs = _demo(347, 29)
     ex = tokenize_demonstration(tok, msgs)
-    # Segment-wise ids equal the one-shot tokenisation of the rendered conversation here (no merges
-    # across turn boundaries in this template), minus the trailing newline after the last turn.
+    # A turn that ends in </tool_call> is cut there (the engine stops on it); the closing <|im_end|>
+    # belongs to the env turn. A final-answer turn is trained through its <|im_end|>.
     full = tok(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
-    assert ex.input_ids == full[: len(ex.input_ids)]
+    assert ex.input_ids == full[: len(ex.input_ids)] and len(full) - len(ex.input_ids) == 1  # trailing "\n"
     trained = tok.decode([i for i, m in zip(ex.input_ids, ex.loss_mask) if m])
-    expected = msgs[2]["content"] + "<|im_end|>" + msgs[4]["content"] + "<|im_end|>"
-    assert trained == expected
-    # Tool result and user/system text never carry loss.
+    assert trained == msgs[2]["content"] + msgs[4]["content"] + "<|im_end|>"
     untrained = tok.decode([i for i, m in zip(ex.input_ids, ex.loss_mask) if not m])
     assert "<tool_response>\n376\n</tool_response>" in untrained and "What is 347 + 29?" in untrained
+    end = tok.convert_tokens_to_ids("</tool_call>")
+    k = ex.input_ids.index(end)
+    assert ex.loss_mask[k] == 1 and ex.input_ids[k + 1] == tok.eos_token_id and ex.loss_mask[k + 1] == 0
+
+
+def test_ids_match_a_rollout_of_the_same_turns():
+    """SFT ids == what the rollout builds from the same assistant ids (chat.py's incremental encoder)."""
+    from reopold_agents.chat import encode_env_turn, encode_prompt
+
+    tok = build_tokenizer()
+    msgs = _demo(5, 7)
+    ex = tokenize_demonstration(tok, msgs)
+    call = tok(msgs[2]["content"], add_special_tokens=False)["input_ids"]
+    answer = tok(msgs[4]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = encode_prompt(tok, msgs[:2]).ids + call + encode_env_turn(tok, msgs[3:4], assistant_closed=False).ids + answer
+    assert ex.input_ids == ids
 
 
 def test_no_assistant_turn_is_an_error():
