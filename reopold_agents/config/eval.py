@@ -15,7 +15,7 @@ single keys can be overridden: ``eval.benchmarks.gsm8k.env.tasks=/data/gsm8k/tes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 from reopold_agents.config.engine import EngineConfig
 from reopold_agents.config.env import EnvConfig

@@ -12,6 +12,8 @@ from typing import Any
 
 _LAZY = {
     "evaluate_suite": ("reopold_agents.evaluation.runner", "evaluate_suite"),
+    "flatten_for_logging": ("reopold_agents.evaluation.runner", "flatten_for_logging"),
+    "EvaluationStopped": ("reopold_agents.evaluation.runner", "EvaluationStopped"),
     "load_suite": ("reopold_agents.evaluation.suite", "load_suite"),
     "compare_results": ("reopold_agents.evaluation.compare", "compare_results"),
     "pass_at_k": ("reopold_agents.evaluation.passk", "pass_at_k"),

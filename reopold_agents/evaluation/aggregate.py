@@ -7,7 +7,6 @@ Accuracy and behaviour are pure functions of the records, so they are reproducib
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from typing import Any, Sequence
 
