@@ -62,6 +62,18 @@ def evaluate_model(cfg: EvaluateConfig, name: str, role: str, out_dir: Path, lab
         engine.close()
 
 
+def check_task_sources(cfg: EvaluateConfig) -> None:
+    """Fail before any model loads if a benchmark's task file is missing or malformed."""
+    from envs.factory import load_env_tasks
+
+    for name, bench in cfg.eval.benchmarks.items():
+        try:
+            load_env_tasks(bench.env)
+        except ValueError as exc:  # TaskLoadError names the file/row
+            raise ConfigError(f"eval.benchmarks.{name}.env.tasks: {exc} "
+                              f"(set eval.benchmarks.{name}.env.tasks=<file or folder>)") from None
+
+
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Evaluate ``cfg.model`` (and ``cfg.compare``); returns ``{"a": results, "b": results?, "compare": ...}``."""
     from dataclasses import replace
@@ -73,6 +85,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     cfg = replace(cfg, eval=resolve_suite(cfg.eval, cfg.k, cfg.limit))
     if not cfg.eval.benchmarks:
         raise ConfigError(f"suite: {cfg.suite!r} has no benchmarks")
+    check_task_sources(cfg)
     root = Path(cfg.out_dir or Path("outputs") / "eval" / cfg.eval.name)
     models = [(cfg.model, cfg.role, model_label(cfg.model, cfg.role))]
     if cfg.compare is not None:

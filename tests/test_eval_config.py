@@ -70,3 +70,11 @@ def test_cli_main_reports_config_errors(capsys):
     assert "temperature" in capsys.readouterr().err
     assert main(["--help"]) == 0
     assert "math_tiny" in capsys.readouterr().out
+
+
+def test_missing_benchmark_file_fails_before_loading_a_model(capsys, tmp_path):
+    from reopold_agents.evaluate import main
+
+    assert main(["suite=gsm8k", f"eval.benchmarks.gsm8k.env.tasks={tmp_path / 'absent.jsonl'}"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.benchmarks.gsm8k.env.tasks" in err and "absent.jsonl" in err
