@@ -8,6 +8,7 @@ reason, or fail when ``REOPOLD_REQUIRE_DOCKER=1`` (set by .ci/run as root): CI n
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -15,8 +16,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
-
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +96,15 @@ class _Dockerd:
             return ""
 
     def stop(self) -> None:
+        import docker
+
+        try:  # containers a crashed test left behind would make dockerd's shutdown wait for them
+            client = docker.DockerClient(base_url=self.base_url, timeout=10)
+            for c in client.containers.list(all=True):
+                c.remove(force=True)
+            client.close()
+        except Exception:  # noqa: BLE001 - best effort; the kill below still ends everything
+            pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -108,9 +116,33 @@ class _Dockerd:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+_DAEMON: dict[str, object] = {}  # one daemon per test process, shared by every module that imports the fixture
+
+
+def _private_daemon() -> str:
+    """Start (once) a dockerd of our own; it is stopped when the test process exits."""
+    if "url" in _DAEMON:
+        return str(_DAEMON["url"])
+    if "error" in _DAEMON:
+        _unavailable(str(_DAEMON["error"]))
+    daemon = _Dockerd()
+    atexit.register(daemon.stop)
+    err = daemon.wait_ready()
+    if err:
+        _DAEMON["error"] = f"the private dockerd did not start: {err}"
+        _unavailable(str(_DAEMON["error"]))
+    _ensure_image(daemon.base_url)
+    _DAEMON["url"] = daemon.base_url
+    return daemon.base_url
+
+
 @pytest.fixture(scope="session")
-def docker_base_url() -> Iterator[str]:
-    """URL of a running Docker daemon that has the sandbox image (session-scoped)."""
+def docker_base_url() -> str:
+    """URL of a running Docker daemon that has the sandbox image.
+
+    Test modules import this fixture; pytest then sets it up once per module, so the daemon itself is
+    cached here and started at most once per test process.
+    """
     try:
         import docker  # noqa: F401
     except ImportError:
@@ -118,18 +150,9 @@ def docker_base_url() -> Iterator[str]:
     host = os.environ.get("DOCKER_HOST", "")
     if host and _ping(host) is None:
         _ensure_image(host)
-        yield host
-        return
+        return host
     if os.geteuid() != 0:
         _unavailable("no daemon at $DOCKER_HOST and not root, so dockerd cannot be started here")
     if shutil.which("dockerd") is None:
         _unavailable("dockerd is not installed (apt-get install docker.io; scripts/setup.sh does it as root)")
-    daemon = _Dockerd()
-    try:
-        err = daemon.wait_ready()
-        if err:
-            _unavailable(f"the private dockerd did not start: {err}")
-        _ensure_image(daemon.base_url)
-        yield daemon.base_url
-    finally:
-        daemon.stop()
+    return _private_daemon()

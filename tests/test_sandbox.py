@@ -24,7 +24,9 @@ LIMITS = SandboxLimits(timeout_s=2.0, cpu_time_s=2, memory_mb=256, max_processes
                        max_open_files=32, workdir_mb=16, max_output_bytes=1000)
 
 
-@pytest.fixture(scope="module", params=["local", "local_fallback", "docker"])
+@pytest.fixture(
+    scope="module", params=["local", "local_fallback", pytest.param("docker", marks=pytest.mark.docker)]
+)
 def sandbox(request) -> Sandbox:
     if request.param == "local":
         sb: Sandbox = LocalSandbox(LIMITS, LocalSandboxConfig(bwrap="always"))
@@ -157,6 +159,7 @@ def test_bad_local_settings_fail_clearly() -> None:
 # ------------------------------------------------------------------------- docker pool behaviour
 
 
+@pytest.mark.docker
 def test_docker_pool_reuses_and_replaces(docker_base_url: str) -> None:
     import docker
 
@@ -188,6 +191,7 @@ def test_docker_pool_reuses_and_replaces(docker_base_url: str) -> None:
         sb.run("print(1)")
 
 
+@pytest.mark.docker
 def test_docker_errors_are_clear(docker_base_url: str) -> None:
     from tools.sandbox.docker import DockerSandbox
 

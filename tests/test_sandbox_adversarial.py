@@ -390,7 +390,7 @@ def host(tmp_path_factory) -> dict:
             os.unlink(secret_path)
 
 
-@pytest.fixture(scope="module", params=["local", "docker"])
+@pytest.fixture(scope="module", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
 def sandbox(request) -> Sandbox:
     if request.param == "local":
         from tools.sandbox.local import LocalSandbox

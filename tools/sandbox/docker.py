@@ -201,10 +201,14 @@ class DockerSandbox(Sandbox):
                 timed_out = True
                 break
             try:
-                item = chunks.get(timeout=remaining)
+                item = chunks.get(timeout=min(remaining, 0.25))
             except queue.Empty:
-                timed_out = True
-                break
+                # Children that inherited stdout keep the stream open after the program exits: stop
+                # at the program's exit (the cleanup exec or the container's removal kills them).
+                if not api.exec_inspect(exec_id).get("Running", True):
+                    self._drain(chunks, out, err)
+                    break
+                continue
             if item is None:
                 break
             o, e = item
@@ -217,6 +221,20 @@ class DockerSandbox(Sandbox):
             return bytes(out), bytes(err), None, timed_out, exceeded
         code = api.exec_inspect(exec_id).get("ExitCode")
         return bytes(out), bytes(err), code, False, False
+
+    @staticmethod
+    def _drain(chunks: queue.Queue, out: bytearray, err: bytearray, grace_s: float = 0.1) -> None:
+        """Collect the output still in flight after the program exited (for up to ``grace_s``)."""
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end:
+            try:
+                item = chunks.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                return
+            if item is None:
+                return
+            out += item[0] or b""
+            err += item[1] or b""
 
     def run(self, code: str, stdin: str | None = None, timeout_s: float | None = None) -> ExecResult:
         if self._closed:
