@@ -29,6 +29,7 @@ class SFTExample:
     input_ids: list[int]
     loss_mask: list[int]
     model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # VL: pixel_values, image_grid_thw
+    group: str = ""  # batches never mix groups (e.g. one env per batch keeps the shared prompt prefix)
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.loss_mask):
@@ -120,17 +121,65 @@ def tokenize_demonstration(
     return SFTExample(ids, mask, model_inputs)
 
 
+def common_prefix_len(examples: Sequence[SFTExample]) -> int:
+    """Length of the token prefix all examples share (the fixed system prompt and tool schemas)."""
+    first = examples[0].input_ids
+    n = min(len(e.input_ids) for e in examples)
+    for p in range(n):
+        tok = first[p]
+        if any(e.input_ids[p] != tok for e in examples):
+            return p
+    return n
+
+
+MIN_SHARED_PREFIX = 64  # below this the shared-prefix pass saves too little to bother
+
+
 def sft_loss(model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int) -> torch.Tensor:
-    """Token-mean cross-entropy on assistant tokens (target-aligned masks, as in the Batch contract)."""
+    """Token-mean cross-entropy on assistant tokens (target-aligned masks, as in the Batch contract).
+
+    Text examples that share a long prompt prefix (toolqa's tool schemas: ~600 of ~750 tokens) run the
+    prefix once and attend to its KV cache from every row: the same loss and gradients (the cache
+    stays in the autograd graph) for a fraction of the compute.
+    """
+    shared = common_prefix_len(examples) - 1  # keep >= 1 token of every row in the suffix pass
+    if shared >= MIN_SHARED_PREFIX and len(examples) > 1 and not any(e.model_inputs for e in examples):
+        return _shared_prefix_loss(model, examples, pad_id, shared)
     trajs = [Trajectory(token_ids=list(e.input_ids), loss_mask=list(e.loss_mask),
                         rollout_logprobs=[0.0] * len(e.input_ids), model_inputs=e.model_inputs) for e in examples]
     batch = collate(trajs, pad_id)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs)
-    logits = out.logits[:, :-1].float()
-    targets = batch.input_ids[:, 1:]
-    mask = batch.loss_mask[:, 1:]
+    from reopold_agents.models import forward_inputs
+
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                **forward_inputs(model, batch.input_ids, batch.model_inputs))
+    return _masked_nll(out.logits[:, :-1], batch.input_ids[:, 1:], batch.loss_mask[:, 1:])
+
+
+def _masked_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
     return (nll.view_as(mask) * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def _shared_prefix_loss(model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int, p: int) -> torch.Tensor:
+    bsz = len(examples)
+    head = model(input_ids=torch.tensor([examples[0].input_ids[:p]]), use_cache=True)
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(bsz)
+    width = max(len(e.input_ids) for e in examples) - p
+    ids = torch.full((bsz, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((bsz, p + width), dtype=torch.long)
+    attn[:, :p] = 1
+    mask = torch.zeros((bsz, width), dtype=torch.float32)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids) - p
+        ids[i, :n] = torch.tensor(e.input_ids[p:], dtype=torch.long)
+        attn[i, p : p + n] = 1
+        mask[i, :n] = torch.tensor(e.loss_mask[p:], dtype=torch.float32)
+    tail = model(input_ids=ids, attention_mask=attn, past_key_values=cache)
+    # Position p is predicted by the prefix's last logits; the rest by the suffix pass.
+    logits = torch.cat([head.logits[:, -1:].expand(bsz, 1, -1), tail.logits[:, :-1]], dim=1)
+    return _masked_nll(logits, ids, mask)
 
 
 def sft_train(
@@ -156,16 +205,22 @@ def sft_train(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    order: list[int] = []
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(e.group, []).append(i)
+    names = sorted(groups)
+    orders: dict[str, list[int]] = {g: [] for g in names}
     losses: list[float] = []
     bar = _progress(desc, cfg.steps, progress)
     with bar as (advance):
         for step in range(cfg.steps):
+            g = names[step % len(names)]  # groups take turns
+            members, order = groups[g], orders[g]
             if len(order) < cfg.batch_size:
-                fresh = list(range(len(examples)))
+                fresh = list(members)
                 rng.shuffle(fresh)
                 order.extend(fresh)
-            picked = [examples[order.pop()] for _ in range(min(cfg.batch_size, len(examples)))]
+            picked = [examples[order.pop()] for _ in range(min(cfg.batch_size, len(members)))]
             loss = sft_loss(model, picked, pad_id)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,226 @@
+"""The project's own tiny teacher and student, built by SFT on the synthetic tasks' demonstrations.
+
+``tiny`` (Qwen2, math + toolqa) and ``tiny_vl`` (Qwen2.5-VL, vqa) each come as a pair that shares the
+project tokenizer: a bigger teacher trained to high success and a smaller student trained briefly, so
+it knows the format but solves clearly fewer tasks and distillation has something to do. Both are
+seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.models`` loads them
+(``tiny_model_dir(name, role)``), and rebuilt when ``RECIPE_VERSION`` changes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from reopold_agents.pretrain import SFTConfig, SFTExample, greedy_success, sft_train, tokenize_demonstration
+
+log = logging.getLogger(__name__)
+
+RECIPE_VERSION = "v1"
+BUILD_INFO = "build_info.json"
+DEMO_SEED = 7919  # demonstrations come from their own task seed, not the training (0) or eval seeds
+CHECK_SEED = 4242  # held-out tasks the build reports success on
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """How one tiny pair is made: which envs' demonstrations, how many, and the two SFT runs."""
+
+    name: str
+    envs: tuple[str, ...]
+    demos_per_env: int
+    teacher: SFTConfig
+    student: SFTConfig
+    check_tasks: int = 32  # held-out tasks per env for the reported success rates
+    max_new_tokens: int = 48
+
+
+RECIPES: dict[str, TinyRecipe] = {
+    "tiny": TinyRecipe(
+        name="tiny",
+        envs=("math", "toolqa"),
+        demos_per_env=600,
+        teacher=SFTConfig(steps=500, batch_size=16, lr=3e-3, warmup=30, seed=1),
+        student=SFTConfig(steps=80, batch_size=16, lr=3e-3, warmup=10, seed=0),
+    ),
+    "tiny_vl": TinyRecipe(
+        name="tiny_vl",
+        envs=("vqa",),
+        demos_per_env=400,
+        teacher=SFTConfig(steps=300, batch_size=16, lr=3e-3, warmup=20, seed=1),
+        student=SFTConfig(steps=60, batch_size=16, lr=3e-3, warmup=10, seed=0),
+    ),
+}
+
+
+@dataclass
+class BuildReport:
+    name: str
+    version: str
+    seconds: float
+    success: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> env -> greedy success
+    final_loss: dict[str, float] = field(default_factory=dict)
+
+
+def _env_config(env_name: str) -> Any:
+    """The env section exactly as ``env=<name>`` configures it (configs/env/<name>.yaml), without Hydra."""
+    from omegaconf import OmegaConf
+
+    from reopold_agents.config.env import EnvConfig
+    from reopold_agents.config.schema import CONFIG_DIR
+
+    merged = OmegaConf.merge(OmegaConf.structured(EnvConfig), OmegaConf.load(CONFIG_DIR / "env" / f"{env_name}.yaml"))
+    return OmegaConf.to_object(merged)
+
+
+def _env_factory(env_name: str, seed: int, size: int):
+    from dataclasses import replace
+
+    from envs.factory import build_env, load_env_tasks
+
+    cfg = replace(_env_config(env_name), seed=seed, size=size, tasks="synthetic")
+    tasks = load_env_tasks(cfg)
+    return lambda: build_env(cfg, tasks=tasks), cfg
+
+
+def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any = None, seed: int = DEMO_SEED) -> list[SFTExample]:
+    """``n`` demonstrations of ``env_name`` replayed through the real env and tokenised like a rollout."""
+    from envs.demo import play_demonstration
+
+    factory, _ = _env_factory(env_name, seed, n)
+    env = factory()
+    out = []
+    for i in range(n):
+        demo = play_demonstration(env, env.tasks[i])
+        if demo.reward <= 0:
+            raise RuntimeError(f"{env_name} task {i}: the expert demonstration does not solve it ({demo.info.get('why')})")
+        ex = tokenize_demonstration(tokenizer, demo.messages, demo.tools, processor, demo.images)
+        ex.group = env_name
+        out.append(ex)
+    env.close()
+    return out
+
+
+def _new_model(name: str, role: str, tokenizer: Any) -> torch.nn.Module:
+    from reopold_agents.models import TINY_SIZES
+    from reopold_agents.testing import tiny_qwen2
+    from reopold_agents.testing.vl import tiny_qwen2_5_vl
+
+    build = tiny_qwen2_5_vl if name == "tiny_vl" else tiny_qwen2
+    return build(tokenizer, seed=0 if role == "student" else 1, **TINY_SIZES[(name, role)])
+
+
+def _model_dir(name: str, role: str) -> Path:
+    from reopold_agents.models import tiny_model_dir
+
+    return tiny_model_dir(name, role)
+
+
+def is_built(name: str) -> bool:
+    """Both roles saved with the current recipe version."""
+    for role in ("student", "teacher"):
+        info = _model_dir(name, role) / BUILD_INFO
+        if not info.exists():
+            return False
+        try:
+            if json.loads(info.read_text()).get("version") != RECIPE_VERSION:
+                return False
+        except json.JSONDecodeError:
+            return False
+    return True
+
+
+@contextmanager
+def _build_lock(name: str) -> Iterator[None]:
+    """One builder per machine at a time (parallel test workers wait instead of building twice)."""
+    from reopold_agents.testing import cache_dir
+
+    root = cache_dir() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".build-{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _save(model: torch.nn.Module, tokenizer: Any, processor: Any, target: Path, info: dict[str, Any]) -> None:
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    (processor or tokenizer).save_pretrained(str(tmp))
+    (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def build_tiny(name: str, progress: bool = True, force: bool = False, threads: int | None = None) -> BuildReport | None:
+    """Build (SFT) and save the ``name`` pair unless it is already built; returns the report if built."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(RECIPES)}")
+    with _build_lock(name):
+        if is_built(name) and not force:
+            return None
+        return _build(RECIPES[name], progress, threads)
+
+
+def _build(recipe: TinyRecipe, progress: bool, threads: int | None) -> BuildReport:
+    from reopold_agents.testing import build_tokenizer
+    from reopold_agents.testing.vl import tiny_vl_processor
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        tokenizer = build_tokenizer()
+        processor = tiny_vl_processor(tokenizer) if recipe.name == "tiny_vl" else None
+        examples: list[SFTExample] = []
+        for env_name in recipe.envs:
+            examples.extend(demonstration_examples(env_name, recipe.demos_per_env, tokenizer, processor))
+        report = BuildReport(name=recipe.name, version=RECIPE_VERSION, seconds=0.0)
+        for role, sft in (("teacher", recipe.teacher), ("student", recipe.student)):
+            model = _new_model(recipe.name, role, tokenizer)
+            losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
+            report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
+            report.success[role] = {}
+            for env_name in recipe.envs:
+                factory, cfg = _env_factory(env_name, CHECK_SEED, recipe.check_tasks)
+                report.success[role][env_name] = greedy_success(
+                    model, tokenizer, factory, range(recipe.check_tasks), processor=processor,
+                    max_new_tokens=recipe.max_new_tokens, max_turns=cfg.max_turns)
+            info = {"version": RECIPE_VERSION, "role": role, "recipe": asdict(recipe),
+                    "final_loss": report.final_loss[role], "success": report.success[role]}
+            _save(model, tokenizer, processor, _model_dir(recipe.name, role), info)
+        report.seconds = time.perf_counter() - start
+        log.info("built %s in %.0fs: %s", recipe.name, report.seconds, report.success)
+        return report
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def ensure_tiny(name: str, progress: bool = True) -> None:
+    """Build the ``name`` pair on first use (no-op for HF ids / paths and for already built pairs)."""
+    if name in RECIPES and not is_built(name):
+        build_tiny(name, progress=progress)
+
+
+ENV_TINY = {"math": "tiny", "toolqa": "tiny", "vqa": "tiny_vl"}
+
+
+def get_tiny_pair(env_name: str, vl: bool = False) -> tuple[Path, Path]:
+    """(student_dir, teacher_dir) of the tiny pair for ``env_name`` (``vl`` forces the VL pair), built if needed."""
+    name = "tiny_vl" if vl or ENV_TINY.get(env_name) == "tiny_vl" else "tiny"
+    ensure_tiny(name)
+    return _model_dir(name, "student"), _model_dir(name, "teacher")
