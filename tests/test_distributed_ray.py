@@ -98,10 +98,22 @@ def test_async_mode_reports_policy_lag_one(backends):
     _assert_same_steps(loc, ray_steps)  # the lag is deterministic, not a race
 
 
+def test_learner_checkpoint_resumes_the_job(backends, tmp_path):
+    """Save the Ray learner, train a step, restore, train the same step again: identical (resume)."""
+    _, remote = backends
+    remote.save(str(tmp_path), step=20)
+    first = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
+    assert remote.load(str(tmp_path)) == 20  # restores model, optimizer, scheduler, RNG; re-broadcasts weights
+    again = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
+    _assert_same_steps(first, again)
+    assert {t.info["policy_version"] for t in again[0].trajectories} == {20}  # the loaded step's weights
+
+
 def test_sigkill_rollout_worker_mid_rollout_is_redone(backends):
-    local, remote = backends
+    _, remote = backends
     tasks = [7000 + i for i in range(8)]  # 8 chunks of 1 prompt x 2 samples
-    expected = local.rollout(tasks, step=7)
+    expected = remote.rollout(tasks, step=7)  # undisturbed reference with the same weights and seeds
+    expected_next = remote.rollout(tasks[:2], step=8)
     for attempt in range(3):  # a chunk can finish between choosing the victim and the kill: try again
         pids = remote.worker_pids()
         handle = remote.submit_rollout(tasks, step=7)
@@ -129,4 +141,4 @@ def test_sigkill_rollout_worker_mid_rollout_is_redone(backends):
     else:
         pytest.fail("three kills in a row all landed between chunks")
     # the restarted worker got the current weights back: the next rollout still matches
-    assert _ids(remote.rollout(tasks[:2], step=8)) == _ids(local.rollout(tasks[:2], step=8))
+    assert _ids(remote.rollout(tasks[:2], step=8)) == _ids(expected_next)

@@ -77,8 +77,9 @@ class RayBackend(Backend):
             for i in range(d.num_rollout_workers)
         ]
         self.alive = [True] * len(self.workers)
-        self._worker_version = [-2] * len(self.workers)  # version each worker was last sent
-        self._weights: tuple[Any, int] | None = None
+        self._worker_sync = [-1] * len(self.workers)  # id of the broadcast each worker was last sent
+        self._sync_id = 0
+        self._weights: tuple[Any, int, int] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-supervisor")
         self._active: _RayRolloutHandle | None = None
         # Fail fast (with the actor's own traceback) if any role cannot be built.
@@ -89,17 +90,18 @@ class RayBackend(Backend):
     def sync_weights(self) -> int:
         state_ref, version_ref = self.learner.weights.options(num_returns=2).remote()
         version = int(self.ray.get(version_ref))
-        self._weights = (state_ref, version)
+        self._sync_id += 1  # identity of this broadcast: after a checkpoint load a version number can repeat
+        self._weights = (state_ref, version, self._sync_id)
         return version
 
-    def _ensure_weights(self, worker: int, weights: tuple[Any, int]) -> None:
-        state_ref, version = weights
-        if self._worker_version[worker] != version:
+    def _ensure_weights(self, worker: int, weights: tuple[Any, int, int]) -> None:
+        state_ref, version, sync_id = weights
+        if self._worker_sync[worker] != sync_id:
             self.workers[worker].load_weights.remote(state_ref, version)  # actor order: runs before the chunk
-            self._worker_version[worker] = version
+            self._worker_sync[worker] = sync_id
 
     def _forget_weights(self, worker: int) -> None:
-        self._worker_version[worker] = -2  # a restarted actor has its initial weights again
+        self._worker_sync[worker] = -1  # a restarted actor has its initial weights again
 
     def worker_pids(self) -> list[int]:
         """Pids of the rollout workers, waiting (up to ``restart_timeout_s``) for any that is restarting."""
