@@ -1,0 +1,151 @@
+"""End-to-end runs of ``reopold_agents.run`` on tiny random models: every env, masks, resume, bad keys.
+
+Random tiny models (``build_tiny=False`` and an empty model cache) keep these fast; the trained pair
+is exercised by the documented demo runs (docs/run.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import reopold_agents.run as run_mod
+from reopold_agents.config import compose
+from reopold_agents.config.schema import ConfigError
+from reopold_agents.metrics import read_metrics
+
+SMALL = [
+    "trainer.total_steps=2",
+    "trainer.prompts_per_step=2",
+    "trainer.group_size=2",
+    "trainer.save_every=1",
+    "engine.max_new_tokens=12",
+    "engine.max_turns=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _small_and_random(monkeypatch, tmp_path):
+    """Random tiny models (no cached pair), a 4-task held-out set, one thread."""
+    import reopold_agents.models as models
+
+    monkeypatch.setattr(models, "tiny_model_dir", lambda name, role: tmp_path / "no-models" / f"{name}-{role}")
+    monkeypatch.setattr(run_mod, "HELDOUT_TASKS", 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(env: str, out: Path, *extra: str):
+    return compose([f"env={env}", f"trainer.output_dir={out}", *SMALL, *extra])
+
+
+@pytest.mark.parametrize("env", ["math", "toolqa", "vqa"])
+def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
+    result = run_mod.train(_cfg(env, tmp_path / "run"), progress=False, build_tiny=False)
+    out = Path(result.output_dir)
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [0, 1, 2, 2]  # eval before, two steps, eval after
+    step = records[1]
+    for key in ("loss", "rollout/reward", "rollout/success", "teacher/log_ratio/mean", "frac_selected",
+                "frac_clipped", "entropy_mean", "perf/tokens_per_s", "perf/step_time_s"):
+        assert key in step, key
+    assert records[0]["eval/success"] == result.success_before and records[-1]["eval/success"] == result.success_after
+    assert (out / "curves.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2
+    if env == "vqa":  # model=tiny resolves to the VL pair for image envs
+        assert run_mod.resolve_tiny(_cfg(env, tmp_path)).model.student == "tiny_vl"
+
+
+def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
+    """No env token (prompt, tool output, nudges) has loss_mask 1; the teacher scores the student's ids."""
+    import reopold_agents.logprobs as logprobs
+
+    seen: list = []
+    scored: list[list[int]] = []
+    original_check = run_mod.check_masks
+    monkeypatch.setattr(run_mod, "check_masks", lambda trajs: (seen.extend(trajs), original_check(trajs))[1])
+    original_logprobs = logprobs.model_token_logprobs
+
+    def spy(model, input_ids, attention_mask, *args, **kwargs):
+        if not any(p.requires_grad for p in model.parameters()):  # the frozen teacher (the learner trains)
+            scored.extend(row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), attention_mask.cpu()))
+        return original_logprobs(model, input_ids, attention_mask, *args, **kwargs)
+
+    monkeypatch.setattr(logprobs, "model_token_logprobs", spy)  # teacher.py imports it at call time
+    cfg = _cfg("toolqa", tmp_path / "run", "engine.max_turns=3", "engine.max_new_tokens=20")
+    run_mod.train(cfg, progress=False, build_tiny=False)
+    from reopold_agents.testing import build_tokenizer
+
+    tok = build_tokenizer()
+    assert seen and any(len(t.turns) > 1 for t in seen), "want multi-turn episodes (env answered in between)"
+    for t in seen:
+        gen_runs, env_runs, cur, cur_mask = [], [], [], None
+        for tid, m in zip(t.token_ids, t.loss_mask):
+            if m != cur_mask and cur:
+                (gen_runs if cur_mask else env_runs).append(cur)
+                cur = []
+            cur_mask = m
+            cur.append(tid)
+        (gen_runs if cur_mask else env_runs).append(cur)
+        # Each assistant turn is one run of trained ids, exactly as many ids as the engine generated.
+        assert [len(r) for r in gen_runs] == [turn["num_generated"] for turn in t.turns if turn["num_generated"]]
+        # Every env run after the prompt is an env turn: it ends by opening the next assistant turn.
+        for r in env_runs[1:]:
+            assert tok.decode(r).endswith("<|im_start|>assistant\n")
+        for turn in t.turns[:-1]:
+            assert turn.get("env_tokens", 0) > 0
+        assert all(lp == 0.0 for lp, m in zip(t.teacher_logprobs, t.loss_mask) if not m)
+    # The teacher saw exactly the student's token ids (as a multiset of sequences: it batches by length).
+    assert sorted(map(tuple, scored)) == sorted(tuple(t.token_ids) for t in seen)
+
+
+def _params(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(next(model_dir.glob("*.safetensors"))))
+
+
+def test_resume_after_a_crash_is_bit_identical(tmp_path):
+    extra = ["trainer.total_steps=4", "trainer.save_every=2", "trainer.lr=1e-3", "trainer.keep_checkpoints=5"]
+    full = run_mod.train(_cfg("math", tmp_path / "full", *extra), progress=False, build_tiny=False)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(step, metrics):
+        if step == 3:
+            raise Crash("simulated crash after step 3 (last checkpoint: step 2)")
+
+    with pytest.raises(Crash):
+        run_mod.train(_cfg("math", tmp_path / "crash", *extra), progress=False, on_step=crash, build_tiny=False)
+    resumed = run_mod.train(_cfg("math", tmp_path / "crash", *extra, "trainer.resume=true"), progress=False,
+                            build_tiny=False)
+    a = _params(Path(full.output_dir) / "checkpoints" / "step_00000004" / "model")
+    b = _params(Path(resumed.output_dir) / "checkpoints" / "step_00000004" / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in recs]  # noqa: E731
+    assert strip(read_metrics(full.output_dir)) == strip(read_metrics(resumed.output_dir))
+    assert resumed.success_before == full.success_before and resumed.evals == full.evals
+
+
+def test_bad_config_key_fails_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.lrr"):
+        compose(["+trainer.lrr=0.1"])
+    with pytest.raises(ConfigError, match="trainer.total_steps"):
+        compose(["trainer.total_steps=0"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "reopold_agents.run", "+trainer.total_stepz=3", f"trainer.output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode != 0
+    assert "trainer.total_stepz" in proc.stderr + proc.stdout
