@@ -26,7 +26,7 @@ from reopold_agents.pretrain import SFTConfig, SFTExample, greedy_success, sft_t
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = "v1"
+RECIPE_VERSION = "v2"
 BUILD_INFO = "build_info.json"
 DEMO_SEED = 7919  # demonstrations come from their own task seed, not the training (0) or eval seeds
 CHECK_SEED = 4242  # held-out tasks the build reports success on
