@@ -217,10 +217,10 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     evals: list[tuple[int, float]] = [tuple(e) for e in data_state.get("evals", [])]  # type: ignore[misc]
 
     def evaluate(step: int) -> float:
-        succ = heldout_success(parts, cfg)
-        evals.append((step, succ))
-        logger.log(step, {"eval/success": succ})
-        return succ
+        found = run_evals(parts, cfg, step)
+        evals.append((step, found["eval/success"]))
+        logger.log(step, found)
+        return found["eval/success"]
 
     try:
         if start_step == 0:
@@ -232,7 +232,8 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
                 metrics = _train_step(parts, cfg, step)
                 done = step + 1
                 if tc.eval_every and done % tc.eval_every == 0 and done < tc.total_steps:
-                    metrics["eval/success"] = evaluate_inline(parts, cfg, evals, done)
+                    metrics.update(run_evals(parts, cfg, done))
+                    evals.append((done, metrics["eval/success"]))
                 if done % tc.log_every == 0 or done == tc.total_steps:
                     logger.log(done, metrics)
                 bar.update(metrics)
@@ -267,10 +268,19 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     return result
 
 
-def evaluate_inline(parts: _Parts, cfg: RunConfig, evals: list[tuple[int, float]], step: int) -> float:
-    succ = heldout_success(parts, cfg)
-    evals.append((step, succ))
-    return succ
+def run_evals(parts: _Parts, cfg: RunConfig, step: int) -> dict[str, float]:
+    """Held-out greedy success (``eval/success``) plus, when an ``eval=<suite>`` is configured, the
+    suite's metrics under ``suite/...`` (docs/evaluate.md)."""
+    found = {"eval/success": heldout_success(parts, cfg)}
+    if cfg.eval.benchmarks:
+        from reopold_agents.evaluation import evaluate_suite, flatten_for_logging
+
+        results = evaluate_suite(parts.engine, parts.student.tokenizer, cfg.eval, processor=parts.student.processor,
+                                 engine_cfg=cfg.engine, sandbox=cfg.sandbox, label=f"step-{step}", out_dir=None,
+                                 progress=False, plots=False)
+        for key, value in flatten_for_logging(results).items():
+            found["suite/" + key.removeprefix("eval/")] = value
+    return found
 
 
 def _train_step(parts: _Parts, cfg: RunConfig, step: int) -> dict[str, float]:

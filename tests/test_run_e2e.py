@@ -66,6 +66,15 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
         assert run_mod.resolve_tiny(_cfg(env, tmp_path)).model.student == "tiny_vl"
 
 
+def test_eval_suite_is_logged_during_training(tmp_path):
+    extra = ["eval=math_tiny", "eval.benchmarks.arith.env.size=2", "eval.benchmarks.arith.n=1",
+             "eval.benchmarks.arith.max_new_tokens=8", "trainer.eval_every=1", "trainer.total_steps=2"]
+    result = run_mod.train(_cfg("math", tmp_path / "run", *extra), progress=False, build_tiny=False)
+    records = read_metrics(result.output_dir)
+    assert [r["step"] for r in records if "eval/success" in r] == [0, 1, 2]
+    assert all(any(k.startswith("suite/") for k in r) for r in records if "eval/success" in r)
+
+
 def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
     """No env token (prompt, tool output, nudges) has loss_mask 1; the teacher scores the student's ids."""
     import reopold_agents.logprobs as logprobs
