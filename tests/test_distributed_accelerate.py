@@ -86,7 +86,8 @@ def test_bf16_autocast_runs_and_stays_close():
 
 
 def test_strategy_choice_and_cpu_errors():
-    assert learner_strategy(DistributedConfig(), 1, cuda=False) == "plain"
+    assert learner_strategy(DistributedConfig(), 1, cuda=False) == "ddp"
+    assert learner_strategy(DistributedConfig(), 2, cuda=False) == "ddp"
     assert learner_strategy(DistributedConfig(), 4, cuda=True) == "fsdp"
     assert learner_strategy(DistributedConfig(learner_strategy="ddp"), 4, cuda=True) == "ddp"
     tok = build_tokenizer()
@@ -95,3 +96,77 @@ def test_strategy_choice_and_cpu_errors():
             AccelerateLearner(tiny_qwen2(tok), AlgoConfig(), TrainerConfig(), DistributedConfig(mixed_precision="fp16"))
         with pytest.raises(ValueError, match="fsdp"):
             AccelerateLearner(tiny_qwen2(tok), AlgoConfig(), TrainerConfig(), DistributedConfig(learner_strategy="fsdp"))
+
+
+def _rank_main(out_dir: str) -> None:
+    """One learner rank (run in a subprocess with RANK/WORLD_SIZE/MASTER_* set): its half of the batch."""
+    import os
+
+    torch.set_num_threads(1)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    tok = build_tokenizer()
+    trajs = _trajectories(tok)
+    per = len(trajs) // world
+    mine = collate(trajs[rank * per : (rank + 1) * per], tok.pad_token_id)
+    learner = AccelerateLearner(tiny_qwen2(tok, seed=1), *_ddp_configs(), DistributedConfig(grad_accumulation=2))
+    assert learner.accelerator.num_processes == world
+    metrics = [learner.step(mine, s) for s in range(2)]
+    torch.save({"params": _params(learner.unwrapped), "metrics": metrics}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _ddp_configs():
+    # reward_floor selects per token (no batch-wide ranking), so a split over ranks changes nothing
+    return AlgoConfig(stage_switch=0.0, stage2_rule="reward_floor"), TrainerConfig(lr=1e-2, total_steps=4)
+
+
+def _trajectories(tok):
+    b = _batch(tok)  # rebuild the same six trajectories from the padded batch
+    out = []
+    for i in range(b.input_ids.shape[0]):
+        n = int(b.attention_mask[i].sum())
+        t = Trajectory(group_id=int(b.group_ids[i]), reward=float(b.rewards[i]))
+        t.token_ids = b.input_ids[i, :n].tolist()
+        t.loss_mask = [int(x) for x in b.loss_mask[i, :n].tolist()]
+        t.loss_mask[0] = 0
+        t.rollout_logprobs = b.old_logprobs[i, :n].tolist()
+        t.teacher_logprobs = b.teacher_logprobs[i, :n].tolist()
+        out.append(t)
+    return out
+
+
+def test_two_cpu_ranks_give_the_one_process_update(tmp_path):
+    """2 DDP ranks (gloo, loopback) x 2 micro-batches on halves of a batch == one process on all of it,
+    although the halves hold different numbers of selected tokens (global token-mean normaliser)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    tok = build_tokenizer()
+    algo, trainer = _ddp_configs()
+    ref_model = tiny_qwen2(tok, seed=1)
+    ref = Learner(ref_model, algo, trainer)
+    batch = collate(_trajectories(tok), tok.pad_token_id)
+    ref_metrics = [ref.step(batch, s) for s in range(2)]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import test_distributed_accelerate as t; t._rank_main({str(tmp_path)!r})"
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])  # DDP kept the replicas identical
+    assert torch.allclose(ranks[0]["params"], _params(ref_model), atol=1e-4, rtol=0)
+    for m, r in zip(ranks[0]["metrics"], ref_metrics):
+        assert m["loss"] == pytest.approx(r["loss"], rel=1e-4, abs=1e-6)  # global, not rank-0's half
+        assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-4)
+    sel = [int(b.loss_mask.sum()) for b in (collate(_trajectories(tok)[:3], 0), collate(_trajectories(tok)[3:], 0))]
+    assert sel[0] != sel[1]  # the halves are unequal, so a per-rank mean would have been wrong

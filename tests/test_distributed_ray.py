@@ -103,7 +103,7 @@ def test_learner_checkpoint_resumes_the_job(backends, tmp_path):
     _, remote = backends
     remote.save(str(tmp_path), step=20)
     first = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
-    assert remote.load(str(tmp_path)) == 20  # restores model, optimizer, scheduler, RNG; re-broadcasts weights
+    assert remote.load(str(tmp_path)).step == 20  # restores model, optimizer, scheduler, RNG; re-broadcasts weights
     again = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
     _assert_same_steps(first, again)
     assert {t.info["policy_version"] for t in again[0].trajectories} == {20}  # the loaded step's weights

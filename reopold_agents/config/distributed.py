@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 BACKENDS = ("single", "ray")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-LEARNER_STRATEGIES = ("auto", "plain", "ddp", "fsdp")
+LEARNER_STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class DistributedConfig:
     async_rollout: bool = False  # rollouts of step k+1 overlap the update of step k (policy lag 1)
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast + grad scaling for fp16)
     grad_accumulation: int = 1  # micro-batches per optimiser step in the accelerate learner
-    learner_strategy: str = "auto"  # auto (fsdp on >1 GPU, else plain) | plain | ddp | fsdp
+    learner_strategy: str = "auto"  # auto (fsdp on >1 GPU process, else ddp) | ddp (replicas, grads averaged; plain in 1 process) | fsdp
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""

@@ -1,15 +1,24 @@
-"""The learner under HF accelerate: FSDP on several GPUs, plain on CPU, mixed precision, grad accumulation.
+"""The learner under HF accelerate: FSDP on several GPUs, data parallel or plain on CPU, mixed precision,
+grad accumulation.
 
 A thin subclass of ``reopold_agents.learner.Learner``: advantages, stage rules, token selection,
 the surrogate and the metrics are the Learner's own code. What changes is only *how* one minibatch's
 gradient is made and applied: the minibatch is split into ``distributed.grad_accumulation``
 micro-batches whose losses are weighted so their summed gradient equals the whole minibatch's
 (token-mean: by selected tokens; seq-mean: by sequences with a selected token), backward goes through
-``accelerator.backward`` (fp16 loss scaling, FSDP/DDP gradient sync on the last micro-batch only),
-and clipping through ``accelerator.clip_grad_norm_`` (unscales fp16 grads; shard-aware under FSDP).
+``accelerator.backward`` (fp16 loss scaling), and clipping through ``accelerator.clip_grad_norm_``
+(unscales fp16 grads; shard-aware under FSDP).
 
-Accelerate keeps one ``AcceleratorState`` per process, so build one AccelerateLearner per process
-(the learner actor, or the ``accelerate launch`` rank).
+Several processes (``accelerate launch`` ranks, or Ray learner ranks with ``num_learner_workers``)
+each take a shard of the batch; the normaliser is summed over ranks, so the update equals the
+one-process update on the whole batch (tested with 2 CPU ranks over gloo). Exceptions: the
+``entropy`` rule ranks tokens within each rank's shard, and GRPO groups must not straddle ranks.
+``ddp`` keeps full replicas and averages gradients with one flat all-reduce (no DDP wrapper, since the
+memory-lean log-prob path calls the base model and LM head directly); ``fsdp`` (FSDP2 via accelerate,
+GPU only) shards parameters, gradients and optimiser state. The FSDP path is wired but was not run
+here (no GPU): verify it on the cluster first.
+
+Accelerate keeps one ``AcceleratorState`` per process, so build one AccelerateLearner per process.
 """
 
 from __future__ import annotations
@@ -29,12 +38,17 @@ from reopold_agents.losses import objective_loss, selection_mask
 from reopold_agents.losses.objective import TokenAdvantages
 from reopold_agents.trajectory import Batch
 
+try:
+    from accelerate.utils import DistributedType
+except ImportError:  # pragma: no cover - accelerate is a core dependency
+    DistributedType = None  # type: ignore[assignment]
+
 
 def learner_strategy(dcfg: DistributedConfig, num_processes: int, cuda: bool) -> str:
-    """``auto``: FSDP when several GPU processes share the learner, else plain (CPU or one GPU)."""
+    """``auto``: FSDP when several GPU processes share the learner, else ddp (plain in one process)."""
     if dcfg.learner_strategy != "auto":
         return dcfg.learner_strategy
-    return "fsdp" if cuda and num_processes > 1 else "plain"
+    return "fsdp" if cuda and num_processes > 1 else "ddp"
 
 
 def make_accelerator(dcfg: DistributedConfig) -> Any:
@@ -43,9 +57,9 @@ def make_accelerator(dcfg: DistributedConfig) -> Any:
     from accelerate.state import PartialState
 
     cuda = torch.cuda.is_available()
-    strategy = learner_strategy(dcfg, PartialState().num_processes, cuda)
+    strategy = learner_strategy(dcfg, PartialState(cpu=not cuda).num_processes, cuda)
     if strategy == "fsdp" and not cuda:
-        raise ValueError("distributed.learner_strategy: fsdp needs CUDA GPUs; use plain or ddp on CPU")
+        raise ValueError("distributed.learner_strategy: fsdp needs CUDA GPUs; use ddp on CPU")
     if dcfg.mixed_precision == "fp16" and not cuda:
         raise ValueError("distributed.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU")
     fsdp = None
@@ -65,9 +79,15 @@ class AccelerateLearner(Learner):
         dcfg.check()
         self.dcfg = dcfg
         self.accelerator = accelerator if accelerator is not None else make_accelerator(dcfg)
-        # FSDP shards parameters in place: wrap the model before the optimizer sees its parameters.
-        wrapped = self.accelerator.prepare_model(model)
-        super().__init__(wrapped, algo, trainer)
+        self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        if self.fsdp:
+            # FSDP shards parameters in place: wrap the model before the optimizer sees its parameters.
+            model = self.accelerator.prepare_model(model)
+        else:
+            # No DDP wrapper: the memory-lean log-prob path calls the base model and the LM head
+            # directly (bypassing a wrapper's forward), so gradients are averaged by `_sync_grads`.
+            model = model.to(self.accelerator.device)
+        super().__init__(model, algo, trainer)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
 
     @property
@@ -100,37 +120,73 @@ class AccelerateLearner(Learner):
             # The entropy rule ranks tokens over the whole minibatch, not per micro-batch.
             select = selection_mask(self.algo, rule, batch.loss_mask, self._entropy(batch, [idx]), adv)
         mask = select.index_select(0, idx)
-        if not bool(mask.any()):
-            acc.skip(empty=True)
+        world = self.accelerator.num_processes
+        # The loss normaliser of the minibatch over *all* ranks (selected tokens, or sequences with one):
+        # each micro-batch's loss is weighted by its share, times `world` because DDP/FSDP average
+        # gradients over ranks; so any split over ranks and micro-batches gives the one-pass gradient.
+        global_norm = self._all_sum(torch.tensor([self._norm(mask)]))[0].item()
+        if global_norm == 0:
+            acc.skip(empty=True)  # every rank agrees (same reduced number), so no rank waits in a collective
             return
         micro = [m for m in idx.tensor_split(min(self.dcfg.grad_accumulation, idx.numel())) if m.numel()]
-        weights = [self._weight(select.index_select(0, m), mask) for m in micro]
-        total = 0.0
-        stats_sum: dict[str, float] = {}
-        for j, (m, w) in enumerate(zip(micro, weights)):
+        shares = [self._norm(select.index_select(0, m)) / global_norm for m in micro]
+        stat_keys: list[str] = []
+        contrib: list[float] = [0.0]  # [loss, *stats], each weighted by its micro-batch's share
+        for j, (m, share) in enumerate(zip(micro, shares)):
             last = j == len(micro) - 1
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            sync = contextlib.nullcontext() if (last or not self.fsdp) else self.accelerator.no_sync(self.model)
             with sync:
+                # A rank with no selected tokens still runs backward (weight 0): FSDP needs every rank.
                 loss, stats = self._micro_loss(batch, m, adv, topk, select, acc, first_epoch)
-                self.accelerator.backward(loss * w)
-            total += float(loss.detach()) * w
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * w
+                self.accelerator.backward(loss * (share * world))
+            if not stat_keys:
+                stat_keys = sorted(stats)
+                contrib.extend(0.0 for _ in stat_keys)
+            contrib[0] += float(loss.detach()) * share
+            for i, k in enumerate(stat_keys):
+                contrib[i + 1] += float(stats.get(k, 0.0)) * share
+        totals = self._all_sum(torch.tensor(contrib, dtype=torch.float64)).tolist()
+        self._sync_grads()
         max_norm = self.trainer.max_grad_norm if self.trainer.max_grad_norm > 0 else float("inf")
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
-        finite = torch.isfinite(torch.tensor(total)) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)  # of the synced (global) grads
+        # Decide on reduced numbers only, so all ranks step or all skip.
+        finite = bool(torch.isfinite(torch.tensor(totals[0]))) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
         if finite:
             self.optimizer.step()
-            acc.update(total, float(grad_norm), stats_sum)
+            acc.update(totals[0], float(grad_norm), dict(zip(stat_keys, totals[1:])))
         else:
             acc.skip(empty=False)
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _weight(self, micro_mask: torch.Tensor, mask: torch.Tensor) -> float:
-        """Share of the minibatch loss's normaliser that this micro-batch holds (sums to 1)."""
+    def _sync_grads(self) -> None:
+        """Data parallelism without a wrapper: average the gradients over ranks in one flat all-reduce
+        (FSDP reduces its own shards; one process has nothing to do)."""
+        if self.fsdp or self.accelerator.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if len(grads) != len(self.params):
+            raise RuntimeError("a parameter has no gradient on this rank; ranks would diverge")
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.accelerator.num_processes
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _norm(self, mask: torch.Tensor) -> float:
+        """The aggregation's normaliser: selected tokens (token_mean) or sequences with one (seq_mean)."""
         if self.algo.aggregation == "seq_mean":
-            return float((micro_mask.sum(-1) > 0).sum()) / max(float((mask.sum(-1) > 0).sum()), 1.0)
-        return float(micro_mask.sum()) / max(float(mask.sum()), 1.0)
+            return float((mask.sum(-1) > 0).sum())
+        return float(mask.sum())
+
+    def _all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over learner ranks (identity in one process)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum").cpu()
 
     def _micro_loss(
         self,

@@ -73,12 +73,17 @@ class Backend(ABC):
         """Make the learner's current weights the ones the next submitted rollout uses; return the version."""
 
     @abstractmethod
-    def save(self, directory: str, step: int) -> None:
-        """Learner checkpoint (reuses the learner role's checkpoint code)."""
+    def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
+        """Learner checkpoint (reuses the learner role's checkpoint code), with the caller's data state."""
 
     @abstractmethod
-    def load(self, directory: str) -> int:
-        """Restore the learner from ``directory``, broadcast its weights; return the checkpoint's step."""
+    def load(self, directory: str) -> Any:
+        """Restore the learner from ``directory`` (a checkpoint or a folder of them) and make its weights
+        the next rollout's; return the role's resume state (``checkpoint.ResumeState``: step, data_state)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The learner's current student weights on CPU (e.g. for an evaluation engine in the driver)."""
 
     @abstractmethod
     def shutdown(self) -> None: ...

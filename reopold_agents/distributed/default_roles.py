@@ -62,14 +62,18 @@ class DefaultRollout:
 
 
 class DefaultTeacher:
+    """The teacher behind ``model.teacher_engine``; GRPO learns from outcome rewards alone (no teacher)."""
+
     def __init__(self, cfg: Any) -> None:
         from reopold_agents.teacher import build_teacher
 
-        top_k = cfg.algo.gkd_topk if cfg.algo.name == "gkd" else 0
-        self.teacher = build_teacher(cfg.model, _student_tokenizer(cfg.model), top_k=top_k, engine_cfg=cfg.engine)
+        self.teacher = None
+        if cfg.algo.name != "grpo":
+            top_k = cfg.algo.gkd_topk if cfg.algo.name == "gkd" else 0
+            self.teacher = build_teacher(cfg.model, _student_tokenizer(cfg.model), top_k=top_k, engine_cfg=cfg.engine)
 
     def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
-        return self.teacher.score(trajectories)
+        return trajectories if self.teacher is None else self.teacher.score(trajectories)
 
 
 class DefaultLearner:
@@ -90,21 +94,22 @@ class DefaultLearner:
     def state_dict(self) -> StateDict:
         return self.learner.full_state_dict()
 
-    def save(self, directory: str, step: int) -> None:
+    def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
         from reopold_agents.checkpoint import save_checkpoint
 
         if self.learner.accelerator.is_main_process:
             save_checkpoint(directory, step, self.learner.unwrapped, self.learner.optimizer, self.learner.scheduler,
-                            tokenizer=self.tokenizer, keep_last=self.cfg.trainer.keep_checkpoints)
+                            tokenizer=self.tokenizer, data_state=data_state,
+                            keep_last=self.cfg.trainer.keep_checkpoints)
 
-    def load(self, directory: str) -> int:
+    def load(self, directory: str) -> Any:
+        """Restore the newest checkpoint under ``directory`` (or that checkpoint itself); a ResumeState."""
         from reopold_agents.checkpoint import latest_checkpoint, load_checkpoint
 
-        path = latest_checkpoint(directory) if not (Path(directory) / "state.json").is_file() else Path(directory)
+        path = Path(directory) if (Path(directory) / "state.json").is_file() else latest_checkpoint(directory)
         if path is None:
             raise FileNotFoundError(f"no complete checkpoint under {directory}")
-        state = load_checkpoint(path, self.learner.unwrapped, self.learner.optimizer, self.learner.scheduler)
-        return state.step
+        return load_checkpoint(path, self.learner.unwrapped, self.learner.optimizer, self.learner.scheduler)
 
 
 def default_factories() -> RoleFactories:

@@ -60,13 +60,16 @@ class LocalBackend(Backend):
         state, version = self.learner.weights()
         return self.worker.load_weights(state, version)
 
-    def save(self, directory: str, step: int) -> None:
-        self.learner.save(directory, step)
+    def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
+        self.learner.save(directory, step, data_state)
 
-    def load(self, directory: str) -> int:
-        step = self.learner.load(directory)
+    def load(self, directory: str) -> Any:
+        state = self.learner.load(directory)
         self.sync_weights()
-        return step
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.weights()[0]
 
     def shutdown(self) -> None:
         close = getattr(self.worker.role, "close", None)

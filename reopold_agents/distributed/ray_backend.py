@@ -153,13 +153,17 @@ class RayBackend(Backend):
         metrics, version = self.ray.get(self.learner.update.remote(trajectories, step))
         return metrics, version
 
-    def save(self, directory: str, step: int) -> None:
-        self.ray.get(self.learner.save.remote(directory, step))
+    def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
+        self.ray.get(self.learner.save.remote(directory, step, data_state))
 
-    def load(self, directory: str) -> int:
-        step = int(self.ray.get(self.learner.load.remote(directory)))
+    def load(self, directory: str) -> Any:
+        state = self.ray.get(self.learner.load.remote(directory))
         self.sync_weights()
-        return step
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self._weights is not None
+        return self.ray.get(self._weights[0])  # the last synced weights (synced after every update)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

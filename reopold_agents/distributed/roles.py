@@ -45,11 +45,12 @@ class LearnerRole(Protocol):
     def state_dict(self) -> StateDict:
         """The student's weights as the rollout engines load them (full, unsharded, on CPU)."""
 
-    def save(self, directory: str, step: int) -> None:
-        """Write a resumable checkpoint for ``step`` (model, optimiser, RNG, step)."""
+    def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
+        """Write a resumable checkpoint for ``step`` (model, optimiser, RNG, step, the caller's data state)."""
 
-    def load(self, directory: str) -> int:
-        """Restore a checkpoint written by ``save``; return its step."""
+    def load(self, directory: str) -> Any:
+        """Restore a checkpoint written by ``save``; return its ``checkpoint.ResumeState`` (``.step``,
+        ``.data_state``) or the step as an int."""
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,11 @@ class LearnerWorker:
         state = {k: v.detach().to("cpu") for k, v in self.role.state_dict().items()}
         return state, self.version
 
-    def save(self, directory: str, step: int) -> None:
-        self.role.save(directory, step)
+    def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
+        self.role.save(directory, step, data_state)
 
-    def load(self, directory: str) -> int:
-        step = int(self.role.load(directory))
-        self.version = step
-        return step
+    def load(self, directory: str) -> Any:
+        """The role's resume state; the weights version becomes the checkpoint's step."""
+        state = self.role.load(directory)
+        self.version = int(getattr(state, "step", state))
+        return state
