@@ -168,5 +168,9 @@ def test_two_cpu_ranks_give_the_one_process_update(tmp_path):
     for m, r in zip(ranks[0]["metrics"], ref_metrics):
         assert m["loss"] == pytest.approx(r["loss"], rel=1e-4, abs=1e-6)  # global, not rank-0's half
         assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-4)
+        for key in ("num_tokens", "num_selected", "frac_selected", "frac_clipped", "entropy_mean", "reward_mean",
+                    "reward_std", "reward_min", "reward_max"):
+            assert m[key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), key  # whole batch, not rank 0's half
+        assert m["learner_ranks"] == 2.0
     sel = [int(b.loss_mask.sum()) for b in (collate(_trajectories(tok)[:3], 0), collate(_trajectories(tok)[3:], 0))]
     assert sel[0] != sel[1]  # the halves are unequal, so a per-rank mean would have been wrong

@@ -33,6 +33,7 @@ OVERRIDES = [
     "distributed.local_num_cpus=2",
     "distributed.num_rollout_workers=2",
     "distributed.restart_timeout_s=60",
+    "algo.stage_switch=1.0",  # reward_floor selection throughout: exact under any split over learner ranks
 ]
 METRIC_KEYS = ("loss", "grad_norm", "num_tokens", "num_selected", "reward_mean", "entropy_mean", "lr")
 
@@ -43,14 +44,34 @@ def tasks_for_step(step: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def backends():
+def backends(tmp_path_factory):
+    """A LocalBackend and a RayBackend over a private model cache (random tiny models from config, the
+    project tokenizer copied in): the shared cache may gain trained models while the test runs."""
+    import os
+    import shutil
+
+    from reopold_agents.testing import build_tokenizer, cache_dir
+
     torch.set_num_threads(1)
+    tok_dir = cache_dir()
+    build_tokenizer()  # make sure the shared tokenizer exists before copying it
+    private = tmp_path_factory.mktemp("reopold_cache")
+    for entry in tok_dir.glob("tokenizer-*"):
+        if entry.is_dir() and not entry.name.count(".tmp"):
+            shutil.copytree(entry, private / entry.name)
+    old = os.environ.get("REOPOLD_CACHE")
+    os.environ["REOPOLD_CACHE"] = str(private)  # read by this process and passed to the Ray workers
     factories = default_factories()
     local = make_backend(compose(OVERRIDES + ["distributed=single"]), factories)
-    remote = make_backend(compose(OVERRIDES + ["distributed=ray"]), factories)
+    # two rollout workers and two learner ranks (data parallel over gloo) against one process
+    remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.num_learner_workers=2"]), factories)
     yield local, remote
     remote.shutdown()
     local.shutdown()
+    if old is None:
+        os.environ.pop("REOPOLD_CACHE", None)
+    else:
+        os.environ["REOPOLD_CACHE"] = old
     import ray
 
     assert not ray.is_initialized(), "the backend started the local cluster, so it must also stop it"
@@ -73,7 +94,7 @@ def test_ray_run_matches_single_process(backends):
     local, remote = backends
     from reopold_agents.distributed.ray_backend import RayBackend
 
-    assert isinstance(remote, RayBackend) and len(remote.workers) == 2
+    assert isinstance(remote, RayBackend) and len(remote.workers) == 2 and len(remote.learners) == 2
     loc = list(local.train(tasks_for_step, 0, 2, async_rollout=False))
     ray_steps = list(remote.train(tasks_for_step, 0, 2, async_rollout=False))
     _assert_same_steps(loc, ray_steps)
@@ -82,6 +103,7 @@ def test_ray_run_matches_single_process(backends):
     assert {t.info["policy_version"] for t in ray_steps[1].trajectories} == {1}
     assert len(ray_steps[0].trajectories) == 8
     assert ray_steps[0].metrics["loss"] != ray_steps[1].metrics["loss"]
+    assert ray_steps[0].metrics["learner_ranks"] == 2.0 and loc[0].metrics["learner_ranks"] == 1.0
 
 
 def test_async_mode_reports_policy_lag_one(backends):
@@ -101,9 +123,10 @@ def test_async_mode_reports_policy_lag_one(backends):
 def test_learner_checkpoint_resumes_the_job(backends, tmp_path):
     """Save the Ray learner, train a step, restore, train the same step again: identical (resume)."""
     _, remote = backends
-    remote.save(str(tmp_path), step=20)
+    remote.save(str(tmp_path), step=20, data_state={"position": 80})
     first = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
-    assert remote.load(str(tmp_path)).step == 20  # restores model, optimizer, scheduler, RNG; re-broadcasts weights
+    state = remote.load(str(tmp_path))  # restores model, optimizer, scheduler, RNG on every rank; re-broadcasts
+    assert state.step == 20 and state.data_state == {"position": 80}
     again = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
     _assert_same_steps(first, again)
     assert {t.info["policy_version"] for t in again[0].trajectories} == {20}  # the loaded step's weights

@@ -24,13 +24,14 @@ class DistributedConfig:
     local_num_cpus: int = 2  # CPUs a locally started Ray cluster advertises (ignored with `address`)
     num_rollout_workers: int = 1  # RolloutWorker actors, each with its own engine and envs/sandboxes
     num_teacher_workers: int = 1  # TeacherWorker actors scoring shards of the batch
+    num_learner_workers: int = 1  # learner ranks (one process each: DDP/FSDP over ranks); ray only
     rollout_chunk_size: int = 4  # tasks per unit of work: load balancing, seeding and the redo unit
     cpus_per_rollout_worker: float = 1.0
     gpus_per_rollout_worker: float = 0.0
     cpus_per_teacher: float = 0.0  # 0: scoring is bursty, do not hold a CPU slot for it
     gpus_per_teacher: float = 0.0
-    cpus_per_learner: float = 0.0
-    gpus_per_learner: float = 0.0
+    cpus_per_learner: float = 0.0  # per learner rank
+    gpus_per_learner: float = 0.0  # per learner rank (1 for FSDP: one GPU per process)
     max_restarts: int = 3  # Ray restarts of a crashed actor (per actor)
     max_chunk_retries: int = 3  # times one chunk may be redone after worker crashes before giving up
     restart_timeout_s: float = 120.0  # how long to wait for a crashed worker to come back
@@ -49,7 +50,7 @@ class DistributedConfig:
             raise ValueError(
                 f"learner_strategy: must be one of {', '.join(LEARNER_STRATEGIES)}, got {self.learner_strategy!r}"
             )
-        for key in ("num_rollout_workers", "num_teacher_workers", "rollout_chunk_size", "grad_accumulation",
+        for key in ("num_rollout_workers", "num_teacher_workers", "num_learner_workers", "rollout_chunk_size", "grad_accumulation",
                     "local_num_cpus"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -60,5 +61,8 @@ class DistributedConfig:
                     "cpus_per_learner", "gpus_per_learner"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.backend == "single" and self.num_learner_workers != 1:
+            raise ValueError("num_learner_workers: several learner ranks need backend=ray "
+                             "(or `accelerate launch` of the single-process run)")
         if self.restart_timeout_s <= 0:
             raise ValueError(f"restart_timeout_s: must be > 0, got {self.restart_timeout_s}")

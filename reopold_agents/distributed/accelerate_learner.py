@@ -102,8 +102,40 @@ class AccelerateLearner(Learner):
     def step(self, batch: Batch, step: int) -> dict[str, float]:
         with self.accelerator.autocast():
             metrics = super().step(batch, step)
+        if self.accelerator.num_processes > 1:
+            metrics = self._global_metrics(metrics)
         metrics["grad_accumulation"] = float(self.dcfg.grad_accumulation)
+        metrics["learner_ranks"] = float(self.accelerator.num_processes)
         return metrics
+
+    def _global_metrics(self, m: dict[str, float]) -> dict[str, float]:
+        """Token statistics over every rank's shard (loss and grad norm are global already), so a
+        multi-rank step reports what one process would on the whole batch."""
+        import torch.distributed as dist
+
+        tok, sel = m["num_tokens"], m["num_selected"]
+        mean, std = m["reward_mean"], m["reward_std"]
+        sums = torch.tensor([tok, sel, m["frac_clipped"] * sel, m["entropy_mean"] * tok, mean * tok,
+                             (std * std + mean * mean) * tok], dtype=torch.float64)
+        tok, sel, clipped, ent, r1, r2 = self._all_sum(sums).tolist()
+        dev = self.accelerator.device  # NCCL reduces CUDA tensors only
+        lo = torch.tensor([m["reward_min"] if m["num_tokens"] else float("inf")], dtype=torch.float64, device=dev)
+        hi = torch.tensor([m["reward_max"] if m["num_tokens"] else float("-inf")], dtype=torch.float64, device=dev)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        out = dict(m)
+        out.update(
+            num_tokens=tok,
+            num_selected=sel,
+            frac_selected=sel / tok if tok else 0.0,
+            frac_clipped=clipped / sel if sel else 0.0,
+            entropy_mean=ent / tok if tok else 0.0,
+        )
+        if tok:
+            r_mean = r1 / tok
+            out.update(reward_mean=r_mean, reward_std=max(r2 / tok - r_mean * r_mean, 0.0) ** 0.5,
+                       reward_min=float(lo.item()), reward_max=float(hi.item()))
+        return out
 
     def _minibatch(
         self,

@@ -46,3 +46,26 @@ def join_chunks(results: dict[int, list[Trajectory]], num_chunks: int) -> list[T
         missing = sorted(set(range(num_chunks)) - set(results))
         raise RuntimeError(f"rollout lost chunks {missing} (got {sorted(results)})")
     return [traj for i in range(num_chunks) for traj in results[i]]
+
+
+def shard_by_group(trajectories: list[Trajectory], n: int) -> list[list[Trajectory]]:
+    """Split into ``n`` contiguous shards of near-equal size without cutting a group (GRPO normalises
+    within a group, so a group must live on one learner rank). Every shard must be non-empty."""
+    groups: list[list[Trajectory]] = []
+    for traj in trajectories:
+        if groups and groups[-1][0].group_id == traj.group_id:
+            groups[-1].append(traj)
+        else:
+            groups.append([traj])
+    if len(groups) < n:
+        raise ValueError(f"{len(groups)} trajectory groups cannot feed {n} learner ranks; lower num_learner_workers")
+    shards: list[list[Trajectory]] = [[] for _ in range(n)]
+    total, done, rank = len(trajectories), 0, 0
+    for i, group in enumerate(groups):
+        left_groups, left_ranks = len(groups) - i, n - rank
+        # move on once this shard has its share, but never leave a later rank without a group
+        if shards[rank] and rank < n - 1 and (done >= total * (rank + 1) / n or left_groups <= left_ranks - 1):
+            rank += 1
+        shards[rank].extend(group)
+        done += len(group)
+    return shards

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from reopold_agents.distributed.backend import Backend, RolloutHandle, RolloutStats
-from reopold_agents.distributed.chunks import join_chunks, make_chunks
+from reopold_agents.distributed.chunks import join_chunks, make_chunks, shard_by_group
 from reopold_agents.distributed.cluster import connect, import_ray
 from reopold_agents.distributed.roles import RoleFactories
 from reopold_agents.distributed.supervisor import ChunkSupervisor
@@ -50,18 +50,21 @@ class _RayRolloutHandle(RolloutHandle):
 
 class RayBackend(Backend):
     """Actors: ``num_rollout_workers`` RolloutWorkers (restartable), ``num_teacher_workers`` TeacherWorkers
-    (restartable, calls retried), one LearnerWorker (not restarted: a job resumes from its checkpoint)."""
+    (restartable, calls retried), ``num_learner_workers`` LearnerWorker ranks (not restarted: a job
+    resumes from its checkpoint)."""
 
     def __init__(self, cfg: Any, factories: RoleFactories) -> None:
         super().__init__(cfg)
         d = self.dcfg
         self.ray = ray = import_ray()
         self._started_ray = connect(d)
-        self.learner = (
+        self.learners = [
             ray.remote(LearnerWorker)
             .options(num_cpus=d.cpus_per_learner, num_gpus=d.gpus_per_learner, max_restarts=0)
-            .remote(factories, cfg, threads=_threads(d.cpus_per_learner))
-        )
+            .remote(factories, cfg, threads=_threads(d.cpus_per_learner), defer=True)
+            for _ in range(d.num_learner_workers)
+        ]
+        self.learner = self.learners[0]  # rank 0: metrics, weights, checkpoints
         self.teachers = [
             ray.remote(TeacherWorker)
             .options(num_cpus=d.cpus_per_teacher, num_gpus=d.gpus_per_teacher, max_restarts=d.max_restarts,
@@ -82,14 +85,37 @@ class RayBackend(Backend):
         self._weights: tuple[Any, int, int] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-supervisor")
         self._active: _RayRolloutHandle | None = None
+        self._build_learners()
         # Fail fast (with the actor's own traceback) if any role cannot be built.
-        ray.get([a.ready.remote() for a in [self.learner, *self.teachers, *self.workers]])
+        ray.get([a.ready.remote() for a in [*self.teachers, *self.workers]])
         self.sync_weights()
+
+    def _build_learners(self) -> None:
+        """One rank: build in place. Several: rendezvous at rank 0's node (torch.distributed env vars,
+        as ``torchrun`` would set them; accelerate reads them). Each actor sees only its own GPUs, so
+        LOCAL_RANK is 0 everywhere."""
+        n = len(self.learners)
+        if n == 1:
+            self.ray.get(self.learner.build.remote(None))
+            return
+        host, port = self.ray.get(self.learner.address.remote())
+        envs = [
+            {"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+             "MASTER_ADDR": host, "MASTER_PORT": str(port)}
+            for r in range(n)
+        ]
+        self.ray.get([a.build.remote(env) for a, env in zip(self.learners, envs)])  # all at once: they rendezvous
+
+    def _on_learners(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method`` on every learner rank (collectives need all of them); results in rank order."""
+        return self.ray.get([getattr(a, method).remote(*args) for a in self.learners])
 
     # --- weights -----------------------------------------------------------------------------
     def sync_weights(self) -> int:
-        state_ref, version_ref = self.learner.weights.options(num_returns=2).remote()
+        state_ref, version_ref = self.learner.weights.options(num_returns=2).remote(True)
+        others = [a.weights.options(num_returns=2).remote(False)[1] for a in self.learners[1:]]
         version = int(self.ray.get(version_ref))
+        self.ray.get(others)
         self._sync_id += 1  # identity of this broadcast: after a checkpoint load a version number can repeat
         self._weights = (state_ref, version, self._sync_id)
         return version
@@ -150,14 +176,17 @@ class RayBackend(Backend):
         return [traj for shard in self.ray.get(refs) for traj in shard]
 
     def update(self, trajectories: list[Trajectory], step: int) -> tuple[dict[str, float], int]:
-        metrics, version = self.ray.get(self.learner.update.remote(trajectories, step))
-        return metrics, version
+        """Each learner rank takes a shard (whole groups); metrics are rank 0's, which the accelerate
+        learner reduces over ranks."""
+        shards = shard_by_group(trajectories, len(self.learners))
+        results = self.ray.get([a.update.remote(shard, step) for a, shard in zip(self.learners, shards)])
+        return results[0]
 
     def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
-        self.ray.get(self.learner.save.remote(directory, step, data_state))
+        self._on_learners("save", directory, step, data_state)  # rank 0 writes; FSDP gathers on all
 
     def load(self, directory: str) -> Any:
-        state = self.ray.get(self.learner.load.remote(directory))
+        state = self._on_learners("load", directory)[0]
         self.sync_weights()
         return state
 
@@ -167,7 +196,7 @@ class RayBackend(Backend):
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-        for actor in [*self.workers, *self.teachers, self.learner]:
+        for actor in [*self.workers, *self.teachers, *self.learners]:
             try:
                 self.ray.kill(actor, no_restart=True)
             except Exception:  # already gone

@@ -84,12 +84,37 @@ class TeacherWorker:
 
 
 class LearnerWorker:
-    """The learner and its weights version (number of updates applied), which stamps every broadcast."""
+    """The learner (one rank of it) and its weights version (number of updates applied), which stamps
+    every broadcast. With several ranks the role is built in a second phase (``build``), once rank 0's
+    address is known, so ``torch.distributed`` can rendezvous there."""
 
-    def __init__(self, factories: RoleFactories, cfg: Any, threads: int | None = None) -> None:
+    def __init__(self, factories: RoleFactories, cfg: Any, threads: int | None = None, defer: bool = False) -> None:
         _limit_threads(threads)
-        self.role = factories.learner(cfg)
+        self.factories, self.cfg = factories, cfg
+        self.role: Any = None
         self.version = 0
+        if not defer:
+            self.build(None)
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port: the rendezvous point when this is rank 0."""
+        import socket
+
+        try:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        except Exception:  # not inside Ray
+            host = "127.0.0.1"
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            return host, int(sock.getsockname()[1])
+
+    def build(self, env: dict[str, str] | None) -> int:
+        """Set the rank's torch.distributed env (RANK, WORLD_SIZE, MASTER_ADDR, ...) and build the role."""
+        os.environ.update(env or {})
+        self.role = self.factories.learner(self.cfg)
+        return os.getpid()
 
     def ready(self) -> int:
         return os.getpid()
@@ -101,10 +126,13 @@ class LearnerWorker:
         self.version += 1
         return dict(metrics), started_at
 
-    def weights(self) -> tuple[StateDict, int]:
-        """Full CPU weights for broadcast, with their version."""
-        state = {k: v.detach().to("cpu") for k, v in self.role.state_dict().items()}
-        return state, self.version
+    def weights(self, ship: bool = True) -> tuple[StateDict | None, int]:
+        """Full CPU weights for broadcast, with their version. Every rank must call it (FSDP gathers the
+        full state collectively); only the shipping rank returns the tensors."""
+        state = self.role.state_dict()
+        if not ship:
+            return None, self.version
+        return {k: v.detach().to("cpu") for k, v in state.items()}, self.version
 
     def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
         self.role.save(directory, step, data_state)
