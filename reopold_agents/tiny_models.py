@@ -4,7 +4,7 @@
 project tokenizer: a bigger teacher trained to high success and a smaller student trained briefly, so
 it knows the format but solves clearly fewer tasks and distillation has something to do. Both are
 seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.models`` loads them
-(``tiny_model_dir(name, role)``), and rebuilt when ``RECIPE_VERSION`` changes.
+(``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from reopold_agents.pretrain import SFTConfig, SFTExample, greedy_success, sft_t
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = "v2"
 BUILD_INFO = "build_info.json"
 DEMO_SEED = 7919  # demonstrations come from their own task seed, not the training (0) or eval seeds
 CHECK_SEED = 4242  # held-out tasks the build reports success on
@@ -37,6 +36,7 @@ class TinyRecipe:
     """How one tiny pair is made: which envs' demonstrations, how many, and the two SFT runs."""
 
     name: str
+    version: str  # bump to rebuild cached pairs made by an older recipe
     envs: tuple[str, ...]
     demos_per_env: int
     teacher: SFTConfig
@@ -48,6 +48,7 @@ class TinyRecipe:
 RECIPES: dict[str, TinyRecipe] = {
     "tiny": TinyRecipe(
         name="tiny",
+        version="v2",
         envs=("math", "toolqa"),
         demos_per_env=600,
         teacher=SFTConfig(steps=500, batch_size=16, lr=3e-3, warmup=30, seed=1),
@@ -55,10 +56,11 @@ RECIPES: dict[str, TinyRecipe] = {
     ),
     "tiny_vl": TinyRecipe(
         name="tiny_vl",
+        version="v3",
         envs=("vqa",),
-        demos_per_env=400,
-        teacher=SFTConfig(steps=300, batch_size=16, lr=3e-3, warmup=20, seed=1),
-        student=SFTConfig(steps=60, batch_size=16, lr=3e-3, warmup=10, seed=0),
+        demos_per_env=600,
+        teacher=SFTConfig(steps=700, batch_size=16, lr=3e-3, warmup=30, seed=1),
+        student=SFTConfig(steps=80, batch_size=16, lr=3e-3, warmup=10, seed=0),
     ),
 }
 
@@ -128,12 +130,13 @@ def _model_dir(name: str, role: str) -> Path:
 
 def is_built(name: str) -> bool:
     """Both roles saved with the current recipe version."""
+    version = RECIPES[name].version
     for role in ("student", "teacher"):
         info = _model_dir(name, role) / BUILD_INFO
         if not info.exists():
             return False
         try:
-            if json.loads(info.read_text()).get("version") != RECIPE_VERSION:
+            if json.loads(info.read_text()).get("version") != version:
                 return False
         except json.JSONDecodeError:
             return False
@@ -189,7 +192,7 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None) -> BuildRepo
         examples: list[SFTExample] = []
         for env_name in recipe.envs:
             examples.extend(demonstration_examples(env_name, recipe.demos_per_env, tokenizer, processor))
-        report = BuildReport(name=recipe.name, version=RECIPE_VERSION, seconds=0.0)
+        report = BuildReport(name=recipe.name, version=recipe.version, seconds=0.0)
         for role, sft in (("teacher", recipe.teacher), ("student", recipe.student)):
             model = _new_model(recipe.name, role, tokenizer)
             losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
@@ -200,7 +203,7 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None) -> BuildRepo
                 report.success[role][env_name] = greedy_success(
                     model, tokenizer, factory, range(recipe.check_tasks), processor=processor,
                     max_new_tokens=recipe.max_new_tokens, max_turns=cfg.max_turns)
-            info = {"version": RECIPE_VERSION, "role": role, "recipe": asdict(recipe),
+            info = {"version": recipe.version, "role": role, "recipe": asdict(recipe),
                     "final_loss": report.final_loss[role], "success": report.success[role]}
             _save(model, tokenizer, processor, _model_dir(recipe.name, role), info)
         report.seconds = time.perf_counter() - start
