@@ -14,8 +14,8 @@ samples) and the REOPOLD ablations of docs/objective.md (one override each):
 What is measured: greedy success on the run's fixed 64-task held-out set (``eval/success``) every
 ``eval_every`` steps. "Samples to target" = student episodes consumed (steps x prompts x group) at the
 first evaluation whose success reaches the target; a run that never reaches it counts as "> budget".
-The target is ``--target`` (absolute) or, by default, the student's own starting success plus half of
-the distance to 1.0 (``--target-gain``). The last line is the GRPO / REOPOLD ratio of median samples
+The target is ``--target`` (absolute) or, by default, halfway (``--target-gain``) from the student's
+starting success to the tiny teacher's greedy success on the same held-out set. The last line is the GRPO / REOPOLD ratio of median samples
 to target on the first env (the paper reports 6.7-12x fewer samples than RL at 1.5B-7B scale; here
 it is a 2-layer CPU model and a few hundred samples, so read the ratio as a smoke-level comparison).
 
@@ -100,6 +100,38 @@ def train_one(env: str, method: str, seed: int, args: argparse.Namespace, out_ro
     return curve
 
 
+def teacher_heldout_success(env: str, args: argparse.Namespace) -> float:
+    """Greedy success of the tiny *teacher* on the very held-out set the runs evaluate the student on.
+
+    Adapter over the run CLI's own pieces (``run.heldout_success`` and its held-out env config) with the
+    teacher loaded in the student's place, so the reference is measured exactly like ``eval/success``.
+    """
+    from types import SimpleNamespace
+
+    from envs.factory import build_env, load_env_tasks
+    from reopold_agents import run as run_mod
+    from reopold_agents.config import compose
+    from reopold_agents.engines import make_engine
+    from reopold_agents.models import load_model
+    from reopold_agents.rollout import Rollout
+
+    cfg = compose([f"env={env}", "model=tiny", *args.override])
+    loaded = load_model("tiny", "teacher", cfg.model.dtype, cfg.model.device)
+    engine = make_engine(cfg.engine, model=loaded.model, tokenizer=loaded.tokenizer, processor=loaded.processor,
+                         model_path=loaded.path)
+    held_cfg = run_mod._heldout_env_config(cfg.env)
+    held_tasks = load_env_tasks(held_cfg)
+    sandbox = cfg.sandbox if "python" in cfg.env.tools else None
+    rollout = Rollout.from_config(cfg.engine, engine, loaded.tokenizer,
+                                  lambda: build_env(held_cfg, tasks=held_tasks, sandbox=sandbox), loaded.processor)
+    rollout.eval_size = len(held_tasks)  # type: ignore[attr-defined]
+    try:
+        return float(run_mod.heldout_success(SimpleNamespace(eval_rollout=rollout), cfg))  # type: ignore[arg-type]
+    finally:
+        rollout.close()
+        engine.close()
+
+
 def summarize(curves: list[RunCurve], target_for: Callable[[str], float]) -> dict[str, dict[str, dict[str, float]]]:
     """Per env and method: median samples to target (inf = not reached by the median run), final success."""
     table: dict[str, dict[str, dict[str, float]]] = {}
@@ -127,14 +159,19 @@ def summarize(curves: list[RunCurve], target_for: Callable[[str], float]) -> dic
     return out
 
 
-def default_target(curves: list[RunCurve], env: str, gain: float) -> float:
-    """Start success (median over this env's runs, identical student) + ``gain`` of the way to 1.0."""
-    starts = [c.points[0][1] for c in curves if c.env == env and c.points]
-    start = statistics.median(starts)
-    return round(start + gain * (1.0 - start), 4)
+def default_target(curves: list[RunCurve], env: str, gain: float, teacher: float) -> float:
+    """Start success (median over this env's runs: the same student) + ``gain`` of the way to the teacher's."""
+    start = statistics.median(c.points[0][1] for c in curves if c.env == env and c.points)
+    if teacher <= start:  # nothing to distil towards: fall back to "one more held-out task solved"
+        from reopold_agents.run import HELDOUT_TASKS
+
+        print(f"{env}: teacher held-out success {teacher:.3f} <= student start {start:.3f}; "
+              f"target = start + 1/{HELDOUT_TASKS} (one more task solved)")
+        return round(start + 1.0 / HELDOUT_TASKS, 4)
+    return round(start + gain * (teacher - start), 4)
 
 
-def plot(curves: list[RunCurve], summary: dict, path: Path) -> None:
+def plot(curves: list[RunCurve], summary: dict, path: Path, teachers: dict[str, float] | None = None) -> None:
     """Success vs samples, one column per env; rows: main methods and REOPOLD ablations (median + range)."""
     import matplotlib
 
@@ -142,7 +179,9 @@ def plot(curves: list[RunCurve], summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     envs = list(summary)
+    ran = {c.method for c in curves}
     rows = [("methods", [m for m in METHODS if m in MAIN]), ("REOPOLD ablations", [m for m in METHODS if m not in MAIN or m == "reopold"])]
+    rows = [(t, ms) for t, ms in rows if any(m in ran and m != "reopold" for m in ms)] or rows[:1]
     fig, axes = plt.subplots(len(rows), len(envs), figsize=(4.2 * len(envs), 3.0 * len(rows)), squeeze=False, dpi=80)
     for j, env in enumerate(envs):
         for i, (title, methods) in enumerate(rows):
@@ -157,7 +196,9 @@ def plot(curves: list[RunCurve], summary: dict, path: Path) -> None:
                 if len(cs) > 1:
                     ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.15)
             target = next(iter(summary[env].values()))["target"]
-            ax.axhline(target, color="grey", ls=":", lw=1)
+            ax.axhline(target, color="grey", ls=":", lw=1, label="target")
+            if teachers and env in teachers:
+                ax.axhline(teachers[env], color="black", ls="--", lw=1, label="teacher")
             ax.set_title(f"{env}: {title}", fontsize=9)
             ax.set_xlabel("student samples", fontsize=8)
             ax.set_ylabel("held-out success (greedy)", fontsize=8)
@@ -214,7 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=8, help="trainer.prompts_per_step")
     p.add_argument("--group", type=int, default=2, help="trainer.group_size")
     p.add_argument("--target", type=float, default=None, help="absolute held-out success target")
-    p.add_argument("--target-gain", type=float, default=0.5, help="default target: start + gain * (1 - start)")
+    p.add_argument("--target-gain", type=float, default=0.5, help="default target: start + gain * (teacher - start)")
+    p.add_argument("--from-json", default=None, help="re-summarise and re-plot the curves of an earlier run's JSON")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="JSON + PNG go here")
     p.add_argument("--name", default=None, help="file stem (default sample_efficiency[_quick])")
@@ -241,13 +283,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     torch.set_num_threads(args.threads)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        curves = [RunCurve(**{**c, "points": [tuple(p) for p in c["points"]]}) for c in saved["curves"]]
+        teachers = {e: float(v) for e, v in saved["teacher_success"].items()}
+        args.envs = list(dict.fromkeys(c.env for c in curves))
+    else:
+        curves, teachers = _train_all(args)
+    targets = {env: args.target if args.target is not None else default_target(curves, env, args.target_gain, teachers[env])
+               for env in args.envs}
+    summary = summarize(curves, targets.__getitem__)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{args.name}.png"
+    plot(curves, summary, png, teachers)
+    with open(out / f"{args.name}.json", "w") as f:
+        json.dump({"args": dict(vars(args)), "teacher_success": teachers, "summary": summary,
+                   "curves": [asdict(c) for c in curves]}, f, indent=1, default=str)
+    per_run = {c.points[-1][0] for c in curves}
+    print(f"budget per run: {sorted(per_run)} student samples; teacher held-out success: "
+          + ", ".join(f"{e} {v:.3f}" for e, v in teachers.items()) + f"; curves: {png}")
+    return report(summary)
+
+
+def _train_all(args: argparse.Namespace) -> tuple[list[RunCurve], dict[str, float]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     if not args.no_build:
         from reopold_agents.tiny_models import ensure_tiny
 
         ensure_tiny("tiny")  # build the pair once, before the clock of the first run starts
+    teachers = {env: teacher_heldout_success(env, args) for env in args.envs}
     runs = [(e, m, s) for s in args.seeds for e in args.envs for m in args.methods]  # seeds outermost: early results cover every method
     curves: list[RunCurve] = []
     with tempfile.TemporaryDirectory() as tmp, Progress(
@@ -258,19 +327,7 @@ def main(argv: list[str] | None = None) -> float:
         for env, method, seed in runs:
             bar.update(task, description=f"{env}/{method}/seed {seed}")
             curves.append(train_one(env, method, seed, args, work, on_step=lambda *_: bar.advance(task)))
-    targets = {env: args.target if args.target is not None else default_target(curves, env, args.target_gain)
-               for env in args.envs}
-    summary = summarize(curves, targets.__getitem__)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{args.name}.png"
-    plot(curves, summary, png)
-    with open(out / f"{args.name}.json", "w") as f:
-        json.dump({"args": {k: v for k, v in vars(args).items()}, "summary": summary,
-                   "curves": [asdict(c) for c in curves]}, f, indent=1, default=str)
-    print(f"budget per run: {args.steps} steps x {args.prompts} prompts x {args.group} samples = "
-          f"{args.steps * args.prompts * args.group} student samples; curves: {png}")
-    return report(summary)
+    return curves, teachers
 
 
 if __name__ == "__main__":
