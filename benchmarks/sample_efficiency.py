@@ -101,7 +101,7 @@ def train_one(env: str, method: str, seed: int, args: argparse.Namespace, out_ro
 
 
 def teacher_heldout_success(env: str, args: argparse.Namespace) -> float:
-    """Greedy success of the tiny *teacher* on the very held-out set the runs evaluate the student on.
+    """Greedy success of the *teacher* (``model.teacher``) on the very held-out set the runs evaluate the student on.
 
     Adapter over the run CLI's own pieces (``run.heldout_success`` and its held-out env config) with the
     teacher loaded in the student's place, so the reference is measured exactly like ``eval/success``.
@@ -116,7 +116,7 @@ def teacher_heldout_success(env: str, args: argparse.Namespace) -> float:
     from reopold_agents.rollout import Rollout
 
     cfg = compose([f"env={env}", "model=tiny", *args.override])
-    loaded = load_model("tiny", "teacher", cfg.model.dtype, cfg.model.device)
+    loaded = load_model(cfg.model.teacher, "teacher", cfg.model.dtype, cfg.model.device)
     engine = make_engine(cfg.engine, model=loaded.model, tokenizer=loaded.tokenizer, processor=loaded.processor,
                          model_path=loaded.path)
     held_cfg = run_mod._heldout_env_config(cfg.env)
