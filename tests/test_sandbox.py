@@ -106,12 +106,14 @@ def test_concurrent_runs(sandbox: Sandbox) -> None:
 
 
 def test_python_tool_uses_sandbox(sandbox: Sandbox) -> None:
-    tool = get_tool("python", sandbox=sandbox, timeout_s=1.0)
+    # A generous limit for code that must finish (a loaded CI machine can take >1 s to start python),
+    # a short one for the code that must time out.
+    tool = get_tool("python", sandbox=sandbox, timeout_s=20.0)
     ok = tool(code="print(2 ** 100)")
     assert not ok.is_error and ok.text == f"{2 ** 100}\n[exit code 0]"
     bad = tool(code="raise ValueError('boom')")
     assert bad.is_error and "ValueError: boom" in bad.text and "[exit code 1]" in bad.text
-    slow = tool(code="while True: pass", stdin="")
+    slow = get_tool("python", sandbox=sandbox, timeout_s=1.0)(code="while True: pass", stdin="")
     assert slow.is_error and "[timed out]" in slow.text
 
 
