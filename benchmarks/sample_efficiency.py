@@ -77,7 +77,7 @@ def overrides(env: str, method: str, seed: int, args: argparse.Namespace, out_di
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     return [
         f"env={env}", *METHODS[method], "model=tiny",
-        f"trainer.seed={seed}", f"trainer.total_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
+        f"trainer.seed={seed}", f"trainer.lr={args.lr}", f"trainer.total_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
         f"trainer.prompts_per_step={args.prompts}", f"trainer.group_size={args.group}",
         f"trainer.output_dir={out_dir}", f"trainer.save_every={args.steps}", "trainer.keep_checkpoints=1",
         *args.override,
@@ -252,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
     p.add_argument("--steps", type=int, default=None, help="learner steps per run (default 30; quick 8)")
     p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default 5; quick 4)")
+    p.add_argument("--lr", type=float, default=3e-4, help="trainer.lr, pinned so results do not follow preset changes")
     p.add_argument("--prompts", type=int, default=8, help="trainer.prompts_per_step")
     p.add_argument("--group", type=int, default=2, help="trainer.group_size")
     p.add_argument("--target", type=float, default=None, help="absolute held-out success target")
