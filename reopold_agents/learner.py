@@ -126,7 +126,8 @@ class Learner:
         for idx in slices:
             mb = _sub_batch(batch, idx, self.model)
             _, ent = model_token_logprobs(
-                self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size
+                self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size,
+                target_mask=mb.loss_mask,
             )
             parts.append(ent)
         return torch.cat(parts, dim=0)
@@ -148,7 +149,7 @@ class Learner:
             target_ids = torch.cat([mb.input_ids[..., None], topk[0].index_select(0, idx)], dim=-1)
         logp_all, entropy = model_token_logprobs(
             self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size,
-            target_ids=target_ids,
+            target_ids=target_ids, target_mask=mb.loss_mask,  # the LM head runs on trained tokens only
         )
         logp = logp_all[..., 0] if topk is not None else logp_all
         assert entropy is not None

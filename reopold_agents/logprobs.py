@@ -190,6 +190,16 @@ def _hidden_and_head(
     return hidden, head
 
 
+def _valid_targets(attention_mask: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:
+    """``[B, T-1]`` bool: target positions 1..T-1 that are real tokens (and selected by ``target_mask``)."""
+    valid = attention_mask[:, 1:].bool()
+    if target_mask is not None:
+        if target_mask.shape != attention_mask.shape:
+            raise ValueError(f"target_mask {tuple(target_mask.shape)} must match input_ids {tuple(attention_mask.shape)}")
+        valid = valid & target_mask[:, 1:].bool()
+    return valid
+
+
 def model_token_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -198,6 +208,7 @@ def model_token_logprobs(
     with_entropy: bool = False,
     chunk_size: int = 1024,
     target_ids: torch.Tensor | None = None,
+    target_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Target-aligned log-probs ``[B, T]`` of ``input_ids`` (and student entropy ``[B, T]``) from ``model``.
 
@@ -205,13 +216,16 @@ def model_token_logprobs(
     (``attention_mask == 0``) are 0. With ``target_ids`` ``[B, T, K]`` the log-probs of those ids at
     each position are returned instead (``[B, T, K]``; used for GKD's teacher top-k support).
     Differentiable w.r.t. the model's parameters through the log-probs; entropy carries no gradient.
+    ``target_mask`` ``[B, T]`` (e.g. the loss mask) restricts the LM head to the positions that are
+    used: prompts and tool outputs, often most of an agent episode, never pay for the vocab-wide matmul;
+    masked-out entries are 0.
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} / attention_mask {tuple(attention_mask.shape)} mismatch")
     bsz, length = input_ids.shape
     hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs)
     # Positions 1..T-1 whose token is real are predicted by hidden states 0..T-2.
-    valid = attention_mask[:, 1:].bool()
+    valid = _valid_targets(attention_mask, target_mask)
     rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows)
     if target_ids is None:
@@ -239,6 +253,7 @@ def model_topk_logprobs(
     k: int,
     model_inputs: dict[str, Any] | None = None,
     chunk_size: int = 1024,
+    target_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target-aligned top-``k`` log-probs and ids ``[B, T, k]`` of ``model``'s next-token distribution.
 
@@ -251,7 +266,7 @@ def model_topk_logprobs(
         raise ValueError(f"k must be >= 1, got {k}")
     bsz, length = input_ids.shape
     hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs)
-    valid = attention_mask[:, 1:].bool()
+    valid = _valid_targets(attention_mask, target_mask)
     rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows)
     vals_l, ids_l = [], []

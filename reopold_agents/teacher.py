@@ -116,10 +116,16 @@ class Teacher:
         was_training = model.training
         model.eval()
         try:
-            logps, _ = model_token_logprobs(model, ids, mask, model_inputs=extra, chunk_size=self.chunk_size)
+            # Only the student's tokens are scored: the LM head skips prompts and tool outputs.
+            used = loss_mask.to(device)
+            logps, _ = model_token_logprobs(
+                model, ids, mask, model_inputs=extra, chunk_size=self.chunk_size, target_mask=used
+            )
             logps = (logps.float().cpu() * loss_mask).tolist()
             if self.top_k:
-                top_lp, top_ids = model_topk_logprobs(model, ids, mask, self.top_k, model_inputs=extra, chunk_size=self.chunk_size)
+                top_lp, top_ids = model_topk_logprobs(
+                    model, ids, mask, self.top_k, model_inputs=extra, chunk_size=self.chunk_size, target_mask=used
+                )
                 keep = loss_mask[..., None]
                 top_lp = (top_lp.float().cpu() * keep).tolist()
                 top_ids = (top_ids.cpu() * keep.long()).tolist()

@@ -165,3 +165,26 @@ def test_qwen2_5_vl_uses_image_inputs(tok):
     with torch.no_grad():
         lp2, _ = model_token_logprobs(model, ids, am, mi2)
     assert (lp2 - lp.detach()).abs().max() > 1e-4
+
+
+def test_target_mask_restricts_to_selected_positions(tok):
+    """With a target mask only selected positions are computed; they equal the unmasked values."""
+    model = tiny_qwen2(tok, seed=3)
+    ids, am = _padded_batch(tok, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    sel = (torch.rand(ids.shape, generator=gen) < 0.4).long() * am
+    full, ent_full = model_token_logprobs(model, ids, am, with_entropy=True, chunk_size=5)
+    part, ent_part = model_token_logprobs(model, ids, am, with_entropy=True, chunk_size=5, target_mask=sel)
+    keep = sel.bool().clone()
+    keep[:, 0] = False
+    torch.testing.assert_close(part[keep], full[keep], atol=ATOL, rtol=0)
+    torch.testing.assert_close(ent_part[keep], ent_full[keep], atol=ATOL, rtol=0)
+    assert torch.all(part[~keep] == 0) and torch.all(ent_part[~keep] == 0)
+    # gradients through the selected positions match too
+    g_full = torch.autograd.grad((full * keep).sum(), model.lm_head.weight)[0]
+    g_part = torch.autograd.grad((part * keep).sum(), model.lm_head.weight)[0]
+    torch.testing.assert_close(g_part, g_full, atol=ATOL, rtol=0)
+    vals_full, ids_full = model_topk_logprobs(model, ids, am, k=3)
+    vals_part, ids_part = model_topk_logprobs(model, ids, am, k=3, target_mask=sel)
+    torch.testing.assert_close(vals_part[keep], vals_full[keep], atol=ATOL, rtol=0)
+    assert torch.equal(ids_part[keep], ids_full[keep])
