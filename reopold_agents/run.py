@@ -120,12 +120,13 @@ def _build(cfg: RunConfig, build_tiny: bool = True) -> _Parts:
     student = load_student(cfg.model)
     student.model.train()
     teacher = None
-    if cfg.algo.name != "grpo":  # GRPO learns from the outcome reward alone
+    placed_elsewhere = cfg.distributed.backend != "single"  # teacher/learner live in the backend's actors
+    if cfg.algo.name != "grpo" and not placed_elsewhere:  # GRPO learns from the outcome reward alone
         top_k = cfg.algo.gkd_topk if cfg.algo.name == "gkd" else 0
         teacher = build_teacher(cfg.model, student.tokenizer, top_k=top_k, engine_cfg=cfg.engine)
     engine = make_engine(cfg.engine, model=student.model, tokenizer=student.tokenizer,
                          processor=student.processor, model_path=student.path)
-    learner = Learner(student.model, cfg.algo, cfg.trainer)
+    learner = None if placed_elsewhere else Learner(student.model, cfg.algo, cfg.trainer)
     sandbox = cfg.sandbox if "python" in cfg.env.tools else None
     train_tasks = load_env_tasks(cfg.env)
     heldout_cfg = _heldout_env_config(cfg.env)
@@ -200,6 +201,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     torch.manual_seed(tc.seed)
     parts = _build(cfg, build_tiny)
     tok = parts.student.tokenizer
+    backend = _make_backend(cfg) if cfg.distributed.backend != "single" else None
 
     start_step = 0
     data_state: dict[str, Any] = {}
@@ -208,13 +210,27 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         if latest is None:
             log.warning("trainer.resume=true but no checkpoint under %s: starting from scratch", ckpt_dir)
         else:
-            state = load_checkpoint(latest, parts.student.model, parts.learner.optimizer, parts.learner.scheduler)
+            if backend is not None:
+                state = backend.load(str(latest))
+                parts.engine.load_weights(backend.state_dict())  # the driver's held-out evaluation engine
+            else:
+                state = load_checkpoint(latest, parts.student.model, parts.learner.optimizer, parts.learner.scheduler)
+                parts.engine.load_weights(parts.student.model)
             start_step, data_state = state.step, dict(state.data_state)
-            parts.engine.load_weights(parts.student.model)
             log.info("resumed from %s at step %d", latest, start_step)
             print(f"resumed from {latest} at step {start_step}")
     logger = MetricsLogger(out, resume_step=start_step if start_step else None)
     evals: list[tuple[int, float]] = [tuple(e) for e in data_state.get("evals", [])]  # type: ignore[misc]
+
+    def save(step: int) -> None:
+        data = {"position": step * tc.prompts_per_step, "evals": evals}
+        if backend is not None:
+            backend.save(str(ckpt_dir), step, data)
+        else:
+            save_checkpoint(ckpt_dir, step, parts.student.model, parts.learner.optimizer,
+                            parts.learner.scheduler, tok, data, tc.keep_checkpoints)
+
+    steps = backend.train(lambda k: _step_tasks(cfg, parts, k), start_step, tc.total_steps) if backend else None
 
     def evaluate(step: int) -> float:
         found = run_evals(parts, cfg, step)
@@ -229,7 +245,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         bar = _Bar(progress, tc.total_steps, start_step)
         with bar:
             for step in range(start_step, tc.total_steps):
-                metrics = _train_step(parts, cfg, step)
+                metrics = _train_step(parts, cfg, step) if steps is None else _backend_step(parts, cfg, backend, steps, step)
                 done = step + 1
                 if tc.eval_every and done % tc.eval_every == 0 and done < tc.total_steps:
                     metrics.update(run_evals(parts, cfg, done))
@@ -240,14 +256,14 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
                 if on_step is not None:
                     on_step(done, metrics)
                 if tc.save_every and done % tc.save_every == 0 and done < tc.total_steps:
-                    save_checkpoint(ckpt_dir, done, parts.student.model, parts.learner.optimizer,
-                                    parts.learner.scheduler, tok, {"position": done * tc.prompts_per_step,
-                                                                    "evals": evals}, tc.keep_checkpoints)
+                    save(done)
         after = evaluate(tc.total_steps) if not evals or evals[-1][0] != tc.total_steps else evals[-1][1]
-        save_checkpoint(ckpt_dir, tc.total_steps, parts.student.model, parts.learner.optimizer,
-                        parts.learner.scheduler, tok, {"position": tc.total_steps * tc.prompts_per_step,
-                                                        "evals": evals}, tc.keep_checkpoints)
+        save(tc.total_steps)
     finally:
+        if steps is not None:
+            steps.close()
+        if backend is not None:
+            backend.shutdown()
         logger.close()
         parts.rollout.close()
         parts.eval_rollout.close()
@@ -283,10 +299,40 @@ def run_evals(parts: _Parts, cfg: RunConfig, step: int) -> dict[str, float]:
     return found
 
 
+def _step_tasks(cfg: RunConfig, parts: _Parts, step: int) -> list[dict[str, Any]]:
+    """The env resets of step ``step``: a seeded permutation read at ``step * prompts_per_step``."""
+    tc = cfg.trainer
+    return [{"options": {"task_index": i}} for i in step_prompts(step, tc.prompts_per_step, len(parts.train_tasks), tc.seed)]
+
+
+def _make_backend(cfg: RunConfig) -> Any:
+    """Rollout workers, teacher and learner placed by ``distributed.backend`` (docs/distributed.md)."""
+    from reopold_agents.distributed import make_backend
+    from reopold_agents.distributed.default_roles import default_factories
+
+    return make_backend(cfg, default_factories())
+
+
+def _backend_step(parts: _Parts, cfg: RunConfig, backend: Any, steps: Any, step: int) -> dict[str, float]:
+    """One step run by the placement backend; the driver keeps an up-to-date copy for held-out evals."""
+    t0 = time.perf_counter()
+    result = next(steps)
+    if result.step != step:
+        raise RuntimeError(f"backend returned step {result.step}, expected {step}")
+    check_masks(result.trajectories)
+    metrics = dict(result.metrics)
+    metrics.pop("step", None)
+    metrics.update(rollout_metrics(result.trajectories))
+    parts.engine.load_weights(backend.state_dict())
+    metrics.update({"perf/step_time_s": time.perf_counter() - t0,
+                    "data/position": float((step + 1) * cfg.trainer.prompts_per_step)})
+    return metrics
+
+
 def _train_step(parts: _Parts, cfg: RunConfig, step: int) -> dict[str, float]:
     tc = cfg.trainer
     t0 = time.perf_counter()
-    prompts = [{"options": {"task_index": i}} for i in step_prompts(step, tc.prompts_per_step, len(parts.train_tasks), tc.seed)]
+    prompts = _step_tasks(cfg, parts, step)
     sampling = cfg.engine.sampling(seed=step_seed(cfg.engine.seed + tc.seed, step))
     trajs = parts.rollout.run(prompts, sampling, group_size=tc.group_size)
     t1 = time.perf_counter()

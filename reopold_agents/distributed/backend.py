@@ -134,7 +134,7 @@ class Backend(ABC):
                 rollout_worker_restarts=float(handle.stats.worker_restarts),
                 episodes=float(len(trajectories)),
             )
-            yield StepResult(step=step, trajectories=trajectories, metrics=metrics)
+            yield StepResult(step=step, trajectories=scored, metrics=metrics)  # as trained on: with teacher log-probs
 
     def __enter__(self) -> "Backend":
         return self
