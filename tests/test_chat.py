@@ -6,14 +6,8 @@ from __future__ import annotations
 import pytest
 
 from reopold_agents.chat import encode_env_turn, encode_prompt
-from reopold_agents.testing import build_tokenizer
 
 TOOLS = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def ids(tok, text):

@@ -14,23 +14,13 @@ from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.learner import Learner
 from reopold_agents.logprobs import model_token_logprobs
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.testing import tiny_qwen2
 from reopold_agents.trajectory import Batch
 
 TOTAL = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make_batch(tok, student, teacher, data_pos):

@@ -11,14 +11,9 @@ import torch
 from reopold_agents.config import compose
 from reopold_agents.engines import GenerationRequest, SamplingParams, make_engine
 from reopold_agents.engines.hf import HFEngine
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.testing import tiny_qwen2
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

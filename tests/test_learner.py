@@ -13,24 +13,13 @@ from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.learner import Learner
 from reopold_agents.logprobs import model_token_logprobs, model_topk_logprobs
 from reopold_agents.losses import batch_advantages, objective_loss, selection_mask
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.testing import tiny_qwen2
 from reopold_agents.trajectory import Batch
 
 OPD = dict(name="opd", reward_clip=False, stage1_rule="all", stage2_rule="all")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy_batch(tok, student, teacher, seed=0, bsz=4, length=20, prompt=6):

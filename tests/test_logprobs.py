@@ -11,23 +11,12 @@ from reopold_agents.logprobs import (
     model_token_logprobs,
     model_topk_logprobs,
 )
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.testing import tiny_qwen2
 
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _naive(h, w, b, t):

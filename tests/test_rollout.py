@@ -12,7 +12,7 @@ from reopold_agents.engines import Engine, SamplingParams
 from reopold_agents.engines.hf import HFEngine
 from reopold_agents.rollout import Rollout
 from reopold_agents.teacher import Teacher
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.testing import tiny_qwen2
 
 torch.set_num_threads(1)
 
@@ -62,11 +62,6 @@ def expected_ids(tok, env, traj, generated: list[list[int]], processor=None):
             n_img += len(env_imgs)
             out += encode_env_turn(tok, msgs[lo:hi], gen[-1] == tok.eos_token_id, tools, processor, env_imgs).ids
     return out
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def test_toolqa_multi_turn_masks_and_exact_ids(tok):

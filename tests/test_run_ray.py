@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -60,7 +59,7 @@ def test_run_cli_on_ray_trains_checkpoints_and_resumes(private_cache, tmp_path):
     import ray
 
     out = tmp_path / "run"
-    first = run_mod.train(compose([*OVERRIDES, "trainer.total_steps=2", f"trainer.output_dir={out}"]),
+    run_mod.train(compose([*OVERRIDES, "trainer.total_steps=2", f"trainer.output_dir={out}"]),
                           progress=False, build_tiny=False)
     assert not ray.is_initialized(), "the run must stop the local cluster it started"
     records = read_metrics(out)

@@ -16,11 +16,6 @@ from reopold_agents.trajectory import Trajectory
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
 def _trajectories(tok, n=5, seed=0):
     rng = random.Random(seed)
     out = []
