@@ -5,6 +5,10 @@ project tokenizer: a bigger teacher trained to high success and a smaller studen
 it knows the format but solves clearly fewer tasks and distillation has something to do. Both are
 seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.models`` loads them
 (``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes.
+
+The package ships the built pairs (``reopold_agents/assets/tiny/<name>-<role>/``, made by
+``python scripts/build_tiny_models.py --ship``): first use copies them into the cache in a second, so a
+fresh clone trains at once; only a pair whose shipped copy is missing or stale is built here.
 """
 
 from __future__ import annotations
@@ -48,11 +52,12 @@ class TinyRecipe:
 RECIPES: dict[str, TinyRecipe] = {
     "tiny": TinyRecipe(
         name="tiny",
-        version="v2",
+        version="v2",  # TEMP: v3 once shipped
         envs=("math", "toolqa"),
-        demos_per_env=600,
-        teacher=SFTConfig(steps=500, batch_size=16, lr=3e-3, warmup=30, seed=1),
-        student=SFTConfig(steps=80, batch_size=16, lr=3e-3, warmup=10, seed=0),
+        demos_per_env=1000,
+        # toolqa needs ~1500 steps of its own before the teacher copies names and numbers reliably
+        teacher=SFTConfig(steps=4000, batch_size=16, lr=3e-3, warmup=30, seed=1),
+        student=SFTConfig(steps=400, batch_size=16, lr=3e-3, warmup=10, seed=0),
     ),
     "tiny_vl": TinyRecipe(
         name="tiny_vl",
@@ -122,6 +127,57 @@ def _new_model(name: str, role: str, tokenizer: Any) -> torch.nn.Module:
     return build(tokenizer, seed=0 if role == "student" else 1, **TINY_SIZES[(name, role)])
 
 
+SHIPPED_DIR = Path(__file__).parent / "assets" / "tiny"
+
+
+def shipped_dir(name: str, role: str) -> Path:
+    """Where the package ships the pre-built ``name`` pair (see ``scripts/build_tiny_models.py --ship``)."""
+    return SHIPPED_DIR / f"{name}-{role}"
+
+
+def _current(folder: Path, version: str) -> bool:
+    info = folder / BUILD_INFO
+    if not (folder / "config.json").exists() or not info.exists():
+        return False
+    try:
+        return json.loads(info.read_text()).get("version") == version
+    except json.JSONDecodeError:
+        return False
+
+
+def is_shipped(name: str) -> bool:
+    """Both roles of ``name`` are shipped with the package and made by the current recipe version."""
+    return all(_current(shipped_dir(name, role), RECIPES[name].version) for role in ("student", "teacher"))
+
+
+def install_shipped(name: str) -> bool:
+    """Copy the shipped ``name`` pair into the model cache; False when the package has no current copy."""
+    if not is_shipped(name):
+        return False
+    for role in ("student", "teacher"):
+        target = _model_dir(name, role)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(shipped_dir(name, role), tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return True
+
+
+def ship(name: str) -> list[Path]:
+    """Copy the built ``name`` pair from the cache into the package assets (what a release ships)."""
+    if not is_built(name):
+        raise RuntimeError(f"{name} is not built with recipe {RECIPES[name].version}; build it first")
+    out = []
+    for role in ("student", "teacher"):
+        target = shipped_dir(name, role)
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(_model_dir(name, role), target)
+        out.append(target)
+    return out
+
+
 def _model_dir(name: str, role: str) -> Path:
     from reopold_agents.models import tiny_model_dir
 
@@ -130,17 +186,7 @@ def _model_dir(name: str, role: str) -> Path:
 
 def is_built(name: str) -> bool:
     """Both roles saved with the current recipe version."""
-    version = RECIPES[name].version
-    for role in ("student", "teacher"):
-        info = _model_dir(name, role) / BUILD_INFO
-        if not info.exists():
-            return False
-        try:
-            if json.loads(info.read_text()).get("version") != version:
-                return False
-        except json.JSONDecodeError:
-            return False
-    return True
+    return all(_current(_model_dir(name, role), RECIPES[name].version) for role in ("student", "teacher"))
 
 
 @contextmanager
@@ -168,17 +214,31 @@ def _save(model: torch.nn.Module, tokenizer: Any, processor: Any, target: Path, 
     os.replace(tmp, target)
 
 
-def build_tiny(name: str, progress: bool = True, force: bool = False, threads: int | None = None) -> BuildReport | None:
-    """Build (SFT) and save the ``name`` pair unless it is already built; returns the report if built."""
+ROLES = ("teacher", "student")
+
+
+def build_tiny(name: str, progress: bool = True, force: bool = False, threads: int | None = None,
+               roles: tuple[str, ...] = ROLES) -> BuildReport | None:
+    """Build (SFT) and save the ``name`` pair unless it is already built; returns the report if built.
+
+    ``roles`` builds only some of the pair (the two roles are independent SFT runs: two processes can
+    build them side by side, e.g. ``scripts/build_tiny_models.py --role teacher`` and ``--role student``).
+    """
     if name not in RECIPES:
         raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(RECIPES)}")
-    with _build_lock(name):
-        if is_built(name) and not force:
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise ValueError(f"roles: must be a non-empty subset of {ROLES}, got {roles}")
+    whole = tuple(sorted(roles)) == tuple(sorted(ROLES))
+    with _build_lock(name if whole else f"{name}-{roles[0]}"):
+        if whole and is_built(name) and not force:
             return None
-        return _build(RECIPES[name], progress, threads)
+        if whole and not force and install_shipped(name):
+            return None
+        return _build(RECIPES[name], progress, threads, roles)
 
 
-def _build(recipe: TinyRecipe, progress: bool, threads: int | None) -> BuildReport:
+def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple[str, ...] = ROLES) -> BuildReport:
     from reopold_agents.testing import build_tokenizer
     from reopold_agents.testing.vl import tiny_vl_processor
 
@@ -193,7 +253,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None) -> BuildRepo
         for env_name in recipe.envs:
             examples.extend(demonstration_examples(env_name, recipe.demos_per_env, tokenizer, processor))
         report = BuildReport(name=recipe.name, version=recipe.version, seconds=0.0)
-        for role, sft in (("teacher", recipe.teacher), ("student", recipe.student)):
+        for role in roles:
+            sft = recipe.teacher if role == "teacher" else recipe.student
             model = _new_model(recipe.name, role, tokenizer)
             losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
             report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
@@ -203,7 +264,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None) -> BuildRepo
                 report.success[role][env_name] = greedy_success(
                     model, tokenizer, factory, range(recipe.check_tasks), processor=processor,
                     max_new_tokens=recipe.max_new_tokens, max_turns=cfg.max_turns)
-            info = {"version": recipe.version, "role": role, "recipe": asdict(recipe),
+            info = {"version": recipe.version, "role": role, "envs": list(recipe.envs),
+                    "demos_per_env": recipe.demos_per_env, "sft": asdict(sft), "seconds": time.perf_counter() - start,
                     "final_loss": report.final_loss[role], "success": report.success[role]}
             _save(model, tokenizer, processor, _model_dir(recipe.name, role), info)
         report.seconds = time.perf_counter() - start
@@ -214,7 +276,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None) -> BuildRepo
 
 
 def ensure_tiny(name: str, progress: bool = True) -> None:
-    """Build the ``name`` pair on first use (no-op for HF ids / paths and for already built pairs)."""
+    """Install (shipped copy) or build the ``name`` pair on first use (no-op for HF ids / paths and for
+    pairs already in the cache)."""
     if name in RECIPES and not is_built(name):
         build_tiny(name, progress=progress)
 

@@ -4,9 +4,12 @@
     python scripts/build_tiny_models.py                 # both pairs: tiny (math + toolqa), tiny_vl (vqa)
     python scripts/build_tiny_models.py tiny --force    # rebuild one pair
     python scripts/build_tiny_models.py --threads 2
+    python scripts/build_tiny_models.py --force --ship  # rebuild and copy into reopold_agents/assets/tiny/
 
-The run CLI builds a missing pair on first use; this script does it ahead of time and prints timings and
-the greedy success of each model on held-out tasks. Output: reopold_agents.testing.cache_dir()/models/.
+The package ships the pairs this script made (``--ship``), so the run CLI only copies them into the cache.
+This script remakes them (seeded: same recipe, same weights on the same torch build) and prints timings
+and the greedy success of each model on held-out tasks. Output: reopold_agents.testing.cache_dir()/models/
+(and, with ``--ship``, reopold_agents/assets/tiny/).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import logging
 import time
 
-from reopold_agents.tiny_models import RECIPES, build_tiny, is_built
+from reopold_agents.tiny_models import RECIPES, build_tiny, is_built, ship
 
 
 def main() -> None:
@@ -23,21 +26,30 @@ def main() -> None:
     parser.add_argument("names", nargs="*", default=list(RECIPES), help=f"pairs to build ({', '.join(RECIPES)})")
     parser.add_argument("--force", action="store_true", help="rebuild even if already built")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--role", choices=["teacher", "student"], default=None,
+                        help="build only this role (run one process per role to use two cores); implies --force")
+    parser.add_argument("--ship", action="store_true", help="copy the built pairs into reopold_agents/assets/tiny/")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for name in args.names:
         if name not in RECIPES:
             parser.error(f"unknown pair {name!r}; choose from {', '.join(RECIPES)}")
         t0 = time.perf_counter()
-        report = build_tiny(name, force=args.force, threads=args.threads)
+        roles = (args.role,) if args.role else ("teacher", "student")
+        report = build_tiny(name, force=args.force or bool(args.role), threads=args.threads, roles=roles)
         if report is None:
-            print(f"{name}: already built (version current); use --force to rebuild")
+            print(f"{name}: already in the cache (version current); use --force to rebuild")
+        else:
+            print(f"{name}: built in {time.perf_counter() - t0:.0f}s")
+            for role, per_env in report.success.items():
+                envs = ", ".join(f"{env} {succ:.2f}" for env, succ in per_env.items())
+                print(f"  {role:8s} final SFT loss {report.final_loss[role]:.3f}; greedy success on held-out tasks: {envs}")
+        if args.role:
             continue
-        print(f"{name}: built in {time.perf_counter() - t0:.0f}s")
-        for role, per_env in report.success.items():
-            envs = ", ".join(f"{env} {succ:.2f}" for env, succ in per_env.items())
-            print(f"  {role:8s} final SFT loss {report.final_loss[role]:.3f}; greedy success on held-out tasks: {envs}")
         assert is_built(name)
+        if args.ship:
+            for path in ship(name):
+                print(f"  shipped {path}")
 
 
 if __name__ == "__main__":
