@@ -24,7 +24,7 @@ Role = Literal["student", "teacher"]
 
 # Architecture of the random fallbacks (the pretraining script should save models of these sizes).
 TINY_SIZES: dict[tuple[str, str], dict[str, int]] = {
-    ("tiny", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+    ("tiny", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
     ("tiny", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
     ("tiny_vl", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
     ("tiny_vl", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),

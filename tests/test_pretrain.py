@@ -117,3 +117,49 @@ def test_shared_prefix_loss_equals_plain_loss_and_gradients():
     assert abs(fast.item() - ref.item()) < 1e-5
     for a, b in zip(g_fast, model.parameters()):
         torch.testing.assert_close(a, b.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_every_pair_is_shipped_with_the_current_recipe():
+    """The package carries each tiny pair, made by the current recipe, so no run or CI job builds one."""
+    from reopold_agents.tiny_models import RECIPES, is_shipped, shipped_dir
+
+    for name in RECIPES:
+        assert is_shipped(name), f"{name}: run `python scripts/build_tiny_models.py {name} --force --ship`"
+        for role in ("student", "teacher"):
+            assert (shipped_dir(name, role) / "model.safetensors").stat().st_size < 8 * 2**20
+
+
+def test_first_use_installs_the_shipped_pair_without_building(tmp_path, monkeypatch):
+    """An empty model cache gets the shipped weights copied in (no SFT), and they are what loads."""
+    import reopold_agents.tiny_models as tm
+    from reopold_agents.models import load_model, tiny_model_dir
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built a pair although the package ships it")
+
+    monkeypatch.setattr(tm, "_build", no_build)
+    assert not tm.is_built("tiny")
+    tm.ensure_tiny("tiny", progress=False)
+    assert tm.is_built("tiny")
+    loaded = load_model("tiny", "teacher", "float32", "cpu")
+    assert loaded.path == str(tiny_model_dir("tiny", "teacher"))
+    shipped = load_file(str(tm.shipped_dir("tiny", "teacher") / "model.safetensors"))
+    for key, value in loaded.model.state_dict().items():
+        if key in shipped:
+            assert torch.equal(value, shipped[key]), key
+
+
+def test_stale_shipped_copy_is_not_installed(tmp_path, monkeypatch):
+    """A shipped pair from an older recipe version is ignored (the run would build a fresh one)."""
+    import dataclasses
+
+    import reopold_agents.tiny_models as tm
+
+    monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))
+    monkeypatch.setitem(tm.RECIPES, "tiny", dataclasses.replace(tm.RECIPES["tiny"], version="v-next"))
+    assert not tm.is_shipped("tiny")
+    assert not tm.install_shipped("tiny")
+    assert not tm.is_built("tiny")
