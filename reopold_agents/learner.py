@@ -132,6 +132,54 @@ class Learner:
             parts.append(ent)
         return torch.cat(parts, dim=0)
 
+    @property
+    def unwrapped(self) -> nn.Module:
+        """The bare student (a subclass may wrap ``self.model`` for data parallelism)."""
+        return self.model
+
+    def _minibatch_loss(
+        self,
+        batch: Batch,
+        idx: torch.Tensor,
+        adv: TokenAdvantages,
+        topk: tuple[torch.Tensor, torch.Tensor] | None,
+        rule: str,
+        select: torch.Tensor | None,
+        acc: "_Accumulator",
+        first_epoch: bool,
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Student forward on sequences ``idx`` and the objective's loss, stats and selection mask.
+
+        The mask is ``select``'s rows, or, in a single pass with the entropy rule (``select`` None),
+        ranked from this forward's own entropy. Shared by every learner variant (accelerate too).
+        """
+        mb = _sub_batch(batch, idx, self.unwrapped)
+        target_ids = None
+        if topk is not None:
+            target_ids = torch.cat([mb.input_ids[..., None], topk[0].index_select(0, idx)], dim=-1)
+        logp_all, entropy = model_token_logprobs(
+            self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size,
+            target_ids=target_ids, target_mask=mb.loss_mask,  # the LM head runs on trained tokens only
+        )
+        logp = logp_all[..., 0] if topk is not None else logp_all
+        assert entropy is not None
+        if select is None:
+            mask = selection_mask(self.algo, rule, mb.loss_mask, entropy, adv)
+        else:
+            mask = select.index_select(0, idx)
+        if first_epoch:
+            acc.observe_tokens(mb.loss_mask, mask, entropy, adv.clipped.index_select(0, idx))
+        loss, stats = objective_loss(
+            self.algo,
+            logp.float(),  # mixed precision: the objective is always computed in fp32
+            mb.old_logprobs,
+            adv.advantages.index_select(0, idx),
+            mask,
+            student_topk=logp_all[..., 1:].float() if topk is not None else None,
+            teacher_topk=topk[1].index_select(0, idx) if topk is not None else None,
+        )
+        return loss, stats, mask
+
     def _minibatch(
         self,
         batch: Batch,
@@ -143,31 +191,7 @@ class Learner:
         acc: "_Accumulator",
         first_epoch: bool,
     ) -> None:
-        mb = _sub_batch(batch, idx, self.model)
-        target_ids = None
-        if topk is not None:
-            target_ids = torch.cat([mb.input_ids[..., None], topk[0].index_select(0, idx)], dim=-1)
-        logp_all, entropy = model_token_logprobs(
-            self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size,
-            target_ids=target_ids, target_mask=mb.loss_mask,  # the LM head runs on trained tokens only
-        )
-        logp = logp_all[..., 0] if topk is not None else logp_all
-        assert entropy is not None
-        if select is None:  # single pass with the entropy rule: rank this (whole-batch) forward's entropy
-            mask = selection_mask(self.algo, rule, mb.loss_mask, entropy, adv)
-        else:
-            mask = select.index_select(0, idx)
-        if first_epoch:
-            acc.observe_tokens(mb.loss_mask, mask, entropy, adv.clipped.index_select(0, idx))
-        loss, stats = objective_loss(
-            self.algo,
-            logp,
-            mb.old_logprobs,
-            adv.advantages.index_select(0, idx),
-            mask,
-            student_topk=logp_all[..., 1:] if topk is not None else None,
-            teacher_topk=topk[1].index_select(0, idx) if topk is not None else None,
-        )
+        loss, stats, mask = self._minibatch_loss(batch, idx, adv, topk, rule, select, acc, first_epoch)
         if not bool(mask.any()):
             acc.skip(empty=True)
             return

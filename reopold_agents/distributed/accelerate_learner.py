@@ -32,9 +32,8 @@ from torch import nn
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.trainer import TrainerConfig
-from reopold_agents.learner import Learner, _Accumulator, _sub_batch
-from reopold_agents.logprobs import model_token_logprobs
-from reopold_agents.losses import objective_loss, selection_mask
+from reopold_agents.learner import Learner, _Accumulator
+from reopold_agents.losses import selection_mask
 from reopold_agents.losses.objective import TokenAdvantages
 from reopold_agents.trajectory import Batch
 
@@ -169,7 +168,7 @@ class AccelerateLearner(Learner):
             sync = contextlib.nullcontext() if (last or not self.fsdp) else self.accelerator.no_sync(self.model)
             with sync:
                 # A rank with no selected tokens still runs backward (weight 0): FSDP needs every rank.
-                loss, stats = self._micro_loss(batch, m, adv, topk, select, acc, first_epoch)
+                loss, stats, _ = self._minibatch_loss(batch, m, adv, topk, rule, select, acc, first_epoch)
                 self.accelerator.backward(loss * (share * world))
             if not stat_keys:
                 stat_keys = sorted(stats)
@@ -220,35 +219,3 @@ class AccelerateLearner(Learner):
             return values
         return self.accelerator.reduce(values.to(self.accelerator.device), reduction="sum").cpu()
 
-    def _micro_loss(
-        self,
-        batch: Batch,
-        idx: torch.Tensor,
-        adv: TokenAdvantages,
-        topk: tuple[torch.Tensor, torch.Tensor] | None,
-        select: torch.Tensor,
-        acc: _Accumulator,
-        first_epoch: bool,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        mb = _sub_batch(batch, idx, self.unwrapped)
-        target_ids = None
-        if topk is not None:
-            target_ids = torch.cat([mb.input_ids[..., None], topk[0].index_select(0, idx)], dim=-1)
-        logp_all, entropy = model_token_logprobs(
-            self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size,
-            target_ids=target_ids,
-        )
-        logp = logp_all[..., 0] if topk is not None else logp_all
-        mask = select.index_select(0, idx)
-        if first_epoch:
-            assert entropy is not None
-            acc.observe_tokens(mb.loss_mask, mask, entropy, adv.clipped.index_select(0, idx))
-        return objective_loss(
-            self.algo,
-            logp.float(),
-            mb.old_logprobs,
-            adv.advantages.index_select(0, idx),
-            mask,
-            student_topk=logp_all[..., 1:].float() if topk is not None else None,
-            teacher_topk=topk[1].index_select(0, idx) if topk is not None else None,
-        )
