@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from reopold_agents.engines.base import Engine, GenerationRequest
-from reopold_agents.trajectory import Trajectory
+from reopold_agents.trajectory import Trajectory, collate
 
 
 class TokenizerMismatchError(ValueError):
@@ -96,35 +96,26 @@ class Teacher:
     @torch.no_grad()
     def _score_hf(self, trajectories: list[Trajectory]) -> None:
         from reopold_agents.logprobs import model_token_logprobs, model_topk_logprobs
-        from reopold_agents.models import forward_inputs
 
         model = self.model
         assert model is not None
         device = next(model.parameters()).device
-        width = max(len(t) for t in trajectories)
-        ids = torch.full((len(trajectories), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        loss_mask = torch.zeros((len(trajectories), width), dtype=torch.float32)
-        for i, t in enumerate(trajectories):
-            ids[i, : len(t)] = torch.tensor(t.token_ids, dtype=torch.long)
-            mask[i, : len(t)] = 1
-            loss_mask[i, : len(t)] = torch.tensor(t.loss_mask, dtype=torch.float32)
-        keys = sorted(set().union(*(t.model_inputs.keys() for t in trajectories)))
-        mm = {k: torch.cat([t.model_inputs[k] for t in trajectories if k in t.model_inputs]).to(device) for k in keys}
-        ids, mask = ids.to(device), mask.to(device)
-        extra = forward_inputs(model, ids, mm)
+        # The same padding and image concatenation the learner sees (forward_inputs is applied inside).
+        batch = collate(trajectories, self.tokenizer.pad_token_id).to(device)
+        ids, mask, used = batch.input_ids, batch.attention_mask, batch.loss_mask
+        loss_mask = used.cpu()
         was_training = model.training
         model.eval()
         try:
             # Only the student's tokens are scored: the LM head skips prompts and tool outputs.
-            used = loss_mask.to(device)
             logps, _ = model_token_logprobs(
-                model, ids, mask, model_inputs=extra, chunk_size=self.chunk_size, target_mask=used
+                model, ids, mask, model_inputs=batch.model_inputs, chunk_size=self.chunk_size, target_mask=used
             )
             logps = (logps.float().cpu() * loss_mask).tolist()
             if self.top_k:
                 top_lp, top_ids = model_topk_logprobs(
-                    model, ids, mask, self.top_k, model_inputs=extra, chunk_size=self.chunk_size, target_mask=used
+                    model, ids, mask, self.top_k, model_inputs=batch.model_inputs, chunk_size=self.chunk_size,
+                    target_mask=used,
                 )
                 keep = loss_mask[..., None]
                 top_lp = (top_lp.float().cpu() * keep).tolist()
