@@ -148,6 +148,20 @@ def load_tokenizer_and_processor(name: str, role: Role = "teacher") -> tuple[Any
     return tok, (AutoProcessor.from_pretrained(name) if is_vl else None), name
 
 
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The image encoder (patch embedding, vision blocks and merger) of a VL model; None for text models.
+
+    transformers puts it at ``model.model.visual`` (Qwen2-VL / Qwen2.5-VL) or ``model.visual`` (older
+    layouts); other VL families use ``vision_tower``.
+    """
+    for owner in (getattr(model, "model", None), model):
+        for attr in ("visual", "vision_tower"):
+            module = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(module, torch.nn.Module):
+                return module
+    return None
+
+
 def mm_token_type_ids(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
     """Qwen-VL token types (0 text, 1 image, 2 video) that switch on 3-D mrope positions for vision
     tokens; None for text-only models. Every forward of a VL model (engine, teacher, learner) must pass

@@ -47,6 +47,11 @@ class SFTConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
+    # Keep a VL model's (randomly initialised) vision tower fixed: trained from scratch together with a
+    # tiny text model it collapses to image-independent features within a few hundred steps (the text
+    # side learns the answer prior first and the image features only add noise), while its random
+    # features already separate colours, digits and shapes. See docs/run.md, "The tiny VL pair".
+    freeze_vision: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -196,7 +201,10 @@ def sft_train(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    frozen = _frozen_parameters(model, cfg)
+    fixed = {id(p) for p in frozen}
+    trained = [p for p in model.parameters() if id(p) not in fixed]
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -224,13 +232,30 @@ def sft_train(
             loss = sft_loss(model, picked, pad_id)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
             opt.step()
             sched.step()
             losses.append(float(loss.item()))
             advance(losses[-1])
+    for p in frozen:
+        p.requires_grad_(True)
     model.eval()
     return losses
+
+
+def _frozen_parameters(model: torch.nn.Module, cfg: SFTConfig) -> list[torch.nn.Parameter]:
+    """Parameters ``cfg`` keeps fixed (switched to ``requires_grad=False`` until training ends)."""
+    if not cfg.freeze_vision:
+        return []
+    from reopold_agents.models import vision_tower
+
+    tower = vision_tower(model)
+    if tower is None:
+        raise ValueError("freeze_vision: the model has no vision tower (text-only model)")
+    params = [p for p in tower.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    return params
 
 
 class _progress:

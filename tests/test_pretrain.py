@@ -163,3 +163,48 @@ def test_stale_shipped_copy_is_not_installed(tmp_path, monkeypatch):
     assert not tm.is_shipped("tiny")
     assert not tm.install_shipped("tiny")
     assert not tm.is_built("tiny")
+
+
+def _color_examples(tok, processor, n: int = 4):
+    """vqa colour questions with distinct answers: only the image tells them apart."""
+    from reopold_agents.tiny_models import demonstration_examples
+
+    by_answer = {}
+    for ex in demonstration_examples("vqa", 120, tok, processor):
+        text = tok.decode(ex.input_ids)
+        if "What color" in text:
+            by_answer.setdefault(text.rsplit("boxed{", 1)[1].split("}")[0], ex)
+    assert len(by_answer) >= n
+    return list(by_answer.values())[:n]
+
+
+def test_freeze_vision_keeps_the_tower_fixed_and_learns_from_the_image():
+    from reopold_agents.models import vision_tower
+    from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+
+    tok = build_tokenizer()
+    torch.set_num_threads(1)
+    exs = _color_examples(tok, tiny_vl_processor(tok))
+    model = tiny_qwen2_5_vl(tok, seed=1, hidden_size=96, num_layers=3, intermediate_size=192)
+    tower = vision_tower(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = SFTConfig(steps=300, batch_size=4, lr=1e-3, warmup=5, seed=0, freeze_vision=True)
+    sft_train(model, exs, cfg, tok.pad_token_id, progress=False)
+    tower_names = {f"model.visual.{n}" for n, _ in tower.named_parameters()}
+    assert tower_names and all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in tower_names)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n not in tower_names)
+    assert all(p.requires_grad for p in model.parameters())  # restored after training
+    # The same text with four different images, four different answers: a model that ignores the
+    # image cannot get below log(4) nats on the colour token; this one is near 0 on every example.
+    with torch.no_grad():
+        per_example = [float(sft_loss(model, [e], tok.pad_token_id)) * sum(e.loss_mask) for e in exs]
+    assert max(per_example) < 0.3, per_example
+
+
+def test_freeze_vision_on_a_text_model_is_an_error():
+    import pytest
+
+    tok = build_tokenizer()
+    exs = [tokenize_demonstration(tok, _demo(1, 2))]
+    with pytest.raises(ValueError, match="no vision tower"):
+        sft_train(tiny_qwen2(tok), exs, SFTConfig(steps=1, freeze_vision=True), tok.pad_token_id, progress=False)
