@@ -48,6 +48,18 @@ class LRLambda:
         raise ValueError(f"unknown lr_schedule {self.schedule!r}")
 
 
+def freeze_vision_tower(model: nn.Module) -> None:
+    """Stop updating a VL model's image encoder (``requires_grad=False``, so no gradient is computed
+    through it either); a text model is left as is. The common default for RL of VLMs (prime-rl, EasyR1):
+    the distillation signal is about what to write, and on tiny models a trained tower collapses to
+    image-independent features (docs/run.md)."""
+    from reopold_agents.models import vision_tower
+
+    tower = vision_tower(model)
+    if tower is not None:
+        tower.requires_grad_(False)
+
+
 class Learner:
     """Owns the optimizer and LR scheduler of ``model``; ``step`` returns a flat metrics dict."""
 
@@ -57,6 +69,8 @@ class Learner:
         self.model = model
         self.algo = algo
         self.trainer = trainer
+        if trainer.freeze_vision:
+            freeze_vision_tower(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model has no trainable parameters")

@@ -181,9 +181,9 @@ def test_grpo_and_gkd_train(tok):
         Learner(student, AlgoConfig(name="gkd", gkd_topk=8, stage1_rule="all"), TrainerConfig()).step(batch, 0)
 
 
-def test_learner_on_qwen2_5_vl_with_minibatches(tok):
+def _vl_batch(tok):
+    """A 3-row batch on tiny Qwen2.5-VL models (images in rows 0 and 2); returns (student, batch)."""
     from reopold_agents.testing.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
-    from reopold_agents.learner import _split_model_inputs
 
     proc, student, teacher = tiny_vl_processor(tok), tiny_qwen2_5_vl(tok, seed=0), tiny_qwen2_5_vl(tok, seed=1)
     texts = ["look <|vision_start|><|image_pad|><|vision_end|> red square here", "no image in this one at all ok",
@@ -197,7 +197,14 @@ def test_learner_on_qwen2_5_vl_with_minibatches(tok):
     with torch.no_grad():
         old, _ = model_token_logprobs(student, ids, am, mi)
         tea, _ = model_token_logprobs(teacher, ids, am, mi)
-    batch = Batch(ids, am, lm, old * lm, tea * lm, torch.zeros(3), torch.arange(3), model_inputs=mi)
+    return student, Batch(ids, am, lm, old * lm, tea * lm, torch.zeros(3), torch.arange(3), model_inputs=mi)
+
+
+def test_learner_on_qwen2_5_vl_with_minibatches(tok):
+    from reopold_agents.learner import _split_model_inputs
+
+    student, batch = _vl_batch(tok)
+    mi = batch.model_inputs
     # splitting rows keeps each sequence's own images
     part = _split_model_inputs(batch, torch.tensor([2]), student)
     assert torch.equal(part["image_grid_thw"], mi["image_grid_thw"][1:])
@@ -206,3 +213,17 @@ def test_learner_on_qwen2_5_vl_with_minibatches(tok):
     m = learner.step(batch, 0)
     assert m["skipped"] == 0.0 and m["grad_norm"] > 0
     assert any(p.grad is None for p in student.parameters())  # grads cleared after the step
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_vision_leaves_the_image_encoder_untouched(tok, freeze):
+    from reopold_agents.models import vision_tower
+
+    student, batch = _vl_batch(tok)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    tower = {id(p) for p in vision_tower(student).parameters()}
+    algo = AlgoConfig(name="opd", stage1_rule="all", reward_clip=False)
+    Learner(student, algo, TrainerConfig(lr=1e-2, freeze_vision=freeze)).step(batch, 0)
+    moved = {id(p) for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    assert moved - tower  # the text model learns either way
+    assert bool(moved & tower) is not freeze

@@ -1,7 +1,8 @@
 """Config section `trainer`: the learner's optimisation keys and the run loop's keys.
 
 Learner keys (read by reopold_agents/learner.py): lr, weight_decay, betas, eps, max_grad_norm,
-warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, logprob_chunk_size, total_steps.
+warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, logprob_chunk_size, freeze_vision,
+total_steps.
 Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
 seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every.
 """
@@ -28,6 +29,7 @@ class TrainerConfig:
     ppo_epochs: int = 1  # passes over the batch per learner step
     num_minibatches: int = 1  # optimizer steps per epoch (the batch split along sequences)
     logprob_chunk_size: int = 1024  # tokens per chunk in the memory-lean log-prob/entropy pass
+    freeze_vision: bool = True  # VL students: the image encoder gets no updates (text models: no effect)
     # run loop
     total_steps: int = 100  # learner steps; also sets the stage switch (algo.stage_switch) and LR decay
     prompts_per_step: int = 8  # distinct prompts per rollout batch

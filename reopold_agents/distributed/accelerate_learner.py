@@ -32,7 +32,7 @@ from torch import nn
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.trainer import TrainerConfig
-from reopold_agents.learner import Learner, _Accumulator
+from reopold_agents.learner import Learner, _Accumulator, freeze_vision_tower
 from reopold_agents.losses import selection_mask
 from reopold_agents.losses.objective import TokenAdvantages
 from reopold_agents.trajectory import Batch
@@ -79,6 +79,8 @@ class AccelerateLearner(Learner):
         self.dcfg = dcfg
         self.accelerator = accelerator if accelerator is not None else make_accelerator(dcfg)
         self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        if trainer.freeze_vision:
+            freeze_vision_tower(model)  # before FSDP flattens the parameters
         if self.fsdp:
             # FSDP shards parameters in place: wrap the model before the optimizer sees its parameters.
             model = self.accelerator.prepare_model(model)
