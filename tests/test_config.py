@@ -61,3 +61,11 @@ def test_cross_key_checks():
         compose(["algo=grpo", "algo.stage1_rule=reward_floor"])
     with pytest.raises(ConfigError, match="algo.outcome_coef"):
         compose(["algo=opd_outcome", "algo.outcome_coef=0"])
+
+
+def test_env_preset_sets_the_demo_knobs_and_the_command_line_wins():
+    # configs/experiment/vqa.yaml: the CPU demo runs the exploration stage only (docs/run.md)
+    vqa = compose(["env=vqa"])
+    assert (vqa.algo.stage_switch, vqa.trainer.lr, vqa.trainer.total_steps) == (1.0, 2e-4, 300)
+    assert compose(["env=vqa", "algo.stage_switch=0.5"]).algo.stage_switch == 0.5
+    assert compose(["env=math"]).algo.stage_switch == 0.5  # the other presets keep both stages
