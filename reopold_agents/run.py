@@ -95,12 +95,13 @@ class _Parts:
 
 
 def resolve_tiny(cfg: RunConfig) -> RunConfig:
-    """``model=tiny`` names the tiny pair that fits the env: the Qwen2.5-VL pair for image envs (vqa)."""
+    """``model=tiny`` names the tiny pair made for the env (``tiny_models.ENV_TINY``): the Qwen2.5-VL
+    pair for vqa, the tool-guessing student for toolqa, the plain pair otherwise."""
     from reopold_agents.tiny_models import ENV_TINY
 
-    want = ENV_TINY.get(cfg.env.name)
-    if cfg.model.student == "tiny" and cfg.model.teacher == "tiny" and want == "tiny_vl":
-        return replace(cfg, model=replace(cfg.model, student="tiny_vl", teacher="tiny_vl"))
+    want = ENV_TINY.get(cfg.env.name, "tiny")
+    if cfg.model.student == "tiny" and cfg.model.teacher == "tiny" and want != "tiny":
+        return replace(cfg, model=replace(cfg.model, student=want, teacher=want))
     return cfg
 
 

@@ -47,6 +47,14 @@ class TinyRecipe:
     student: SFTConfig
     check_tasks: int = 32  # held-out tasks per env for the reported success rates
     max_new_tokens: int = 48
+    # Reuse the (current) teacher of another pair instead of training one: same tokenizer, same envs.
+    teacher_from: str | None = None
+    # A second student SFT stage on ``habit_env`` demonstrations of which a ``habit_shortcuts`` fraction
+    # answers at once with a guess instead of calling a tool (see `shortcut_task`): the student keeps
+    # its skills but learns the weak-model habit of guessing, which the teacher's scores then correct.
+    student_habit: SFTConfig | None = None
+    habit_env: str = "toolqa"
+    habit_shortcuts: float = 0.0
 
 
 RECIPES: dict[str, TinyRecipe] = {
@@ -59,6 +67,20 @@ RECIPES: dict[str, TinyRecipe] = {
         teacher=SFTConfig(steps=4000, batch_size=16, lr=3e-3, warmup=30, seed=1),
         # smaller (hidden 96) and stopped early: it copies names only sometimes (toolqa ~0.1)
         student=SFTConfig(steps=1000, batch_size=16, lr=3e-3, warmup=30, seed=0),
+    ),
+    "tiny_toolqa": TinyRecipe(
+        name="tiny_toolqa",
+        version="v1",
+        envs=("math", "toolqa"),
+        demos_per_env=1000,
+        teacher=SFTConfig(steps=1),  # unused: the teacher is tiny's (teacher_from)
+        teacher_from="tiny",
+        # tiny's student recipe run longer: it copies names and numbers about a third of the time ...
+        student=SFTConfig(steps=2500, batch_size=16, lr=3e-3, warmup=30, seed=0),
+        # ... then 200 steps on toolqa demonstrations, 60% of them replaced by a guessed answer: it now
+        # guesses instead of calling a tool on almost every held-out task
+        student_habit=SFTConfig(steps=200, batch_size=16, lr=1e-3, warmup=10, seed=0),
+        habit_shortcuts=0.6,
     ),
     "tiny_vl": TinyRecipe(
         name="tiny_vl",
@@ -115,6 +137,41 @@ def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any
         if demo.reward <= 0:
             raise RuntimeError(f"{env_name} task {i}: the expert demonstration does not solve it ({demo.info.get('why')})")
         ex = tokenize_demonstration(tokenizer, demo.messages, demo.tools, processor, demo.images)
+        ex.group = env_name
+        out.append(ex)
+    env.close()
+    return out
+
+
+HABIT_SEED = 5  # which demonstrations become shortcuts, and the guesses
+
+
+def shortcut_task(task: Any, guess: str) -> Any:
+    """``task`` with a demonstration that skips the tools and answers ``guess`` at once."""
+    from dataclasses import replace
+
+    return replace(task, demonstration=[f"\\boxed{{{guess}}}"])
+
+
+def habit_examples(env_name: str, n: int, fraction: float, tokenizer: Any, seed: int = DEMO_SEED) -> list[SFTExample]:
+    """``n`` demonstrations of ``env_name`` of which about ``fraction`` are shortcuts: a single
+    ``\\boxed{...}`` turn holding another task's answer (plausible, and wrong)."""
+    import random
+
+    from envs.demo import play_demonstration
+
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"habit_shortcuts: must lie in [0, 1], got {fraction}")
+    factory, _ = _env_factory(env_name, seed, n)
+    env = factory()
+    rng = random.Random(HABIT_SEED)
+    answers = [t.answer for t in env.tasks]
+    out = []
+    for task in env.tasks[:n]:
+        if rng.random() < fraction:
+            task = shortcut_task(task, rng.choice([a for a in answers if a != task.answer]))
+        demo = play_demonstration(env, task)
+        ex = tokenize_demonstration(tokenizer, demo.messages, demo.tools)
         ex.group = env_name
         out.append(ex)
     env.close()
@@ -257,9 +314,16 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
             examples.extend(demonstration_examples(env_name, recipe.demos_per_env, tokenizer, processor))
         report = BuildReport(name=recipe.name, version=recipe.version, seconds=0.0)
         for role in roles:
+            if role == "teacher" and recipe.teacher_from:
+                _copy_teacher(recipe)
+                continue
             sft = recipe.teacher if role == "teacher" else recipe.student
             model = _new_model(recipe.name, role, tokenizer)
             losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
+            if role == "student" and recipe.student_habit is not None:
+                habits = habit_examples(recipe.habit_env, recipe.demos_per_env, recipe.habit_shortcuts, tokenizer)
+                losses = sft_train(model, habits, recipe.student_habit, tokenizer.pad_token_id,
+                                   desc=f"build {recipe.name} {role} habit", progress=progress)
             report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
             report.success[role] = {}
             for env_name in recipe.envs:
@@ -278,6 +342,22 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
         torch.set_num_threads(old_threads)
 
 
+def _copy_teacher(recipe: TinyRecipe) -> None:
+    """Give ``recipe`` the current teacher of ``recipe.teacher_from`` (installed or built first)."""
+    source = recipe.teacher_from
+    assert source is not None
+    ensure_tiny(source)
+    target = _model_dir(recipe.name, "teacher")
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(_model_dir(source, "teacher"), tmp)
+    info = json.loads((tmp / BUILD_INFO).read_text())
+    info.update(version=recipe.version, copied_from=f"{source} {info.get('version')}")
+    (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
 def ensure_tiny(name: str, progress: bool = True) -> None:
     """Install (shipped copy) or build the ``name`` pair on first use (no-op for HF ids / paths and for
     pairs already in the cache)."""
@@ -285,11 +365,11 @@ def ensure_tiny(name: str, progress: bool = True) -> None:
         build_tiny(name, progress=progress)
 
 
-ENV_TINY = {"math": "tiny", "toolqa": "tiny", "vqa": "tiny_vl"}
+ENV_TINY = {"math": "tiny", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}
 
 
 def get_tiny_pair(env_name: str, vl: bool = False) -> tuple[Path, Path]:
     """(student_dir, teacher_dir) of the tiny pair for ``env_name`` (``vl`` forces the VL pair), built if needed."""
-    name = "tiny_vl" if vl or ENV_TINY.get(env_name) == "tiny_vl" else "tiny"
+    name = "tiny_vl" if vl else ENV_TINY.get(env_name, "tiny")
     ensure_tiny(name)
     return _model_dir(name, "student"), _model_dir(name, "teacher")

@@ -208,3 +208,36 @@ def test_freeze_vision_on_a_text_model_is_an_error():
     exs = [tokenize_demonstration(tok, _demo(1, 2))]
     with pytest.raises(ValueError, match="no vision tower"):
         sft_train(tiny_qwen2(tok), exs, SFTConfig(steps=1, freeze_vision=True), tok.pad_token_id, progress=False)
+
+
+def test_habit_examples_replace_a_fraction_with_guesses():
+    """Shortcut demonstrations answer at once (no tool call) with another task's answer; the rest are
+    the expert's tool-using demonstrations."""
+    from reopold_agents.tiny_models import habit_examples
+
+    tok = build_tokenizer()
+    exs = habit_examples("toolqa", 200, 0.6, tok)
+    turns = [tok.decode([i for i, m in zip(e.input_ids, e.loss_mask) if m]) for e in exs]
+    guesses = [t for t in turns if "<tool_call>" not in t]
+    assert 0.5 < len(guesses) / len(exs) < 0.7
+    assert all(t.startswith("\\boxed{") and t.endswith("<|im_end|>") for t in guesses)
+    assert all(t.count("<tool_call>") == 1 for t in turns if t not in guesses)
+    again = habit_examples("toolqa", 200, 0.6, tok)
+    assert [e.input_ids for e in again] == [e.input_ids for e in exs]
+
+
+def test_a_pair_can_reuse_another_pairs_teacher(tmp_path, monkeypatch):
+    """tiny_toolqa's teacher is tiny's teacher, copied (no SFT), stamped with tiny_toolqa's version."""
+    import json
+
+    import reopold_agents.tiny_models as tm
+    from reopold_agents.models import tiny_model_dir
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))
+    monkeypatch.setattr(tm, "sft_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    tm.build_tiny("tiny_toolqa", progress=False, roles=("teacher",))
+    copied = tiny_model_dir("tiny_toolqa", "teacher")
+    assert json.loads((copied / "build_info.json").read_text())["version"] == tm.RECIPES["tiny_toolqa"].version
+    ours, theirs = load_file(str(copied / "model.safetensors")), load_file(str(tiny_model_dir("tiny", "teacher") / "model.safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

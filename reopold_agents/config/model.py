@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TINY_NAMES = ("tiny", "tiny_vl")
+TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_vl")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class ModelConfig:
-    # "tiny" / "tiny_vl" (project-built models, see reopold_agents/models.py) or an HF id / local path
+    # "tiny" / "tiny_toolqa" / "tiny_vl" (project-built pairs, reopold_agents/tiny_models.py) or an HF id / path
     student: str = "tiny"
     teacher: str = "tiny"
     dtype: str = "float32"  # auto: bfloat16 on CUDA, float32 on CPU
@@ -27,7 +27,7 @@ class ModelConfig:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
         for key in ("student", "teacher"):
             if not getattr(self, key):
-                raise ValueError(f"{key}: empty; use tiny, tiny_vl, an HF id or a path")
+                raise ValueError(f"{key}: empty; use {', '.join(TINY_NAMES)}, an HF id or a path")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {DTYPES}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
