@@ -22,7 +22,7 @@ USAGE = """usage: python -m reopold_agents.evaluate [key=value ...]
 
   suite=NAME|PATH   suite in configs/eval/ (default math_tiny) or a suite YAML file
   k=N               samples per task for every benchmark (pass@k / maj@k for k = 1, 2, 4, ..., N)
-  model=NAME        tiny | tiny_vl | HF id | local path   (role=student|teacher picks tiny weights)
+  model=NAME        tiny | tiny_toolqa | tiny_vl | HF id | local path   (role=student|teacher picks tiny weights)
   compare=NAME      also evaluate this model (as the teacher) and compare side by side
   limit=N           at most N tasks per benchmark     out_dir=DIR   (default outputs/eval/<suite>)
   max_samples=N     stop after N new samples (re-run the same command to resume)

@@ -82,7 +82,7 @@ class EvaluateConfig:
     suite: str = "math_tiny"  # name in configs/eval/ or a path to a suite YAML
     k: Optional[int] = None  # samples per task for every benchmark (overrides each benchmark's n)
     limit: Optional[int] = None  # cap on tasks per benchmark (min with each benchmark's own limit)
-    model: str = "tiny"  # tiny | tiny_vl | HF id | local path (reopold_agents.models.load_model)
+    model: str = "tiny"  # tiny | tiny_toolqa | tiny_vl | HF id | local path (reopold_agents.models.load_model)
     role: str = "student"  # which tiny weights `model` names (student | teacher); ignored for HF ids/paths
     compare: Optional[str] = None  # a second model, loaded as the teacher/reference, evaluated and compared
     dtype: str = "float32"
@@ -105,7 +105,7 @@ class EvaluateConfig:
         if self.role not in ("student", "teacher"):
             raise ValueError(f"role: {self.role!r}; use student or teacher")
         if not self.model:
-            raise ValueError("model: empty; use tiny, tiny_vl, an HF id or a path")
+            raise ValueError("model: empty; use tiny, tiny_toolqa, tiny_vl, an HF id or a path")
         from reopold_agents.config.model import DTYPES
 
         if self.dtype not in DTYPES:
