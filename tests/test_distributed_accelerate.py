@@ -112,6 +112,7 @@ def _rank_main(out_dir: str) -> None:
     assert learner.accelerator.num_processes == world
     metrics = [learner.step(mine, s) for s in range(2)]
     torch.save({"params": _params(learner.unwrapped), "metrics": metrics}, os.path.join(out_dir, f"rank{rank}.pt"))
+    learner.close()  # destroy the gloo group before exit
 
 
 def _ddp_configs():

@@ -95,6 +95,11 @@ class AccelerateLearner(Learner):
     def unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
+    def close(self) -> None:
+        """Tear down the process group (``Accelerator.end_training``). A rank that exits with its gloo/NCCL
+        group still up can abort in the group's destructor ("terminate called without an active exception")."""
+        self.accelerator.end_training()
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The student's full weights on CPU (gathered from shards under FSDP) for the rollout engines."""
         state = self.accelerator.get_state_dict(self.model)

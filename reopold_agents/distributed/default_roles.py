@@ -91,6 +91,9 @@ class DefaultLearner:
     def update(self, trajectories: list[Trajectory], step: int) -> dict[str, float]:
         return self.learner.step(collate(trajectories, self.tokenizer.pad_token_id), step)
 
+    def close(self) -> None:
+        self.learner.close()
+
     def state_dict(self) -> StateDict:
         return self.learner.full_state_dict()
 

@@ -72,6 +72,7 @@ class LocalBackend(Backend):
         return self.learner.weights()[0]
 
     def shutdown(self) -> None:
-        close = getattr(self.worker.role, "close", None)
-        if callable(close):
-            close()
+        for role in (self.worker.role, self.learner.role):
+            close = getattr(role, "close", None)
+            if callable(close):
+                close()
