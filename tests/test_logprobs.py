@@ -177,3 +177,40 @@ def test_target_mask_restricts_to_selected_positions(tok):
     vals_part, ids_part = model_topk_logprobs(model, ids, am, k=3, target_mask=sel)
     torch.testing.assert_close(vals_part[keep], vals_full[keep], atol=ATOL, rtol=0)
     assert torch.equal(ids_part[keep], ids_full[keep])
+
+
+def test_shared_prompt_prefix_runs_once_with_the_same_logprobs_and_grads(tok, monkeypatch):
+    """Rows that share a long prompt (an agent's system prompt + tool schemas) run it once and attend to
+    its KV cache: log-probs, entropy and gradients equal the naive full forward."""
+    import reopold_agents.logprobs as lp_mod
+
+    model = tiny_qwen2(tok, seed=3).float().train()
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(10, 500, (80,), generator=gen)
+    rows = [torch.cat([prefix, torch.randint(10, 500, (n,), generator=gen)]) for n in (12, 30, 1, 25)]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    am = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], am[i, : len(r)] = r, 1
+    target = am.clone()
+    target[:, :80] = 0  # the prompt is never trained on
+    assert lp_mod._shared_prefix_len(ids, am) == 80
+    calls = []
+    real = lp_mod._shared_prefix_hidden
+    monkeypatch.setattr(lp_mod, "_shared_prefix_hidden", lambda *a: calls.append(a[3]) or real(*a))
+    lp, ent = model_token_logprobs(model, ids, am, with_entropy=True, target_mask=target)
+    assert calls == [80]
+    logits = model(input_ids=ids, attention_mask=am).logits
+    ref = torch.log_softmax(logits[:, :-1].float(), -1)
+    ref_lp = ref.gather(-1, ids[:, 1:, None])[..., 0] * target[:, 1:]
+    ref_ent = -(ref.exp() * ref).sum(-1) * target[:, 1:]
+    torch.testing.assert_close(lp[:, 1:], ref_lp, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ent[:, 1:], ref_ent.detach(), atol=ATOL, rtol=0)
+    params = list(model.parameters())
+    got = torch.autograd.grad(lp.sum(), params)
+    want = torch.autograd.grad(ref_lp.sum(), params)
+    for (name, _), a, e in zip(model.named_parameters(), got, want):
+        torch.testing.assert_close(a, e, atol=ATOL, rtol=1e-4, msg=name)
+    # a short common prefix, or one row, takes the plain pass
+    assert lp_mod._shared_prefix_len(ids[:, :60], am[:, :60]) == 0
+    assert lp_mod._shared_prefix_len(ids[:1], am[:1]) == 0
