@@ -43,7 +43,7 @@ class TinyRecipe:
     version: str  # bump to rebuild cached pairs made by an older recipe
     envs: tuple[str, ...]
     demos_per_env: int
-    teacher: SFTConfig
+    teacher: SFTConfig | None  # None: the pair reuses ``teacher_from``'s teacher
     student: SFTConfig
     check_tasks: int = 32  # held-out tasks per env for the reported success rates
     max_new_tokens: int = 48
@@ -55,6 +55,10 @@ class TinyRecipe:
     student_habit: SFTConfig | None = None
     habit_env: str = "toolqa"
     habit_shortcuts: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.teacher is None) == (self.teacher_from is None):
+            raise ValueError(f"{self.name}: give exactly one of teacher (an SFT run) and teacher_from (a pair name)")
 
 
 RECIPES: dict[str, TinyRecipe] = {
@@ -73,8 +77,8 @@ RECIPES: dict[str, TinyRecipe] = {
         version="v1",
         envs=("math", "toolqa"),
         demos_per_env=1000,
-        teacher=SFTConfig(steps=1),  # unused: the teacher is tiny's (teacher_from)
-        teacher_from="tiny",
+        teacher=None,
+        teacher_from="tiny",  # bump this recipe's version when tiny's teacher changes (the copy is cached)
         # tiny's student recipe run longer: it copies names and numbers about a third of the time ...
         student=SFTConfig(steps=2500, batch_size=16, lr=3e-3, warmup=30, seed=0),
         # ... then 200 steps on toolqa demonstrations, 60% of them replaced by a guessed answer: it now
@@ -317,7 +321,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
             if role == "teacher" and recipe.teacher_from:
                 _copy_teacher(recipe)
                 continue
-            sft = recipe.teacher if role == "teacher" else recipe.student
+            sft = recipe.student if role == "student" else recipe.teacher
+            assert sft is not None
             model = _new_model(recipe.name, role, tokenizer)
             losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
             if role == "student" and recipe.student_habit is not None:
@@ -367,9 +372,3 @@ def ensure_tiny(name: str, progress: bool = True) -> None:
 
 ENV_TINY = {"math": "tiny", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}
 
-
-def get_tiny_pair(env_name: str, vl: bool = False) -> tuple[Path, Path]:
-    """(student_dir, teacher_dir) of the tiny pair for ``env_name`` (``vl`` forces the VL pair), built if needed."""
-    name = "tiny_vl" if vl else ENV_TINY.get(env_name, "tiny")
-    ensure_tiny(name)
-    return _model_dir(name, "student"), _model_dir(name, "teacher")

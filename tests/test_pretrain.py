@@ -241,3 +241,16 @@ def test_a_pair_can_reuse_another_pairs_teacher(tmp_path, monkeypatch):
     assert json.loads((copied / "build_info.json").read_text())["version"] == tm.RECIPES["tiny_toolqa"].version
     ours, theirs = load_file(str(copied / "model.safetensors")), load_file(str(tiny_model_dir("tiny", "teacher") / "model.safetensors"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_recipe_needs_exactly_one_teacher_source():
+    import dataclasses
+
+    import pytest
+
+    from reopold_agents.tiny_models import RECIPES
+
+    with pytest.raises(ValueError, match="exactly one of teacher"):
+        dataclasses.replace(RECIPES["tiny_toolqa"], teacher=SFTConfig())
+    with pytest.raises(ValueError, match="exactly one of teacher"):
+        dataclasses.replace(RECIPES["tiny"], teacher=None)
