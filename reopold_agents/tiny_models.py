@@ -129,24 +129,6 @@ def _env_factory(env_name: str, seed: int, size: int):
     return lambda: build_env(cfg, tasks=tasks), cfg
 
 
-def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any = None, seed: int = DEMO_SEED) -> list[SFTExample]:
-    """``n`` demonstrations of ``env_name`` replayed through the real env and tokenised like a rollout."""
-    from envs.demo import play_demonstration
-
-    factory, _ = _env_factory(env_name, seed, n)
-    env = factory()
-    out = []
-    for i in range(n):
-        demo = play_demonstration(env, env.tasks[i])
-        if demo.reward <= 0:
-            raise RuntimeError(f"{env_name} task {i}: the expert demonstration does not solve it ({demo.info.get('why')})")
-        ex = tokenize_demonstration(tokenizer, demo.messages, demo.tools, processor, demo.images)
-        ex.group = env_name
-        out.append(ex)
-    env.close()
-    return out
-
-
 HABIT_SEED = 5  # which demonstrations become shortcuts, and the guesses
 
 
@@ -157,25 +139,33 @@ def shortcut_task(task: Any, guess: str) -> Any:
     return replace(task, demonstration=[f"\\boxed{{{guess}}}"])
 
 
-def habit_examples(env_name: str, n: int, fraction: float, tokenizer: Any, seed: int = DEMO_SEED) -> list[SFTExample]:
-    """``n`` demonstrations of ``env_name`` of which about ``fraction`` are shortcuts: a single
-    ``\\boxed{...}`` turn holding another task's answer (plausible, and wrong)."""
+def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any = None, seed: int = DEMO_SEED,
+                           shortcuts: float = 0.0) -> list[SFTExample]:
+    """``n`` demonstrations of ``env_name`` replayed through the real env and tokenised like a rollout.
+
+    With ``shortcuts`` > 0 about that fraction are replaced by a shortcut: a single ``\\boxed{...}``
+    turn holding another task's answer (plausible, and wrong; the habit SFT stage of a recipe).
+    """
     import random
 
     from envs.demo import play_demonstration
 
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"habit_shortcuts: must lie in [0, 1], got {fraction}")
+    if not 0.0 <= shortcuts <= 1.0:
+        raise ValueError(f"habit_shortcuts: must lie in [0, 1], got {shortcuts}")
     factory, _ = _env_factory(env_name, seed, n)
     env = factory()
     rng = random.Random(HABIT_SEED)
     answers = [t.answer for t in env.tasks]
     out = []
-    for task in env.tasks[:n]:
-        if rng.random() < fraction:
+    for i in range(n):
+        task = env.tasks[i]
+        guessed = shortcuts > 0 and rng.random() < shortcuts
+        if guessed:
             task = shortcut_task(task, rng.choice([a for a in answers if a != task.answer]))
         demo = play_demonstration(env, task)
-        ex = tokenize_demonstration(tokenizer, demo.messages, demo.tools)
+        if demo.reward <= 0 and not guessed:
+            raise RuntimeError(f"{env_name} task {i}: the expert demonstration does not solve it ({demo.info.get('why')})")
+        ex = tokenize_demonstration(tokenizer, demo.messages, demo.tools, processor, demo.images)
         ex.group = env_name
         out.append(ex)
     env.close()
@@ -219,13 +209,20 @@ def install_shipped(name: str) -> bool:
     if not is_shipped(name):
         return False
     for role in ("student", "teacher"):
-        target = _model_dir(name, role)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(shipped_dir(name, role), tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        _copy_dir(shipped_dir(name, role), _model_dir(name, role))
     return True
+
+
+def _copy_dir(source: Path, target: Path, edit: Any = None) -> None:
+    """Replace ``target`` with a copy of ``source`` (``edit(copy)`` applied first), never half-written:
+    the copy is made beside it and renamed into place."""
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if edit is not None:
+        edit(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
 
 
 def ship(name: str) -> list[Path]:
@@ -326,7 +323,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
             model = _new_model(recipe.name, role, tokenizer)
             losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
             if role == "student" and recipe.student_habit is not None:
-                habits = habit_examples(recipe.habit_env, recipe.demos_per_env, recipe.habit_shortcuts, tokenizer)
+                habits = demonstration_examples(recipe.habit_env, recipe.demos_per_env, tokenizer,
+                                                shortcuts=recipe.habit_shortcuts)
                 losses = sft_train(model, habits, recipe.student_habit, tokenizer.pad_token_id,
                                    desc=f"build {recipe.name} {role} habit", progress=progress)
             report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
@@ -352,15 +350,13 @@ def _copy_teacher(recipe: TinyRecipe) -> None:
     source = recipe.teacher_from
     assert source is not None
     ensure_tiny(source)
-    target = _model_dir(recipe.name, "teacher")
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(_model_dir(source, "teacher"), tmp)
-    info = json.loads((tmp / BUILD_INFO).read_text())
-    info.update(version=recipe.version, copied_from=f"{source} {info.get('version')}")
-    (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+
+    def stamp(copy: Path) -> None:
+        info = json.loads((copy / BUILD_INFO).read_text())
+        info.update(version=recipe.version, copied_from=f"{source} {info.get('version')}")
+        (copy / BUILD_INFO).write_text(json.dumps(info, indent=2))
+
+    _copy_dir(_model_dir(source, "teacher"), _model_dir(recipe.name, "teacher"), stamp)
 
 
 def ensure_tiny(name: str, progress: bool = True) -> None:

@@ -213,16 +213,16 @@ def test_freeze_vision_on_a_text_model_is_an_error():
 def test_habit_examples_replace_a_fraction_with_guesses():
     """Shortcut demonstrations answer at once (no tool call) with another task's answer; the rest are
     the expert's tool-using demonstrations."""
-    from reopold_agents.tiny_models import habit_examples
+    from reopold_agents.tiny_models import demonstration_examples
 
     tok = build_tokenizer()
-    exs = habit_examples("toolqa", 200, 0.6, tok)
+    exs = demonstration_examples("toolqa", 200, tok, shortcuts=0.6)
     turns = [tok.decode([i for i, m in zip(e.input_ids, e.loss_mask) if m]) for e in exs]
     guesses = [t for t in turns if "<tool_call>" not in t]
     assert 0.5 < len(guesses) / len(exs) < 0.7
     assert all(t.startswith("\\boxed{") and t.endswith("<|im_end|>") for t in guesses)
     assert all(t.count("<tool_call>") == 1 for t in turns if t not in guesses)
-    again = habit_examples("toolqa", 200, 0.6, tok)
+    again = demonstration_examples("toolqa", 200, tok, shortcuts=0.6)
     assert [e.input_ids for e in again] == [e.input_ids for e in exs]
 
 
