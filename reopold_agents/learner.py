@@ -19,6 +19,7 @@ from torch import nn
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.logprobs import model_token_logprobs
+from reopold_agents.models import freeze_vision_tower
 from reopold_agents.losses import batch_advantages, objective_loss, selection_mask
 from reopold_agents.losses.objective import TokenAdvantages
 from reopold_agents.schedule import StageSchedule
@@ -46,18 +47,6 @@ class LRLambda:
         if self.schedule == "linear":
             return 1.0 - (1.0 - self.min_lr_ratio) * progress
         raise ValueError(f"unknown lr_schedule {self.schedule!r}")
-
-
-def freeze_vision_tower(model: nn.Module) -> None:
-    """Stop updating a VL model's image encoder (``requires_grad=False``, so no gradient is computed
-    through it either); a text model is left as is. The common default for RL of VLMs (prime-rl, EasyR1):
-    the distillation signal is about what to write, and on tiny models a trained tower collapses to
-    image-independent features (docs/run.md)."""
-    from reopold_agents.models import vision_tower
-
-    tower = vision_tower(model)
-    if tower is not None:
-        tower.requires_grad_(False)
 
 
 class Learner:

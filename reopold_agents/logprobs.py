@@ -197,7 +197,7 @@ def _hidden_and_head(
     return hidden, head
 
 
-MIN_SHARED_PREFIX = 64  # below this, running the prefix once saves too little to bother
+MIN_SHARED_PREFIX = 64  # below this, running the prefix once saves too little to bother (SFT uses it too)
 
 
 def _shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:

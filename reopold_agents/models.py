@@ -164,6 +164,20 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+def freeze_vision_tower(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Stop updating a VL model's image encoder (``requires_grad=False``, so no gradient is computed
+    through it either) and return the parameters this switched off; a text model is left as is ([]).
+    The common default for RL of VLMs (prime-rl, EasyR1); on the tiny models a trained tower collapses
+    to image-independent features (docs/run.md)."""
+    tower = vision_tower(model)
+    if tower is None:
+        return []
+    params = [p for p in tower.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    return params
+
+
 def mm_token_type_ids(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
     """Qwen-VL token types (0 text, 1 image, 2 video) that switch on 3-D mrope positions for vision
     tokens; None for text-only models. Every forward of a VL model (engine, teacher, learner) must pass

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from reopold_agents.logprobs import MIN_SHARED_PREFIX
 from reopold_agents.trajectory import Trajectory, collate
 
 # The engine stops a turn at these (besides EOS); a demonstration turn ending in one gets no EOS.
@@ -137,7 +138,6 @@ def common_prefix_len(examples: Sequence[SFTExample]) -> int:
     return n
 
 
-MIN_SHARED_PREFIX = 64  # below this the shared-prefix pass saves too little to bother
 
 
 def sft_loss(model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int) -> torch.Tensor:
@@ -247,15 +247,11 @@ def _frozen_parameters(model: torch.nn.Module, cfg: SFTConfig) -> list[torch.nn.
     """Parameters ``cfg`` keeps fixed (switched to ``requires_grad=False`` until training ends)."""
     if not cfg.freeze_vision:
         return []
-    from reopold_agents.models import vision_tower
+    from reopold_agents.models import freeze_vision_tower, vision_tower
 
-    tower = vision_tower(model)
-    if tower is None:
+    if vision_tower(model) is None:
         raise ValueError("freeze_vision: the model has no vision tower (text-only model)")
-    params = [p for p in tower.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    return params
+    return freeze_vision_tower(model)
 
 
 class _progress:

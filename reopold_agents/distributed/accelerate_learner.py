@@ -32,7 +32,8 @@ from torch import nn
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.trainer import TrainerConfig
-from reopold_agents.learner import Learner, _Accumulator, freeze_vision_tower
+from reopold_agents.learner import Learner, _Accumulator
+from reopold_agents.models import freeze_vision_tower
 from reopold_agents.losses import selection_mask
 from reopold_agents.losses.objective import TokenAdvantages
 from reopold_agents.trajectory import Batch
