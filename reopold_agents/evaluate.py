@@ -111,17 +111,6 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     return out
 
 
-def _install_tiny_models(cfg: EvaluateConfig) -> None:
-    """``model=tiny`` / ``compare=tiny``: install the shipped pair into the cache (or build it) first,
-    exactly as the training CLI does, so both CLIs evaluate the same current weights."""
-    from reopold_agents.config.model import TINY_NAMES
-    from reopold_agents.tiny_models import ensure_tiny
-
-    for name in (cfg.model, cfg.compare):
-        if name in TINY_NAMES:
-            ensure_tiny(name)
-
-
 def main(argv: list[str] | None = None) -> int:
     from reopold_agents.evaluation.runner import EvaluationStopped
     from reopold_agents.evaluation.suite import compose_evaluate, suite_names
@@ -132,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = compose_evaluate(argv)
-        _install_tiny_models(cfg)
         run(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

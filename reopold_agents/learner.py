@@ -1,14 +1,16 @@
-"""One optimisation step of the student over a Batch of scored trajectories.
+"""One optimisation step of the student over a scored Batch: optimiser mechanics only.
 
-``Learner.step(batch, step)``: token advantages once per batch (teacher reward / outcome), the stage's
-selection rule (reopold_agents.schedule), then ``ppo_epochs`` x ``num_minibatches`` optimizer steps of
-student forward (memory-lean log-probs + entropy), surrogate loss, backward, grad clipping. A step
-whose loss or gradient norm is NaN/inf is skipped (no parameter change) and reported in the metrics,
-so one bad batch cannot poison the weights.
+``Learner.step(batch, step)`` asks the objective (reopold_agents/objectives/) for the step's token
+terms and token mask, then runs ``ppo_epochs`` x ``num_minibatches`` optimiser steps of student forward
+(memory-lean log-probs + entropy), the objective's loss, backward and gradient clipping. NaN guard: a
+batch with a non-finite advantage or log-prob on a trained token, or any minibatch whose loss or
+gradient norm is NaN/inf, leaves the parameters and optimiser state exactly as they were before the
+step (earlier minibatches of the step are rolled back) and is reported as ``skipped_nonfinite``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,9 +22,7 @@ from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.logprobs import model_token_logprobs
 from reopold_agents.models import freeze_vision_tower
-from reopold_agents.losses import batch_advantages, objective_loss, selection_mask
-from reopold_agents.losses.objective import TokenAdvantages
-from reopold_agents.schedule import StageSchedule
+from reopold_agents.objectives import Forward, Objective, TokenTerms, make_objective
 from reopold_agents.trajectory import Batch
 
 
@@ -49,15 +49,29 @@ class LRLambda:
         raise ValueError(f"unknown lr_schedule {self.schedule!r}")
 
 
+@dataclass
+class StepPlan:
+    """What every minibatch of one learner step shares: fixed before the first optimiser step."""
+
+    batch: Batch
+    step: int
+    terms: TokenTerms
+    select: torch.Tensor | None  # [B, T] token mask; None: ranked from each single-pass forward's entropy
+    topk: tuple[torch.Tensor, torch.Tensor] | None  # teacher top-k (ids, log-probs) [B, T, K] for GKD
+
+
 class Learner:
     """Owns the optimizer and LR scheduler of ``model``; ``step`` returns a flat metrics dict."""
 
-    def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig) -> None:
+    def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig,
+                 logprob_chunk_size: int = 1024) -> None:
         algo.check()
         trainer.check()
         self.model = model
         self.algo = algo
         self.trainer = trainer
+        self.chunk_size = logprob_chunk_size
+        self.objective: Objective = make_objective(algo, trainer.total_steps)
         if trainer.freeze_vision:
             freeze_vision_tower(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -68,42 +82,56 @@ class Learner:
         )
         self.lr_lambda = LRLambda(trainer.warmup_steps, trainer.total_steps, trainer.lr_schedule, trainer.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
-        self.schedule = StageSchedule.from_config(algo, trainer.total_steps)
 
     # ------------------------------------------------------------------ public
     def step(self, batch: Batch, step: int) -> dict[str, float]:
-        """One learner step over ``batch`` at 0-based training ``step`` (sets the stage rule)."""
+        """One learner step over ``batch`` at 0-based training ``step`` (the objective's stage)."""
         device = next(self.model.parameters()).device
         batch = batch.to(device)
-        rule = self.schedule.rule_at(step)
-        adv = batch_advantages(self.algo, batch)
-        topk = self._teacher_topk(batch)
+        obj = self.objective
+        terms = obj.token_terms(batch)
         bsz = batch.input_ids.shape[0]
         if self.trainer.num_minibatches > bsz:
             raise ValueError(f"trainer.num_minibatches={self.trainer.num_minibatches} exceeds the batch size {bsz}")
         slices = list(torch.arange(bsz, device=device).tensor_split(self.trainer.num_minibatches))
+        acc = _Accumulator()
+        if not _finite_inputs(batch, terms):
+            acc.skip(empty=False)  # NaN guard: a non-finite reward or log-prob never reaches the optimiser
+            return self._finish(acc, batch, terms, step)
         single_pass = self.trainer.ppo_epochs == 1 and len(slices) == 1
-        # The selection mask is fixed for the whole step: the entropy rule ranks the batch's tokens by the
-        # pre-update student entropy (a no-grad pass first when the batch is reused several times).
+        # The token mask is fixed for the whole step. The entropy rule ranks the batch's tokens by the
+        # pre-update student entropy: taken from the forward itself when the batch is used once, else
+        # from one no-grad pass over the whole batch first (so every pass trains on the same tokens).
         select = None
-        if rule != "entropy":
-            select = selection_mask(self.algo, rule, batch.loss_mask, None, adv)
+        if not obj.needs_entropy(step):
+            select = obj.select(step, batch.loss_mask, terms, None)
         elif not single_pass:
-            select = selection_mask(self.algo, rule, batch.loss_mask, self._entropy(batch, slices), adv)
-
+            select = obj.select(step, batch.loss_mask, terms, self._entropy(batch, slices))
+        plan = StepPlan(batch, step, terms, select, _teacher_topk(batch, obj.teacher_topk))
+        updates = self.trainer.ppo_epochs * len(slices)
+        snapshot = self._snapshot() if updates > 1 else None
         was_training = self.model.training
         self.model.train()
-        acc = _Accumulator()
         try:
             for epoch in range(self.trainer.ppo_epochs):
                 for idx in slices:
-                    self._minibatch(batch, idx, adv, topk, rule, select, acc, first_epoch=epoch == 0)
+                    self._minibatch(plan, idx, acc, first_epoch=epoch == 0)
+                    if acc.nonfinite:
+                        break
+                if acc.nonfinite:
+                    break
         finally:
             self.model.train(was_training)
+        if acc.nonfinite and snapshot is not None:
+            self._restore(snapshot)  # roll back the step's earlier minibatches too
+            acc.discard_updates()
+        return self._finish(acc, batch, terms, step)
+
+    def _finish(self, acc: "_Accumulator", batch: Batch, terms: TokenTerms, step: int) -> dict[str, float]:
         with warnings.catch_warnings():  # LambdaLR warns when every optimizer step of the step was skipped
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
-        return acc.metrics(batch, adv, step, self.schedule.stage_at(step), self.optimizer.param_groups[0]["lr"])
+        return acc.metrics(batch, terms, step, self.objective.stage(step), self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -113,25 +141,24 @@ class Learner:
         self.scheduler.load_state_dict(state["scheduler"])
 
     # ----------------------------------------------------------------- helpers
-    def _teacher_topk(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.algo.name != "gkd":
-            return None
-        if batch.teacher_topk_ids is None or batch.teacher_topk_logprobs is None:
-            raise ValueError("algo 'gkd' needs batch.teacher_topk_ids/teacher_topk_logprobs (teacher top-k scoring)")
-        k = self.algo.gkd_topk
-        if batch.teacher_topk_ids.shape[-1] < k:
-            raise ValueError(f"algo.gkd_topk={k} but the batch carries only {batch.teacher_topk_ids.shape[-1]} ids")
-        return batch.teacher_topk_ids[..., :k], batch.teacher_topk_logprobs[..., :k]
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict]:
+        """Parameters and optimiser state before a multi-update step (the NaN guard's roll-back point)."""
+        return [p.detach().clone() for p in self.params], copy.deepcopy(self.optimizer.state_dict())
+
+    def _restore(self, snapshot: tuple[list[torch.Tensor], dict]) -> None:
+        params, opt_state = snapshot
+        with torch.no_grad():
+            for p, saved in zip(self.params, params):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(opt_state)
 
     @torch.no_grad()
     def _entropy(self, batch: Batch, slices: list[torch.Tensor]) -> torch.Tensor:
         parts = []
         for idx in slices:
-            mb = _sub_batch(batch, idx, self.model)
-            _, ent = model_token_logprobs(
-                self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size,
-                target_mask=mb.loss_mask,
-            )
+            mb = batch.select(idx)
+            _, ent = model_token_logprobs(self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True,
+                                          self.chunk_size, target_mask=mb.loss_mask)
             parts.append(ent)
         return torch.cat(parts, dim=0)
 
@@ -140,61 +167,44 @@ class Learner:
         """The bare student (a subclass may wrap ``self.model`` for data parallelism)."""
         return self.model
 
-    def _minibatch_loss(
-        self,
-        batch: Batch,
-        idx: torch.Tensor,
-        adv: TokenAdvantages,
-        topk: tuple[torch.Tensor, torch.Tensor] | None,
-        rule: str,
-        select: torch.Tensor | None,
-        acc: "_Accumulator",
-        first_epoch: bool,
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """Student forward on sequences ``idx`` and the objective's loss, stats and selection mask.
+    def _minibatch_loss(self, plan: StepPlan, idx: torch.Tensor, acc: "_Accumulator",
+                        first_epoch: bool) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Student forward on sequences ``idx`` and the objective's loss, stats and token mask.
 
-        The mask is ``select``'s rows, or, in a single pass with the entropy rule (``select`` None),
+        The mask is ``plan.select``'s rows or, in a single pass with the entropy rule (``select`` None),
         ranked from this forward's own entropy. Shared by every learner variant (accelerate too).
         """
-        mb = _sub_batch(batch, idx, self.unwrapped)
+        mb = plan.batch.select(idx)
+        topk = plan.topk
         target_ids = None
         if topk is not None:
             target_ids = torch.cat([mb.input_ids[..., None], topk[0].index_select(0, idx)], dim=-1)
         logp_all, entropy = model_token_logprobs(
-            self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.trainer.logprob_chunk_size,
+            self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.chunk_size,
             target_ids=target_ids, target_mask=mb.loss_mask,  # the LM head runs on trained tokens only
         )
         logp = logp_all[..., 0] if topk is not None else logp_all
         assert entropy is not None
-        if select is None:
-            mask = selection_mask(self.algo, rule, mb.loss_mask, entropy, adv)
+        terms = plan.terms.rows(idx)
+        if plan.select is None:
+            mask = self.objective.select(plan.step, mb.loss_mask, terms, entropy)
         else:
-            mask = select.index_select(0, idx)
+            mask = plan.select.index_select(0, idx)
         if first_epoch:
-            acc.observe_tokens(mb.loss_mask, mask, entropy, adv.clipped.index_select(0, idx))
-        loss, stats = objective_loss(
-            self.algo,
-            logp.float(),  # mixed precision: the objective is always computed in fp32
-            mb.old_logprobs,
-            adv.advantages.index_select(0, idx),
-            mask,
+            acc.observe_tokens(mb.loss_mask, mask, entropy, terms.clipped)
+        fwd = Forward(
+            logprobs=logp.float(),  # mixed precision: the objective is always computed in fp32
+            old_logprobs=mb.old_logprobs,
+            terms=terms,
+            mask=mask,
             student_topk=logp_all[..., 1:].float() if topk is not None else None,
             teacher_topk=topk[1].index_select(0, idx) if topk is not None else None,
         )
+        loss, stats = self.objective.loss(fwd)
         return loss, stats, mask
 
-    def _minibatch(
-        self,
-        batch: Batch,
-        idx: torch.Tensor,
-        adv: TokenAdvantages,
-        topk: tuple[torch.Tensor, torch.Tensor] | None,
-        rule: str,
-        select: torch.Tensor | None,
-        acc: "_Accumulator",
-        first_epoch: bool,
-    ) -> None:
-        loss, stats, mask = self._minibatch_loss(batch, idx, adv, topk, rule, select, acc, first_epoch)
+    def _minibatch(self, plan: StepPlan, idx: torch.Tensor, acc: "_Accumulator", first_epoch: bool) -> None:
+        loss, stats, mask = self._minibatch_loss(plan, idx, acc, first_epoch)
         if not bool(mask.any()):
             acc.skip(empty=True)
             return
@@ -208,6 +218,21 @@ class Learner:
         else:
             acc.skip(empty=False)
         self.optimizer.zero_grad(set_to_none=True)
+
+
+def _teacher_topk(batch: Batch, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``k`` teacher top-k ids/log-probs the objective needs (GKD), or None."""
+    if not k:
+        return None
+    assert batch.teacher_topk_ids is not None and batch.teacher_topk_logprobs is not None  # checked in token_terms
+    return batch.teacher_topk_ids[..., :k], batch.teacher_topk_logprobs[..., :k]
+
+
+def _finite_inputs(batch: Batch, terms: TokenTerms) -> bool:
+    """Whether every trained token has a finite advantage, old log-prob and (if any) teacher log-prob."""
+    trained = batch.loss_mask > 0
+    values = [terms.advantages, batch.old_logprobs] + ([batch.teacher_logprobs] if batch.teacher_logprobs is not None else [])
+    return all(bool(torch.isfinite(v[trained]).all()) for v in values)
 
 
 class _Accumulator:
@@ -237,13 +262,20 @@ class _Accumulator:
         for k, v in stats.items():
             self.stats.setdefault(k, []).append(v)
 
+    def discard_updates(self) -> None:
+        """The step was rolled back: none of its optimiser steps count."""
+        self.nonfinite += len(self.losses)
+        self.losses.clear()
+        self.grad_norms.clear()
+        self.stats.clear()
+
     def skip(self, empty: bool) -> None:
         if empty:
             self.empty += 1
         else:
             self.nonfinite += 1
 
-    def metrics(self, batch: Batch, adv: TokenAdvantages, step: int, stage: int, lr: float) -> dict[str, float]:
+    def metrics(self, batch: Batch, terms: TokenTerms, step: int, stage: int, lr: float) -> dict[str, float]:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         trainable = batch.loss_mask > 0
         out = {
@@ -263,8 +295,8 @@ class _Accumulator:
         }
         for k, v in self.stats.items():
             out[k] = mean(v)
-        if adv.reward is not None and bool(trainable.any()):
-            r = adv.reward[trainable]
+        if terms.reward is not None and bool(trainable.any()):
+            r = terms.reward[trainable]
             out.update(
                 reward_mean=float(r.mean()),
                 reward_std=float(r.std(correction=0)),
@@ -274,56 +306,3 @@ class _Accumulator:
         else:
             out.update(reward_mean=0.0, reward_std=0.0, reward_min=0.0, reward_max=0.0)
         return out
-
-
-def _sub_batch(batch: Batch, idx: torch.Tensor, model: nn.Module) -> Batch:
-    """Rows ``idx`` of ``batch``; multimodal inputs are split per image (Qwen-VL: one grid row per image)."""
-    if idx.numel() == batch.input_ids.shape[0]:
-        return batch
-    sel = lambda t: t.index_select(0, idx) if isinstance(t, torch.Tensor) else t  # noqa: E731
-    return Batch(
-        input_ids=sel(batch.input_ids),
-        attention_mask=sel(batch.attention_mask),
-        loss_mask=sel(batch.loss_mask),
-        old_logprobs=sel(batch.old_logprobs),
-        teacher_logprobs=sel(batch.teacher_logprobs),
-        rewards=sel(batch.rewards),
-        group_ids=sel(batch.group_ids),
-        model_inputs=_split_model_inputs(batch, idx, model),
-        teacher_topk_ids=sel(batch.teacher_topk_ids),
-        teacher_topk_logprobs=sel(batch.teacher_topk_logprobs),
-    )
-
-
-def _split_model_inputs(batch: Batch, idx: torch.Tensor, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Select the images of sequences ``idx`` from Qwen-VL style ``pixel_values``/``image_grid_thw``."""
-    mi = batch.model_inputs
-    if not mi:
-        return {}
-    per_row = {"mm_token_type_ids"}  # [B, T] like input_ids
-    unknown = set(mi) - {"pixel_values", "image_grid_thw"} - per_row
-    start_id = getattr(getattr(model, "config", None), "vision_start_token_id", None)
-    if unknown or "image_grid_thw" not in mi or start_id is None:
-        raise NotImplementedError(
-            f"cannot split model_inputs {sorted(mi)} into minibatches; use trainer.num_minibatches=1"
-        )
-    grid = mi["image_grid_thw"]
-    per_seq = ((batch.input_ids == start_id) & batch.attention_mask.bool()).sum(dim=1).tolist()
-    if sum(per_seq) != grid.shape[0]:
-        raise ValueError(f"{sum(per_seq)} <|vision_start|> tokens but {grid.shape[0]} image grids")
-    patches = grid.prod(dim=1).tolist()
-    img_start = [0]
-    for n in per_seq:
-        img_start.append(img_start[-1] + n)
-    patch_start = [0]
-    for p in patches:
-        patch_start.append(patch_start[-1] + p)
-    imgs = [i for b in idx.tolist() for i in range(img_start[b], img_start[b + 1])]
-    out = {k: mi[k].index_select(0, idx) for k in per_row if k in mi}
-    if not imgs:
-        return out
-    rows = [r for i in imgs for r in range(patch_start[i], patch_start[i + 1])]
-    dev = grid.device
-    out["image_grid_thw"] = grid.index_select(0, torch.tensor(imgs, device=dev))
-    out["pixel_values"] = mi["pixel_values"].index_select(0, torch.tensor(rows, device=dev))
-    return out

@@ -1,9 +1,7 @@
-"""Loading the student and the teacher: project-built tiny models or anything ``from_pretrained`` reads.
+"""Loading the student and the teacher: the project's tiny pairs or anything ``from_pretrained`` reads.
 
-``tiny`` / ``tiny_vl`` name project-built Qwen2 / Qwen2.5-VL pairs that share the project tokenizer.
-Trained weights (made by the project's pretraining script) are read from ``tiny_model_dir(name, role)``
-under ``reopold_agents.testing.cache_dir()``; when that directory is absent a randomly initialised model
-of the same architecture is built from config (and a warning says so), so everything still runs.
+``tiny`` / ``tiny_toolqa`` / ``tiny_vl`` name project-built Qwen2 / Qwen2.5-VL pairs that share the
+project tokenizer; they load through ``reopold_agents.tiny.load`` (imported only for those names).
 Any other name is an HF id or local path and goes through ``AutoModel*.from_pretrained``.
 """
 
@@ -11,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,16 +19,6 @@ from reopold_agents.config.model import TINY_NAMES
 
 log = logging.getLogger(__name__)
 Role = Literal["student", "teacher"]
-
-# Architecture of the random fallbacks (the pretraining script should save models of these sizes).
-TINY_SIZES: dict[tuple[str, str], dict[str, int]] = {
-    ("tiny", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
-    ("tiny", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
-    ("tiny_toolqa", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
-    ("tiny_toolqa", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
-    ("tiny_vl", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
-    ("tiny_vl", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),
-}
 
 
 @dataclass
@@ -49,11 +37,17 @@ class LoadedModel:
         return getattr(self.model.config, "image_token_id", None) is not None
 
 
-def tiny_model_dir(name: str, role: Role) -> Path:
-    """Where trained tiny weights live (HF format: config.json + safetensors [+ tokenizer files])."""
-    from reopold_agents.testing import cache_dir
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-    return cache_dir() / "models" / f"{name}-{role}"
+
+def check_model_name(name: str) -> None:
+    """Fail at once for a name that is neither a tiny pair, an existing path nor an ``owner/name`` hub
+    id: a relative path that does not exist would otherwise be tried as a hub id, with retries."""
+    if name in TINY_NAMES or os.path.exists(name):
+        return
+    if not _HUB_ID.match(name) or name.startswith("."):
+        raise ValueError(f"{name!r} is not a tiny pair ({', '.join(TINY_NAMES)}), not an existing path "
+                         "and not an HF id (owner/name)")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,7 +78,10 @@ def load_model(name: str, role: Role, dtype: str = "float32", device: str = "aut
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if name in TINY_NAMES:
-        loaded = _load_tiny(name, role)
+        from reopold_agents.tiny.load import load_tiny
+
+        model, tokenizer, processor, path = load_tiny(name, role)
+        loaded = LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=path)
     else:
         loaded = _load_pretrained(name, torch_dtype)
     loaded.model.to(device=dev, dtype=torch_dtype)
@@ -92,32 +89,10 @@ def load_model(name: str, role: Role, dtype: str = "float32", device: str = "aut
     return loaded
 
 
-def _load_tiny(name: str, role: Role) -> LoadedModel:
-    from reopold_agents.testing import build_tokenizer, tiny_qwen2
-    from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
-
-    tokenizer = build_tokenizer()
-    processor = tiny_vl_processor(tokenizer) if name == "tiny_vl" else None
-    target = tiny_model_dir(name, role)
-    if (target / "config.json").exists():
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-        auto = AutoModelForImageTextToText if name == "tiny_vl" else AutoModelForCausalLM
-        model = auto.from_pretrained(str(target))
-        path: str | None = str(target)
-    else:
-        log.warning("no trained %s %s at %s: using a randomly initialised model", name, role, target)
-        build = tiny_qwen2_5_vl if name == "tiny_vl" else tiny_qwen2
-        model = build(tokenizer, seed=0 if role == "student" else 1, **TINY_SIZES[(name, role)])
-        path = None
-    return LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=path)
-
-
 def _load_pretrained(name: str, torch_dtype: torch.dtype) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    if not (os.path.isdir(name) or "/" in name):
-        raise ValueError(f"model {name!r}: not tiny/tiny_vl, not a local directory and not an HF id (owner/name)")
+    check_model_name(name)
     config = AutoConfig.from_pretrained(name)
     is_vl = getattr(config, "vision_config", None) is not None
     tokenizer = AutoTokenizer.from_pretrained(name)
@@ -134,15 +109,14 @@ def load_tokenizer_and_processor(name: str, role: Role = "teacher") -> tuple[Any
     """Tokenizer, processor and loadable path of a model without loading its weights (for engines
     such as vLLM that load the weights themselves). The path is None for a random tiny model."""
     if name in TINY_NAMES:
-        from reopold_agents.testing import build_tokenizer
-        from reopold_agents.testing.vl import tiny_vl_processor
+        from reopold_agents.tiny.load import tokenizer_and_processor, weights_dir
 
-        tok = build_tokenizer()
-        target = tiny_model_dir(name, role)
-        path = str(target) if (target / "config.json").exists() else None
-        return tok, (tiny_vl_processor(tok) if name == "tiny_vl" else None), path
+        tok, processor = tokenizer_and_processor(name)
+        folder = weights_dir(name, role)
+        return tok, processor, (None if folder is None else str(folder))
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
+    check_model_name(name)
     tok = AutoTokenizer.from_pretrained(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -26,6 +26,7 @@ import torch
 
 from reopold_agents.chat import count_images, encode_env_turn, encode_prompt
 from reopold_agents.engines.base import Engine, GenerationRequest, SamplingParams
+from reopold_agents.seeding import turn_seed
 from reopold_agents.trajectory import Trajectory
 
 
@@ -92,14 +93,16 @@ class Rollout:
         self.stats = RolloutStats()
 
     @classmethod
-    def from_config(cls, engine_cfg: Any, engine: Engine, tokenizer: Any, env_factory: Callable[[], Any], processor: Any = None) -> "Rollout":
-        """Episode limits and worker count from an ``EngineConfig``."""
+    def from_config(cls, engine_cfg: Any, env_cfg: Any, engine: Engine, tokenizer: Any, env_factory: Callable[[], Any],
+                    processor: Any = None) -> "Rollout":
+        """The turn limit from the ``EnvConfig`` (``env.max_turns``), the token budget and worker count from
+        the ``EngineConfig``."""
         return cls(
             engine,
             tokenizer,
             env_factory,
             processor=processor,
-            max_turns=engine_cfg.max_turns,
+            max_turns=env_cfg.max_turns,
             max_total_tokens=engine_cfg.max_total_tokens,
             env_workers=engine_cfg.env_workers,
         )
@@ -143,10 +146,9 @@ class Rollout:
             if not active:
                 break
             t0 = time.perf_counter()
-            seed = None if sampling.seed is None else (sampling.seed * 1_000_003 + turn) % (2**31)
             gens = self.engine.generate(
                 [GenerationRequest(list(ep.traj.token_ids), list(ep.traj.images), dict(ep.traj.model_inputs)) for ep in active],
-                replace(sampling, seed=seed),
+                replace(sampling, seed=turn_seed(sampling.seed, turn)),
             )
             stats.generate_s += time.perf_counter() - t0
             stats.turns += 1

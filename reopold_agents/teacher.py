@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from reopold_agents.engines.base import Engine, GenerationRequest
-from reopold_agents.trajectory import Trajectory, collate
+from reopold_agents.trajectory import Batch
 
 
 class TokenizerMismatchError(ValueError):
@@ -49,7 +49,7 @@ def check_same_tokenizer(student: Any, teacher: Any) -> None:
 
 
 class Teacher:
-    """Fills ``Trajectory.teacher_logprobs`` (0.0 on env tokens) and, with ``top_k``, the GKD top-k fields."""
+    """Fills ``Batch.teacher_logprobs`` (0.0 on env tokens) and, with ``top_k``, the GKD top-k fields."""
 
     def __init__(
         self,
@@ -73,60 +73,80 @@ class Teacher:
         self.batch_size = batch_size
         self.top_k = top_k
 
-    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
-        """Score in place (and return) the trajectories."""
-        for i, traj in enumerate(trajectories):
-            if not traj.token_ids:
-                raise ValueError(f"trajectory {i} is empty")
+    def score(self, batch: Batch) -> Batch:
+        """Fill ``batch.teacher_logprobs`` (and, with ``top_k``, the top-k fields) in place; return it."""
+        lengths = batch.lengths()
+        if bool((lengths == 0).any()):
+            raise ValueError(f"batch rows {(lengths == 0).nonzero().flatten().tolist()} are empty")
         if self.engine is not None:
-            self._score_engine(trajectories)
-        else:
-            order = sorted(range(len(trajectories)), key=lambda i: len(trajectories[i]))  # less padding
-            for start in range(0, len(order), self.batch_size):
-                self._score_hf([trajectories[i] for i in order[start : start + self.batch_size]])
-        return trajectories
+            self._score_engine(batch)
+            return batch
+        bsz, length = batch.input_ids.shape
+        teacher_lp = torch.zeros((bsz, length), dtype=torch.float32)
+        top_lp = torch.zeros((bsz, length, self.top_k), dtype=torch.float32) if self.top_k else None
+        top_ids = torch.zeros((bsz, length, self.top_k), dtype=torch.long) if self.top_k else None
+        order = torch.argsort(lengths.cpu(), stable=True)  # similar lengths together: less padding
+        for start in range(0, bsz, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            n = int(lengths[idx].max())
+            part = self._score_hf(batch.select(idx).truncate(n))
+            teacher_lp[idx, :n] = part[0]
+            if top_lp is not None and top_ids is not None:
+                top_lp[idx, :n], top_ids[idx, :n] = part[1], part[2]
+        batch.teacher_logprobs = teacher_lp.to(batch.loss_mask.device)
+        batch.teacher_topk_logprobs, batch.teacher_topk_ids = top_lp, top_ids
+        return batch
 
-    def _score_engine(self, trajectories: list[Trajectory]) -> None:
-        requests = [GenerationRequest(t.token_ids, images=list(t.images), model_inputs=dict(t.model_inputs)) for t in trajectories]
-        for traj, lps in zip(trajectories, self.engine.score(requests)):  # type: ignore[union-attr]
-            if len(lps) != len(traj):
-                raise ValueError(f"engine scored {len(lps)} positions for a {len(traj)}-token trajectory")
-            traj.teacher_logprobs = [float(lp) if m else 0.0 for lp, m in zip(lps, traj.loss_mask)]
+    def _score_engine(self, batch: Batch) -> None:
+        lengths = batch.lengths().tolist()
+        requests = [
+            GenerationRequest(batch.input_ids[b, :n].tolist(), images=list(batch.images[b]) if batch.images else [],
+                              model_inputs=_row_model_inputs(batch, b))
+            for b, n in enumerate(lengths)
+        ]
+        teacher_lp = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for b, (n, lps) in enumerate(zip(lengths, self.engine.score(requests))):  # type: ignore[union-attr]
+            if len(lps) != n:
+                raise ValueError(f"engine scored {len(lps)} positions for a {n}-token row")
+            teacher_lp[b, :n] = torch.tensor([float(x) for x in lps], dtype=torch.float32)
+        batch.teacher_logprobs = teacher_lp * batch.loss_mask.cpu()
 
     @torch.no_grad()
-    def _score_hf(self, trajectories: list[Trajectory]) -> None:
+    def _score_hf(self, part: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Sampled-token log-probs (and top-k) of one micro-batch, 0 off the student's tokens, on CPU."""
         from reopold_agents.logprobs import model_token_logprobs, model_topk_logprobs
 
         model = self.model
         assert model is not None
         device = next(model.parameters()).device
-        # The same padding and image concatenation the learner sees (forward_inputs is applied inside).
-        batch = collate(trajectories, self.tokenizer.pad_token_id).to(device)
-        ids, mask, used = batch.input_ids, batch.attention_mask, batch.loss_mask
-        loss_mask = used.cpu()
+        part = part.to(device)
+        used = part.loss_mask
+        keep = used.cpu()
         was_training = model.training
         model.eval()
         try:
             # Only the student's tokens are scored: the LM head skips prompts and tool outputs.
-            logps, _ = model_token_logprobs(
-                model, ids, mask, model_inputs=batch.model_inputs, chunk_size=self.chunk_size, target_mask=used
-            )
-            logps = (logps.float().cpu() * loss_mask).tolist()
+            logps, _ = model_token_logprobs(model, part.input_ids, part.attention_mask, model_inputs=part.model_inputs,
+                                            chunk_size=self.chunk_size, target_mask=used)
+            logps = logps.float().cpu() * keep
+            top_lp = top_ids = None
             if self.top_k:
-                top_lp, top_ids = model_topk_logprobs(
-                    model, ids, mask, self.top_k, model_inputs=batch.model_inputs, chunk_size=self.chunk_size,
-                    target_mask=used,
-                )
-                keep = loss_mask[..., None]
-                top_lp = (top_lp.float().cpu() * keep).tolist()
-                top_ids = (top_ids.cpu() * keep.long()).tolist()
+                top_lp, top_ids = model_topk_logprobs(model, part.input_ids, part.attention_mask, self.top_k,
+                                                      model_inputs=part.model_inputs, chunk_size=self.chunk_size,
+                                                      target_mask=used)
+                top_lp = top_lp.float().cpu() * keep[..., None]
+                top_ids = top_ids.cpu() * keep[..., None].long()
         finally:
             model.train(was_training)
-        for i, t in enumerate(trajectories):
-            t.teacher_logprobs = logps[i][: len(t)]
-            if self.top_k:
-                t.teacher_topk_ids = top_ids[i][: len(t)]
-                t.teacher_topk_logprobs = top_lp[i][: len(t)]
+        return logps, top_lp, top_ids
+
+
+def _row_model_inputs(batch: Batch, b: int) -> dict[str, torch.Tensor]:
+    """Row ``b``'s model inputs (its images' grids and patches) for a per-sequence engine request."""
+    if not batch.model_inputs:
+        return {}
+    one = batch.select(torch.tensor([b]))
+    return {k: v for k, v in one.model_inputs.items() if k != "mm_token_type_ids"}
 
 
 def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0, engine_cfg: Any = None) -> Teacher:
@@ -145,7 +165,7 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0, engine
         if path is None:
             raise ValueError(f"teacher {model_cfg.teacher!r} has no saved weights for vLLM to load; train/save it first")
         engine = make_engine(replace(engine_cfg, name="vllm"), model=None, tokenizer=tok, processor=processor, model_path=path)
-        return Teacher(tok, engine=engine, chunk_size=model_cfg.chunk_size, batch_size=model_cfg.teacher_batch_size)
+        return Teacher(tok, engine=engine, chunk_size=model_cfg.logprob_chunk_size, batch_size=model_cfg.teacher_batch_size)
     from reopold_agents.models import load_teacher
 
     loaded = load_teacher(model_cfg)
@@ -153,7 +173,7 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0, engine
     return Teacher(
         loaded.tokenizer,
         model=loaded.model,
-        chunk_size=model_cfg.chunk_size,
+        chunk_size=model_cfg.logprob_chunk_size,
         batch_size=model_cfg.teacher_batch_size,
         top_k=top_k,
     )

@@ -8,7 +8,7 @@ teacher and the learner see exactly the ids the student produced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -62,7 +62,9 @@ class Trajectory:
 
 @dataclass
 class Batch:
-    """Right-padded tensors for a list of trajectories, aligned for next-token prediction.
+    """Right-padded tensors for a list of trajectories, aligned for next-token prediction: the one
+    format that travels after the rollout (teacher scoring fills ``teacher_logprobs`` in place, the
+    learner consumes the same object).
 
     ``loss_mask``, ``old_logprobs`` and ``teacher_logprobs`` are indexed by *target* position: entry
     ``[b, t]`` refers to token ``input_ids[b, t]`` (the logits that predict it sit at ``t - 1``).
@@ -78,25 +80,72 @@ class Batch:
     model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_topk_ids: torch.Tensor | None = None  # [B, T, K] long, optional (GKD)
     teacher_topk_logprobs: torch.Tensor | None = None  # [B, T, K] float, optional (GKD)
+    # Qwen-VL layout of model_inputs: images of row b are grid rows [sum(images_per_row[:b]), ...).
+    images_per_row: torch.Tensor | None = None  # [B] long; None for text-only batches
+    images: list[list[Any]] | None = None  # per row, the PIL images (engines that take raw images, e.g. vLLM)
 
     @property
     def num_tokens(self) -> int:
         return int(self.loss_mask.sum().item())
 
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def lengths(self) -> torch.Tensor:
+        """[B] tokens per row (right padding)."""
+        return self.attention_mask.sum(dim=1)
+
+    def truncate(self, length: int) -> "Batch":
+        """The first ``length`` positions of every per-token field (drop padding past the longest row)."""
+        cut = lambda t: t[:, :length] if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[1] == self.input_ids.shape[1] else t  # noqa: E731
+        out = {f.name: cut(getattr(self, f.name)) for f in fields(self) if f.name not in ("model_inputs", "images_per_row")}
+        mi = {k: (v[:, :length] if k == "mm_token_type_ids" else v) for k, v in self.model_inputs.items()}
+        return Batch(**out, model_inputs=mi, images_per_row=self.images_per_row)
+
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return Batch(
-            input_ids=move(self.input_ids),
-            attention_mask=move(self.attention_mask),
-            loss_mask=move(self.loss_mask),
-            old_logprobs=move(self.old_logprobs),
-            teacher_logprobs=move(self.teacher_logprobs),
-            rewards=move(self.rewards),
-            group_ids=move(self.group_ids),
-            model_inputs={k: move(v) for k, v in self.model_inputs.items()},
-            teacher_topk_ids=move(self.teacher_topk_ids),
-            teacher_topk_logprobs=move(self.teacher_topk_logprobs),
-        )
+        out = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "model_inputs"}
+        return Batch(**out, model_inputs={k: move(v) for k, v in self.model_inputs.items()})
+
+    def select(self, idx: torch.Tensor) -> "Batch":
+        """Rows ``idx`` (a 1-D index tensor); images follow their rows (Qwen-VL: one grid row per image)."""
+        if idx.numel() == len(self) and bool((idx == torch.arange(len(self), device=idx.device)).all()):
+            return self
+        rows = idx.tolist()
+
+        def pick(t: Any) -> Any:
+            if isinstance(t, torch.Tensor):
+                return t.index_select(0, idx.to(t.device))
+            return None if t is None else [t[i] for i in rows]
+
+        out = {f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name != "model_inputs"}
+        return Batch(**out, model_inputs=self._select_model_inputs(idx))
+
+    def _select_model_inputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        mi = self.model_inputs
+        if not mi:
+            return {}
+        per_row = {"mm_token_type_ids"}  # [B, T] like input_ids
+        unknown = set(mi) - {"pixel_values", "image_grid_thw"} - per_row
+        if unknown or "image_grid_thw" not in mi or self.images_per_row is None:
+            raise NotImplementedError(f"cannot split model_inputs {sorted(mi)} by rows; use trainer.num_minibatches=1")
+        grid = mi["image_grid_thw"]
+        counts = self.images_per_row.tolist()
+        img_start = [0]
+        for n in counts:
+            img_start.append(img_start[-1] + n)
+        patch_start = [0]
+        for p in grid.prod(dim=1).tolist():
+            patch_start.append(patch_start[-1] + p)
+        imgs = [i for b in idx.tolist() for i in range(img_start[b], img_start[b + 1])]
+        out = {k: mi[k].index_select(0, idx.to(mi[k].device)) for k in per_row if k in mi}
+        if not imgs:
+            return out
+        rows = [r for i in imgs for r in range(patch_start[i], patch_start[i + 1])]
+        dev = grid.device
+        out["image_grid_thw"] = grid.index_select(0, torch.tensor(imgs, device=dev))
+        out["pixel_values"] = mi["pixel_values"].index_select(0, torch.tensor(rows, device=dev))
+        return out
 
 
 def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
@@ -132,6 +181,10 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
     model_inputs = {
         k: torch.cat([t.model_inputs[k] for t in trajectories if k in t.model_inputs], dim=0) for k in sorted(keys)
     }
+    grids = [t.model_inputs.get("image_grid_thw") for t in trajectories]
+    images_per_row = (torch.tensor([0 if g is None else g.shape[0] for g in grids], dtype=torch.long)
+                      if any(g is not None for g in grids) else None)
+    images = [list(t.images) for t in trajectories] if any(t.images for t in trajectories) else None
     return Batch(
         input_ids=input_ids,
         attention_mask=attention,
@@ -143,6 +196,8 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
         model_inputs=model_inputs,
         teacher_topk_ids=topk_ids,
         teacher_topk_logprobs=topk_lp,
+        images_per_row=images_per_row,
+        images=images,
     )
 
 

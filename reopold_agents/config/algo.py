@@ -1,14 +1,15 @@
 """Config section `algo`: the training objective and every one of its knobs (docs/objective.md).
 
-Presets live in configs/algo/{reopold,opd,grpo,gkd,opd_outcome}.yaml; ablations are one override
-(``algo.reward_clip=false``, ``algo.stage2_rule=all``, ``algo.stage_switch=0``).
+Defaults are REOPOLD's and live here only; configs/algo/<name>.yaml presets state what differs.
+Ablations are one override (``algo.reward_clip=false``, ``algo.stage2_rule=all``, ``algo.stage_switch=0``).
+Each objective (reopold_agents/objectives/) declares the keys it reads; the others must stay at
+their defaults.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALGO_NAMES = ("reopold", "opd", "opd_outcome", "grpo", "gkd")
 SELECTION_RULES = ("all", "entropy", "reward_floor")
 AGGREGATIONS = ("token_mean", "seq_mean")
 KL_DIRECTIONS = ("reverse", "forward")
@@ -16,9 +17,9 @@ KL_DIRECTIONS = ("reverse", "forward")
 
 @dataclass
 class AlgoConfig:
-    """Objective family (``name``) plus its knobs; defaults are REOPOLD's (arXiv 2603.11137)."""
+    """Objective (``name``, a key of ``reopold_agents.objectives.OBJECTIVES``) plus its knobs."""
 
-    name: str = "reopold"  # reopold | opd | opd_outcome (token reward) | grpo (outcome) | gkd (top-k KL)
+    name: str = "reopold"  # a key of reopold_agents.objectives.OBJECTIVES
     reward_clip: bool = True  # mixture-based clipping r_hat = max(r, log(lambda / (1 - lambda)))
     clip_lambda: float = 0.2  # lambda in (0, 1); floor log(0.25) ~ -1.386; also the reward_floor rule's floor
     beta: float = 0.5  # fraction of trainable tokens kept by the "entropy" rule (top by student entropy)
@@ -34,9 +35,19 @@ class AlgoConfig:
     gkd_direction: str = "reverse"  # gkd: reverse KL(student || teacher) or forward KL(teacher || student)
 
     def check(self) -> None:
-        """Range checks; raise ValueError('key: why') so the loader can name the key."""
-        if self.name not in ALGO_NAMES:
-            raise ValueError(f"name: {self.name!r} is not one of {ALGO_NAMES}")
+        """Range checks; raise ValueError('key: why') so the loader can name the key. A key the chosen
+        objective does not read must keep its default (it would otherwise be silently ignored)."""
+        from dataclasses import fields
+
+        from reopold_agents.objectives import OBJECTIVES
+
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"name: {self.name!r} is not one of {sorted(OBJECTIVES)}")
+        reads = set(OBJECTIVES[self.name].keys) | {"name"}
+        default = AlgoConfig()
+        for f in fields(self):
+            if f.name not in reads and getattr(self, f.name) != getattr(default, f.name):
+                raise ValueError(f"{f.name}: algo={self.name} does not read it (it reads {', '.join(sorted(reads - {'name'}))})")
         if not 0.0 < self.clip_lambda < 1.0:
             raise ValueError(f"clip_lambda: must lie in (0, 1), got {self.clip_lambda}")
         if not 0.0 < self.beta <= 1.0:
@@ -47,8 +58,6 @@ class AlgoConfig:
             rule = getattr(self, key)
             if rule not in SELECTION_RULES:
                 raise ValueError(f"{key}: {rule!r} is not one of {SELECTION_RULES}")
-            if rule == "reward_floor" and self.name in ("grpo", "gkd"):
-                raise ValueError(f"{key}: 'reward_floor' needs a teacher token reward, which {self.name} has not")
         for key in ("ppo_clip_low", "ppo_clip_high"):
             if getattr(self, key) <= 0.0:
                 raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")

@@ -1,14 +1,15 @@
 """Config section `distributed`: where the roles (rollout, teacher, learner) run; never *what* they compute.
 
-``backend=single`` keeps everything in one process (the default); ``backend=ray`` places rollout
-workers, teacher scorers and the learner as Ray actors. Everything else (rollout function, scoring,
-loss) is shared code, so switching backends changes placement only. Read by
-``reopold_agents.distributed`` (backends, actors, accelerate learner).
+``backend=single`` keeps every role in this process (the default); ``backend=ray`` places rollout
+workers, teacher scorers and the learner as Ray actors, configured by the ``ray`` sub-section (which
+exists only with that choice: ``distributed=ray`` sets it). The keys at the top level apply to both
+placements. Read by ``reopold_agents.distributed`` (backends, actors, the accelerate learner).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Optional
 
 BACKENDS = ("single", "ray")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -16,16 +17,14 @@ LEARNER_STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass
-class DistributedConfig:
-    """Placement, fault tolerance and the learner's accelerate settings."""
+class RayConfig:
+    """Ray placement: cluster, actor counts and resources, fault tolerance."""
 
-    backend: str = "single"  # single | ray
-    address: str | None = None  # Ray cluster address ("auto", "ray://host:10001"); None: start a local one
+    address: Optional[str] = None  # Ray cluster address ("auto", "ray://host:10001"); None: start a local one
     local_num_cpus: int = 2  # CPUs a locally started Ray cluster advertises (ignored with `address`)
     num_rollout_workers: int = 1  # RolloutWorker actors, each with its own engine and envs/sandboxes
     num_teacher_workers: int = 1  # TeacherWorker actors scoring shards of the batch
-    num_learner_workers: int = 1  # learner ranks (one process each: DDP/FSDP over ranks); ray only
-    rollout_chunk_size: int = 4  # tasks per unit of work: load balancing, seeding and the redo unit
+    num_learner_workers: int = 1  # learner ranks (one process each: DDP/FSDP over ranks)
     cpus_per_rollout_worker: float = 1.0
     gpus_per_rollout_worker: float = 0.0
     cpus_per_teacher: float = 0.0  # 0: scoring is bursty, do not hold a CPU slot for it
@@ -35,10 +34,32 @@ class DistributedConfig:
     max_restarts: int = 3  # Ray restarts of a crashed actor (per actor)
     max_chunk_retries: int = 3  # times one chunk may be redone after worker crashes before giving up
     restart_timeout_s: float = 120.0  # how long to wait for a crashed worker to come back
+
+    def check(self) -> None:
+        for key in ("num_rollout_workers", "num_teacher_workers", "num_learner_workers", "local_num_cpus"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"ray.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("max_restarts", "max_chunk_retries"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"ray.{key}: must be >= 0, got {getattr(self, key)}")
+        for f in fields(self):
+            if f.name.startswith(("cpus_", "gpus_")) and getattr(self, f.name) < 0:
+                raise ValueError(f"ray.{f.name}: must be >= 0, got {getattr(self, f.name)}")
+        if self.restart_timeout_s <= 0:
+            raise ValueError(f"ray.restart_timeout_s: must be > 0, got {self.restart_timeout_s}")
+
+
+@dataclass
+class DistributedConfig:
+    """Placement (``backend`` and its ``ray`` section) and the keys every placement reads."""
+
+    backend: str = "single"  # single | ray
+    rollout_chunk_size: int = 4  # tasks per unit of work: the seeding unit, load balancing and the redo unit
     async_rollout: bool = False  # rollouts of step k+1 overlap the update of step k (policy lag 1)
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast + grad scaling for fp16)
     grad_accumulation: int = 1  # micro-batches per optimiser step in the accelerate learner
-    learner_strategy: str = "auto"  # auto (fsdp on >1 GPU process, else ddp) | ddp (replicas, grads averaged; plain in 1 process) | fsdp
+    learner_strategy: str = "auto"  # auto (fsdp on >1 GPU process, else ddp) | ddp | fsdp
+    ray: Optional[RayConfig] = None  # set by distributed=ray; only with backend=ray
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -50,19 +71,25 @@ class DistributedConfig:
             raise ValueError(
                 f"learner_strategy: must be one of {', '.join(LEARNER_STRATEGIES)}, got {self.learner_strategy!r}"
             )
-        for key in ("num_rollout_workers", "num_teacher_workers", "num_learner_workers", "rollout_chunk_size", "grad_accumulation",
-                    "local_num_cpus"):
+        for key in ("rollout_chunk_size", "grad_accumulation"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("max_restarts", "max_chunk_retries"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("cpus_per_rollout_worker", "gpus_per_rollout_worker", "cpus_per_teacher", "gpus_per_teacher",
-                    "cpus_per_learner", "gpus_per_learner"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        if self.backend == "single" and self.num_learner_workers != 1:
-            raise ValueError("num_learner_workers: several learner ranks need backend=ray "
-                             "(or `accelerate launch` of the single-process run)")
-        if self.restart_timeout_s <= 0:
-            raise ValueError(f"restart_timeout_s: must be > 0, got {self.restart_timeout_s}")
+        if self.backend == "ray":
+            if self.ray is None:
+                self.ray = RayConfig()
+            self.ray.check()
+        elif self.ray is not None:
+            raise ValueError("ray: the ray section applies only to backend=ray (use distributed=ray)")
+
+    @property
+    def learner_ranks(self) -> int:
+        return self.ray.num_learner_workers if self.ray is not None else 1
+
+    @property
+    def uses_accelerate(self) -> bool:
+        """Whether the learner needs accelerate (several ranks, mixed precision, accumulation or FSDP);
+        otherwise the plain ``Learner`` runs, with no accelerate state."""
+        import os
+
+        return (self.learner_ranks > 1 or self.mixed_precision != "no" or self.grad_accumulation > 1
+                or self.learner_strategy == "fsdp" or int(os.environ.get("WORLD_SIZE", "1")) > 1)

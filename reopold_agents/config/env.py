@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -20,6 +21,10 @@ class EnvConfig:
     max_pixels, min_pixels: image size bounds for vqa (qwen-vl-utils smart_resize).
     tools: tool names for toolqa.
     max_tool_chars: toolqa cuts longer tool output.
+
+    Keys an env may not take (system_prompt, max_pixels, min_pixels, tools, max_tool_chars) default to
+    None, meaning "the env's own default"; setting one the chosen env's constructor does not accept fails
+    at start-up naming it (``envs.factory.env_kwargs``).
     """
 
     name: str = "math"
@@ -30,10 +35,10 @@ class EnvConfig:
     difficulty: int = 1
     max_turns: int = 2
     system_prompt: str | None = None
-    max_pixels: int = 12544
-    min_pixels: int = 3136
-    tools: list[str] = field(default_factory=lambda: ["search", "calculator"])
-    max_tool_chars: int = 2000
+    max_pixels: Optional[int] = None
+    min_pixels: Optional[int] = None
+    tools: Optional[list[str]] = None
+    max_tool_chars: Optional[int] = None
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -49,7 +54,9 @@ class EnvConfig:
             raise ValueError(f"difficulty: must be 1, 2 or 3, got {self.difficulty}")
         if self.max_turns < 1:
             raise ValueError(f"max_turns: must be >= 1, got {self.max_turns}")
-        if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError(f"max_pixels: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
-        if self.max_tool_chars < 1:
+        if self.min_pixels is not None and self.min_pixels <= 0:
+            raise ValueError(f"min_pixels: must be > 0, got {self.min_pixels}")
+        if self.max_pixels is not None and self.min_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"max_pixels: need min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.max_tool_chars is not None and self.max_tool_chars < 1:
             raise ValueError(f"max_tool_chars: must be >= 1, got {self.max_tool_chars}")

@@ -19,6 +19,7 @@ from typing import Dict, Optional
 
 from reopold_agents.config.engine import EngineConfig
 from reopold_agents.config.env import EnvConfig
+from reopold_agents.config.sampling import SamplingConfig
 
 
 @dataclass
@@ -30,10 +31,7 @@ class BenchmarkConfig:
     # file), seed, difficulty, max_turns, tools...: see reopold_agents/config/env.py
     env: EnvConfig = field(default_factory=EnvConfig)
     n: int = 4  # samples per task (the evaluate CLI's k= overrides it)
-    temperature: float = 0.8  # 0 = greedy (then n > 1 only repeats the same answer)
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 128  # per assistant turn
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.8))
     max_total_tokens: int = 2048  # prompt + all turns of an episode
 
     def check(self) -> None:
@@ -41,17 +39,13 @@ class BenchmarkConfig:
             self.env.check()
         except ValueError as exc:
             raise ValueError(f"env.{exc}") from None
-        for key in ("n", "max_new_tokens", "max_total_tokens"):
+        for key in ("n", "max_total_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        self.sampling().check()
-
-    def sampling(self, seed: int | None = None):
-        """The engine's ``SamplingParams`` for this benchmark (stop ids are added by the rollout)."""
-        from reopold_agents.engines.base import SamplingParams
-
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k, seed=seed)
+        try:
+            self.sampling.check()
+        except ValueError as exc:
+            raise ValueError(f"sampling.{exc}") from None
 
 
 @dataclass

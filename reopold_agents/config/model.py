@@ -1,7 +1,7 @@
 """Config section `model`: which student and teacher to load and where they run.
 
 Read by ``reopold_agents.models`` (student, teacher, dtype, device) and ``reopold_agents.teacher``
-(teacher_engine, chunk_size, teacher_batch_size).
+(teacher_engine, teacher_batch_size), the teacher and the learner (logprob_chunk_size).
 """
 
 from __future__ import annotations
@@ -9,18 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_vl")
+# `model=tiny` resolves to the pair made for the env (reopold_agents.run.resolve_tiny)
+ENV_TINY = {"math": "tiny", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class ModelConfig:
-    # "tiny" / "tiny_toolqa" / "tiny_vl" (project-built pairs, reopold_agents/tiny_models.py) or an HF id / path
+    # "tiny" / "tiny_toolqa" / "tiny_vl" (project-built pairs, reopold_agents/tiny/) or an HF id / path
     student: str = "tiny"
     teacher: str = "tiny"
     dtype: str = "float32"  # auto: bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # auto: cuda if available, else cpu
     teacher_engine: str = "hf"  # hf: in-process forward | vllm: prompt log-probs through the vLLM engine
-    chunk_size: int = 1024  # tokens per chunk when the teacher gathers sampled-token log-probs
+    logprob_chunk_size: int = 1024  # tokens per chunk of the memory-lean log-prob pass (learner and teacher)
     teacher_batch_size: int = 8  # sequences per teacher forward
 
     def check(self) -> None:
@@ -39,6 +41,6 @@ class ModelConfig:
                 f"student/teacher: tiny models come in pairs (student={self.student!r}, teacher={self.teacher!r});"
                 " use the same tiny name for both"
             )
-        for key in ("chunk_size", "teacher_batch_size"):
+        for key in ("logprob_chunk_size", "teacher_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")

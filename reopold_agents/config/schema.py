@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,35 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
+def register_schemas() -> None:
+    """Register the typed roots with Hydra's ConfigStore: ``configs/config.yaml`` and
+    ``configs/evaluate.yaml`` start from them, so every default lives in the dataclasses only and the
+    YAML files state what differs."""
+    from hydra.core.config_store import ConfigStore
+
+    from reopold_agents.config.eval import EvaluateConfig
+
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def check_finite(node: Any, key: str = "") -> None:
+    """Every float of a config tree must be finite (NaN passes every range check); raise naming the key."""
+    join = lambda name: f"{key}.{name}" if key else str(name)  # noqa: E731
+    if is_dataclass(node):
+        for f in fields(node):
+            check_finite(getattr(node, f.name), join(f.name))
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            check_finite(value, join(name))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}: must be a finite number, got {node}")
+
+
 def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     """Merge ``cfg`` onto the schema and run each section's range checks; raise ConfigError naming the key."""
     try:
@@ -45,6 +75,7 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    check_finite(run_cfg)
     for name in ("env", "algo", "model", "engine", "sandbox", "trainer", "eval", "distributed"):
         section = getattr(run_cfg, name)
         check = getattr(section, "check", None)
@@ -67,3 +98,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     return validate(cfg)
+
+
+register_schemas()

@@ -1,7 +1,7 @@
 """Config section `trainer`: the learner's optimisation keys and the run loop's keys.
 
 Learner keys (read by reopold_agents/learner.py): lr, weight_decay, betas, eps, max_grad_norm,
-warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, logprob_chunk_size, freeze_vision,
+warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, freeze_vision,
 total_steps.
 Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
 seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every.
@@ -28,7 +28,6 @@ class TrainerConfig:
     # PPO-style reuse of one rollout batch
     ppo_epochs: int = 1  # passes over the batch per learner step
     num_minibatches: int = 1  # optimizer steps per epoch (the batch split along sequences)
-    logprob_chunk_size: int = 1024  # tokens per chunk in the memory-lean log-prob/entropy pass
     freeze_vision: bool = True  # VL students: the image encoder gets no updates (text models: no effect)
     # run loop
     total_steps: int = 100  # learner steps; also sets the stage switch (algo.stage_switch) and LR decay
@@ -58,7 +57,7 @@ class TrainerConfig:
             raise ValueError(f"lr_schedule: {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio: must lie in [0, 1], got {self.min_lr_ratio}")
-        for key in ("ppo_epochs", "num_minibatches", "logprob_chunk_size", "total_steps", "prompts_per_step",
+        for key in ("ppo_epochs", "num_minibatches", "total_steps", "prompts_per_step",
                     "group_size", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")

@@ -1,21 +1,31 @@
-"""Placement of the rollout, teacher and learner roles: in-process (default) or Ray actors.
+"""Placement of the rollout, teacher and learner roles: in-process (``distributed=single``) or Ray actors.
 
 ``make_backend(cfg, RoleFactories(rollout=..., teacher=..., learner=...))`` returns a ``Backend``;
-the run CLI drives it with ``backend.train(tasks_for_step, start, end)`` (or the primitives
-``rollout`` / ``score`` / ``update`` / ``sync_weights``) and never needs to know where roles live.
+``reopold_agents.step.run_steps`` drives it (the one training step) and never needs to know where the
+roles live.
 """
 
-from reopold_agents.distributed.backend import Backend, RolloutHandle, RolloutStats, StepResult, make_backend
+from __future__ import annotations
+
+from typing import Any
+
+from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RolloutHandle
 from reopold_agents.distributed.roles import LearnerRole, RoleFactories, RolloutRole, TeacherRole
 
-__all__ = [
-    "Backend",
-    "LearnerRole",
-    "RoleFactories",
-    "RolloutHandle",
-    "RolloutRole",
-    "RolloutStats",
-    "StepResult",
-    "TeacherRole",
-    "make_backend",
-]
+
+def make_backend(cfg: Any, factories: RoleFactories) -> Backend:
+    """The backend ``cfg.distributed.backend`` names, with every role built and initial weights synced."""
+    name = cfg.distributed.backend
+    if name == "single":
+        from reopold_agents.distributed.local import LocalBackend
+
+        return LocalBackend(cfg, factories)
+    if name == "ray":
+        from reopold_agents.distributed.ray_backend import RayBackend
+
+        return RayBackend(cfg, factories)
+    raise ValueError(f"distributed.backend: unknown backend {name!r}; choose single or ray")
+
+
+__all__ = ["Backend", "ChunkedRolloutStats", "LearnerRole", "RoleFactories", "RolloutHandle", "RolloutRole",
+           "TeacherRole", "make_backend"]

@@ -32,10 +32,8 @@ from torch import nn
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.trainer import TrainerConfig
-from reopold_agents.learner import Learner, _Accumulator
+from reopold_agents.learner import Learner, StepPlan, _Accumulator
 from reopold_agents.models import freeze_vision_tower
-from reopold_agents.losses import selection_mask
-from reopold_agents.losses.objective import TokenAdvantages
 from reopold_agents.trajectory import Batch
 
 try:
@@ -75,7 +73,7 @@ class AccelerateLearner(Learner):
     """``Learner`` whose minibatch update runs through accelerate with gradient accumulation."""
 
     def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig, dcfg: DistributedConfig,
-                 accelerator: Any = None) -> None:
+                 accelerator: Any = None, logprob_chunk_size: int = 1024) -> None:
         dcfg.check()
         self.dcfg = dcfg
         self.accelerator = accelerator if accelerator is not None else make_accelerator(dcfg)
@@ -89,7 +87,7 @@ class AccelerateLearner(Learner):
             # No DDP wrapper: the memory-lean log-prob path calls the base model and the LM head
             # directly (bypassing a wrapper's forward), so gradients are averaged by `_sync_grads`.
             model = model.to(self.accelerator.device)
-        super().__init__(model, algo, trainer)
+        super().__init__(model, algo, trainer, logprob_chunk_size=logprob_chunk_size)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
 
     @property
@@ -144,20 +142,13 @@ class AccelerateLearner(Learner):
                        reward_min=float(lo.item()), reward_max=float(hi.item()))
         return out
 
-    def _minibatch(
-        self,
-        batch: Batch,
-        idx: torch.Tensor,
-        adv: TokenAdvantages,
-        topk: tuple[torch.Tensor, torch.Tensor] | None,
-        rule: str,
-        select: torch.Tensor | None,
-        acc: _Accumulator,
-        first_epoch: bool,
-    ) -> None:
+    def _minibatch(self, plan: StepPlan, idx: torch.Tensor, acc: _Accumulator, first_epoch: bool) -> None:
+        batch = plan.batch
+        select = plan.select
         if select is None:
             # The entropy rule ranks tokens over the whole minibatch, not per micro-batch.
-            select = selection_mask(self.algo, rule, batch.loss_mask, self._entropy(batch, [idx]), adv)
+            select = self.objective.select(plan.step, batch.loss_mask, plan.terms, self._entropy(batch, [idx]))
+            plan = StepPlan(plan.batch, plan.step, plan.terms, select, plan.topk)
         mask = select.index_select(0, idx)
         world = self.accelerator.num_processes
         # The loss normaliser of the minibatch over *all* ranks (selected tokens, or sequences with one):
@@ -176,7 +167,7 @@ class AccelerateLearner(Learner):
             sync = contextlib.nullcontext() if (last or not self.fsdp) else self.accelerator.no_sync(self.model)
             with sync:
                 # A rank with no selected tokens still runs backward (weight 0): FSDP needs every rank.
-                loss, stats, _ = self._minibatch_loss(batch, m, adv, topk, rule, select, acc, first_epoch)
+                loss, stats, _ = self._minibatch_loss(plan, m, acc, first_epoch)
                 self.accelerator.backward(loss * (share * world))
             if not stat_keys:
                 stat_keys = sorted(stats)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from reopold_agents.seeding import chunk_seed
 from reopold_agents.trajectory import Trajectory
 
 
@@ -22,11 +21,6 @@ class Chunk:
     start: int  # position of tasks[0] in the step's task list (offsets group ids to be step-global)
     tasks: list[Any]
     seed: int
-
-
-def chunk_seed(seed: int, step: int, index: int) -> int:
-    """A 31-bit seed mixed from (seed, step, index) with NumPy's SeedSequence (no correlated streams)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(index)]).generate_state(1)[0] >> 1)
 
 
 def make_chunks(tasks: list[Any], chunk_size: int, seed: int, step: int) -> list[Chunk]:
@@ -48,19 +42,19 @@ def join_chunks(results: dict[int, list[Trajectory]], num_chunks: int) -> list[T
     return [traj for i in range(num_chunks) for traj in results[i]]
 
 
-def shard_by_group(trajectories: list[Trajectory], n: int) -> list[list[Trajectory]]:
-    """Split into ``n`` contiguous shards of near-equal size without cutting a group (GRPO normalises
-    within a group, so a group must live on one learner rank). Every shard must be non-empty."""
-    groups: list[list[Trajectory]] = []
-    for traj in trajectories:
-        if groups and groups[-1][0].group_id == traj.group_id:
-            groups[-1].append(traj)
+def shard_by_group(group_ids: list[int], n: int) -> list[list[int]]:
+    """Split rows into ``n`` contiguous shards (row indices) of near-equal size without cutting a group
+    (GRPO normalises within a group, so a group must live on one learner rank). Every shard is non-empty."""
+    groups: list[list[int]] = []
+    for row, gid in enumerate(group_ids):
+        if groups and group_ids[groups[-1][0]] == gid:
+            groups[-1].append(row)
         else:
-            groups.append([traj])
+            groups.append([row])
     if len(groups) < n:
         raise ValueError(f"{len(groups)} trajectory groups cannot feed {n} learner ranks; lower num_learner_workers")
-    shards: list[list[Trajectory]] = [[] for _ in range(n)]
-    total, done, rank = len(trajectories), 0, 0
+    shards: list[list[int]] = [[] for _ in range(n)]
+    total, done, rank = len(group_ids), 0, 0
     for i, group in enumerate(groups):
         left_groups, left_ranks = len(groups) - i, n - rank
         # move on once this shard has its share, but never leave a later rank without a group

@@ -1,8 +1,9 @@
-"""LocalBackend: every role in this process, the default (`distributed=single`).
+"""LocalBackend: every role in this process, the default (``distributed=single``).
 
 It runs the same chunks with the same seeds as RayBackend, one after another, so a single-process run
-and a Ray run with the same seed train on the same episodes. A "submitted" rollout runs immediately,
-which in async mode gives exactly Ray's semantics (step k+1 sampled with the weights of step k).
+and a Ray run with the same seed train on the same episodes. The rollout engine shares the learner's
+student module (no copy, no per-step weight transfer); with ``distributed.async_rollout`` it holds its
+own copy instead, because step k+1 must be sampled with the weights of step k while step k trains.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from reopold_agents.distributed.backend import Backend, RolloutHandle, RolloutStats
+from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RolloutHandle
 from reopold_agents.distributed.chunks import join_chunks, make_chunks
 from reopold_agents.distributed.roles import RoleFactories
 from reopold_agents.distributed.workers import LearnerWorker, RolloutWorker, TeacherWorker
-from reopold_agents.trajectory import Trajectory
+from reopold_agents.trajectory import Batch, Trajectory
 
 
 class _DoneHandle(RolloutHandle):
-    def __init__(self, trajectories: list[Trajectory], stats: RolloutStats) -> None:
+    def __init__(self, trajectories: list[Trajectory], stats: ChunkedRolloutStats) -> None:
         self._trajectories = trajectories
         self.stats = stats
 
@@ -27,38 +28,46 @@ class _DoneHandle(RolloutHandle):
 
 
 class LocalBackend(Backend):
-    """One rollout worker, one teacher, one learner, all in-process; weights are copied, not shared,
-    so the rollout engine holds exactly the synced version (needed for async mode's lag semantics)."""
+    """One rollout worker, one teacher, one learner, all in-process."""
 
     def __init__(self, cfg: Any, factories: RoleFactories) -> None:
         super().__init__(cfg)
         self.learner = LearnerWorker(factories, cfg)
         self.teacher = TeacherWorker(factories, cfg)
-        self.worker = RolloutWorker(factories, cfg, 0)
+        self.shared = not self.dcfg.async_rollout
+        student = self.learner.role.model if self.shared else None
+        self.worker = RolloutWorker(factories, cfg, 0, student=student)
+        self.pad_token_id = self.worker.pad_token_id()
         self.sync_weights()
 
     def submit_rollout(self, tasks: list[Any], step: int) -> RolloutHandle:
         start = time.perf_counter()
         chunks = make_chunks(tasks, self.dcfg.rollout_chunk_size, self.seed, step)
         results: dict[int, list[Trajectory]] = {}
-        stats = RolloutStats(chunks=len(chunks))
+        stats = ChunkedRolloutStats(chunks=len(chunks))
         for chunk in chunks:
-            results[chunk.index], busy = self.worker.run(chunk)
-            stats.busy_seconds += busy
+            results[chunk.index], chunk_stats = self.worker.run(chunk)
+            stats.add_chunk(chunk_stats)
         trajectories = join_chunks(results, len(chunks))
         stats.episodes = len(trajectories)
         stats.seconds = time.perf_counter() - start
         return _DoneHandle(trajectories, stats)
 
-    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
-        return self.teacher.score(trajectories)
+    def score(self, batch: Batch) -> Batch:
+        return self.teacher.score(batch)
 
-    def update(self, trajectories: list[Trajectory], step: int) -> tuple[dict[str, float], int]:
-        return self.learner.update(trajectories, step)
+    def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:
+        return self.learner.update(batch, step)
 
     def sync_weights(self) -> int:
+        if self.shared:  # the engine runs the learner's own module: nothing to copy
+            self.worker.version = self.learner.version
+            return self.worker.version
         state, version = self.learner.weights()
         return self.worker.load_weights(state, version)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return self.worker.evaluate(step)
 
     def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
         self.learner.save(directory, step, data_state)

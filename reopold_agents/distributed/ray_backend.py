@@ -14,13 +14,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from reopold_agents.distributed.backend import Backend, RolloutHandle, RolloutStats
+from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RolloutHandle
 from reopold_agents.distributed.chunks import join_chunks, make_chunks, shard_by_group
 from reopold_agents.distributed.cluster import connect, import_ray
 from reopold_agents.distributed.roles import RoleFactories
 from reopold_agents.distributed.supervisor import ChunkSupervisor
 from reopold_agents.distributed.workers import LearnerWorker, RolloutWorker, TeacherWorker
-from reopold_agents.trajectory import Trajectory
+import torch
+
+from reopold_agents.trajectory import Batch, Trajectory
 
 
 def _threads(cpus: float) -> int:
@@ -30,7 +32,7 @@ def _threads(cpus: float) -> int:
 class _RayRolloutHandle(RolloutHandle):
     def __init__(self, supervisor: ChunkSupervisor, future: Future, num_chunks: int, started: float) -> None:
         self.supervisor = supervisor
-        self.stats: RolloutStats = supervisor.stats
+        self.stats: ChunkedRolloutStats = supervisor.stats
         self._future = future
         self._num_chunks = num_chunks
         self._started = started
@@ -55,7 +57,7 @@ class RayBackend(Backend):
 
     def __init__(self, cfg: Any, factories: RoleFactories) -> None:
         super().__init__(cfg)
-        d = self.dcfg
+        d = self.rcfg = cfg.distributed.ray
         self.ray = ray = import_ray()
         self._started_ray = connect(d)
         self.learners = [
@@ -88,6 +90,7 @@ class RayBackend(Backend):
         self._build_learners()
         # Fail fast (with the actor's own traceback) if any role cannot be built.
         ray.get([a.ready.remote() for a in [*self.teachers, *self.workers]])
+        self.pad_token_id = int(ray.get(self.workers[0].pad_token_id.remote()))
         self.sync_weights()
 
     def _build_learners(self) -> None:
@@ -133,7 +136,7 @@ class RayBackend(Backend):
         """Pids of the rollout workers, waiting (up to ``restart_timeout_s``) for any that is restarting."""
         from ray.exceptions import ActorUnavailableError
 
-        deadline = time.monotonic() + self.dcfg.restart_timeout_s
+        deadline = time.monotonic() + self.rcfg.restart_timeout_s
         pids = []
         for worker in self.workers:
             while True:
@@ -160,27 +163,38 @@ class RayBackend(Backend):
             chunks,
             ensure_weights=lambda w: self._ensure_weights(w, weights),
             forget_weights=self._forget_weights,
-            max_chunk_retries=self.dcfg.max_chunk_retries,
-            restart_timeout_s=self.dcfg.restart_timeout_s,
+            max_chunk_retries=self.rcfg.max_chunk_retries,
+            restart_timeout_s=self.rcfg.restart_timeout_s,
         )
         started = time.perf_counter()
         self._active = _RayRolloutHandle(supervisor, self._executor.submit(supervisor.run), len(chunks), started)
         return self._active
 
-    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
-        n = min(len(self.teachers), len(trajectories))
-        if n == 0:
-            return []
-        bounds = [round(i * len(trajectories) / n) for i in range(n + 1)]
-        refs = [self.teachers[i].score.remote(trajectories[bounds[i] : bounds[i + 1]]) for i in range(n)]
-        return [traj for shard in self.ray.get(refs) for traj in shard]
+    def score(self, batch: Batch) -> Batch:
+        """Each teacher worker scores a contiguous block of rows; the log-probs are put back by row."""
+        n = min(len(self.teachers), len(batch))
+        bounds = [round(i * len(batch) / n) for i in range(n + 1)]
+        rows = [torch.arange(bounds[i], bounds[i + 1]) for i in range(n)]
+        scored = self.ray.get([self.teachers[i].score.remote(batch.select(r)) for i, r in enumerate(rows)])
+        fields = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+        for name in fields:
+            parts = [getattr(part, name) for part in scored]
+            setattr(batch, name, None if any(p is None for p in parts) else torch.cat(parts, dim=0))
+        return batch
 
-    def update(self, trajectories: list[Trajectory], step: int) -> tuple[dict[str, float], int]:
-        """Each learner rank takes a shard (whole groups); metrics are rank 0's, which the accelerate
+    def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:
+        """Each learner rank takes a shard of whole groups; metrics are rank 0's, which the accelerate
         learner reduces over ranks."""
-        shards = shard_by_group(trajectories, len(self.learners))
-        results = self.ray.get([a.update.remote(shard, step) for a, shard in zip(self.learners, shards)])
+        shards = shard_by_group(batch.group_ids.tolist(), len(self.learners))
+        results = self.ray.get([a.update.remote(batch.select(torch.tensor(rows)), step)
+                                for a, rows in zip(self.learners, shards)])
         return results[0]
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out evaluation on rollout worker 0 with the last synced weights."""
+        assert self._weights is not None
+        self._ensure_weights(0, self._weights)
+        return self.ray.get(self.workers[0].evaluate.remote(step))
 
     def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
         self._on_learners("save", directory, step, data_state)  # rank 0 writes; FSDP gathers on all
@@ -189,10 +203,6 @@ class RayBackend(Backend):
         state = self._on_learners("load", directory)[0]
         self.sync_weights()
         return state
-
-    def state_dict(self) -> dict[str, Any]:
-        assert self._weights is not None
-        return self.ray.get(self._weights[0])  # the last synced weights (synced after every update)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

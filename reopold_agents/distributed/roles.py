@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from reopold_agents.trajectory import Trajectory
+from reopold_agents.trajectory import Batch, Trajectory
 
 StateDict = dict[str, torch.Tensor]
 
@@ -21,8 +21,14 @@ StateDict = dict[str, torch.Tensor]
 class RolloutRole(Protocol):
     """Owns one student engine and its own envs/sandboxes; runs episodes for a list of tasks."""
 
+    pad_token_id: int
+    stats: Any  # reopold_agents.rollout.RolloutStats of the last ``run``
+
     def run(self, tasks: list[Any], seed: int) -> list[Trajectory]:
         """Episodes for ``tasks`` (any picklable task records), sampled reproducibly from ``seed``."""
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out greedy success (``eval/success``) plus the configured eval suite, if any."""
 
     def load_weights(self, state_dict: StateDict) -> None:
         """Replace the engine's student weights with the learner's."""
@@ -30,17 +36,19 @@ class RolloutRole(Protocol):
 
 @runtime_checkable
 class TeacherRole(Protocol):
-    """Scores the student's exact token ids; fills ``Trajectory.teacher_logprobs``."""
+    """Scores the student's exact token ids; fills ``Batch.teacher_logprobs``."""
 
-    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]: ...
+    def score(self, batch: Batch) -> Batch: ...
 
 
 @runtime_checkable
 class LearnerRole(Protocol):
     """Owns the student being trained, its optimiser and checkpoints."""
 
-    def update(self, trajectories: list[Trajectory], step: int) -> dict[str, float]:
-        """One optimisation step on scored trajectories; returns scalar metrics."""
+    model: torch.nn.Module  # the student as the learner trains it (an in-process rollout may share it)
+
+    def update(self, batch: Batch, step: int) -> dict[str, float]:
+        """One optimisation step on a scored batch; returns scalar metrics."""
 
     def state_dict(self) -> StateDict:
         """The student's weights as the rollout engines load them (full, unsharded, on CPU)."""
@@ -49,18 +57,18 @@ class LearnerRole(Protocol):
         """Write a resumable checkpoint for ``step`` (model, optimiser, RNG, step, the caller's data state)."""
 
     def load(self, directory: str) -> Any:
-        """Restore a checkpoint written by ``save``; return its ``checkpoint.ResumeState`` (``.step``,
-        ``.data_state``) or the step as an int."""
+        """Restore a checkpoint written by ``save``; return its ``checkpoint.ResumeState``."""
 
 
 @dataclass(frozen=True)
 class RoleFactories:
     """Picklable builders of the three roles, called where the role lives (cloudpickle: closures work).
 
-    ``rollout(cfg, worker_index)`` gets the worker's index so it can seed its envs or sandboxes
-    distinctly; ``teacher(cfg)`` and ``learner(cfg)`` are called once per placed copy.
+    ``rollout(cfg, worker_index, student)`` gets the worker's index so it can seed its envs or sandboxes
+    distinctly, and (in-process only) the learner's student module to share instead of loading a copy;
+    ``teacher(cfg)`` and ``learner(cfg)`` are called once per placed copy.
     """
 
-    rollout: Callable[[Any, int], RolloutRole]
+    rollout: Callable[..., RolloutRole]
     teacher: Callable[[Any], TeacherRole]
     learner: Callable[[Any], LearnerRole]

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from reopold_agents.distributed.backend import RolloutStats
+from reopold_agents.distributed.backend import ChunkedRolloutStats
 from reopold_agents.distributed.chunks import Chunk
 from reopold_agents.trajectory import Trajectory
 
@@ -51,7 +51,7 @@ class ChunkSupervisor:
         self.forget_weights = forget_weights
         self.max_chunk_retries = max_chunk_retries
         self.restart_timeout_s = restart_timeout_s
-        self.stats = RolloutStats(chunks=len(chunks))
+        self.stats = ChunkedRolloutStats(chunks=len(chunks))
         self.results: dict[int, list[Trajectory]] = {}
         self.inflight: dict[int, int] = {}  # worker index -> chunk index (read by tests to aim a kill)
         self._lock = threading.Lock()
@@ -92,7 +92,7 @@ class ChunkSupervisor:
                     with self._lock:
                         self.inflight.pop(w, None)
                     try:
-                        trajectories, busy = ray.get(ref)
+                        trajectories, chunk_stats = ray.get(ref)
                     except RayActorError as exc:  # the worker died (or is restarting) under this chunk
                         retries[chunk.index] = retries.get(chunk.index, 0) + 1
                         if retries[chunk.index] > self.max_chunk_retries:
@@ -109,7 +109,7 @@ class ChunkSupervisor:
                     if chunk.index in self.results:  # cannot happen (one call per chunk at a time); guard anyway
                         raise RuntimeError(f"rollout: chunk {chunk.index} returned twice")
                     self.results[chunk.index] = trajectories
-                    self.stats.busy_seconds += busy
+                    self.stats.add_chunk(chunk_stats)
                     idle.append(w)
                 else:
                     w = probes[ref]

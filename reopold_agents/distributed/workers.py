@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from reopold_agents.distributed.chunks import Chunk
 from reopold_agents.distributed.roles import RoleFactories, StateDict
-from reopold_agents.trajectory import Trajectory
+from reopold_agents.trajectory import Batch, Trajectory
 
 
 def _limit_threads(threads: int | None) -> None:
@@ -28,11 +27,18 @@ def _limit_threads(threads: int | None) -> None:
 class RolloutWorker:
     """One student engine with its own envs; runs chunks in an RNG fork seeded by the chunk."""
 
-    def __init__(self, factories: RoleFactories, cfg: Any, index: int, threads: int | None = None) -> None:
+    def __init__(self, factories: RoleFactories, cfg: Any, index: int, threads: int | None = None,
+                 student: Any = None) -> None:
         _limit_threads(threads)
         self.index = index
-        self.role = factories.rollout(cfg, index)
+        self.role = factories.rollout(cfg, index, student)
         self.version = -1  # no learner weights loaded yet
+
+    def pad_token_id(self) -> int:
+        return int(self.role.pad_token_id)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return self.role.evaluate(step)
 
     def ready(self) -> int:
         """The worker's pid (also a liveness probe after a restart)."""
@@ -43,13 +49,13 @@ class RolloutWorker:
         self.version = int(version)
         return self.version
 
-    def run(self, chunk: Chunk) -> tuple[list[Trajectory], float]:
-        """Episodes of ``chunk`` stamped with the weights version that produced them, and the seconds taken.
+    def run(self, chunk: Chunk) -> tuple[list[Trajectory], Any]:
+        """Episodes of ``chunk`` stamped with the weights version that produced them, and the chunk's
+        ``rollout.RolloutStats``.
 
         The RNG fork keeps a chunk's sampling a function of its seed alone (not of earlier chunks on
         this worker) and leaves the process's own RNG streams untouched for whatever else runs here.
         """
-        start = time.perf_counter()
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(chunk.seed)
@@ -66,7 +72,7 @@ class RolloutWorker:
             traj.group_id += chunk.start
             traj.info["policy_version"] = self.version
             traj.info["rollout_chunk"] = chunk.index
-        return trajectories, time.perf_counter() - start
+        return trajectories, self.role.stats
 
 
 class TeacherWorker:
@@ -79,8 +85,8 @@ class TeacherWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
-        return self.role.score(trajectories)
+    def score(self, batch: Batch) -> Batch:
+        return self.role.score(batch)
 
 
 class LearnerWorker:
@@ -119,10 +125,10 @@ class LearnerWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def update(self, trajectories: list[Trajectory], step: int) -> tuple[dict[str, float], int]:
+    def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:
         """Apply one step; return its metrics and the learner version the update started from."""
         started_at = self.version
-        metrics = self.role.update(trajectories, step)
+        metrics = self.role.update(batch, step)
         self.version += 1
         return dict(metrics), started_at
 

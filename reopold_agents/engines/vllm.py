@@ -83,7 +83,7 @@ def _resize_images(processor: Any, images: list[Any]) -> list[Any]:
 class VLLMEngine(Engine):
     """Generates (and scores) with a ``vllm.LLM`` built from ``model_path`` (or from ``model``, saved).
 
-    ``cfg`` is an ``EngineConfig`` (reads ``seed``, ``gpu_memory_utilization``, ``tensor_parallel_size``,
+    ``cfg`` is an ``EngineConfig`` (reads ``gpu_memory_utilization``, ``tensor_parallel_size``,
     ``max_model_len``). ``dtype`` defaults to the in-process model's dtype (so synced weights keep
     their precision), else vLLM's ``auto``. ``enforce_eager`` defaults to True on CPU (no
     torch.compile warm-up) and False on GPU (CUDA graphs; weights are updated in place, so the graphs
@@ -136,7 +136,7 @@ class VLLMEngine(Engine):
             model=model_path,
             tokenizer=model_path,
             dtype=dtype,
-            seed=int(cfg.seed),
+            seed=0,  # engine init seed; every request carries its own sampling seed (reopold_agents.seeding)
             gpu_memory_utilization=float(cfg.gpu_memory_utilization),
             tensor_parallel_size=tp,
             max_model_len=self.max_model_len,

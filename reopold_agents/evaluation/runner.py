@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +24,7 @@ from reopold_agents.config.eval import BenchmarkConfig, EvalConfig
 from reopold_agents.evaluation.aggregate import benchmark_metrics, overall_metrics
 from reopold_agents.evaluation.answers import extract_answer, vote_key
 from reopold_agents.evaluation.records import SAMPLES_FILE, RecordStore, SampleRecord
+from reopold_agents.seeding import eval_chunk_seed, eval_reset_seed
 from reopold_agents.trajectory import Trajectory
 
 RESULTS_FILE = "results.json"
@@ -48,16 +48,11 @@ class Chunk:
     seed: int
 
 
-def chunk_seed(base: int, benchmark: str, index: int) -> int:
-    """A seed that depends only on the suite seed, the benchmark and the chunk position."""
-    return (base * 1_000_003 + zlib.crc32(benchmark.encode()) + index * 7_919) % (2**31 - 1)
-
-
 def plan_chunks(benchmark: str, num_tasks: int, n: int, batch_size: int, seed: int) -> list[Chunk]:
     """(task, sample) pairs in task-major order, cut into chunks of ``batch_size``."""
     pairs = [(t, s) for t in range(num_tasks) for s in range(n)]
     return [
-        Chunk(benchmark, i, pairs[start : start + batch_size], chunk_seed(seed, benchmark, i))
+        Chunk(benchmark, i, pairs[start : start + batch_size], eval_chunk_seed(seed, benchmark, i))
         for i, start in enumerate(range(0, len(pairs), batch_size))
     ]
 
@@ -102,11 +97,6 @@ def to_record(traj: Trajectory, chunk: Chunk, task_index: int, sample: int, task
     )
 
 
-def reset_seed(base: int, task_index: int, sample: int) -> int:
-    """The env reset seed of one (task, sample) episode (independent of chunking)."""
-    return (base * 1_000_003 + task_index * 1_009 + sample) % (2**31 - 1)
-
-
 class BenchmarkRunner:
     """Builds one benchmark's envs over its shared task list and runs chunks through the rollout."""
 
@@ -123,8 +113,8 @@ class BenchmarkRunner:
         )
 
     def run(self, chunk: Chunk, suite_seed: int) -> list[Trajectory]:
-        prompts = [{"seed": reset_seed(suite_seed, t, s), "options": {"task_index": t}} for t, s in chunk.pairs]
-        return self.rollout.run(prompts, self.bench.sampling(seed=chunk.seed))
+        prompts = [{"seed": eval_reset_seed(suite_seed, t, s), "options": {"task_index": t}} for t, s in chunk.pairs]
+        return self.rollout.run(prompts, self.bench.sampling.params(seed=chunk.seed))
 
     def close(self) -> None:
         self.rollout.close()

@@ -6,7 +6,7 @@ it knows the format but solves clearly fewer tasks and distillation has somethin
 seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.models`` loads them
 (``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes.
 
-The package ships the built pairs (``reopold_agents/assets/tiny/<name>-<role>/``, made by
+The package ships the built pairs (``reopold_agents/tiny/assets/<name>-<role>/``, made by
 ``python scripts/build_tiny_models.py --ship``): first use copies them into the cache in a second, so a
 fresh clone trains at once; only a pair whose shipped copy is missing or stale is built here.
 """
@@ -26,11 +26,11 @@ from typing import Any, Iterator
 
 import torch
 
-from reopold_agents.pretrain import SFTConfig, SFTExample, greedy_success, sft_train, tokenize_demonstration
+from reopold_agents.tiny.load import BUILD_INFO, SHIPPED_DIR, TINY_SIZES, shipped_dir, tiny_model_dir
+from reopold_agents.tiny.sft import SFTConfig, SFTExample, sft_train, tokenize_demonstration
 
 log = logging.getLogger(__name__)
 
-BUILD_INFO = "build_info.json"
 DEMO_SEED = 7919  # demonstrations come from their own task seed, not the training (0) or eval seeds
 CHECK_SEED = 4242  # held-out tasks the build reports success on
 
@@ -173,20 +173,11 @@ def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any
 
 
 def _new_model(name: str, role: str, tokenizer: Any) -> torch.nn.Module:
-    from reopold_agents.models import TINY_SIZES
-    from reopold_agents.testing import tiny_qwen2
-    from reopold_agents.testing.vl import tiny_qwen2_5_vl
+    from reopold_agents.tiny import tiny_qwen2
+    from reopold_agents.tiny.vl import tiny_qwen2_5_vl
 
     build = tiny_qwen2_5_vl if name == "tiny_vl" else tiny_qwen2
     return build(tokenizer, seed=0 if role == "student" else 1, **TINY_SIZES[(name, role)])
-
-
-SHIPPED_DIR = Path(__file__).parent / "assets" / "tiny"
-
-
-def shipped_dir(name: str, role: str) -> Path:
-    """Where the package ships the pre-built ``name`` pair (see ``scripts/build_tiny_models.py --ship``)."""
-    return SHIPPED_DIR / f"{name}-{role}"
 
 
 def _current(folder: Path, version: str) -> bool:
@@ -240,8 +231,6 @@ def ship(name: str) -> list[Path]:
 
 
 def _model_dir(name: str, role: str) -> Path:
-    from reopold_agents.models import tiny_model_dir
-
     return tiny_model_dir(name, role)
 
 
@@ -253,7 +242,7 @@ def is_built(name: str) -> bool:
 @contextmanager
 def _build_lock(name: str) -> Iterator[None]:
     """One builder per machine at a time (parallel test workers wait instead of building twice)."""
-    from reopold_agents.testing import cache_dir
+    from reopold_agents.tiny import cache_dir
 
     root = cache_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
@@ -300,8 +289,8 @@ def build_tiny(name: str, progress: bool = True, force: bool = False, threads: i
 
 
 def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple[str, ...] = ROLES) -> BuildReport:
-    from reopold_agents.testing import build_tokenizer
-    from reopold_agents.testing.vl import tiny_vl_processor
+    from reopold_agents.tiny import build_tokenizer
+    from reopold_agents.tiny.vl import tiny_vl_processor
 
     old_threads = torch.get_num_threads()
     if threads:
@@ -331,9 +320,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
             report.success[role] = {}
             for env_name in recipe.envs:
                 factory, cfg = _env_factory(env_name, CHECK_SEED, recipe.check_tasks)
-                report.success[role][env_name] = greedy_success(
-                    model, tokenizer, factory, range(recipe.check_tasks), processor=processor,
-                    max_new_tokens=recipe.max_new_tokens, max_turns=cfg.max_turns)
+                report.success[role][env_name] = _greedy_success(model, tokenizer, processor, factory, cfg,
+                                                                 recipe.check_tasks, recipe.max_new_tokens)
             info = {"version": recipe.version, "role": role, "envs": list(recipe.envs),
                     "demos_per_env": recipe.demos_per_env, "sft": asdict(sft), "seconds": time.perf_counter() - start,
                     "final_loss": report.final_loss[role], "success": report.success[role]}
@@ -343,6 +331,23 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
         return report
     finally:
         torch.set_num_threads(old_threads)
+
+
+@torch.no_grad()
+def _greedy_success(model: torch.nn.Module, tokenizer: Any, processor: Any, env_factory: Any, env_cfg: Any,
+                    num_tasks: int, max_new_tokens: int, batch_size: int = 32) -> float:
+    """Greedy success of a freshly built model on held-out tasks, through the real rollout path."""
+    from reopold_agents.engines.hf import HFEngine
+    from reopold_agents.evaluation.heldout import greedy_success
+    from reopold_agents.rollout import Rollout
+
+    engine = HFEngine(model, tokenizer, processor=processor, max_batch_size=batch_size)
+    rollout = Rollout(engine, tokenizer, env_factory, processor=processor, max_turns=env_cfg.max_turns,
+                      max_total_tokens=2048, env_workers=4)
+    try:
+        return greedy_success(rollout, range(num_tasks), max_new_tokens, batch_size)
+    finally:
+        rollout.close()
 
 
 def _copy_teacher(recipe: TinyRecipe) -> None:
@@ -366,5 +371,4 @@ def ensure_tiny(name: str, progress: bool = True) -> None:
         build_tiny(name, progress=progress)
 
 
-ENV_TINY = {"math": "tiny", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}
 

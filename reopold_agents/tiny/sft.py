@@ -276,34 +276,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
-
-
-@torch.no_grad()
-def greedy_success(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    env_factory: Callable[[], Any],
-    task_indices: Sequence[int],
-    processor: Any = None,
-    max_new_tokens: int = 64,
-    max_turns: int = 4,
-    max_total_tokens: int = 2048,
-    batch_size: int = 32,
-) -> float:
-    """Fraction of tasks a model solves with greedy decoding through the real rollout path."""
-    from reopold_agents.engines.base import SamplingParams
-    from reopold_agents.engines.hf import HFEngine
-    from reopold_agents.rollout import Rollout
-
-    engine = HFEngine(model, tokenizer, processor=processor, max_batch_size=batch_size)
-    rollout = Rollout(engine, tokenizer, env_factory, processor=processor, max_turns=max_turns,
-                      max_total_tokens=max_total_tokens, env_workers=4)
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
-    wins = 0
-    try:
-        for start in range(0, len(task_indices), batch_size):
-            prompts = [{"options": {"task_index": int(i)}} for i in task_indices[start : start + batch_size]]
-            wins += sum(t.success for t in rollout.run(prompts, sampling))
-    finally:
-        rollout.close()
-    return wins / max(1, len(task_indices))

@@ -1,0 +1,58 @@
+"""Held-out greedy success: the one number a run reports before, during and after training.
+
+The held-out set is ``HELDOUT_TASKS`` tasks of the run's env: synthetic tasks from a seed disjoint
+from training (``env.seed + HELDOUT_SEED_OFFSET``), or the first rows of a file source. Every caller
+(the run's evaluation, the tiny-model builds, the benchmarks) measures it with ``greedy_success``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Sequence
+
+HELDOUT_TASKS = 64  # size of the fixed held-out success set
+HELDOUT_SEED_OFFSET = 100_003  # held-out synthetic tasks use env.seed + this (never the training seed)
+
+
+def heldout_env_config(env_cfg: Any, size: int = HELDOUT_TASKS) -> Any:
+    """The held-out set's env config: synthetic tasks from a disjoint seed, or the first tasks of a file."""
+    if env_cfg.tasks.startswith("synthetic"):
+        return replace(env_cfg, seed=env_cfg.seed + HELDOUT_SEED_OFFSET, size=size)
+    return replace(env_cfg, size=size)
+
+
+def greedy_success(rollout: Any, task_indices: Sequence[int], max_new_tokens: int, batch_size: int) -> float:
+    """Fraction of ``task_indices`` a ``Rollout``'s student solves with greedy decoding."""
+    from reopold_agents.engines.base import SamplingParams
+
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    wins = 0
+    for start in range(0, len(task_indices), batch_size):
+        prompts = [{"options": {"task_index": int(i)}} for i in task_indices[start : start + batch_size]]
+        wins += sum(t.success for t in rollout.run(prompts, sampling))
+    return wins / max(1, len(task_indices))
+
+
+class HeldoutSet:
+    """The run's held-out tasks behind their own env pool, evaluated with the run's engine."""
+
+    def __init__(self, rollout: Any, num_tasks: int, max_new_tokens: int, batch_size: int) -> None:
+        self.rollout, self.num_tasks = rollout, num_tasks
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    @classmethod
+    def from_config(cls, cfg: Any, engine: Any, tokenizer: Any, processor: Any = None) -> "HeldoutSet":
+        from envs.factory import build_env, load_env_tasks
+        from reopold_agents.rollout import Rollout
+
+        env_cfg = heldout_env_config(cfg.env)
+        tasks = load_env_tasks(env_cfg)
+        rollout = Rollout.from_config(cfg.engine, env_cfg, engine, tokenizer,
+                                      lambda: build_env(env_cfg, tasks=tasks, sandbox=cfg.sandbox), processor=processor)
+        return cls(rollout, len(tasks), cfg.engine.sampling.max_new_tokens, max(1, cfg.engine.max_batch_size))
+
+    def success(self) -> float:
+        return greedy_success(self.rollout, range(self.num_tasks), self.max_new_tokens, self.batch_size)
+
+    def close(self) -> None:
+        self.rollout.close()

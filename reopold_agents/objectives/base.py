@@ -1,0 +1,89 @@
+"""What every objective gives the learner, and the data that flows between them.
+
+An objective turns a scored ``Batch`` into a loss in three calls, in this order, once per learner
+step: ``token_terms`` (per-token advantages fixed for the whole step), ``select`` (the token mask
+M_t of this step) and, per minibatch, ``loss``. The learner owns everything else (forward passes,
+log-probs, backward, clipping, the NaN guard, minibatches), so a new objective is one small module
+plus one line in ``reopold_agents/objectives/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from reopold_agents.config.algo import AlgoConfig
+from reopold_agents.trajectory import Batch
+
+
+@dataclass
+class TokenTerms:
+    """Per-token quantities fixed for a whole learner step (computed once, before any minibatch)."""
+
+    advantages: torch.Tensor  # [B, T] A_t, 0 on non-trainable tokens, no grad
+    reward: torch.Tensor | None  # [B, T] raw token reward r_t; None without teacher log-probs
+    clipped: torch.Tensor  # [B, T] bool: tokens whose reward was raised to the clip floor
+
+    def rows(self, idx: torch.Tensor) -> "TokenTerms":
+        """The terms of sequences ``idx`` (a minibatch)."""
+        pick = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731
+        return TokenTerms(pick(self.advantages), pick(self.reward), pick(self.clipped))
+
+
+@dataclass
+class Forward:
+    """One minibatch as the loss sees it: the student's log-probs (with grad) and the fixed terms."""
+
+    logprobs: torch.Tensor  # [b, T] log pi_theta(y_t | s_t), fp32, carries the gradient
+    old_logprobs: torch.Tensor  # [b, T] log pi_old(y_t | s_t) of the policy that sampled
+    terms: TokenTerms  # rows of this minibatch
+    mask: torch.Tensor  # [b, T] bool: M_t * loss_mask_t, the tokens the loss averages over
+    student_topk: torch.Tensor | None = None  # [b, T, K] student log-probs of the teacher's top-k ids (GKD)
+    teacher_topk: torch.Tensor | None = None  # [b, T, K] the teacher's top-k log-probs (GKD)
+
+
+class Objective(ABC):
+    """A training objective. ``keys`` lists the ``algo.*`` keys it reads: any other algo key must keep
+    its default (``AlgoConfig.check`` fails naming it), so no knob is silently ignored."""
+
+    keys: ClassVar[tuple[str, ...]] = ()
+    needs_teacher: ClassVar[bool] = True  # the batch must carry teacher log-probs (teacher scoring runs)
+
+    def __init__(self, cfg: AlgoConfig, total_steps: int) -> None:
+        self.cfg = cfg
+        self.total_steps = total_steps
+
+    @property
+    def teacher_topk(self) -> int:
+        """How many top-k teacher ids per position the batch must carry (0: none)."""
+        return 0
+
+    def stage(self, step: int) -> int:
+        """The training stage at 0-based ``step`` (logged as ``stage``; single-stage objectives: 1)."""
+        return 1
+
+    def needs_entropy(self, step: int) -> bool:
+        """Whether ``select`` at ``step`` ranks tokens by the student's entropy."""
+        return False
+
+    @abstractmethod
+    def token_terms(self, batch: Batch) -> TokenTerms:
+        """Advantages (and the raw reward) of every token; fails naming a missing batch field."""
+
+    def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
+               entropy: torch.Tensor | None) -> torch.Tensor:
+        """Boolean ``[B, T]`` mask M_t * loss_mask_t of the tokens trained on at ``step`` (default: all)."""
+        return loss_mask > 0
+
+    @abstractmethod
+    def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to minimise on ``fwd.mask`` and scalar stats of it."""
+
+
+def require_teacher(batch: Batch, name: str) -> torch.Tensor:
+    if batch.teacher_logprobs is None:
+        raise ValueError(f"algo {name!r} needs batch.teacher_logprobs (run teacher scoring first)")
+    return batch.teacher_logprobs

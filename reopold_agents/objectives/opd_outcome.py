@@ -1,0 +1,29 @@
+"""``algo=opd_outcome``: OPD plus the group-normalised outcome advantage,
+``A_t = r_t + outcome_coef * A_group`` (grpo.py), through the surrogate of reopold.py (step 4)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from reopold_agents.objectives.base import Forward, Objective, TokenTerms, require_teacher
+from reopold_agents.objectives.grpo import group_advantages
+from reopold_agents.objectives.reopold import clipped_surrogate, token_reward
+from reopold_agents.trajectory import Batch
+
+
+class OPDOutcome(Objective):
+    keys: ClassVar[tuple[str, ...]] = ("outcome_coef", "grpo_std_norm", "ppo_clip_low", "ppo_clip_high",
+                                       "aggregation")
+
+    def token_terms(self, batch: Batch) -> TokenTerms:
+        mask = batch.loss_mask
+        reward = token_reward(require_teacher(batch, "opd_outcome"), batch.old_logprobs, mask)
+        outcome = group_advantages(batch.rewards, batch.group_ids, self.cfg.grpo_std_norm)
+        adv = (reward + self.cfg.outcome_coef * outcome[:, None]) * mask
+        return TokenTerms(advantages=adv.detach(), reward=reward, clipped=torch.zeros_like(mask, dtype=torch.bool))
+
+    def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
+        return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,
+                                 self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)

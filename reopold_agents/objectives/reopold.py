@@ -1,0 +1,179 @@
+"""REOPOLD (Relaxed On-Policy Distillation, Ko et al., arXiv 2603.11137) on one page.
+
+Read top to bottom, this file is the whole objective the learner optimises:
+
+1. token reward       r_t     = log pi_T(y_t|s_t) - log pi_old(y_t|s_t)            (stop-gradient)
+2. mixture clipping   r_hat_t = max(r_t, log(lambda / (1 - lambda)))             (paper Eq. 7)
+3. stage rule M_t     stage 1 (exploration): M_t = 1[r_t >= log(lambda / (1 - lambda))]
+                      stage 2 (refinement):  M_t = 1[H_t >= tau_beta], the top-beta tokens of the
+                      batch by student entropy H_t                               (paper Eq. 8)
+4. surrogate          L = -1/sum(M) * sum_t M_t min(rho_t r_hat_t, clip(rho_t, 1-eps_lo, 1+eps_hi) r_hat_t),
+                      rho_t = pi_theta(y_t|s_t) / pi_old(y_t|s_t)                (paper Eq. 4, PPO-clipped)
+
+On-policy distillation minimises the reverse KL(pi_theta || pi_T) on the student's own samples, which
+is policy gradient with the per-token reward r_t held fixed. With one pass over a fresh batch rho = 1
+and the gradient is exactly -mean_t sg(r_hat_t) grad log pi_theta(y_t) over the selected tokens.
+The sibling objectives (opd, opd_outcome, grpo, gkd, ...) reuse the pieces defined here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+
+from reopold_agents.config.algo import AGGREGATIONS, SELECTION_RULES, AlgoConfig
+from reopold_agents.objectives.base import Forward, Objective, TokenTerms, require_teacher
+from reopold_agents.trajectory import Batch
+
+
+# --- 1. token reward ------------------------------------------------------------------------------
+def token_reward(teacher_logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """``r_t = log pi_T - log pi_old`` on trainable tokens, 0 elsewhere; never carries a gradient."""
+    if teacher_logprobs.shape != old_logprobs.shape or old_logprobs.shape != loss_mask.shape:
+        raise ValueError(
+            f"teacher {tuple(teacher_logprobs.shape)}, old {tuple(old_logprobs.shape)} and mask "
+            f"{tuple(loss_mask.shape)} log-probs must share one [B, T] shape"
+        )
+    return ((teacher_logprobs - old_logprobs) * loss_mask).detach()
+
+
+# --- 2. mixture-based reward clipping (Eq. 7) -----------------------------------------------------
+def clip_floor(clip_lambda: float) -> float:
+    """``log(lambda / (1 - lambda))``: the lowest reward a token keeps (lambda=0.2 -> ~-1.386)."""
+    if not 0.0 < clip_lambda < 1.0:
+        raise ValueError(f"clip_lambda must lie in (0, 1), got {clip_lambda}")
+    return math.log(clip_lambda / (1.0 - clip_lambda))
+
+
+def clip_reward(reward: torch.Tensor, clip_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``r_hat = max(r, floor)``; returns ``(r_hat, clipped)`` where ``clipped`` marks raised tokens.
+    Heavy-tailed negative rewards (tokens the teacher finds very unlikely) stop dominating the update."""
+    floor = clip_floor(clip_lambda)
+    return torch.clamp(reward, min=floor), reward < floor
+
+
+# --- 3. token selection and the exploration-to-refinement schedule (Eq. 8) ------------------------
+def select_top_entropy(entropy: torch.Tensor, loss_mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """The ``ceil(beta * n)`` highest-entropy trainable tokens of the batch (n = trainable count).
+
+    Ties go to the earlier token in batch-major order (stable sort), so the mask is deterministic.
+    """
+    if entropy.shape != loss_mask.shape:
+        raise ValueError(f"entropy {tuple(entropy.shape)} and loss_mask {tuple(loss_mask.shape)} differ")
+    if not 0.0 < beta <= 1.0:
+        raise ValueError(f"beta must lie in (0, 1], got {beta}")
+    flat_mask = (loss_mask > 0).reshape(-1)
+    idx = flat_mask.nonzero(as_tuple=True)[0]
+    out = torch.zeros_like(flat_mask)
+    if idx.numel() == 0:
+        return out.view_as(loss_mask)
+    keep = min(idx.numel(), math.ceil(beta * idx.numel() - 1e-9))
+    values = entropy.reshape(-1).index_select(0, idx).detach().float()
+    order = torch.sort(values, descending=True, stable=True).indices
+    out[idx[order[:keep]]] = True
+    return out.view_as(loss_mask)
+
+
+def select_reward_floor(reward: torch.Tensor, loss_mask: torch.Tensor, floor: float) -> torch.Tensor:
+    """Trainable tokens whose (unclipped) reward is at least ``floor``: those the teacher does not
+    strongly reject (the exploration stage)."""
+    return (loss_mask > 0) & (reward >= floor)
+
+
+def select_tokens(rule: str, loss_mask: torch.Tensor, entropy: torch.Tensor | None = None,
+                  reward: torch.Tensor | None = None, beta: float = 0.5, floor: float | None = None) -> torch.Tensor:
+    """One of the rules above by name (``algo.stage1_rule`` / ``algo.stage2_rule``)."""
+    if rule == "all":
+        return loss_mask > 0
+    if rule == "entropy":
+        if entropy is None:
+            raise ValueError("selection rule 'entropy' needs the student entropy")
+        return select_top_entropy(entropy, loss_mask, beta)
+    if rule == "reward_floor":
+        if reward is None or floor is None:
+            raise ValueError("selection rule 'reward_floor' needs the token reward and the clip floor")
+        return select_reward_floor(reward, loss_mask, floor)
+    raise ValueError(f"unknown selection rule {rule!r} (one of {SELECTION_RULES})")
+
+
+def stage_at(step: int, total_steps: int, stage_switch: float) -> int:
+    """1 before step ``round(stage_switch * total_steps)`` (0-based), 2 from it on; ``stage_switch``
+    0 or 1 gives a single-stage run."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return 1 if step < int(round(stage_switch * total_steps)) else 2
+
+
+# --- 4. surrogate and aggregation (Eq. 4) ---------------------------------------------------------
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mean") -> torch.Tensor:
+    """``token_mean``: mean over all selected tokens of the batch (paper Eq. 4: 1/sum M);
+    ``seq_mean``: mean over tokens within each sequence, then over sequences with any token.
+    An empty mask gives a zero that still depends on ``per_token`` (backward works, grads are 0)."""
+    m = mask.to(per_token.dtype)
+    if how == "token_mean":
+        return (per_token * m).sum() / m.sum().clamp(min=1.0)
+    if how == "seq_mean":
+        counts = m.sum(dim=-1)
+        per_seq = (per_token * m).sum(dim=-1) / counts.clamp(min=1.0)
+        has = (counts > 0).to(per_token.dtype)
+        return (per_seq * has).sum() / has.sum().clamp(min=1.0)
+    raise ValueError(f"unknown aggregation {how!r} (one of {AGGREGATIONS})")
+
+
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
+                      aggregation: str = "token_mean") -> tuple[torch.Tensor, dict[str, float]]:
+    """``-min(rho A, clip(rho, 1-low, 1+high) A)`` aggregated over ``mask``; stats: the fraction of
+    selected tokens whose ratio was clipped, and the mean ratio."""
+    adv = advantages.detach()
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    loss = aggregate(per_token, mask, aggregation)
+    with torch.no_grad():
+        sel = mask.bool()
+        n = max(int(sel.sum()), 1)
+        ratio_clipped = ((ratio * adv) > (clipped_ratio * adv)) & sel  # where the clipped branch is active
+        stats = {"ratio_clip_frac": float(ratio_clipped.sum()) / n, "ratio_mean": float((ratio * sel).sum()) / n}
+    return loss, stats
+
+
+# --- the objective --------------------------------------------------------------------------------
+class Reopold(Objective):
+    """``algo=reopold``: steps 1-4 above, each switchable by its key (ablations are one override)."""
+
+    keys: ClassVar[tuple[str, ...]] = ("reward_clip", "clip_lambda", "beta", "stage_switch", "stage1_rule",
+                                       "stage2_rule", "ppo_clip_low", "ppo_clip_high", "aggregation")
+
+    def __init__(self, cfg: AlgoConfig, total_steps: int) -> None:
+        super().__init__(cfg, total_steps)
+        self.floor = clip_floor(cfg.clip_lambda)
+
+    def stage(self, step: int) -> int:
+        return stage_at(step, self.total_steps, self.cfg.stage_switch)
+
+    def rule(self, step: int) -> str:
+        return self.cfg.stage1_rule if self.stage(step) == 1 else self.cfg.stage2_rule
+
+    def needs_entropy(self, step: int) -> bool:
+        return self.rule(step) == "entropy"
+
+    def token_terms(self, batch: Batch) -> TokenTerms:
+        mask = batch.loss_mask
+        reward = token_reward(require_teacher(batch, "reopold"), batch.old_logprobs, mask)  # 1.
+        adv, clipped = reward, torch.zeros_like(mask, dtype=torch.bool)
+        if self.cfg.reward_clip:
+            adv, clipped = clip_reward(reward, self.cfg.clip_lambda)  # 2.
+            clipped = clipped & (mask > 0)
+        return TokenTerms(advantages=(adv * mask).detach(), reward=reward, clipped=clipped)
+
+    def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
+               entropy: torch.Tensor | None) -> torch.Tensor:
+        return select_tokens(self.rule(step), loss_mask, entropy=entropy, reward=terms.reward,  # 3.
+                             beta=self.cfg.beta, floor=self.floor)
+
+    def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
+        return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,  # 4.
+                                 self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)

@@ -1,0 +1,111 @@
+"""The one training step: rollout -> collate -> teacher scoring -> mask check -> learner update -> weight sync.
+
+``train_step`` is the step, written once; ``run_steps`` drives it synchronously or asynchronously
+(the rollout of step k+1 submitted with the weights of step k before step k's update, so it overlaps
+scoring and the update: every batch after the first is one policy version old, which the importance
+ratio against the rollout's own log-probs corrects; ``policy_lag`` reports the gap). Where the roles
+run (this process or Ray actors) is the ``Backend``'s business (reopold_agents/distributed/); the step,
+its seeds and its metrics do not change with it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from reopold_agents.metrics import summarize
+from reopold_agents.trajectory import Batch, Trajectory, collate
+
+
+@dataclass
+class StepResult:
+    """One training step: the episodes, the scored batch the learner consumed, and the step's metrics."""
+
+    step: int
+    trajectories: list[Trajectory]
+    batch: Batch
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def check_batch(batch: Batch) -> None:
+    """Fail loudly before an update if the teacher scored positions it must not (env tokens) or another shape."""
+    if batch.teacher_logprobs is None:
+        return
+    if batch.teacher_logprobs.shape != batch.loss_mask.shape:
+        raise RuntimeError(f"teacher scored {tuple(batch.teacher_logprobs.shape)} positions for a "
+                           f"{tuple(batch.loss_mask.shape)} batch")
+    off = (batch.teacher_logprobs != 0) & (batch.loss_mask.to(batch.teacher_logprobs.device) == 0)
+    if bool(off.any()):
+        rows = sorted(set(off.nonzero()[:, 0].tolist()))
+        raise RuntimeError(f"teacher log-probs on env tokens in rows {rows[:5]}")
+
+
+def rollout_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
+    """Outcome reward/success, lengths, and the teacher log-ratio r_t = log pi_T - log pi_old on student tokens."""
+    n = len(trajectories)
+    out: dict[str, float] = {
+        "rollout/reward": sum(t.reward for t in trajectories) / n,
+        "rollout/success": sum(t.success for t in trajectories) / n,
+        "rollout/response_tokens": sum(t.num_generated for t in trajectories) / n,
+        "rollout/turns": sum(len(t.turns) for t in trajectories) / n,
+        "rollout/seq_len": sum(len(t) for t in trajectories) / n,
+    }
+    ratios: list[float] = []
+    if batch.teacher_logprobs is not None:
+        trained = batch.loss_mask > 0
+        ratios = (batch.teacher_logprobs.cpu() - batch.old_logprobs.cpu())[trained.cpu()].tolist()
+    out.update(summarize("teacher/log_ratio", ratios))
+    return out
+
+
+def train_step(backend: Any, handle: Any, step: int, t_submit: float) -> StepResult:
+    """Finish the rollout ``handle`` of ``step`` and train on it; weights are synced when this returns."""
+    trajectories = handle.result()
+    t_rollout = time.perf_counter()
+    batch = collate(trajectories, backend.pad_token_id)
+    batch = backend.score(batch)
+    check_batch(batch)
+    t_score = time.perf_counter()
+    learner_metrics, learner_version = backend.update(batch, step)
+    backend.sync_weights()
+    t_update = time.perf_counter()
+    versions = [int(t.info.get("policy_version", learner_version)) for t in trajectories]
+    metrics = {k: v for k, v in learner_metrics.items() if k != "step"}
+    metrics.update(rollout_metrics(trajectories, batch))
+    stats = handle.stats
+    metrics.update({
+        "policy_lag": float(learner_version - min(versions)),
+        "perf/step_time_s": t_update - t_submit,
+        "perf/rollout_s": t_rollout - t_submit,
+        "perf/teacher_s": t_score - t_rollout,
+        "perf/learner_s": t_update - t_score,
+        "perf/tokens_per_s": stats.generated_tokens / max(1e-9, stats.generate_s),
+        "rollout/episodes": float(len(trajectories)),
+        "rollout/redone_chunks": float(stats.redone_chunks),
+        "rollout/worker_restarts": float(stats.worker_restarts),
+    })
+    return StepResult(step=step, trajectories=trajectories, batch=batch, metrics=metrics)
+
+
+def run_steps(backend: Any, tasks_for_step: Callable[[int], list[Any]], start_step: int, end_step: int,
+              async_rollout: bool = False) -> Iterator[StepResult]:
+    """Steps ``start_step..end_step-1``; ``tasks_for_step(step)`` must be deterministic in ``step`` (resume
+    and the async look-ahead both rely on it). Yields after each update with weights synced, so the
+    caller may evaluate or checkpoint between steps. Async: the first step after (re)starting has lag 0,
+    later ones lag 1; a caller that stops early still has the look-ahead rollout finished, not leaked."""
+    pending: tuple[Any, float] | None = None
+    try:
+        for step in range(start_step, end_step):
+            if pending is None:
+                pending = (backend.submit_rollout(tasks_for_step(step), step), time.perf_counter())
+            handle, t_submit = pending
+            pending = None
+            if async_rollout and step + 1 < end_step:
+                handle.result()  # step k's episodes first, then k+1 is sampled with step k's weights
+                pending = (backend.submit_rollout(tasks_for_step(step + 1), step + 1), time.perf_counter())
+            yield train_step(backend, handle, step, t_submit)
+    finally:
+        if pending is not None:
+            pending[0].result()
+
