@@ -314,7 +314,7 @@ def _train_all(args: argparse.Namespace) -> tuple[list[RunCurve], dict[str, floa
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if not args.no_build:
-        from reopold_agents.tiny_models import ensure_tiny
+        from reopold_agents.tiny.recipes import ensure_tiny
 
         ensure_tiny("tiny")  # build the pair once, before the clock of the first run starts
     teachers = {env: teacher_heldout_success(env, args) for env in args.envs}

@@ -27,8 +27,8 @@ def measure(num_workers: int, args: argparse.Namespace) -> float:
         f"distributed.num_rollout_workers={num_workers}",
         f"distributed.rollout_chunk_size={args.chunk}",
         f"distributed.local_num_cpus={args.cpus}",
-        f"engine.max_new_tokens={args.max_new_tokens}",
-        "engine.temperature=1.0",
+        f"engine.sampling.max_new_tokens={args.max_new_tokens}",
+        "engine.sampling.temperature=1.0",
         f"trainer.group_size={args.group_size}",
     ])
     backend = make_backend(cfg, default_factories())

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> float:
     from reopold_agents.evaluation.compare import compare_results
 
     if not args.no_build:
-        from reopold_agents.tiny_models import ensure_tiny
+        from reopold_agents.tiny.recipes import ensure_tiny
 
         ensure_tiny("tiny")
     with tempfile.TemporaryDirectory() as tmp:

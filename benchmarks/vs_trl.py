@@ -91,7 +91,7 @@ def _models(vocab: int, seed: int):
     import torch
     from transformers import Qwen2ForCausalLM
 
-    from reopold_agents.testing import build_tokenizer, tiny_qwen2_config
+    from reopold_agents.tiny import build_tokenizer, tiny_qwen2_config
 
     tok = build_tokenizer()
     size = vocab or len(tok)

@@ -161,9 +161,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         log.warning("could not draw the curves: %s", exc)
     result = RunResult(str(out), tc.total_steps, before, after, time.perf_counter() - t_start, evals, plot)
     (out / SUMMARY_FILE).write_text(json.dumps(result.__dict__, indent=2))
-    from reopold_agents.evaluation.heldout import HELDOUT_TASKS
-
-    print(f"held-out success ({cfg.env.name}, {HELDOUT_TASKS} tasks, greedy): "
+    print(f"held-out success ({cfg.env.name}, {tc.heldout_tasks} tasks, greedy): "
           f"before {before:.3f} -> after {after:.3f}   [{tc.total_steps} steps, {result.seconds:.0f}s]")
     print(f"metrics: {out / 'metrics.jsonl'}  tensorboard: {out / 'tensorboard'}  plot: {plot}  checkpoints: {ckpt_dir}")
     return result

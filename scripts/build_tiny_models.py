@@ -8,7 +8,7 @@
 
 The package ships the pairs this script made (``--ship``), so the run CLI only copies them into the cache.
 This script remakes them (seeded: same recipe, same weights on the same torch build) and prints timings
-and the greedy success of each model on held-out tasks. Output: reopold_agents.testing.cache_dir()/models/
+and the greedy success of each model on held-out tasks. Output: reopold_agents.tiny.cache_dir()/models/
 (and, with ``--ship``, reopold_agents/assets/tiny/).
 """
 
@@ -18,7 +18,7 @@ import argparse
 import logging
 import time
 
-from reopold_agents.tiny_models import RECIPES, build_tiny, is_built, ship
+from reopold_agents.tiny.recipes import RECIPES, build_tiny, is_built, ship
 
 
 def main() -> None:

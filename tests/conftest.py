@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reopold_agents.testing import build_tokenizer
+from reopold_agents.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,7 @@ def random_tiny(monkeypatch, tmp_path):
     torch.set_num_threads(threads)
 
 
-SMALL_RUN = ["engine.max_new_tokens=6", "engine.max_turns=1"]
+SMALL_RUN = ["engine.sampling.max_new_tokens=6", "env.max_turns=1"]
 
 
 def test_sample_efficiency_smallest(random_tiny, capsys):

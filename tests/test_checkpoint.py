@@ -14,7 +14,7 @@ from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.learner import Learner
 from reopold_agents.logprobs import model_token_logprobs
-from reopold_agents.testing import tiny_qwen2
+from reopold_agents.tiny import tiny_qwen2
 from reopold_agents.trajectory import Batch
 
 TOTAL = 6

@@ -10,7 +10,7 @@ from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.distributed.accelerate_learner import AccelerateLearner, learner_strategy
 from reopold_agents.learner import Learner
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 from reopold_agents.trajectory import Trajectory, collate
 
 

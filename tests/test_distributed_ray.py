@@ -1,7 +1,8 @@
 """distributed=ray on a local 2-worker Ray cluster the tests start and stop themselves.
 
-The same run placed in-process (LocalBackend) and on Ray (RayBackend) must train on the same episodes
-and report the same metrics; a rollout worker SIGKILLed mid-rollout must be restarted and its chunk
+The same run placed in-process (LocalBackend, what ``distributed=single`` runs) and on Ray (RayBackend)
+must train on the same episodes and report the same metrics, step for step through the one training
+step (``reopold_agents.step.run_steps``); a rollout worker SIGKILLed mid-rollout must be restarted and its chunk
 redone, with no episode lost or counted twice; async mode must report a policy lag of 1.
 """
 
@@ -20,37 +21,36 @@ pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install
 from reopold_agents.config import compose  # noqa: E402
 from reopold_agents.distributed import make_backend  # noqa: E402
 from reopold_agents.distributed.default_roles import default_factories  # noqa: E402
+from reopold_agents.step import run_steps  # noqa: E402
 
 OVERRIDES = [
     "env=math",
     "env.max_turns=1",
-    "engine.max_turns=1",
-    "engine.max_new_tokens=12",
+    "engine.sampling.max_new_tokens=12",
     "trainer.group_size=2",
     "trainer.total_steps=8",
     "trainer.lr=1e-3",
     "distributed.rollout_chunk_size=1",
-    "distributed.local_num_cpus=2",
-    "distributed.num_rollout_workers=2",
-    "distributed.restart_timeout_s=60",
+    "distributed.ray.local_num_cpus=2",
+    "distributed.ray.num_rollout_workers=2",
+    "distributed.ray.restart_timeout_s=60",
     "algo.stage_switch=1.0",  # reward_floor selection throughout: exact under any split over learner ranks
 ]
 METRIC_KEYS = ("loss", "grad_norm", "num_tokens", "num_selected", "reward_mean", "entropy_mean", "lr")
 
 
 def tasks_for_step(step: int) -> list[int]:
-    """Env reset seeds: deterministic in the step, as Backend.train requires."""
+    """Env reset seeds: deterministic in the step, as run_steps requires."""
     return [1000 * step + i for i in range(4)]
 
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    """A LocalBackend and a RayBackend over a private model cache (random tiny models from config, the
-    project tokenizer copied in): the shared cache may gain trained models while the test runs."""
+    """A LocalBackend and a RayBackend over a private model cache (the project tokenizer copied in)."""
     import os
     import shutil
 
-    from reopold_agents.testing import build_tokenizer, cache_dir
+    from reopold_agents.tiny import build_tokenizer, cache_dir
 
     torch.set_num_threads(1)
     tok_dir = cache_dir()
@@ -64,7 +64,7 @@ def backends(tmp_path_factory):
     factories = default_factories()
     local = make_backend(compose(OVERRIDES + ["distributed=single"]), factories)
     # two rollout workers and two learner ranks (data parallel over gloo) against one process
-    remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.num_learner_workers=2"]), factories)
+    remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.ray.num_learner_workers=2"]), factories)
     yield local, remote
     remote.shutdown()
     local.shutdown()
@@ -95,8 +95,8 @@ def test_ray_run_matches_single_process(backends):
     from reopold_agents.distributed.ray_backend import RayBackend
 
     assert isinstance(remote, RayBackend) and len(remote.workers) == 2 and len(remote.learners) == 2
-    loc = list(local.train(tasks_for_step, 0, 2, async_rollout=False))
-    ray_steps = list(remote.train(tasks_for_step, 0, 2, async_rollout=False))
+    loc = list(run_steps(local, tasks_for_step, 0, 2, async_rollout=False))
+    ray_steps = list(run_steps(remote, tasks_for_step, 0, 2, async_rollout=False))
     _assert_same_steps(loc, ray_steps)
     assert all(r.metrics["policy_lag"] == 0.0 for r in ray_steps)
     # both chunks-of-one workers took part, and weights moved (version 2 after two updates)
@@ -109,8 +109,8 @@ def test_ray_run_matches_single_process(backends):
 def test_async_mode_reports_policy_lag_one(backends):
     local, remote = backends
     start = 2
-    loc = list(local.train(tasks_for_step, start, start + 3, async_rollout=True))
-    ray_steps = list(remote.train(tasks_for_step, start, start + 3, async_rollout=True))
+    loc = list(run_steps(local, tasks_for_step, start, start + 3, async_rollout=True))
+    ray_steps = list(run_steps(remote, tasks_for_step, start, start + 3, async_rollout=True))
     # the first step after (re)starting the pipeline has nothing to overlap with
     assert [r.metrics["policy_lag"] for r in ray_steps] == [0.0, 1.0, 1.0]
     # rollouts of step k+1 were sampled with the weights of step k, not k+1
@@ -124,10 +124,10 @@ def test_learner_checkpoint_resumes_the_job(backends, tmp_path):
     """Save the Ray learner, train a step, restore, train the same step again: identical (resume)."""
     _, remote = backends
     remote.save(str(tmp_path), step=20, data_state={"position": 80})
-    first = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
+    first = list(run_steps(remote, tasks_for_step, 20, 21, async_rollout=False))
     state = remote.load(str(tmp_path))  # restores model, optimizer, scheduler, RNG on every rank; re-broadcasts
     assert state.step == 20 and state.data_state == {"position": 80}
-    again = list(remote.train(tasks_for_step, 20, 21, async_rollout=False))
+    again = list(run_steps(remote, tasks_for_step, 20, 21, async_rollout=False))
     _assert_same_steps(first, again)
     assert {t.info["policy_version"] for t in again[0].trajectories} == {20}  # the loaded step's weights
 

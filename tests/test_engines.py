@@ -11,7 +11,7 @@ import torch
 from reopold_agents.config import compose
 from reopold_agents.engines import GenerationRequest, SamplingParams, make_engine
 from reopold_agents.engines.hf import HFEngine
-from reopold_agents.testing import tiny_qwen2
+from reopold_agents.tiny import tiny_qwen2
 
 torch.set_num_threads(1)
 
@@ -170,7 +170,7 @@ def test_engine_config_validation():
     from reopold_agents.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="engine.temperature"):
-        compose(["engine.temperature=-1"])
+        compose(["engine.sampling.temperature=-1"])
     with pytest.raises(ConfigError, match="engine.name"):
         compose(["engine.name=sglang"])
     with pytest.raises(ConfigError):

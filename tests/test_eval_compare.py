@@ -48,7 +48,7 @@ def test_compare_rejects_different_suites():
 
 def save_tiny(path, seed: int, **sizes) -> str:
     """A random tiny Qwen2 saved as an HF checkpoint directory (loaded through from_pretrained)."""
-    from reopold_agents.testing import build_tokenizer, tiny_qwen2
+    from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 
     tok = build_tokenizer()
     tiny_qwen2(tok, seed=seed, **sizes).save_pretrained(str(path))
@@ -63,7 +63,7 @@ def test_cli_compares_two_tiny_models(tmp_path, capsys):
     teacher = save_tiny(tmp_path / "tiny-teacher", seed=1, hidden_size=128, num_layers=4)
     out = tmp_path / "ev"
     rc = main(["suite=math_tiny", "k=2", "limit=2", f"model={student}", f"compare={teacher}", f"out_dir={out}",
-               "device=cpu", "eval.benchmarks.arith.max_new_tokens=6"])
+               "device=cpu", "eval.benchmarks.arith.sampling.max_new_tokens=6"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "tiny-student vs tiny-teacher" in printed and "| arith |" in printed

@@ -38,7 +38,7 @@ def test_cli_config_as_documented():
     ("eval.benchmarks.arith.nn=3", "eval.benchmarks.arith.nn"),
     ("eval.benchmarks.arith.env.colour=red", "eval.benchmarks.arith.env.colour"),
     ("eval.benchmarks.arith.n=0", "eval.benchmarks.arith.n"),
-    ("eval.benchmarks.arith.top_p=0", "eval.benchmarks.arith.top_p"),
+    ("eval.benchmarks.arith.sampling.top_p=0", "eval.benchmarks.arith.sampling.top_p"),
     ("k=0", "k"),
     ("role=boss", "role"),
     ("suite=no_such_suite", "suite"),

@@ -91,7 +91,7 @@ def test_mathvista_style_suite_with_images(tmp_path):
 @pytest.mark.slow
 def test_killed_cli_resumes_to_identical_results(tmp_path):
     """SIGKILL the CLI once the first chunk is on disk; the re-run finishes and matches a clean run."""
-    args = ["suite=math_tiny", "k=4", "limit=4", "eval.batch_size=4", "eval.benchmarks.arith.max_new_tokens=24",
+    args = ["suite=math_tiny", "k=4", "limit=4", "eval.batch_size=4", "eval.benchmarks.arith.sampling.max_new_tokens=24",
             "plots=false"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "reopold_agents.evaluate", *args]

@@ -19,7 +19,7 @@ from reopold_agents.evaluation.records import SAMPLES_FILE, RecordStore
 from reopold_agents.evaluation.runner import EvaluationStopped, evaluate_suite
 from reopold_agents.evaluation.suite import load_suite, resolve_suite
 from reopold_agents.models import LoadedModel
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 
 torch.set_num_threads(1)
 
@@ -89,7 +89,7 @@ def random_tiny(vl: bool = False, seed: int = 0) -> LoadedModel:
     neither depend on nor trigger a build)."""
     tok = build_tokenizer()
     if vl:
-        from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+        from reopold_agents.tiny.vl import tiny_qwen2_5_vl, tiny_vl_processor
 
         return LoadedModel(tiny_qwen2_5_vl(tok, seed=seed), tok, tiny_vl_processor(tok), "tiny_vl", None)
     return LoadedModel(tiny_qwen2(tok, seed=seed), tok, None, "tiny", None)

@@ -12,11 +12,13 @@ from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.learner import Learner
 from reopold_agents.logprobs import model_token_logprobs, model_topk_logprobs
-from reopold_agents.losses import batch_advantages, objective_loss, selection_mask
-from reopold_agents.testing import tiny_qwen2
+from reopold_agents.objectives import Forward
+from reopold_agents.tiny import tiny_qwen2
 from reopold_agents.trajectory import Batch
 
-OPD = dict(name="opd", reward_clip=False, stage1_rule="all", stage2_rule="all")
+OPD = dict(name="opd")
+# REOPOLD with its clipping and its token selection switched off: the same objective as OPD
+REOPOLD_AS_OPD = dict(name="reopold", reward_clip=False, stage1_rule="all", stage2_rule="all")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,11 +51,12 @@ def _naive_pg_loss(model, batch):
 def test_opd_gradient_is_policy_gradient_with_stop_gradient_reward(tok):
     student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
     batch = _toy_batch(tok, student, teacher)
-    cfg = AlgoConfig(**OPD)
+    obj = Learner(student, AlgoConfig(**OPD), TrainerConfig()).objective
     logp, ent = model_token_logprobs(student, batch.input_ids, batch.attention_mask, with_entropy=True, chunk_size=7)
-    adv = batch_advantages(cfg, batch)
-    mask = selection_mask(cfg, "all", batch.loss_mask, ent, adv)
-    loss, _ = objective_loss(cfg, logp, batch.old_logprobs, adv.advantages, mask)
+    terms = obj.token_terms(batch)
+    mask = obj.select(0, batch.loss_mask, terms, ent)
+    assert torch.equal(mask, batch.loss_mask > 0)  # OPD trains on every student token
+    loss, _ = obj.loss(Forward(logprobs=logp, old_logprobs=batch.old_logprobs, terms=terms, mask=mask))
     params = list(student.parameters())
     got = torch.autograd.grad(loss, params)
     want = torch.autograd.grad(_naive_pg_loss(student, batch), params)
@@ -170,20 +173,25 @@ def test_ppo_epochs_and_minibatches(tok):
 def test_grpo_and_gkd_train(tok):
     student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
     batch = _toy_batch(tok, student, teacher)
-    m = Learner(copy.deepcopy(student), AlgoConfig(name="grpo", stage1_rule="all"), TrainerConfig(lr=1e-3)).step(batch, 0)
+    m = Learner(copy.deepcopy(student), AlgoConfig(name="grpo"), TrainerConfig(lr=1e-3)).step(batch, 0)
     assert m["skipped"] == 0.0 and m["grad_norm"] > 0
+    assert m["frac_selected"] == 1.0  # grpo has no stage rules: every token trains
+    with pytest.raises(ValueError, match="stage1_rule"):  # a key grpo does not read cannot be set
+        Learner(copy.deepcopy(student), AlgoConfig(name="grpo", stage1_rule="all"), TrainerConfig())
     vals, ids = model_topk_logprobs(teacher, batch.input_ids, batch.attention_mask, k=4)
     batch.teacher_topk_ids, batch.teacher_topk_logprobs = ids, vals
-    gkd = Learner(student, AlgoConfig(name="gkd", gkd_topk=4, stage1_rule="all", stage2_rule="all"), TrainerConfig(lr=3e-3))
-    kls = [gkd.step(batch, s)["topk_kl"] for s in range(4)]
+    gkd = Learner(student, AlgoConfig(name="gkd", gkd_topk=4), TrainerConfig(lr=3e-3))
+    steps = [gkd.step(batch, s) for s in range(4)]
+    kls = [m["topk_kl"] for m in steps]
     assert kls[-1] < kls[0], kls
+    assert all(m["frac_selected"] == 1.0 and m["stage"] == 1.0 for m in steps)
     with pytest.raises(ValueError, match="gkd_topk"):
-        Learner(student, AlgoConfig(name="gkd", gkd_topk=8, stage1_rule="all"), TrainerConfig()).step(batch, 0)
+        Learner(student, AlgoConfig(name="gkd", gkd_topk=8), TrainerConfig()).step(batch, 0)
 
 
 def _vl_batch(tok):
     """A 3-row batch on tiny Qwen2.5-VL models (images in rows 0 and 2); returns (student, batch)."""
-    from reopold_agents.testing.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
+    from reopold_agents.tiny.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
 
     proc, student, teacher = tiny_vl_processor(tok), tiny_qwen2_5_vl(tok, seed=0), tiny_qwen2_5_vl(tok, seed=1)
     texts = ["look <|vision_start|><|image_pad|><|vision_end|> red square here", "no image in this one at all ok",
@@ -197,18 +205,31 @@ def _vl_batch(tok):
     with torch.no_grad():
         old, _ = model_token_logprobs(student, ids, am, mi)
         tea, _ = model_token_logprobs(teacher, ids, am, mi)
-    return student, Batch(ids, am, lm, old * lm, tea * lm, torch.zeros(3), torch.arange(3), model_inputs=mi)
+    per_row = torch.tensor([1, 0, 2])  # what collate fills from each row's image_grid_thw
+    return student, Batch(ids, am, lm, old * lm, tea * lm, torch.zeros(3), torch.arange(3), model_inputs=mi,
+                          images_per_row=per_row)
 
 
 def test_learner_on_qwen2_5_vl_with_minibatches(tok):
-    from reopold_agents.learner import _split_model_inputs
-
     student, batch = _vl_batch(tok)
     mi = batch.model_inputs
-    # splitting rows keeps each sequence's own images
-    part = _split_model_inputs(batch, torch.tensor([2]), student)
-    assert torch.equal(part["image_grid_thw"], mi["image_grid_thw"][1:])
-    assert part["pixel_values"].shape[0] == int(mi["image_grid_thw"][1:].prod(-1).sum())
+    grid = mi["image_grid_thw"]
+    patches = grid.prod(-1).tolist()
+    # selecting rows keeps each sequence's own images (Batch.select, the minibatch split)
+    part = batch.select(torch.tensor([2])).model_inputs
+    assert torch.equal(part["image_grid_thw"], grid[1:])
+    assert part["pixel_values"].shape[0] == int(grid[1:].prod(-1).sum())
+    assert torch.equal(part["pixel_values"], mi["pixel_values"][patches[0]:])
+    both = batch.select(torch.tensor([0, 2]))
+    assert torch.equal(both.model_inputs["pixel_values"], mi["pixel_values"])
+    assert both.images_per_row.tolist() == [1, 2] and torch.equal(both.input_ids, batch.input_ids[[0, 2]])
+    first = batch.select(torch.tensor([0])).model_inputs
+    assert torch.equal(first["image_grid_thw"], grid[:1]) and torch.equal(first["pixel_values"], mi["pixel_values"][:patches[0]])
+    assert "pixel_values" not in batch.select(torch.tensor([1])).model_inputs  # the text-only row has no images
+    unsplit = Batch(**{k: getattr(batch, k) for k in ("input_ids", "attention_mask", "loss_mask", "old_logprobs",
+                                                     "teacher_logprobs", "rewards", "group_ids")}, model_inputs=mi)
+    with pytest.raises(NotImplementedError, match="num_minibatches"):
+        unsplit.select(torch.tensor([0]))  # without images_per_row the rows' images are unknown
     learner = Learner(student, AlgoConfig(name="reopold", stage_switch=0.0), TrainerConfig(lr=1e-3, num_minibatches=3))
     m = learner.step(batch, 0)
     assert m["skipped"] == 0.0 and m["grad_norm"] > 0
@@ -222,7 +243,7 @@ def test_freeze_vision_leaves_the_image_encoder_untouched(tok, freeze):
     student, batch = _vl_batch(tok)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     tower = {id(p) for p in vision_tower(student).parameters()}
-    algo = AlgoConfig(name="opd", stage1_rule="all", reward_clip=False)
+    algo = AlgoConfig(**OPD)
     Learner(student, algo, TrainerConfig(lr=1e-2, freeze_vision=freeze)).step(batch, 0)
     moved = {id(p) for n, p in student.named_parameters() if not torch.equal(p, before[n])}
     assert moved - tower  # the text model learns either way

@@ -11,7 +11,7 @@ from reopold_agents.logprobs import (
     model_token_logprobs,
     model_topk_logprobs,
 )
-from reopold_agents.testing import tiny_qwen2
+from reopold_agents.tiny import tiny_qwen2
 
 ATOL = 1e-5
 
@@ -134,7 +134,7 @@ def test_model_topk_logprobs_matches_naive(tok):
 
 
 def test_qwen2_5_vl_uses_image_inputs(tok):
-    from reopold_agents.testing.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
+    from reopold_agents.tiny.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
 
     proc, model = tiny_vl_processor(tok), tiny_qwen2_5_vl(tok)
     texts = ["what <|vision_start|><|image_pad|><|vision_end|> is this", "a <|vision_start|><|image_pad|><|vision_end|> b"]

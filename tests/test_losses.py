@@ -1,4 +1,5 @@
-"""Token reward, mixture clipping, token selection, surrogate aggregation, GRPO and GKD vs brute force."""
+"""The objectives (reopold_agents/objectives/) vs brute force: token reward, mixture clipping, token
+selection, surrogate aggregation, GRPO, GKD, each objective's token terms and the keys it reads."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ import pytest
 import torch
 
 from reopold_agents.config.algo import AlgoConfig
-from reopold_agents.losses import (
+from reopold_agents.objectives import OBJECTIVES, Forward, TokenTerms, make_objective
+from reopold_agents.objectives.gkd import GKD, topk_kl
+from reopold_agents.objectives.grpo import GRPO, group_advantages
+from reopold_agents.objectives.opd import OPD
+from reopold_agents.objectives.opd_outcome import OPDOutcome
+from reopold_agents.objectives.reopold import (
+    Reopold,
     aggregate,
-    batch_advantages,
     clip_floor,
     clip_reward,
     clipped_surrogate,
-    group_advantages,
+    select_reward_floor,
     select_tokens,
     select_top_entropy,
     token_reward,
-    topk_kl,
 )
 from reopold_agents.trajectory import Batch
 
@@ -29,6 +34,8 @@ def test_token_reward_is_log_ratio_without_grad():
     r = token_reward(t, o, torch.tensor([[0.0, 1.0, 1.0]]))
     assert torch.equal(r, torch.tensor([[0.0, -0.5, 1.0]]))
     assert not r.requires_grad
+    with pytest.raises(ValueError, match="shape"):
+        token_reward(t, o[:, :2], torch.ones(1, 3))
 
 
 def test_clip_floor_and_clipping():
@@ -77,11 +84,17 @@ def test_selection_edge_cases():
     r = torch.tensor([[0.0, -2.0, -1.0, 1.0]])
     m = torch.tensor([[0.0, 1.0, 1.0, 1.0]])
     assert select_tokens("reward_floor", m, reward=r, floor=clip_floor(0.2)).tolist() == [[False, False, True, True]]
+    assert torch.equal(select_reward_floor(r, m, clip_floor(0.2)), select_tokens("reward_floor", m, reward=r,
+                                                                                 floor=clip_floor(0.2)))
     assert select_tokens("all", m).tolist() == [[False, True, True, True]]
     with pytest.raises(ValueError, match="entropy"):
         select_tokens("entropy", m)
+    with pytest.raises(ValueError, match="reward_floor"):
+        select_tokens("reward_floor", m)
     with pytest.raises(ValueError, match="unknown selection rule"):
         select_tokens("random", m)
+    with pytest.raises(ValueError, match="beta"):
+        select_top_entropy(ent, one, 0.0)
 
 
 def test_aggregations():
@@ -93,6 +106,8 @@ def test_aggregations():
     out = aggregate(y, torch.zeros_like(m), "token_mean")
     out.backward()
     assert out.item() == 0.0 and torch.all(y.grad == 0)
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate(x, m, "sum")
 
 
 def test_surrogate_ratio_clipping_against_brute_force():
@@ -143,6 +158,8 @@ def test_topk_kl_brute_force_and_zero_at_match():
     assert topk_kl(t, t, "reverse").item() == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match="direction"):
         topk_kl(s, t, "both")
+    with pytest.raises(ValueError, match="top-k differ"):
+        topk_kl(s, t[:, :2], "reverse")
 
 
 def _batch(teacher=True):
@@ -156,18 +173,131 @@ def _batch(teacher=True):
     )
 
 
-def test_batch_advantages_per_family():
+def _objective(total_steps=4, **algo):
+    cfg = AlgoConfig(**algo)
+    cfg.check()  # every config used here is one the loader accepts
+    return make_objective(cfg, total_steps)
+
+
+def test_token_terms_per_objective():
     b = _batch()
     r = (b.teacher_logprobs - b.old_logprobs) * b.loss_mask
-    opd = batch_advantages(AlgoConfig(name="opd", reward_clip=False), b)
+    opd = _objective(name="opd").token_terms(b)
     assert torch.allclose(opd.advantages, r) and not opd.clipped.any()
-    reo = batch_advantages(AlgoConfig(name="reopold"), b)
+    assert torch.allclose(opd.reward, r)
+    reo = _objective(name="reopold").token_terms(b)
     assert torch.allclose(reo.advantages, torch.clamp(r, min=math.log(0.25)) * b.loss_mask)
     assert reo.clipped.tolist() == [[False, False, True, False], [False, False, False, False]]
-    mix = batch_advantages(AlgoConfig(name="opd_outcome", reward_clip=False, outcome_coef=0.5), b)
+    assert torch.allclose(reo.reward, r)  # the raw reward: what reward_floor selects on and metrics report
+    unclipped = _objective(name="reopold", reward_clip=False).token_terms(b)
+    assert torch.allclose(unclipped.advantages, r) and not unclipped.clipped.any()
+    mix = _objective(name="opd_outcome", outcome_coef=0.5).token_terms(b)
     outcome = group_advantages(b.rewards, b.group_ids)
     assert torch.allclose(mix.advantages, (r + 0.5 * outcome[:, None]) * b.loss_mask)
-    grpo = batch_advantages(AlgoConfig(name="grpo", stage1_rule="all"), _batch(teacher=False))
+    assert torch.allclose(mix.reward, r) and not mix.clipped.any()
+    grpo = _objective(name="grpo").token_terms(_batch(teacher=False))
     assert torch.allclose(grpo.advantages, outcome[:, None] * b.loss_mask)
-    with pytest.raises(ValueError, match="teacher_logprobs"):
-        batch_advantages(AlgoConfig(name="reopold"), _batch(teacher=False))
+    assert grpo.reward is None and not grpo.clipped.any()
+    centred = _objective(name="grpo", grpo_std_norm=False).token_terms(_batch(teacher=False))
+    assert torch.allclose(centred.advantages, group_advantages(b.rewards, b.group_ids, False)[:, None] * b.loss_mask)
+    for terms in (opd, reo, mix, grpo):
+        assert not terms.advantages.requires_grad
+    for name in ("reopold", "opd", "opd_outcome"):
+        algo = dict(name=name, outcome_coef=0.5) if name == "opd_outcome" else dict(name=name)
+        with pytest.raises(ValueError, match="teacher_logprobs"):
+            _objective(**algo).token_terms(_batch(teacher=False))
+    with pytest.raises(ValueError, match="teacher_topk"):
+        _objective(name="gkd").token_terms(b)
+    with pytest.raises(ValueError, match="gkd_topk"):
+        b.teacher_topk_ids, b.teacher_topk_logprobs = torch.zeros(2, 4, 2, dtype=torch.long), torch.zeros(2, 4, 2)
+        _objective(name="gkd", gkd_topk=4).token_terms(b)
+
+
+def test_terms_rows_pick_sequences():
+    terms = _objective(name="reopold").token_terms(_batch())
+    part = terms.rows(torch.tensor([1]))
+    assert torch.equal(part.advantages, terms.advantages[1:]) and torch.equal(part.reward, terms.reward[1:])
+    assert torch.equal(part.clipped, terms.clipped[1:])
+    assert TokenTerms(terms.advantages, None, terms.clipped).rows(torch.tensor([0])).reward is None
+
+
+def test_registry_and_make_objective():
+    assert OBJECTIVES == {"reopold": Reopold, "opd": OPD, "opd_outcome": OPDOutcome, "grpo": GRPO, "gkd": GKD}
+    for name, cls in OBJECTIVES.items():
+        algo = dict(name=name, outcome_coef=0.5) if name == "opd_outcome" else dict(name=name)
+        obj = _objective(total_steps=7, **algo)
+        assert type(obj) is cls and obj.total_steps == 7
+    assert not GRPO.needs_teacher and all(OBJECTIVES[n].needs_teacher for n in ("reopold", "opd", "opd_outcome", "gkd"))
+    assert _objective(name="gkd", gkd_topk=5).teacher_topk == 5
+    assert all(_objective(name=n).teacher_topk == 0 for n in ("reopold", "opd", "grpo"))
+    with pytest.raises(ValueError, match="algo.name"):
+        make_objective(AlgoConfig(name="ppo"), 4)
+    with pytest.raises(ValueError, match="name"):
+        AlgoConfig(name="ppo").check()
+
+
+def test_only_reopold_has_stage_rules():
+    b = _batch()
+    for name in ("opd", "grpo", "gkd", "opd_outcome"):
+        algo = dict(name=name, outcome_coef=0.5) if name == "opd_outcome" else dict(name=name)
+        obj = _objective(total_steps=4, **algo)
+        terms = TokenTerms(torch.zeros(2, 4), None, torch.zeros(2, 4, dtype=torch.bool))
+        for step in range(6):
+            assert obj.stage(step) == 1 and not obj.needs_entropy(step)
+            assert torch.equal(obj.select(step, b.loss_mask, terms, None), b.loss_mask > 0)  # every token
+    reo = _objective(total_steps=4, name="reopold")  # defaults: reward_floor then entropy, switch at step 2
+    terms = reo.token_terms(b)
+    assert [reo.stage(s) for s in range(5)] == [1, 1, 2, 2, 2]
+    assert [reo.needs_entropy(s) for s in range(4)] == [False, False, True, True]
+    floor = reo.select(0, b.loss_mask, terms, None)
+    assert floor.tolist() == [[False, True, False, True], [False, False, True, True]]  # r=-3.5 rejected
+    ent = torch.tensor([[9.0, 0.1, 0.9, 0.2], [9.0, 9.0, 0.3, 0.8]])
+    top = reo.select(2, b.loss_mask, terms, ent)  # ceil(0.5 * 5) = 3 highest trainable
+    assert top.tolist() == [[False, False, True, False], [False, False, True, True]]
+    with pytest.raises(ValueError, match="entropy"):
+        reo.select(2, b.loss_mask, terms, None)
+
+
+def test_keys_an_objective_does_not_read_must_keep_their_defaults():
+    with pytest.raises(ValueError, match="gkd_topk") as err:
+        AlgoConfig(name="reopold", gkd_topk=4).check()
+    assert str(err.value).startswith("gkd_topk:")
+    for algo, key in [(dict(name="opd", reward_clip=False), "reward_clip"),
+                      (dict(name="opd", stage1_rule="all"), "stage1_rule"),
+                      (dict(name="grpo", stage1_rule="all"), "stage1_rule"),
+                      (dict(name="gkd", stage2_rule="all"), "stage2_rule"),
+                      (dict(name="gkd", ppo_clip_low=0.1), "ppo_clip_low"),
+                      (dict(name="reopold", outcome_coef=0.5), "outcome_coef"),
+                      (dict(name="opd_outcome", outcome_coef=0.5, clip_lambda=0.3), "clip_lambda")]:
+        with pytest.raises(ValueError, match=rf"^{key}:"):
+            AlgoConfig(**algo).check()
+    for name, cls in OBJECTIVES.items():  # every key an objective declares it reads is accepted
+        assert set(cls.keys) <= {f for f in AlgoConfig.__dataclass_fields__}
+    AlgoConfig(name="reopold", reward_clip=False, stage1_rule="all", stage2_rule="all", beta=0.3).check()
+    AlgoConfig(name="gkd", gkd_topk=4, gkd_direction="forward", aggregation="seq_mean").check()
+    with pytest.raises(ValueError, match="outcome_coef"):
+        AlgoConfig(name="opd_outcome").check()  # 0 would be plain OPD
+
+
+def test_opd_objective_equals_reopold_without_clip_or_selection():
+    g = torch.Generator().manual_seed(0)
+    lm = (torch.rand(3, 7, generator=g) > 0.3).float()
+    old = -torch.rand(3, 7, generator=g) * 3 * lm
+    tea = -torch.rand(3, 7, generator=g) * 8 * lm  # many rewards below the clip floor
+    b = Batch(torch.ones(3, 7, dtype=torch.long), torch.ones(3, 7, dtype=torch.long), lm, old, tea,
+              torch.zeros(3), torch.arange(3))
+    opd = _objective(total_steps=4, name="opd")
+    reo = _objective(total_steps=4, name="reopold", reward_clip=False, stage1_rule="all", stage2_rule="all")
+    assert bool(((tea - old) * lm < clip_floor(0.2)).any())  # clipping would have changed something
+    for step in range(4):
+        grads, losses = [], []
+        for obj in (opd, reo):
+            terms = obj.token_terms(b)
+            mask = obj.select(step, b.loss_mask, terms, torch.rand(3, 7, generator=g))
+            lp = (old + 0.1 * torch.randn(3, 7, generator=torch.Generator().manual_seed(step))).requires_grad_()
+            loss, stats = obj.loss(Forward(logprobs=lp, old_logprobs=old, terms=terms, mask=mask))
+            loss.backward()
+            grads.append(lp.grad)
+            losses.append((loss.item(), stats))
+        assert losses[0] == losses[1]
+        assert torch.equal(grads[0], grads[1])

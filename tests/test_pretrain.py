@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from reopold_agents.pretrain import SFTConfig, sft_loss, sft_train, tokenize_demonstration
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.tiny.sft import SFTConfig, sft_loss, sft_train, tokenize_demonstration
+from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 
 SYSTEM = {"role": "system", "content": "Use the calculator."}
 
@@ -92,7 +92,7 @@ def test_sft_is_seeded_and_lowers_the_loss():
 
 def test_shared_prefix_loss_equals_plain_loss_and_gradients():
     """The shared-prefix fast path is exact: same loss and same gradients as the padded batch."""
-    from reopold_agents.pretrain import _shared_prefix_loss, common_prefix_len
+    from reopold_agents.tiny.sft import _shared_prefix_loss, common_prefix_len
 
     tok = build_tokenizer()
     torch.set_num_threads(1)
@@ -121,7 +121,7 @@ def test_shared_prefix_loss_equals_plain_loss_and_gradients():
 
 def test_every_pair_is_shipped_with_the_current_recipe():
     """The package carries each tiny pair, made by the current recipe, so no run or CI job builds one."""
-    from reopold_agents.tiny_models import RECIPES, is_shipped, shipped_dir
+    from reopold_agents.tiny.recipes import RECIPES, is_shipped, shipped_dir
 
     for name in RECIPES:
         assert is_shipped(name), f"{name}: run `python scripts/build_tiny_models.py {name} --force --ship`"
@@ -131,7 +131,7 @@ def test_every_pair_is_shipped_with_the_current_recipe():
 
 def test_first_use_installs_the_shipped_pair_without_building(tmp_path, monkeypatch):
     """An empty model cache gets the shipped weights copied in (no SFT), and they are what loads."""
-    import reopold_agents.tiny_models as tm
+    import reopold_agents.tiny.recipes as tm
     from reopold_agents.models import load_model, tiny_model_dir
     from safetensors.torch import load_file
 
@@ -156,7 +156,7 @@ def test_stale_shipped_copy_is_not_installed(tmp_path, monkeypatch):
     """A shipped pair from an older recipe version is ignored (the run would build a fresh one)."""
     import dataclasses
 
-    import reopold_agents.tiny_models as tm
+    import reopold_agents.tiny.recipes as tm
 
     monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))
     monkeypatch.setitem(tm.RECIPES, "tiny", dataclasses.replace(tm.RECIPES["tiny"], version="v-next"))
@@ -167,7 +167,7 @@ def test_stale_shipped_copy_is_not_installed(tmp_path, monkeypatch):
 
 def _color_examples(tok, processor, n: int = 4):
     """vqa colour questions with distinct answers: only the image tells them apart."""
-    from reopold_agents.tiny_models import demonstration_examples
+    from reopold_agents.tiny.recipes import demonstration_examples
 
     by_answer = {}
     for ex in demonstration_examples("vqa", 120, tok, processor):
@@ -180,7 +180,7 @@ def _color_examples(tok, processor, n: int = 4):
 
 def test_freeze_vision_keeps_the_tower_fixed_and_learns_from_the_image():
     from reopold_agents.models import vision_tower
-    from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+    from reopold_agents.tiny.vl import tiny_qwen2_5_vl, tiny_vl_processor
 
     tok = build_tokenizer()
     torch.set_num_threads(1)
@@ -213,7 +213,7 @@ def test_freeze_vision_on_a_text_model_is_an_error():
 def test_habit_examples_replace_a_fraction_with_guesses():
     """Shortcut demonstrations answer at once (no tool call) with another task's answer; the rest are
     the expert's tool-using demonstrations."""
-    from reopold_agents.tiny_models import demonstration_examples
+    from reopold_agents.tiny.recipes import demonstration_examples
 
     tok = build_tokenizer()
     exs = demonstration_examples("toolqa", 200, tok, shortcuts=0.6)
@@ -230,7 +230,7 @@ def test_a_pair_can_reuse_another_pairs_teacher(tmp_path, monkeypatch):
     """tiny_toolqa's teacher is tiny's teacher, copied (no SFT), stamped with tiny_toolqa's version."""
     import json
 
-    import reopold_agents.tiny_models as tm
+    import reopold_agents.tiny.recipes as tm
     from reopold_agents.models import tiny_model_dir
     from safetensors.torch import load_file
 
@@ -248,7 +248,7 @@ def test_a_recipe_needs_exactly_one_teacher_source():
 
     import pytest
 
-    from reopold_agents.tiny_models import RECIPES
+    from reopold_agents.tiny.recipes import RECIPES
 
     with pytest.raises(ValueError, match="exactly one of teacher"):
         dataclasses.replace(RECIPES["tiny_toolqa"], teacher=SFTConfig())

@@ -12,7 +12,7 @@ from reopold_agents.engines import Engine, SamplingParams
 from reopold_agents.engines.hf import HFEngine
 from reopold_agents.rollout import Rollout
 from reopold_agents.teacher import Teacher
-from reopold_agents.testing import tiny_qwen2
+from reopold_agents.tiny import tiny_qwen2
 
 torch.set_num_threads(1)
 

@@ -1,7 +1,6 @@
-"""End-to-end runs of ``reopold_agents.run`` on tiny random models: every env, masks, resume, bad keys.
+"""End-to-end runs of ``reopold_agents.run`` on the shipped tiny pairs: every env, masks, resume, bad keys.
 
-Random tiny models (``build_tiny=False`` and an empty model cache) keep these fast; the trained pair
-is exercised by the documented demo runs (docs/run.md).
+A 4-task held-out set and two short steps keep these fast; the full demos are measured in docs/run.md.
 """
 
 from __future__ import annotations
@@ -24,18 +23,14 @@ SMALL = [
     "trainer.prompts_per_step=2",
     "trainer.group_size=2",
     "trainer.save_every=1",
-    "engine.max_new_tokens=12",
-    "engine.max_turns=2",
+    "engine.sampling.max_new_tokens=12",
+    "env.max_turns=2",
+    "trainer.heldout_tasks=4",
 ]
 
 
 @pytest.fixture(autouse=True)
-def _small_and_random(monkeypatch, tmp_path):
-    """Random tiny models (no cached pair), a 4-task held-out set, one thread."""
-    import reopold_agents.models as models
-
-    monkeypatch.setattr(models, "tiny_model_dir", lambda name, role: tmp_path / "no-models" / f"{name}-{role}")
-    monkeypatch.setattr(run_mod, "HELDOUT_TASKS", 4)
+def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -48,7 +43,7 @@ def _cfg(env: str, out: Path, *extra: str):
 
 @pytest.mark.parametrize("env", ["math", "toolqa", "vqa"])
 def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
-    result = run_mod.train(_cfg(env, tmp_path / "run"), progress=False, build_tiny=False)
+    result = run_mod.train(_cfg(env, tmp_path / "run"), progress=False)
     out = Path(result.output_dir)
     records = read_metrics(out)
     assert [r["step"] for r in records] == [0, 1, 2, 2]  # eval before, two steps, eval after
@@ -71,8 +66,8 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
 
 def test_eval_suite_is_logged_during_training(tmp_path):
     extra = ["eval=math_tiny", "eval.benchmarks.arith.env.size=2", "eval.benchmarks.arith.n=1",
-             "eval.benchmarks.arith.max_new_tokens=8", "trainer.eval_every=1", "trainer.total_steps=2"]
-    result = run_mod.train(_cfg("math", tmp_path / "run", *extra), progress=False, build_tiny=False)
+             "eval.benchmarks.arith.sampling.max_new_tokens=8", "trainer.eval_every=1", "trainer.total_steps=2"]
+    result = run_mod.train(_cfg("math", tmp_path / "run", *extra), progress=False)
     records = read_metrics(result.output_dir)
     assert [r["step"] for r in records if "eval/success" in r] == [0, 1, 2]
     assert all(any(k.startswith("suite/") for k in r) for r in records if "eval/success" in r)
@@ -82,10 +77,20 @@ def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
     """No env token (prompt, tool output, nudges) has loss_mask 1; the teacher scores the student's ids."""
     import reopold_agents.logprobs as logprobs
 
+    import reopold_agents.step as step_mod
+
     seen: list = []
+    teacher_rows: list = []
     scored: list[list[int]] = []
-    original_check = run_mod.check_masks
-    monkeypatch.setattr(run_mod, "check_masks", lambda trajs: (seen.extend(trajs), original_check(trajs))[1])
+    original_step = step_mod.train_step
+
+    def keep(*args, **kwargs):
+        result = original_step(*args, **kwargs)
+        seen.extend(result.trajectories)
+        teacher_rows.extend(result.batch.teacher_logprobs.tolist())
+        return result
+
+    monkeypatch.setattr(step_mod, "train_step", keep)
     original_logprobs = logprobs.model_token_logprobs
 
     def spy(model, input_ids, attention_mask, *args, **kwargs):
@@ -94,13 +99,13 @@ def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
         return original_logprobs(model, input_ids, attention_mask, *args, **kwargs)
 
     monkeypatch.setattr(logprobs, "model_token_logprobs", spy)  # teacher.py imports it at call time
-    cfg = _cfg("toolqa", tmp_path / "run", "engine.max_turns=3", "engine.max_new_tokens=20")
-    run_mod.train(cfg, progress=False, build_tiny=False)
-    from reopold_agents.testing import build_tokenizer
+    cfg = _cfg("toolqa", tmp_path / "run", "env.max_turns=3", "engine.sampling.max_new_tokens=20")
+    run_mod.train(cfg, progress=False)
+    from reopold_agents.tiny import build_tokenizer
 
     tok = build_tokenizer()
     assert seen and any(len(t.turns) > 1 for t in seen), "want multi-turn episodes (env answered in between)"
-    for t in seen:
+    for t, teacher_lp in zip(seen, teacher_rows):
         gen_runs, env_runs, cur, cur_mask = [], [], [], None
         for tid, m in zip(t.token_ids, t.loss_mask):
             if m != cur_mask and cur:
@@ -116,7 +121,8 @@ def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
             assert tok.decode(r).endswith("<|im_start|>assistant\n")
         for turn in t.turns[:-1]:
             assert turn.get("env_tokens", 0) > 0
-        assert all(lp == 0.0 for lp, m in zip(t.teacher_logprobs, t.loss_mask) if not m)
+        assert all(lp == 0.0 for lp, m in zip(teacher_lp, t.loss_mask) if not m)
+        assert any(lp != 0.0 for lp, m in zip(teacher_lp, t.loss_mask) if m)
     # The teacher saw exactly the student's token ids (as a multiset of sequences: it batches by length).
     assert sorted(map(tuple, scored)) == sorted(tuple(t.token_ids) for t in seen)
 
@@ -129,7 +135,7 @@ def _params(model_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_after_a_crash_is_bit_identical(tmp_path):
     extra = ["trainer.total_steps=4", "trainer.save_every=2", "trainer.lr=1e-3", "trainer.keep_checkpoints=5"]
-    full = run_mod.train(_cfg("math", tmp_path / "full", *extra), progress=False, build_tiny=False)
+    full = run_mod.train(_cfg("math", tmp_path / "full", *extra), progress=False)
 
     class Crash(RuntimeError):
         pass
@@ -139,9 +145,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
             raise Crash("simulated crash after step 3 (last checkpoint: step 2)")
 
     with pytest.raises(Crash):
-        run_mod.train(_cfg("math", tmp_path / "crash", *extra), progress=False, on_step=crash, build_tiny=False)
-    resumed = run_mod.train(_cfg("math", tmp_path / "crash", *extra, "trainer.resume=true"), progress=False,
-                            build_tiny=False)
+        run_mod.train(_cfg("math", tmp_path / "crash", *extra), progress=False, on_step=crash)
+    resumed = run_mod.train(_cfg("math", tmp_path / "crash", *extra, "trainer.resume=true"), progress=False)
     a = _params(Path(full.output_dir) / "checkpoints" / "step_00000004" / "model")
     b = _params(Path(resumed.output_dir) / "checkpoints" / "step_00000004" / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

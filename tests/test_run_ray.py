@@ -1,8 +1,8 @@
 """`python -m reopold_agents.run distributed=ray`: the run CLI drives the Ray backend end to end.
 
-Two steps of the math env on random tiny models over a private model cache, on a local Ray cluster the
-backend starts and stops itself: metrics, checkpoints and the held-out evaluation all come out, the
-learner's weights reach the driver's evaluation engine, and resume continues from the Ray checkpoint.
+Two steps of the math env on the shipped tiny pair, on a local Ray cluster the backend starts and stops
+itself: metrics, checkpoints and the held-out evaluation (run by rollout worker 0 with the synced
+weights) all come out, and resume continues from the Ray checkpoint.
 """
 
 from __future__ import annotations
@@ -22,24 +22,23 @@ from reopold_agents.metrics import read_metrics  # noqa: E402
 OVERRIDES = [
     "env=math",
     "env.max_turns=1",
-    "engine.max_turns=1",
-    "engine.max_new_tokens=8",
+    "engine.sampling.max_new_tokens=8",
+    "trainer.heldout_tasks=4",
     "trainer.prompts_per_step=2",
     "trainer.group_size=2",
     "trainer.save_every=1",
     "trainer.lr=1e-3",
     "distributed=ray",
-    "distributed.num_rollout_workers=2",
+    "distributed.ray.num_rollout_workers=2",
     "distributed.rollout_chunk_size=1",
-    "distributed.local_num_cpus=2",
+    "distributed.ray.local_num_cpus=2",
 ]
 
 
 @pytest.fixture()
 def private_cache(tmp_path, monkeypatch):
-    """Random tiny models everywhere: an empty model cache (with the project tokenizer) that the Ray
-    workers inherit through REOPOLD_CACHE."""
-    from reopold_agents.testing import build_tokenizer, cache_dir
+    """A private cache (with the project tokenizer) that the Ray workers inherit through REOPOLD_CACHE."""
+    from reopold_agents.tiny import build_tokenizer, cache_dir
 
     build_tokenizer()
     private = tmp_path / "cache"
@@ -48,7 +47,6 @@ def private_cache(tmp_path, monkeypatch):
         if entry.is_dir() and ".tmp" not in entry.name:
             shutil.copytree(entry, private / entry.name)
     monkeypatch.setenv("REOPOLD_CACHE", str(private))
-    monkeypatch.setattr(run_mod, "HELDOUT_TASKS", 4)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield private
@@ -59,18 +57,17 @@ def test_run_cli_on_ray_trains_checkpoints_and_resumes(private_cache, tmp_path):
     import ray
 
     out = tmp_path / "run"
-    run_mod.train(compose([*OVERRIDES, "trainer.total_steps=2", f"trainer.output_dir={out}"]),
-                          progress=False, build_tiny=False)
+    run_mod.train(compose([*OVERRIDES, "trainer.total_steps=2", f"trainer.output_dir={out}"]), progress=False)
     assert not ray.is_initialized(), "the run must stop the local cluster it started"
     records = read_metrics(out)
     assert [r["step"] for r in records] == [0, 1, 2, 2]
     step1, step2 = records[1], records[2]
-    for key in ("loss", "policy_lag", "rollout/success", "teacher/log_ratio/mean", "frac_selected", "episodes"):
+    for key in ("loss", "policy_lag", "rollout/success", "teacher/log_ratio/mean", "frac_selected", "rollout/episodes"):
         assert key in step1, key
-    assert step1["episodes"] == 4.0  # prompts_per_step x group_size, nothing lost or doubled
+    assert step1["rollout/episodes"] == 4.0  # prompts_per_step x group_size, nothing lost or doubled
     assert step1["loss"] != step2["loss"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
-    # the driver's evaluation engine holds the learner's trained weights, which are the checkpoint's
+    # the learner's weights moved between the two checkpoints
     from safetensors.torch import load_file
 
     saved = load_file(str(out / "checkpoints" / "step_00000002" / "model" / "model.safetensors"))
@@ -80,7 +77,7 @@ def test_run_cli_on_ray_trains_checkpoints_and_resumes(private_cache, tmp_path):
     # resume: one more step continues from the Ray learner's step-2 checkpoint
     resumed = run_mod.train(
         compose([*OVERRIDES, "trainer.total_steps=3", f"trainer.output_dir={out}", "trainer.resume=true"]),
-        progress=False, build_tiny=False,
+        progress=False,
     )
     assert resumed.steps == 3
     steps = [r["step"] for r in read_metrics(out)]

@@ -9,8 +9,8 @@ import torch
 
 from reopold_agents.config import compose
 from reopold_agents.teacher import Teacher, TokenizerMismatchError, build_teacher, check_same_tokenizer
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
-from reopold_agents.testing.tokenizer import train_tokenizer
+from reopold_agents.tiny import build_tokenizer, tiny_qwen2
+from reopold_agents.tiny.tokenizer import train_tokenizer
 from reopold_agents.trajectory import Trajectory
 
 torch.set_num_threads(1)

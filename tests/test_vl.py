@@ -14,7 +14,7 @@ from reopold_agents.engines.hf import HFEngine
 from reopold_agents.models import forward_inputs
 from reopold_agents.rollout import Rollout
 from reopold_agents.teacher import Teacher
-from reopold_agents.testing.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
+from reopold_agents.tiny.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
 
 torch.set_num_threads(1)
 

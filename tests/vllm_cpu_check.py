@@ -31,7 +31,7 @@ from reopold_agents.config.engine import EngineConfig
 from reopold_agents.engines.base import GenerationRequest, SamplingParams
 from reopold_agents.engines.hf import HFEngine
 from reopold_agents.engines.vllm import VLLMEngine
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 
 TOL = 1e-4  # fp32 log-prob agreement between vLLM's CPU kernels and transformers
 HEAD_STD = 0.5  # output-head init: logits with std ~4, so greedy margins are >> float noise
@@ -211,7 +211,7 @@ def text_checks(results: dict[str, Any], workdir: str) -> None:
 
 def vl_checks(results: dict[str, Any], workdir: str) -> None:
     from reopold_agents.chat import encode_prompt
-    from reopold_agents.testing.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
+    from reopold_agents.tiny.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
 
     tok = build_tokenizer()
     proc = tiny_vl_processor(tok)

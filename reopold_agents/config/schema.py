@@ -70,6 +70,8 @@ def check_finite(node: Any, key: str = "") -> None:
 def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     """Merge ``cfg`` onto the schema and run each section's range checks; raise ConfigError naming the key."""
     try:
+        if isinstance(cfg, DictConfig):  # plain data first: a key forced into a typed node must still fail
+            cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
         run_cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:

@@ -4,7 +4,7 @@ Learner keys (read by reopold_agents/learner.py): lr, weight_decay, betas, eps, 
 warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, freeze_vision,
 total_steps.
 Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
-seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every.
+seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every, heldout_tasks.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class TrainerConfig:
     resume: bool = False  # continue from latest_checkpoint(output_dir/checkpoints)
     log_every: int = 1
     eval_every: int = 0  # 0 disables periodic evaluation
+    heldout_tasks: int = 64  # size of the fixed held-out success set (greedy, measured at every evaluation)
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -58,7 +59,7 @@ class TrainerConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio: must lie in [0, 1], got {self.min_lr_ratio}")
         for key in ("ppo_epochs", "num_minibatches", "total_steps", "prompts_per_step",
-                    "group_size", "keep_checkpoints", "log_every"):
+                    "group_size", "keep_checkpoints", "log_every", "heldout_tasks"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "save_every", "eval_every"):

@@ -2,8 +2,8 @@
 
 It runs the same chunks with the same seeds as RayBackend, one after another, so a single-process run
 and a Ray run with the same seed train on the same episodes. The rollout engine shares the learner's
-student module (no copy, no per-step weight transfer); with ``distributed.async_rollout`` it holds its
-own copy instead, because step k+1 must be sampled with the weights of step k while step k trains.
+student module (no copy, no per-step weight transfer). That is exact in async mode too: a submitted
+rollout runs at once, so step k+1 is sampled with the weights of step k, before step k's update.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ class LocalBackend(Backend):
         super().__init__(cfg)
         self.learner = LearnerWorker(factories, cfg)
         self.teacher = TeacherWorker(factories, cfg)
-        self.shared = not self.dcfg.async_rollout
-        student = self.learner.role.model if self.shared else None
-        self.worker = RolloutWorker(factories, cfg, 0, student=student)
+        self.worker = RolloutWorker(factories, cfg, 0, student=self.learner.role.model)
         self.pad_token_id = self.worker.pad_token_id()
         self.sync_weights()
 
@@ -60,11 +58,8 @@ class LocalBackend(Backend):
         return self.learner.update(batch, step)
 
     def sync_weights(self) -> int:
-        if self.shared:  # the engine runs the learner's own module: nothing to copy
-            self.worker.version = self.learner.version
-            return self.worker.version
-        state, version = self.learner.weights()
-        return self.worker.load_weights(state, version)
+        self.worker.version = self.learner.version  # the engine runs the learner's own module: nothing to copy
+        return self.worker.version
 
     def evaluate(self, step: int) -> dict[str, float]:
         return self.worker.evaluate(step)
@@ -76,9 +71,6 @@ class LocalBackend(Backend):
         state = self.learner.load(directory)
         self.sync_weights()
         return state
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.learner.weights()[0]
 
     def shutdown(self) -> None:
         for role in (self.worker.role, self.learner.role):

@@ -1,6 +1,6 @@
 """Held-out greedy success: the one number a run reports before, during and after training.
 
-The held-out set is ``HELDOUT_TASKS`` tasks of the run's env: synthetic tasks from a seed disjoint
+The held-out set is ``trainer.heldout_tasks`` tasks of the run's env: synthetic tasks from a seed disjoint
 from training (``env.seed + HELDOUT_SEED_OFFSET``), or the first rows of a file source. Every caller
 (the run's evaluation, the tiny-model builds, the benchmarks) measures it with ``greedy_success``.
 """
@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
-HELDOUT_TASKS = 64  # size of the fixed held-out success set
 HELDOUT_SEED_OFFSET = 100_003  # held-out synthetic tasks use env.seed + this (never the training seed)
 
 
-def heldout_env_config(env_cfg: Any, size: int = HELDOUT_TASKS) -> Any:
+def heldout_env_config(env_cfg: Any, size: int) -> Any:
     """The held-out set's env config: synthetic tasks from a disjoint seed, or the first tasks of a file."""
     if env_cfg.tasks.startswith("synthetic"):
         return replace(env_cfg, seed=env_cfg.seed + HELDOUT_SEED_OFFSET, size=size)
@@ -45,7 +44,7 @@ class HeldoutSet:
         from envs.factory import build_env, load_env_tasks
         from reopold_agents.rollout import Rollout
 
-        env_cfg = heldout_env_config(cfg.env)
+        env_cfg = heldout_env_config(cfg.env, cfg.trainer.heldout_tasks)
         tasks = load_env_tasks(env_cfg)
         rollout = Rollout.from_config(cfg.engine, env_cfg, engine, tokenizer,
                                       lambda: build_env(env_cfg, tasks=tasks, sandbox=cfg.sandbox), processor=processor)

@@ -32,6 +32,8 @@ def _is_path(suite: str) -> bool:
 
 def _structured(schema: type, cfg: Any, prefix: str) -> Any:
     try:
+        if isinstance(cfg, DictConfig):  # plain data first: a key forced into a typed node must still fail
+            cfg = OmegaConf.to_container(cfg, resolve=True)
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
