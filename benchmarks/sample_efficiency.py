@@ -42,11 +42,13 @@ METHODS: dict[str, list[str]] = {
     "opd": ["algo=opd"],
     "grpo": ["algo=grpo"],
     "gkd": ["algo=gkd"],
+    "dapo": ["algo=dapo"],
+    "dense_kl": ["algo=dense_kl"],
     "reopold-noclip": ["algo=reopold", "algo.reward_clip=false"],
     "reopold-noentropy": ["algo=reopold", "algo.stage2_rule=all"],
     "reopold-1stage": ["algo=reopold", "algo.stage_switch=0"],
 }
-MAIN = ("reopold", "opd", "grpo", "gkd")
+MAIN = ("reopold", "opd", "grpo", "dapo", "gkd", "dense_kl")
 
 
 @dataclass
@@ -94,41 +96,30 @@ def train_one(env: str, method: str, seed: int, args: argparse.Namespace, out_ro
     cfg = compose(overrides(env, method, seed, args, out_dir))
     per_step = cfg.trainer.prompts_per_step * cfg.trainer.group_size
     start = time.perf_counter()
-    result = train(cfg, progress=False, on_step=on_step, build_tiny=not args.no_build)
+    result = train(cfg, progress=False, on_step=on_step)
     curve = RunCurve(env, method, seed, per_step, [(step * per_step, float(s)) for step, s in result.evals],
                      time.perf_counter() - start)
     return curve
 
 
 def teacher_heldout_success(env: str, args: argparse.Namespace) -> float:
-    """Greedy success of the *teacher* (``model.teacher``) on the very held-out set the runs evaluate the student on.
-
-    Adapter over the run CLI's own pieces (``run.heldout_success`` and its held-out env config) with the
-    teacher loaded in the student's place, so the reference is measured exactly like ``eval/success``.
-    """
-    from types import SimpleNamespace
-
-    from envs.factory import build_env, load_env_tasks
-    from reopold_agents import run as run_mod
+    """Greedy success of the *teacher* (``model.teacher``) on the very held-out set the runs evaluate the
+    student on, measured by the run's own evaluator (``evaluation.heldout.HeldoutSet``)."""
     from reopold_agents.config import compose
     from reopold_agents.engines import make_engine
+    from reopold_agents.evaluation.heldout import HeldoutSet
     from reopold_agents.models import load_model
-    from reopold_agents.rollout import Rollout
+    from reopold_agents.run import resolve_tiny
 
-    cfg = compose([f"env={env}", "model=tiny", *args.override])
+    cfg = resolve_tiny(compose([f"env={env}", "model=tiny", *args.override]))
     loaded = load_model(cfg.model.teacher, "teacher", cfg.model.dtype, cfg.model.device)
     engine = make_engine(cfg.engine, model=loaded.model, tokenizer=loaded.tokenizer, processor=loaded.processor,
                          model_path=loaded.path)
-    held_cfg = run_mod._heldout_env_config(cfg.env)
-    held_tasks = load_env_tasks(held_cfg)
-    sandbox = cfg.sandbox if "python" in cfg.env.tools else None
-    rollout = Rollout.from_config(cfg.engine, engine, loaded.tokenizer,
-                                  lambda: build_env(held_cfg, tasks=held_tasks, sandbox=sandbox), loaded.processor)
-    rollout.eval_size = len(held_tasks)  # type: ignore[attr-defined]
+    held = HeldoutSet.from_config(cfg, engine, loaded.tokenizer, loaded.processor)
     try:
-        return float(run_mod.heldout_success(SimpleNamespace(eval_rollout=rollout), cfg))  # type: ignore[arg-type]
+        return float(held.success())
     finally:
-        rollout.close()
+        held.close()
         engine.close()
 
 
@@ -263,7 +254,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="file stem (default sample_efficiency[_quick])")
     p.add_argument("--work-dir", default=None, help="run outputs (default: a temporary folder)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
-    p.add_argument("--no-build", action="store_true", help="do not build the tiny pair (use the cached or random models)")
     args = p.parse_args(argv)
     q = args.quick
     args.envs = args.envs or (["math"] if q else ["math", "toolqa"])
@@ -313,10 +303,6 @@ def main(argv: list[str] | None = None) -> float:
 def _train_all(args: argparse.Namespace) -> tuple[list[RunCurve], dict[str, float]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not args.no_build:
-        from reopold_agents.tiny.recipes import ensure_tiny
-
-        ensure_tiny("tiny")  # build the pair once, before the clock of the first run starts
     teachers = {env: teacher_heldout_success(env, args) for env in args.envs}
     runs = [(e, m, s) for s in args.seeds for e in args.envs for m in args.methods]  # seeds outermost: early results cover every method
     curves: list[RunCurve] = []

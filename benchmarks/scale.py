@@ -24,9 +24,9 @@ def measure(num_workers: int, args: argparse.Namespace) -> float:
     cfg = compose([
         f"env={args.env}",
         "distributed=ray",
-        f"distributed.num_rollout_workers={num_workers}",
+        f"distributed.ray.num_rollout_workers={num_workers}",
         f"distributed.rollout_chunk_size={args.chunk}",
-        f"distributed.local_num_cpus={args.cpus}",
+        f"distributed.ray.local_num_cpus={args.cpus}",
         f"engine.sampling.max_new_tokens={args.max_new_tokens}",
         "engine.sampling.temperature=1.0",
         f"trainer.group_size={args.group_size}",

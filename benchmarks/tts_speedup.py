@@ -42,7 +42,7 @@ def distill(args: argparse.Namespace, work: Path) -> str:
     cfg = compose([f"env={args.env}", "algo=reopold", "model=tiny", f"trainer.total_steps={args.steps}",
                    f"trainer.output_dir={out}", f"trainer.save_every={args.steps}", "trainer.keep_checkpoints=1",
                    "trainer.eval_every=0", f"trainer.seed={args.seed}", f"trainer.lr={args.lr}", *args.override])
-    train(cfg, progress=True, build_tiny=not args.no_build)
+    train(cfg, progress=True)
     from reopold_agents.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(out / "checkpoints")
@@ -160,7 +160,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="file stem (default tts_speedup[_quick])")
     p.add_argument("--work-dir", default=None, help="runs and eval outputs (default: a temporary folder)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for the distillation run")
-    p.add_argument("--no-build", action="store_true", help="do not build the tiny pair (cached or random models)")
     args = p.parse_args(argv)
     q = args.quick
     args.steps = args.steps or (8 if q else 30)
@@ -181,10 +180,6 @@ def main(argv: list[str] | None = None) -> float:
     torch.set_num_threads(args.threads)
     from reopold_agents.evaluation.compare import compare_results
 
-    if not args.no_build:
-        from reopold_agents.tiny.recipes import ensure_tiny
-
-        ensure_tiny("tiny")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp)
         student = args.student or distill(args, work)

@@ -142,23 +142,25 @@ def make_samples(tok, student, batch: int, completion_tokens: int, seed: int) ->
 
 # ------------------------------------------------------------------------------------------ sides
 class OursStep:
-    """Teacher scoring + collate + ``Learner.step`` (REOPOLD, stage 2: clipping + entropy selection)."""
+    """``reopold_agents.step.train_step`` (collate + teacher scoring + mask check + ``Learner.step``; REOPOLD
+    stage 2: clipping + entropy selection) on fixed samples instead of a fresh rollout."""
 
     def __init__(self, tok, student, teacher, samples: list[Sample], args: argparse.Namespace) -> None:
         import torch
 
         from reopold_agents.config.algo import AlgoConfig
         from reopold_agents.config.trainer import TrainerConfig
+        from reopold_agents.distributed.backend import ChunkedRolloutStats
         from reopold_agents.learner import Learner
         from reopold_agents.logprobs import model_token_logprobs
         from reopold_agents.teacher import Teacher
-        from reopold_agents.trajectory import Trajectory, collate
+        from reopold_agents.trajectory import Trajectory
 
-        self.collate, self.tok = collate, tok
         self.model = student
-        trainer = TrainerConfig(lr=1e-5, max_grad_norm=1.0, total_steps=10, logprob_chunk_size=args.chunk)
-        self.learner = Learner(student, AlgoConfig(name=args.algo), trainer)
+        trainer = TrainerConfig(lr=1e-5, max_grad_norm=1.0, total_steps=10)
+        self.learner = Learner(student, AlgoConfig(name=args.algo), trainer, logprob_chunk_size=args.chunk)
         self.teacher = Teacher(tok, model=teacher.eval(), chunk_size=args.chunk, batch_size=len(samples))
+        self.pad_token_id = tok.pad_token_id
         # rollout log-probs = the student's own log-probs of its samples (what the engine records)
         self.base: list[Trajectory] = []
         for s in samples:
@@ -169,14 +171,28 @@ class OursStep:
                 lp, _ = model_token_logprobs(student.eval(), ids, torch.ones_like(ids), chunk_size=args.chunk)
             t.append_generated(s.completion, lp[0, len(s.prompt):].tolist())
             self.base.append(t)
+        self.stats = ChunkedRolloutStats(episodes=len(self.base))
         self.step_index = 9  # stage 2 of 10 steps: entropy selection active (the heavier rule)
 
+    # the three backend calls the step makes, all in this process
+    def score(self, batch):
+        return self.teacher.score(batch)
+
+    def update(self, batch, step: int):
+        return self.learner.step(batch, step), 0
+
+    def sync_weights(self) -> int:
+        return 0
+
+    def result(self):  # the "rollout handle": the fixed samples
+        return [copy.copy(t) for t in self.base]
+
     def __call__(self) -> float:
-        trajs = [copy.copy(t) for t in self.base]  # fresh teacher fields every step
-        self.teacher.score(trajs)
-        batch = self.collate(trajs, self.tok.pad_token_id)
-        metrics = self.learner.step(batch, self.step_index)
-        return metrics["loss"]
+        import time
+
+        from reopold_agents.step import train_step
+
+        return train_step(self, self, self.step_index, time.perf_counter()).metrics["loss"]
 
 
 def _trl_args(cls, outdir: str, batch: int, **extra):

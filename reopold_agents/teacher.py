@@ -83,15 +83,18 @@ class Teacher:
             return batch
         bsz, length = batch.input_ids.shape
         teacher_lp = torch.zeros((bsz, length), dtype=torch.float32)
-        top_lp = torch.zeros((bsz, length, self.top_k), dtype=torch.float32) if self.top_k else None
-        top_ids = torch.zeros((bsz, length, self.top_k), dtype=torch.long) if self.top_k else None
+        top_lp = top_ids = None  # [B, T, k], allocated once k is known (top_k past the vocabulary means all of it)
         order = torch.argsort(lengths.cpu(), stable=True)  # similar lengths together: less padding
         for start in range(0, bsz, self.batch_size):
             idx = order[start : start + self.batch_size]
             n = int(lengths[idx].max())
             part = self._score_hf(batch.select(idx).truncate(n))
             teacher_lp[idx, :n] = part[0]
-            if top_lp is not None and top_ids is not None:
+            if part[1] is not None and part[2] is not None:
+                if top_lp is None or top_ids is None:
+                    k = part[1].shape[-1]
+                    top_lp = torch.zeros((bsz, length, k), dtype=torch.float32)
+                    top_ids = torch.zeros((bsz, length, k), dtype=torch.long)
                 top_lp[idx, :n], top_ids[idx, :n] = part[1], part[2]
         batch.teacher_logprobs = teacher_lp.to(batch.loss_mask.device)
         batch.teacher_topk_logprobs, batch.teacher_topk_ids = top_lp, top_ids
@@ -109,7 +112,7 @@ class Teacher:
             if len(lps) != n:
                 raise ValueError(f"engine scored {len(lps)} positions for a {n}-token row")
             teacher_lp[b, :n] = torch.tensor([float(x) for x in lps], dtype=torch.float32)
-        batch.teacher_logprobs = teacher_lp * batch.loss_mask.cpu()
+        batch.teacher_logprobs = torch.where(batch.loss_mask.cpu() > 0, teacher_lp, torch.zeros(()))
 
     @torch.no_grad()
     def _score_hf(self, part: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -128,13 +131,13 @@ class Teacher:
             # Only the student's tokens are scored: the LM head skips prompts and tool outputs.
             logps, _ = model_token_logprobs(model, part.input_ids, part.attention_mask, model_inputs=part.model_inputs,
                                             chunk_size=self.chunk_size, target_mask=used)
-            logps = logps.float().cpu() * keep
+            logps = torch.where(keep > 0, logps.float().cpu(), torch.zeros(()))
             top_lp = top_ids = None
             if self.top_k:
                 top_lp, top_ids = model_topk_logprobs(model, part.input_ids, part.attention_mask, self.top_k,
                                                       model_inputs=part.model_inputs, chunk_size=self.chunk_size,
                                                       target_mask=used)
-                top_lp = top_lp.float().cpu() * keep[..., None]
+                top_lp = torch.where(keep[..., None] > 0, top_lp.float().cpu(), torch.zeros(()))
                 top_ids = top_ids.cpu() * keep[..., None].long()
         finally:
             model.train(was_training)

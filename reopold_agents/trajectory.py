@@ -30,7 +30,7 @@ class Trajectory:
     model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. pixel_values, image_grid_thw
     # Optional, for GKD (supervised top-k KL): per position the teacher's top-k ids and log-probs of the
     # distribution predicting that position (target-aligned like teacher_logprobs; rows of K zeros on
-    # env tokens and position 0). Filled by teacher scoring when algo.name == "gkd".
+    # env tokens and position 0). Filled by teacher scoring when the objective asks for a top-k (gkd, dense_kl).
     teacher_topk_ids: list[list[int]] | None = None
     teacher_topk_logprobs: list[list[float]] | None = None
 

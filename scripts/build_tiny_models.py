@@ -4,12 +4,12 @@
     python scripts/build_tiny_models.py                 # both pairs: tiny (math + toolqa), tiny_vl (vqa)
     python scripts/build_tiny_models.py tiny --force    # rebuild one pair
     python scripts/build_tiny_models.py --threads 2
-    python scripts/build_tiny_models.py --force --ship  # rebuild and copy into reopold_agents/assets/tiny/
+    python scripts/build_tiny_models.py --force --ship  # rebuild and copy into reopold_agents/tiny/assets/
 
 The package ships the pairs this script made (``--ship``), so the run CLI only copies them into the cache.
 This script remakes them (seeded: same recipe, same weights on the same torch build) and prints timings
 and the greedy success of each model on held-out tasks. Output: reopold_agents.tiny.cache_dir()/models/
-(and, with ``--ship``, reopold_agents/assets/tiny/).
+(and, with ``--ship``, reopold_agents/tiny/assets/).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--role", choices=["teacher", "student"], default=None,
                         help="build only this role (run one process per role to use two cores); implies --force")
-    parser.add_argument("--ship", action="store_true", help="copy the built pairs into reopold_agents/assets/tiny/")
+    parser.add_argument("--ship", action="store_true", help="copy the built pairs into reopold_agents/tiny/assets/")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for name in args.names:

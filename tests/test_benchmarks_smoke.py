@@ -52,7 +52,7 @@ SMALL_RUN = ["engine.sampling.max_new_tokens=6", "env.max_turns=1"]
 
 def test_sample_efficiency_smallest(random_tiny, capsys):
     se = _load("sample_efficiency")
-    ratio = se.main(["--quick", "--no-build", "--steps", "2", "--eval-every", "1", "--prompts", "2", "--group", "2",
+    ratio = se.main(["--quick", "--steps", "2", "--eval-every", "1", "--prompts", "2", "--group", "2",
                      "--methods", "reopold", "grpo", "--out", str(random_tiny / "out"), "--override", *SMALL_RUN])
     last = _last_line(capsys)
     assert last.startswith("ratio samples-to-target GRPO/REOPOLD (math):"), last
@@ -70,7 +70,7 @@ def test_sample_efficiency_samples_to_target():
 
 def test_tts_speedup_smallest(random_tiny, capsys):
     tts = _load("tts_speedup")
-    ratio = tts.main(["--quick", "--no-build", "--steps", "1", "--k", "2", "--limit", "2", "--repeats", "1",
+    ratio = tts.main(["--quick", "--steps", "1", "--k", "2", "--limit", "2", "--repeats", "1",
                       "--out", str(random_tiny / "out"), "--override", "trainer.prompts_per_step=2", *SMALL_RUN])
     last = _last_line(capsys)
     assert last.startswith("ratio speed-up at matched accuracy, distilled student vs teacher (arith):"), last

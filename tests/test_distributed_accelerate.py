@@ -85,6 +85,47 @@ def test_bf16_autocast_runs_and_stays_close():
     assert m["loss"] == pytest.approx(ref["loss"], abs=0.05, rel=0.05)  # bf16 rounding, same objective
 
 
+def _opt_tensors(learner):
+    state = learner.optimizer.state_dict()["state"]
+    return {(k, name): torch.as_tensor(v).clone() for k, s in state.items() for name, v in s.items()}
+
+
+def test_nonfinite_minibatch_rolls_back_the_step_under_accumulation():
+    """Under accelerate too, a NaN in the 2nd minibatch (its 1st micro-batch) rolls back the 1st minibatch:
+    parameters and optimiser state as before the step; an all-NaN batch is one non-finite skip."""
+    tok = build_tokenizer()
+    algo = AlgoConfig(stage_switch=0.0, stage2_rule="all")
+    trainer = TrainerConfig(lr=1e-2, total_steps=4, num_minibatches=2)
+    batch = _batch(tok)
+    acc = AccelerateLearner(tiny_qwen2(tok, seed=1), algo, trainer, DistributedConfig(grad_accumulation=2),
+                            logprob_chunk_size=3)
+    assert acc.chunk_size == 3
+    assert acc.step(batch, 0)["skipped"] == 0.0
+    params, state = _params(acc.unwrapped), _opt_tensors(acc)
+    assert state  # AdamW has moments to protect
+    real_loss, calls = acc.objective.loss, []
+
+    def poisoned(fwd):
+        calls.append(1)
+        loss, stats = real_loss(fwd)
+        return (loss * float("nan"), stats) if len(calls) == 3 else (loss, stats)
+
+    acc.objective.loss = poisoned
+    m = acc.step(batch, 1)
+    assert len(calls) == 4  # 2 minibatches x 2 micro-batches; the 2nd minibatch's 1st one is NaN
+    assert torch.equal(_params(acc.unwrapped), params)
+    after = _opt_tensors(acc)
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+    assert m["skipped"] == 1.0 and m["skipped_nonfinite"] == 2.0 and m["skipped_empty"] == 0.0
+    acc.objective.loss = real_loss
+    bad = _batch(tok)
+    bad.teacher_logprobs.fill_(float("nan"))
+    m = acc.step(bad, 2)
+    assert m["skipped_nonfinite"] == 1.0 and m["skipped_empty"] == 0.0
+    assert torch.equal(_params(acc.unwrapped), params)
+    assert acc.step(batch, 3)["skipped"] == 0.0 and not torch.equal(_params(acc.unwrapped), params)
+
+
 def test_strategy_choice_and_cpu_errors():
     assert learner_strategy(DistributedConfig(), 1, cuda=False) == "ddp"
     assert learner_strategy(DistributedConfig(), 2, cuda=False) == "ddp"

@@ -65,6 +65,55 @@ def test_opd_gradient_is_policy_gradient_with_stop_gradient_reward(tok):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_opd_equals_reopold_without_clipping_and_selection(tok):
+    """algo=opd is algo=reopold algo.reward_clip=false algo.stage1_rule=all algo.stage2_rule=all: same loss,
+    same gradient, same step, in either stage."""
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=2)
+    batch = _toy_batch(tok, student, teacher, seed=3)
+    batch.teacher_logprobs[0, 8] = -50.0  # a reward far below the clip floor: clipping would change it
+    batch.teacher_logprobs[2, 12] = -30.0
+    params = list(student.parameters())
+    opd = Learner(student, AlgoConfig(**OPD), TrainerConfig(total_steps=4)).objective
+    reo = Learner(student, AlgoConfig(**REOPOLD_AS_OPD), TrainerConfig(total_steps=4)).objective
+    logp, ent = model_token_logprobs(student, batch.input_ids, batch.attention_mask, with_entropy=True)
+    for step in (0, 3):  # stage 1 and stage 2 of the reopold schedule
+        assert reo.stage(step) == step // 2 + 1
+        out = []
+        for obj in (opd, reo):
+            terms = obj.token_terms(batch)
+            mask = obj.select(step, batch.loss_mask, terms, ent)
+            loss, stats = obj.loss(Forward(logprobs=logp, old_logprobs=batch.old_logprobs, terms=terms, mask=mask))
+            out.append((loss, stats, torch.autograd.grad(loss, params, retain_graph=True), mask))
+        (l1, s1, g1, m1), (l2, s2, g2, m2) = out
+        assert torch.equal(m1, m2) and torch.equal(m1, batch.loss_mask > 0)
+        assert torch.equal(l1, l2) and s1 == s2
+        assert sum(float(g.abs().sum()) for g in g1) > 0
+        assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    # and one learner step of each moves the same student to the same parameters, with the same metrics
+    a, b = copy.deepcopy(student), copy.deepcopy(student)
+    trainer = TrainerConfig(lr=1e-3, total_steps=4)
+    ma = Learner(a, AlgoConfig(**OPD), trainer).step(batch, 3)
+    mb = Learner(b, AlgoConfig(**REOPOLD_AS_OPD), trainer).step(batch, 3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), student.parameters()))
+    ma.pop("stage"), mb.pop("stage")  # opd is single-stage (1); reopold reports its schedule's stage (2)
+    assert ma == mb and ma["frac_clipped"] == 0.0 and ma["frac_selected"] == 1.0
+
+
+def test_logprob_chunk_size_changes_memory_not_the_update(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher, seed=2)
+    a, b = copy.deepcopy(student), copy.deepcopy(student)
+    trainer = TrainerConfig(lr=1e-3, eps=1.0, total_steps=2)
+    la = Learner(a, AlgoConfig(name="reopold", stage_switch=0.0), trainer, logprob_chunk_size=5)
+    lb = Learner(b, AlgoConfig(name="reopold", stage_switch=0.0), trainer)
+    assert (la.chunk_size, lb.chunk_size) == (5, 1024)
+    ma, mb = la.step(batch, 0), lb.step(batch, 0)
+    assert ma["num_selected"] == mb["num_selected"] and ma["loss"] == pytest.approx(mb["loss"], rel=1e-5, abs=1e-7)
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_learner_step_applies_adamw_to_that_gradient(tok):
     student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
     batch = _toy_batch(tok, student, teacher, seed=1)
@@ -134,6 +183,110 @@ def test_nonfinite_loss_skips_the_step(tok):
     assert not learner.optimizer.state  # AdamW never stepped
     batch.teacher_logprobs[0, 10] = 0.0
     assert learner.step(batch, 1)["skipped"] == 0.0  # the next good batch trains normally
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _opt_state(learner):
+    return copy.deepcopy(learner.optimizer.state_dict())
+
+
+def _assert_same_opt_state(a, b):
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        sa, sb = a["state"][k], b["state"][k]
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            assert torch.equal(torch.as_tensor(sa[name]), torch.as_tensor(sb[name])), (k, name)
+
+
+def _assert_bit_identical(params, model):
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+
+
+@pytest.mark.parametrize("field", ["old_logprobs", "teacher_logprobs"])
+def test_nonfinite_input_in_a_later_minibatch_skips_the_whole_step(tok, field):
+    """A NaN on a trained token of the 2nd minibatch's rows only: the 1st minibatch does not train either."""
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    learner = Learner(student, AlgoConfig(name="reopold", stage_switch=0.0),
+                      TrainerConfig(lr=1e-2, num_minibatches=2, total_steps=4))
+    assert learner.step(batch, 0)["skipped"] == 0.0  # AdamW has state now: the skip must leave it alone too
+    params, state = _params(student), _opt_state(learner)
+    bad = copy.deepcopy(batch)
+    getattr(bad, field)[3, 10] = float("nan")  # row 3: the 2nd minibatch (rows 2, 3); a trained token
+    assert bad.loss_mask[3, 10] == 1
+    m = learner.step(bad, 1)
+    assert m["skipped"] == 1.0 and m["skipped_nonfinite"] == 1.0 and m["skipped_empty"] == 0.0
+    assert m["loss"] == 0.0 and m["grad_norm"] == 0.0
+    _assert_bit_identical(params, student)
+    _assert_same_opt_state(state, _opt_state(learner))
+    assert all(p.grad is None for p in student.parameters())
+    m = learner.step(batch, 2)  # the next good batch trains normally, from the restored optimiser state
+    assert m["skipped"] == 0.0
+    assert learner.optimizer.state[learner.params[0]]["step"] == 4  # 2 good steps x 2 minibatches
+
+
+@pytest.mark.parametrize("epochs,minibatches,bad_update", [(1, 2, 2), (2, 2, 3), (2, 2, 4), (2, 1, 2)])
+def test_nonfinite_minibatch_rolls_back_the_steps_earlier_minibatches(tok, epochs, minibatches, bad_update):
+    """A minibatch whose loss is NaN (here: forced on the ``bad_update``-th optimiser step of the step)
+    rolls back every earlier minibatch/epoch of the step: parameters AND optimiser state as before."""
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    learner = Learner(student, AlgoConfig(**OPD), TrainerConfig(lr=1e-2, ppo_epochs=epochs, num_minibatches=minibatches))
+    assert learner.step(batch, 0)["skipped"] == 0.0
+    params, state = _params(student), _opt_state(learner)
+    real_loss, calls = learner.objective.loss, []
+
+    def poisoned(fwd):
+        calls.append(1)
+        loss, stats = real_loss(fwd)
+        return (loss * float("nan"), stats) if len(calls) == bad_update else (loss, stats)
+
+    learner.objective.loss = poisoned
+    m = learner.step(batch, 1)
+    assert len(calls) == bad_update  # the step stopped at the bad minibatch
+    moved = [not torch.equal(a, b) for a, b in zip(params, student.parameters())]
+    assert not any(moved), "earlier minibatches of the step were kept"
+    _assert_same_opt_state(state, _opt_state(learner))
+    assert m["skipped"] == 1.0 and m["skipped_empty"] == 0.0
+    assert m["skipped_nonfinite"] == float(bad_update)  # the bad one plus the rolled-back updates
+    assert m["loss"] == 0.0 and m["grad_norm"] == 0.0
+    learner.objective.loss = real_loss
+    assert learner.step(batch, 2)["skipped"] == 0.0
+    assert learner.optimizer.state[learner.params[0]]["step"] == 2 * epochs * minibatches
+
+
+def test_all_nan_batch_is_a_nonfinite_skip(tok):
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    for trainer in (TrainerConfig(lr=1e-2), TrainerConfig(lr=1e-2, num_minibatches=2, ppo_epochs=2)):
+        batch = _toy_batch(tok, student, teacher)
+        batch.teacher_logprobs.fill_(float("nan"))
+        params = _params(student)
+        learner = Learner(student, AlgoConfig(name="reopold"), trainer)
+        m = learner.step(batch, 0)
+        assert m["skipped"] == 1.0 and m["skipped_nonfinite"] == 1.0 and m["skipped_empty"] == 0.0
+        _assert_bit_identical(params, student)
+        assert not learner.optimizer.state
+
+
+@pytest.mark.parametrize("field,value", [("teacher_logprobs", float("nan")), ("teacher_logprobs", float("-inf")),
+                                         ("old_logprobs", float("nan"))])
+def test_nonfinite_value_on_an_untrained_token_is_ignored(tok, field, value):
+    """The guard is about trained tokens: a prompt/env position (loss_mask 0) never enters the loss."""
+    student, teacher = tiny_qwen2(tok, seed=0), tiny_qwen2(tok, seed=1)
+    batch = _toy_batch(tok, student, teacher)
+    ref = copy.deepcopy(student)
+    want = Learner(ref, AlgoConfig(**OPD), TrainerConfig(lr=1e-3)).step(copy.deepcopy(batch), 0)
+    getattr(batch, field)[0, 2] = value  # a prompt token
+    assert batch.loss_mask[0, 2] == 0
+    m = Learner(student, AlgoConfig(**OPD), TrainerConfig(lr=1e-3)).step(batch, 0)
+    assert m["skipped"] == 0.0 and m["skipped_nonfinite"] == 0.0
+    assert m["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), ref.parameters()))
 
 
 def test_no_trainable_tokens_is_an_empty_skip(tok):

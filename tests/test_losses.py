@@ -222,8 +222,9 @@ def test_terms_rows_pick_sequences():
 
 
 def test_registry_and_make_objective():
-    assert OBJECTIVES == {"reopold": Reopold, "opd": OPD, "opd_outcome": OPDOutcome, "grpo": GRPO, "gkd": GKD}
-    for name, cls in OBJECTIVES.items():
+    known = {"reopold": Reopold, "opd": OPD, "opd_outcome": OPDOutcome, "grpo": GRPO, "gkd": GKD}
+    assert {k: OBJECTIVES.get(k) for k in known} == known
+    for name, cls in known.items():
         algo = dict(name=name, outcome_coef=0.5) if name == "opd_outcome" else dict(name=name)
         obj = _objective(total_steps=7, **algo)
         assert type(obj) is cls and obj.total_steps == 7
@@ -301,3 +302,19 @@ def test_opd_objective_equals_reopold_without_clip_or_selection():
             losses.append((loss.item(), stats))
         assert losses[0] == losses[1]
         assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("name", ["reopold", "opd", "opd_outcome", "grpo", "gkd"])
+def test_presets_set_only_keys_their_objective_reads(name):
+    from dataclasses import fields
+
+    from reopold_agents.config import compose
+
+    algo = compose([f"algo={name}"]).algo
+    assert algo.name == name
+    reads = set(OBJECTIVES[name].keys) | {"name"}
+    default = AlgoConfig()
+    assert {f.name for f in fields(algo) if getattr(algo, f.name) != getattr(default, f.name)} <= reads
+    if name != "reopold":  # no stage rules outside reopold
+        assert (algo.stage1_rule, algo.stage2_rule, algo.stage_switch) == (
+            default.stage1_rule, default.stage2_rule, default.stage_switch)

@@ -1,4 +1,5 @@
-"""Teacher scoring equals a naive full forward on the student's exact ids; tokenizer mismatch fails loudly."""
+"""Teacher scoring of a collated Batch equals a naive full forward on the student's exact ids; tokenizer
+mismatch fails loudly."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from reopold_agents.config import compose
 from reopold_agents.teacher import Teacher, TokenizerMismatchError, build_teacher, check_same_tokenizer
 from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 from reopold_agents.tiny.tokenizer import train_tokenizer
-from reopold_agents.trajectory import Trajectory
+from reopold_agents.trajectory import Trajectory, collate
 
 torch.set_num_threads(1)
 
@@ -40,33 +41,59 @@ def _naive(model, traj):
 def test_teacher_equals_naive_forward(tok):
     teacher_model = tiny_qwen2(tok, seed=3, hidden_size=96, num_layers=3)  # bigger than the student
     trajs = _trajectories(tok)
-    ids_before = [list(t.token_ids) for t in trajs]
-    Teacher(tok, model=teacher_model, batch_size=2, chunk_size=7).score(trajs)
-    for t, before in zip(trajs, ids_before):
-        assert t.token_ids == before
-        assert len(t.teacher_logprobs) == len(t)
-        got = torch.tensor(t.teacher_logprobs, dtype=torch.float64)
+    batch = collate(trajs, tok.pad_token_id)
+    ids_before, mask_before = batch.input_ids.clone(), batch.loss_mask.clone()
+    assert len({len(t) for t in trajs}) > 1  # rows of different lengths: micro-batches sort and truncate
+    out = Teacher(tok, model=teacher_model, batch_size=2, chunk_size=7).score(batch)
+    assert out is batch  # filled in place
+    assert torch.equal(batch.input_ids, ids_before) and torch.equal(batch.loss_mask, mask_before)
+    assert batch.teacher_logprobs.shape == batch.input_ids.shape and batch.teacher_logprobs.dtype == torch.float32
+    assert batch.teacher_topk_ids is None and batch.teacher_topk_logprobs is None  # top_k=0
+    for i, t in enumerate(trajs):
+        n = len(t)
+        row = batch.teacher_logprobs[i]
+        got = row[:n].double()
         assert torch.allclose(got, _naive(teacher_model, t), atol=1e-4)
-        assert all(lp == 0.0 for lp, m in zip(t.teacher_logprobs, t.loss_mask) if not m)
-        assert any(lp < 0 for lp in t.teacher_logprobs)
+        assert torch.all(row[n:] == 0.0)  # padding
+        assert all(float(lp) == 0.0 for lp, m in zip(row[:n], t.loss_mask) if not m)
+        assert bool((row[:n] < 0).any())
+
+
+def test_teacher_scores_like_one_row_at_a_time(tok):
+    """Micro-batching (sorted by length, padded to the longest row of each) changes nothing."""
+    model = tiny_qwen2(tok, seed=3)
+    trajs = _trajectories(tok, n=6, seed=1)
+    whole = Teacher(tok, model=model, batch_size=4).score(collate(trajs, tok.pad_token_id))
+    for i, t in enumerate(trajs):
+        one = Teacher(tok, model=model, batch_size=1).score(collate([t], tok.pad_token_id))
+        assert torch.allclose(whole.teacher_logprobs[i, : len(t)], one.teacher_logprobs[0], atol=1e-5)
+    empty = collate(trajs[:2], tok.pad_token_id)
+    empty.attention_mask[1] = 0
+    with pytest.raises(ValueError, match="empty"):
+        Teacher(tok, model=model).score(empty)
 
 
 def test_teacher_topk_for_gkd(tok):
     model = tiny_qwen2(tok, seed=3)
     trajs = _trajectories(tok, n=2)
-    Teacher(tok, model=model, top_k=4).score(trajs)
-    for t in trajs:
-        assert len(t.teacher_topk_ids) == len(t) and all(len(r) == 4 for r in t.teacher_topk_ids)
+    batch = Teacher(tok, model=model, top_k=4).score(collate(trajs, tok.pad_token_id))
+    bsz, length = batch.input_ids.shape
+    assert batch.teacher_topk_ids.shape == (bsz, length, 4) and batch.teacher_topk_ids.dtype == torch.long
+    assert batch.teacher_topk_logprobs.shape == (bsz, length, 4)
+    assert batch.teacher_logprobs is not None  # the sampled-token log-probs come with the top-k
+    for i, t in enumerate(trajs):
+        ids, lps = batch.teacher_topk_ids[i], batch.teacher_topk_logprobs[i]
         x = torch.tensor([t.token_ids])
         with torch.no_grad():
             lsm = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
-        for pos, m in enumerate(t.loss_mask):
+        for pos in range(length):
+            m = t.loss_mask[pos] if pos < len(t) else 0
             if m and pos > 0:
                 want = torch.topk(lsm[pos - 1], 4)
-                assert t.teacher_topk_ids[pos] == want.indices.tolist()
-                assert torch.allclose(torch.tensor(t.teacher_topk_logprobs[pos], dtype=torch.float64), want.values, atol=1e-4)
+                assert ids[pos].tolist() == want.indices.tolist()
+                assert torch.allclose(lps[pos].double(), want.values, atol=1e-4)
             else:
-                assert t.teacher_topk_ids[pos] == [0] * 4
+                assert ids[pos].tolist() == [0] * 4 and lps[pos].tolist() == [0.0] * 4
 
 
 def test_tokenizer_mismatch_is_a_clear_error(tok):
@@ -84,8 +111,10 @@ def test_build_teacher_from_config(tok):
     cfg = compose(["model=tiny"]).model
     teacher = build_teacher(cfg, tok)
     assert teacher.model is not None and not any(p.requires_grad for p in teacher.model.parameters())
-    trajs = teacher.score(_trajectories(tok, n=2))
-    assert all(t.teacher_logprobs is not None for t in trajs)
+    batch = teacher.score(collate(_trajectories(tok, n=2), tok.pad_token_id))
+    assert batch.teacher_logprobs is not None and bool((batch.teacher_logprobs[batch.loss_mask > 0] < 0).all())
+    assert torch.all(batch.teacher_logprobs[batch.loss_mask == 0] == 0.0)
+    assert teacher.chunk_size == cfg.logprob_chunk_size and teacher.batch_size == cfg.teacher_batch_size
     with pytest.raises(TokenizerMismatchError):
         build_teacher(cfg, train_tokenizer(vocab_size=900))
 

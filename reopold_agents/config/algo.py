@@ -33,6 +33,8 @@ class AlgoConfig:
     grpo_std_norm: bool = True  # GRPO advantage (R - mean_group) / (std_group + eps); false: mean-centred only
     gkd_topk: int = 8  # teacher top-k support size for gkd (teacher scoring fills k ids per position)
     gkd_direction: str = "reverse"  # gkd: reverse KL(student || teacher) or forward KL(teacher || student)
+    overlong_max_tokens: int = 0  # dapo: soft overlong punishment beyond this many generated tokens (0: off)
+    overlong_buffer: int = 0  # dapo: the ramp length before overlong_max_tokens
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key. A key the chosen
@@ -67,9 +69,11 @@ class AlgoConfig:
             raise ValueError(f"aggregation: {self.aggregation!r} is not one of {AGGREGATIONS}")
         if self.outcome_coef < 0.0:
             raise ValueError(f"outcome_coef: must be >= 0, got {self.outcome_coef}")
-        if self.name == "opd_outcome" and self.outcome_coef == 0.0:
-            raise ValueError("outcome_coef: opd_outcome needs a positive coefficient (0 is plain OPD)")
         if self.gkd_topk < 1:
             raise ValueError(f"gkd_topk: must be >= 1, got {self.gkd_topk}")
+        if self.overlong_max_tokens < 0 or not 0 <= self.overlong_buffer <= self.overlong_max_tokens:
+            raise ValueError(f"overlong_buffer: need 0 <= overlong_buffer <= overlong_max_tokens, got "
+                             f"{self.overlong_buffer}, {self.overlong_max_tokens}")
         if self.gkd_direction not in KL_DIRECTIONS:
             raise ValueError(f"gkd_direction: {self.gkd_direction!r} is not one of {KL_DIRECTIONS}")
+        OBJECTIVES[self.name].check_config(self)

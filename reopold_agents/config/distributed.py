@@ -1,14 +1,14 @@
 """Config section `distributed`: where the roles (rollout, teacher, learner) run; never *what* they compute.
 
 ``backend=single`` keeps every role in this process (the default); ``backend=ray`` places rollout
-workers, teacher scorers and the learner as Ray actors, configured by the ``ray`` sub-section (which
-exists only with that choice: ``distributed=ray`` sets it). The keys at the top level apply to both
-placements. Read by ``reopold_agents.distributed`` (backends, actors, the accelerate learner).
+workers, teacher scorers and the learner as Ray actors, configured by the ``ray`` sub-section (read
+only with that choice: setting a ``distributed.ray.*`` key away from its default with ``backend=single``
+fails naming it). The keys at the top level apply to both placements. Read by ``reopold_agents.distributed`` (backends, actors, the accelerate learner).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 BACKENDS = ("single", "ray")
@@ -59,7 +59,7 @@ class DistributedConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast + grad scaling for fp16)
     grad_accumulation: int = 1  # micro-batches per optimiser step in the accelerate learner
     learner_strategy: str = "auto"  # auto (fsdp on >1 GPU process, else ddp) | ddp | fsdp
-    ray: Optional[RayConfig] = None  # set by distributed=ray; only with backend=ray
+    ray: RayConfig = field(default_factory=RayConfig)  # read only with backend=ray (distributed=ray)
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -75,15 +75,16 @@ class DistributedConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.backend == "ray":
-            if self.ray is None:
-                self.ray = RayConfig()
             self.ray.check()
-        elif self.ray is not None:
-            raise ValueError("ray: the ray section applies only to backend=ray (use distributed=ray)")
+            return
+        default = RayConfig()
+        for f in fields(self.ray):
+            if getattr(self.ray, f.name) != getattr(default, f.name):
+                raise ValueError(f"ray.{f.name}: the ray section applies only to backend=ray (use distributed=ray)")
 
     @property
     def learner_ranks(self) -> int:
-        return self.ray.num_learner_workers if self.ray is not None else 1
+        return self.ray.num_learner_workers if self.backend == "ray" else 1
 
     @property
     def uses_accelerate(self) -> bool:

@@ -8,7 +8,8 @@ surrogate); its siblings are small modules that reuse its pieces. Add an objecti
 from __future__ import annotations
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms
-from reopold_agents.objectives.gkd import GKD
+from reopold_agents.objectives.dapo import DAPO
+from reopold_agents.objectives.gkd import GKD, DenseKL
 from reopold_agents.objectives.grpo import GRPO
 from reopold_agents.objectives.opd import OPD
 from reopold_agents.objectives.opd_outcome import OPDOutcome
@@ -20,6 +21,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "opd_outcome": OPDOutcome,
     "grpo": GRPO,
     "gkd": GKD,
+    "dapo": DAPO,
+    "dense_kl": DenseKL,
 }
 
 

@@ -56,6 +56,10 @@ class Objective(ABC):
         self.cfg = cfg
         self.total_steps = total_steps
 
+    @classmethod
+    def check_config(cls, cfg: AlgoConfig) -> None:
+        """Checks only this objective needs (raise ValueError('key: why')); the ranges are AlgoConfig's."""
+
     @property
     def teacher_topk(self) -> int:
         """How many top-k teacher ids per position the batch must carry (0: none)."""

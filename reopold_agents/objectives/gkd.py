@@ -2,6 +2,11 @@
 
 Both distributions are renormalised on the same K ids. ``reverse`` is KL(student || teacher), mode
 seeking; ``forward`` is KL(teacher || student), mass covering. No advantage, no ratio.
+
+``algo=dense_kl`` is the same loss over the *whole* vocabulary (what TRL's GKD / distillation trainers
+optimise): the teacher returns its full next-token distribution at every student token, so nothing is
+renormalised. Exact, but it moves ``[tokens x vocab]`` teacher log-probs: fine for the tiny models'
+1,024-token vocabulary, not for a 150k vocabulary (use gkd's top-k there).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ def topk_kl(student_topk: torch.Tensor, teacher_topk: torch.Tensor, direction: s
     raise ValueError(f"unknown KL direction {direction!r} (one of {KL_DIRECTIONS})")
 
 
+FULL_VOCAB = 2**31 - 1  # a top-k past the vocabulary size: the teacher scores every id
+
+
 class GKD(Objective):
     keys: ClassVar[tuple[str, ...]] = ("gkd_topk", "gkd_direction", "aggregation")
 
@@ -38,7 +46,7 @@ class GKD(Objective):
     def token_terms(self, batch: Batch) -> TokenTerms:
         if batch.teacher_topk_ids is None or batch.teacher_topk_logprobs is None:
             raise ValueError("algo 'gkd' needs batch.teacher_topk_ids/teacher_topk_logprobs (teacher top-k scoring)")
-        if batch.teacher_topk_ids.shape[-1] < self.cfg.gkd_topk:
+        if self.teacher_topk != FULL_VOCAB and batch.teacher_topk_ids.shape[-1] < self.teacher_topk:
             raise ValueError(f"algo.gkd_topk={self.cfg.gkd_topk} but the batch carries only "
                              f"{batch.teacher_topk_ids.shape[-1]} ids")
         zeros = torch.zeros_like(batch.loss_mask)
@@ -50,3 +58,20 @@ class GKD(Objective):
         kl = topk_kl(fwd.student_topk, fwd.teacher_topk, self.cfg.gkd_direction)
         n = max(int(fwd.mask.sum()), 1)
         return aggregate(kl, fwd.mask, self.cfg.aggregation), {"topk_kl": float((kl.detach() * fwd.mask).sum()) / n}
+
+
+class DenseKL(GKD):
+    """``algo=dense_kl``: reverse KL(student || teacher) over the full vocabulary at every student token."""
+
+    keys: ClassVar[tuple[str, ...]] = ("aggregation",)
+
+    @property
+    def teacher_topk(self) -> int:
+        return FULL_VOCAB
+
+    def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
+        if fwd.student_topk is None or fwd.teacher_topk is None:
+            raise ValueError("algo 'dense_kl' needs the student's and the teacher's full-vocabulary log-probs")
+        kl = topk_kl(fwd.student_topk, fwd.teacher_topk, "reverse")
+        n = max(int(fwd.mask.sum()), 1)
+        return aggregate(kl, fwd.mask, self.cfg.aggregation), {"dense_kl": float((kl.detach() * fwd.mask).sum()) / n}

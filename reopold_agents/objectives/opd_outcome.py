@@ -17,6 +17,11 @@ class OPDOutcome(Objective):
     keys: ClassVar[tuple[str, ...]] = ("outcome_coef", "grpo_std_norm", "ppo_clip_low", "ppo_clip_high",
                                        "aggregation")
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.outcome_coef == 0.0:
+            raise ValueError("outcome_coef: opd_outcome needs a positive coefficient (0 is plain OPD)")
+
     def token_terms(self, batch: Batch) -> TokenTerms:
         mask = batch.loss_mask
         reward = token_reward(require_teacher(batch, "opd_outcome"), batch.old_logprobs, mask)

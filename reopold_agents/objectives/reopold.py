@@ -36,7 +36,8 @@ def token_reward(teacher_logprobs: torch.Tensor, old_logprobs: torch.Tensor, los
             f"teacher {tuple(teacher_logprobs.shape)}, old {tuple(old_logprobs.shape)} and mask "
             f"{tuple(loss_mask.shape)} log-probs must share one [B, T] shape"
         )
-    return ((teacher_logprobs - old_logprobs) * loss_mask).detach()
+    # where, not a product: a NaN/inf off the student's tokens (a prompt position) must not leak in
+    return torch.where(loss_mask > 0, teacher_logprobs - old_logprobs, torch.zeros_like(old_logprobs)).detach()
 
 
 # --- 2. mixture-based reward clipping (Eq. 7) -----------------------------------------------------
@@ -112,11 +113,12 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mea
     ``seq_mean``: mean over tokens within each sequence, then over sequences with any token.
     An empty mask gives a zero that still depends on ``per_token`` (backward works, grads are 0)."""
     m = mask.to(per_token.dtype)
+    kept = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))  # NaN off the mask stays out
     if how == "token_mean":
-        return (per_token * m).sum() / m.sum().clamp(min=1.0)
+        return kept.sum() / m.sum().clamp(min=1.0)
     if how == "seq_mean":
         counts = m.sum(dim=-1)
-        per_seq = (per_token * m).sum(dim=-1) / counts.clamp(min=1.0)
+        per_seq = kept.sum(dim=-1) / counts.clamp(min=1.0)
         has = (counts > 0).to(per_token.dtype)
         return (per_seq * has).sum() / has.sum().clamp(min=1.0)
     raise ValueError(f"unknown aggregation {how!r} (one of {AGGREGATIONS})")
@@ -128,12 +130,14 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     """``-min(rho A, clip(rho, 1-low, 1+high) A)`` aggregated over ``mask``; stats: the fraction of
     selected tokens whose ratio was clipped, and the mean ratio."""
     adv = advantages.detach()
-    ratio = torch.exp(logprobs - old_logprobs.detach())
+    sel = mask.bool()
+    # Off the mask the ratio is pinned to 1: a NaN/inf there (a prompt position) must not reach the gradient.
+    old = torch.where(sel, old_logprobs.detach(), logprobs.detach())
+    ratio = torch.exp(logprobs - old)
     clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
     loss = aggregate(per_token, mask, aggregation)
     with torch.no_grad():
-        sel = mask.bool()
         n = max(int(sel.sum()), 1)
         ratio_clipped = ((ratio * adv) > (clipped_ratio * adv)) & sel  # where the clipped branch is active
         stats = {"ratio_clip_frac": float(ratio_clipped.sum()) / n, "ratio_mean": float((ratio * sel).sum()) / n}

@@ -1,0 +1,68 @@
+"""``algo=dapo``: DAPO (Yu et al., 2025), outcome-reward RL without a teacher, the stronger GRPO baseline.
+
+* clip-higher: a wider upper ratio bound (``algo.ppo_clip_high``, 0.28 in configs/algo/dapo.yaml) so
+  low-probability tokens can still gain mass;
+* dynamic sampling: groups whose episodes all got the same reward carry no signal (zero group
+  advantage); their tokens are dropped from the loss and the kept fraction is logged
+  (``dapo_kept_groups``). Unlike the paper, the batch is not refilled by sampling more groups;
+* token-level loss: ``token_mean`` over every kept token of the batch (``algo.aggregation``);
+* soft overlong punishment: with ``algo.overlong_max_tokens`` L > 0 and ``algo.overlong_buffer`` C, an
+  episode of n generated tokens gets ``R += 0`` for n <= L - C, ``(L - C - n) / C`` for L - C < n <= L
+  and ``-1`` beyond L, before the group normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from reopold_agents.objectives.base import Forward, Objective, TokenTerms
+from reopold_agents.objectives.grpo import group_advantages
+from reopold_agents.objectives.reopold import clipped_surrogate
+from reopold_agents.trajectory import Batch
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft length penalty per episode (0 when ``max_tokens`` is 0: off)."""
+    lengths = lengths.float()
+    if max_tokens <= 0:
+        return torch.zeros_like(lengths)
+    start = max_tokens - buffer
+    ramp = (start - lengths) / max(buffer, 1)
+    return torch.where(lengths <= start, torch.zeros_like(lengths),
+                       torch.where(lengths <= max_tokens, ramp, torch.full_like(lengths, -1.0)))
+
+
+def mixed_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the episode's group has at least two different rewards (dynamic sampling keeps it)."""
+    keep = torch.zeros_like(rewards, dtype=torch.bool)
+    for g in torch.unique(group_ids):
+        idx = (group_ids == g).nonzero(as_tuple=True)[0]
+        r = rewards[idx]
+        keep[idx] = bool((r != r[0]).any())
+    return keep
+
+
+class DAPO(Objective):
+    keys: ClassVar[tuple[str, ...]] = ("ppo_clip_low", "ppo_clip_high", "aggregation", "grpo_std_norm",
+                                       "overlong_max_tokens", "overlong_buffer")
+    needs_teacher: ClassVar[bool] = False
+
+    def token_terms(self, batch: Batch) -> TokenTerms:
+        mask = batch.loss_mask
+        rewards = batch.rewards.float() + overlong_penalty(mask.sum(dim=-1), self.cfg.overlong_max_tokens,
+                                                          self.cfg.overlong_buffer)
+        self.kept = mixed_groups(rewards, batch.group_ids)
+        adv = group_advantages(rewards, batch.group_ids, self.cfg.grpo_std_norm)[:, None] * mask
+        return TokenTerms(advantages=adv.detach(), reward=None, clipped=torch.zeros_like(mask, dtype=torch.bool))
+
+    def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
+               entropy: torch.Tensor | None) -> torch.Tensor:
+        return (loss_mask > 0) & self.kept.to(loss_mask.device)[:, None]
+
+    def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, stats = clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,
+                                        self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)
+        stats["dapo_kept_groups"] = float(self.kept.float().mean())
+        return loss, stats
