@@ -16,11 +16,11 @@ from reopold_agents.trajectory import Trajectory
 def test_presets_compose(preset):
     d = compose([f"distributed={preset}"]).distributed
     assert d.backend == ("single" if preset == "single" else "ray")
-    assert (d.ray is None) == (preset == "single")  # the ray section exists only with backend=ray
-    if d.ray is not None:
-        assert isinstance(d.ray, RayConfig) and d.learner_ranks == d.ray.num_learner_workers
+    assert isinstance(d.ray, RayConfig)
+    if preset == "single":  # the ray section is read only with backend=ray, and stays at its defaults
+        assert d.ray == RayConfig() and d.learner_ranks == 1
     else:
-        assert d.learner_ranks == 1
+        assert d.learner_ranks == d.ray.num_learner_workers
 
 
 def test_ray_section_defaults_and_overrides():
@@ -29,10 +29,11 @@ def test_ray_section_defaults_and_overrides():
     assert (d.ray.num_teacher_workers, d.ray.address, d.rollout_chunk_size) == (3, "auto", 2)
     assert d.ray.max_chunk_retries == RayConfig().max_chunk_retries
     plain = DistributedConfig(backend="ray")
-    plain.check()  # backend=ray without a section gets the RayConfig defaults
+    plain.check()  # backend=ray without overrides: the RayConfig defaults
     assert plain.ray == RayConfig()
-    with pytest.raises(ValueError, match="^ray:"):
-        DistributedConfig(ray=RayConfig()).check()
+    DistributedConfig(ray=RayConfig()).check()  # single with an untouched section is fine
+    with pytest.raises(ValueError, match=r"^ray\.num_teacher_workers:"):
+        DistributedConfig(ray=RayConfig(num_teacher_workers=2)).check()
 
 
 @pytest.mark.parametrize(
