@@ -169,11 +169,11 @@ def test_make_engine_and_bad_input(tok, model):
 def test_engine_config_validation():
     from reopold_agents.config.schema import ConfigError
 
-    with pytest.raises(ConfigError, match="engine.temperature"):
+    with pytest.raises(ConfigError, match="engine.sampling.temperature"):
         compose(["engine.sampling.temperature=-1"])
     with pytest.raises(ConfigError, match="engine.name"):
         compose(["engine.name=sglang"])
     with pytest.raises(ConfigError):
         compose(["+engine.not_a_key=1"])
     cfg = compose(["engine=vllm"]).engine
-    assert cfg.name == "vllm" and cfg.sampling(stop_token_ids=[5]).stop_token_ids == [5]
+    assert cfg.name == "vllm" and cfg.sampling.params(stop_token_ids=[5]).stop_token_ids == [5]

@@ -154,7 +154,7 @@ def test_env_config_keys_reach_the_env():
 @pytest.mark.parametrize(
     "override, key",
     [("env.difficulty=4", "env.difficulty"), ("env.max_turns=0", "env.max_turns"), ("env.size=-1", "env.size"),
-     ("env.min_pixels=99999", "env.max_pixels"), ("+env.colour=red", "colour")],
+     ("env.min_pixels=0", "env.min_pixels"), ("+env.colour=red", "colour")],
 )
 def test_bad_env_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):

@@ -74,13 +74,10 @@ def brute_maj(votes: list[str], correct: list[bool], k: int) -> Fraction:
     return total / len(subsets)
 
 
-def small_suite(name: str, k: int, limit: int, max_new_tokens: int | None = None, **bench_overrides):
+def small_suite(name: str, k: int, limit: int, **sampling_overrides):
     suite = resolve_suite(load_suite(name), k=k, limit=limit)
-    benches = {}
-    for bname, bench in suite.benchmarks.items():
-        if max_new_tokens is not None:
-            bench = replace(bench, max_new_tokens=max_new_tokens)
-        benches[bname] = replace(bench, **bench_overrides)
+    benches = {bname: replace(bench, sampling=replace(bench.sampling, **sampling_overrides))
+               for bname, bench in suite.benchmarks.items()}
     return replace(suite, benchmarks=benches)
 
 
@@ -182,7 +179,8 @@ def test_resume_after_interruption_gives_the_same_results(tmp_path, tiny_student
 def test_resume_refuses_different_settings(tmp_path, tiny_student):
     suite = small_suite("math_tiny", k=1, limit=1, max_new_tokens=4)
     evaluate_suite(tiny_student.model, tiny_student.tokenizer, suite, out_dir=tmp_path, label="m", progress=False)
-    other = replace(suite, benchmarks={k: replace(b, temperature=0.3) for k, b in suite.benchmarks.items()})
+    other = replace(suite, benchmarks={k: replace(b, sampling=replace(b.sampling, temperature=0.3))
+                                       for k, b in suite.benchmarks.items()})
     with pytest.raises(ValueError, match="temperature"):
         evaluate_suite(tiny_student.model, tiny_student.tokenizer, other, out_dir=tmp_path, label="m", progress=False)
     # resume=False starts over instead.

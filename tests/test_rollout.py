@@ -10,6 +10,7 @@ import reopold_agents as ra
 from reopold_agents.chat import encode_env_turn, encode_prompt
 from reopold_agents.engines import Engine, SamplingParams
 from reopold_agents.engines.hf import HFEngine
+from reopold_agents.trajectory import collate
 from reopold_agents.rollout import Rollout
 from reopold_agents.teacher import Teacher
 from reopold_agents.tiny import tiny_qwen2
@@ -95,13 +96,14 @@ def test_toolqa_multi_turn_masks_and_exact_ids(tok):
     # the teacher scores exactly these ids
     teacher_model = tiny_qwen2(tok, seed=5, hidden_size=96)
     before = [list(t.token_ids) for t in trajs]
-    Teacher(tok, model=teacher_model).score(trajs)
-    for t, ids in zip(trajs, before):
-        assert t.token_ids == ids and len(t.teacher_logprobs) == len(ids)
+    batch = Teacher(tok, model=teacher_model).score(collate(trajs, tok.pad_token_id))
+    for row, (t, ids) in enumerate(zip(trajs, before)):
+        assert t.token_ids == ids and batch.input_ids[row, : len(ids)].tolist() == ids
+        teacher_lp = batch.teacher_logprobs[row, : len(ids)].tolist()
         x = torch.tensor([ids])
         with torch.no_grad():
             ref = torch.log_softmax(teacher_model(input_ids=x).logits[0, :-1].double(), -1).gather(-1, x[0, 1:, None])[:, 0]
-        got = torch.tensor(t.teacher_logprobs[1:], dtype=torch.float64)
+        got = torch.tensor(teacher_lp[1:], dtype=torch.float64)
         m = torch.tensor(t.loss_mask[1:], dtype=torch.float64)
         assert torch.allclose(got, ref * m, atol=1e-4)
     rollout.close()

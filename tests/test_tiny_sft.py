@@ -129,10 +129,10 @@ def test_every_pair_is_shipped_with_the_current_recipe():
             assert (shipped_dir(name, role) / "model.safetensors").stat().st_size < 8 * 2**20
 
 
-def test_first_use_installs_the_shipped_pair_without_building(tmp_path, monkeypatch):
-    """An empty model cache gets the shipped weights copied in (no SFT), and they are what loads."""
+def test_first_use_loads_the_shipped_pair_without_building_or_copying(tmp_path, monkeypatch):
+    """With an empty model cache the shipped weights load straight from the package: no SFT, no copy."""
     import reopold_agents.tiny.recipes as tm
-    from reopold_agents.models import load_model, tiny_model_dir
+    from reopold_agents.models import load_model
     from safetensors.torch import load_file
 
     monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))
@@ -141,11 +141,9 @@ def test_first_use_installs_the_shipped_pair_without_building(tmp_path, monkeypa
         raise AssertionError("built a pair although the package ships it")
 
     monkeypatch.setattr(tm, "_build", no_build)
-    assert not tm.is_built("tiny")
-    tm.ensure_tiny("tiny", progress=False)
-    assert tm.is_built("tiny")
     loaded = load_model("tiny", "teacher", "float32", "cpu")
-    assert loaded.path == str(tiny_model_dir("tiny", "teacher"))
+    assert loaded.path == str(tm.shipped_dir("tiny", "teacher"))
+    assert not tm.is_built("tiny")  # nothing was copied into the cache
     shipped = load_file(str(tm.shipped_dir("tiny", "teacher") / "model.safetensors"))
     for key, value in loaded.model.state_dict().items():
         if key in shipped:
@@ -231,7 +229,7 @@ def test_a_pair_can_reuse_another_pairs_teacher(tmp_path, monkeypatch):
     import json
 
     import reopold_agents.tiny.recipes as tm
-    from reopold_agents.models import tiny_model_dir
+    from reopold_agents.tiny.load import tiny_model_dir
     from safetensors.torch import load_file
 
     monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))

@@ -97,8 +97,16 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
+    from hydra.errors import ConfigCompositionException
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        try:
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        except ConfigCompositionException as exc:  # the typed schema rejected an override's value or key
+            cause = exc.__cause__
+            key = getattr(cause, "full_key", None)
+            why = (getattr(cause, "msg", None) or str(cause or exc)).splitlines()[0]
+            raise ConfigError(f"bad config key {key!r}: {why} ({exc})" if key else str(exc)) from None
     return validate(cfg)
 
 

@@ -88,7 +88,7 @@ def compose_evaluate(overrides: list[str] | None = None) -> EvaluateConfig:
         if match:
             raise ConfigError(f"unknown config key {match.group(1)!r} (see reopold_agents/config/eval.py)") from None
         raise ConfigError(f"bad override: {exc}") from None
-    OmegaConf.set_struct(cfg, False)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # plain data: typed by _structured below
     if own_overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(own_overrides))
     cfg.eval = OmegaConf.structured(load_suite(str(cfg.suite), eval_overrides))
