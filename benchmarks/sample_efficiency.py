@@ -150,15 +150,20 @@ def summarize(curves: list[RunCurve], target_for: Callable[[str], float]) -> dic
     return out
 
 
-def default_target(curves: list[RunCurve], env: str, gain: float, teacher: float) -> float:
+def heldout_tasks(args: argparse.Namespace) -> int:
+    """Size of the runs' held-out set (``trainer.heldout_tasks`` after the overrides)."""
+    from reopold_agents.config import compose
+
+    return compose(["model=tiny", *args.override]).trainer.heldout_tasks
+
+
+def default_target(curves: list[RunCurve], env: str, gain: float, teacher: float, heldout: int) -> float:
     """Start success (median over this env's runs: the same student) + ``gain`` of the way to the teacher's."""
     start = statistics.median(c.points[0][1] for c in curves if c.env == env and c.points)
     if teacher <= start:  # nothing to distil towards: fall back to "one more held-out task solved"
-        from reopold_agents.run import HELDOUT_TASKS
-
         print(f"{env}: teacher held-out success {teacher:.3f} <= student start {start:.3f}; "
-              f"target = start + 1/{HELDOUT_TASKS} (one more task solved)")
-        return round(start + 1.0 / HELDOUT_TASKS, 4)
+              f"target = start + 1/{heldout} (one more task solved)")
+        return round(start + 1.0 / heldout, 4)
     return round(start + gain * (teacher - start), 4)
 
 
@@ -205,13 +210,11 @@ def _fmt_samples(x: float, budget: float) -> str:
     return f"> {int(budget)}" if not math.isfinite(x) else str(int(x))
 
 
-def report(summary: dict, emit: Callable[[str], None] = print) -> float:
+def report(summary: dict, heldout: int, emit: Callable[[str], None] = print) -> float:
     """Print the table; the last line is GRPO / REOPOLD median samples to target on the first env."""
     for env, methods in summary.items():
-        from reopold_agents.run import HELDOUT_TASKS
-
         target = next(iter(methods.values()))["target"]
-        emit(f"\n{env}: target held-out success {target:.3f} (greedy, {HELDOUT_TASKS} held-out tasks)")
+        emit(f"\n{env}: target held-out success {target:.3f} (greedy, {heldout} held-out tasks)")
         emit(f"{'method':<18} {'samples to target':>18} {'reached':>8} {'start':>6} {'final (min-max)':>18} {'min/run':>8}")
         for method, r in methods.items():
             emit(f"{method:<18} {_fmt_samples(r['samples_to_target_median'], r['budget']):>18} {r['reached']:>8.2f} "
@@ -284,8 +287,9 @@ def main(argv: list[str] | None = None) -> float:
         args.envs = list(dict.fromkeys(c.env for c in curves))
     else:
         curves, teachers = _train_all(args)
-    targets = {env: args.target if args.target is not None else default_target(curves, env, args.target_gain, teachers[env])
-               for env in args.envs}
+    heldout = heldout_tasks(args)
+    targets = {env: args.target if args.target is not None
+               else default_target(curves, env, args.target_gain, teachers[env], heldout) for env in args.envs}
     summary = summarize(curves, targets.__getitem__)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> float:
     per_run = {c.points[-1][0] for c in curves}
     print(f"budget per run: {sorted(per_run)} student samples; teacher held-out success: "
           + ", ".join(f"{e} {v:.3f}" for e, v in teachers.items()) + f"; curves: {png}")
-    return report(summary)
+    return report(summary, heldout)
 
 
 def _train_all(args: argparse.Namespace) -> tuple[list[RunCurve], dict[str, float]]:

@@ -35,19 +35,14 @@ def _last_line(capsys) -> str:
 
 
 @pytest.fixture
-def random_tiny(monkeypatch, tmp_path):
-    """No cached tiny pair (random models), 4 held-out tasks, one thread."""
-    import reopold_agents.models as models
-    import reopold_agents.run as run_mod
-
-    monkeypatch.setattr(models, "tiny_model_dir", lambda name, role: tmp_path / "no-models" / f"{name}-{role}")
-    monkeypatch.setattr(run_mod, "HELDOUT_TASKS", 4)
+def random_tiny(tmp_path):
+    """The shipped tiny pair with 4 held-out tasks (SMALL_RUN); restores torch's thread count."""
     threads = torch.get_num_threads()
     yield tmp_path
     torch.set_num_threads(threads)
 
 
-SMALL_RUN = ["engine.sampling.max_new_tokens=6", "env.max_turns=1"]
+SMALL_RUN = ["engine.sampling.max_new_tokens=6", "env.max_turns=1", "trainer.heldout_tasks=4"]
 
 
 def test_sample_efficiency_smallest(random_tiny, capsys):
