@@ -31,9 +31,6 @@ OVERRIDES = [
     "trainer.total_steps=8",
     "trainer.lr=1e-3",
     "distributed.rollout_chunk_size=1",
-    "distributed.ray.local_num_cpus=2",
-    "distributed.ray.num_rollout_workers=2",
-    "distributed.ray.restart_timeout_s=60",
     "algo.stage_switch=1.0",  # reward_floor selection throughout: exact under any split over learner ranks
 ]
 METRIC_KEYS = ("loss", "grad_norm", "num_tokens", "num_selected", "reward_mean", "entropy_mean", "lr")
@@ -63,8 +60,11 @@ def backends(tmp_path_factory):
     os.environ["REOPOLD_CACHE"] = str(private)  # read by this process and passed to the Ray workers
     factories = default_factories()
     local = make_backend(compose(OVERRIDES + ["distributed=single"]), factories)
+    ray_keys = ["distributed.ray.local_num_cpus=2", "distributed.ray.num_rollout_workers=2",
+                "distributed.ray.restart_timeout_s=60"]
     # two rollout workers and two learner ranks (data parallel over gloo) against one process
-    remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.ray.num_learner_workers=2"]), factories)
+    remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.ray.num_learner_workers=2", *ray_keys]),
+                          factories)
     yield local, remote
     remote.shutdown()
     local.shutdown()
