@@ -301,3 +301,27 @@ def test_template_that_changes_text_is_masked(tok, tok2, one_thread):
     assert sum(traj.teacher_logprobs[i] - traj.rollout_logprobs[i] for i in second) == pytest.approx(
         brute[1] - sum(traj.rollout_logprobs[i] for i in second), abs=1e-4
     )
+
+
+def test_sentencepiece_prefix_space_is_dropped(tok2):
+    """Llama-2 style: every word piece starts with ▁ and the decoder strips the first one; the pieces of
+    a text then spell " " + text, and ``pieces_of_text`` drops that one byte (and nothing else)."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from reopold_agents.token_pieces import pieces_of_text
+
+    spec = json.loads(tok2.backend_tokenizer.to_str())
+    spec["pre_tokenizer"]["pretokenizers"][1]["prepend_scheme"] = "always"
+    spec["decoder"]["decoders"].append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    llama_like = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    tp = TokenPieces(llama_like)
+    assert tp.strips_leading_space and not TokenPieces(tok2).strips_leading_space
+    text = "hello 中 world"
+    ids = llama_like(text, add_special_tokens=False)["input_ids"]
+    assert llama_like.convert_ids_to_tokens(ids)[0].startswith("▁") and llama_like.decode(ids) == text
+    pieces = pieces_of_text(tp, tp.pieces(ids), text)
+    assert pieces is not None and b"".join(pieces) == text.encode() and len(pieces) == len(ids)
+    assert pieces_of_text(tp, tp.pieces(ids), "hello 中 world!") is None
