@@ -63,7 +63,7 @@ def is_gguf(name: str) -> bool:
 
 
 def _cache_root() -> Path:
-    from reopold_agents.testing import cache_dir
+    from reopold_agents.tiny import cache_dir
 
     return cache_dir() / "gguf"
 

@@ -1,6 +1,6 @@
 """A second project-trained tokenizer, built unlike the tiny one, for cross-tokenizer tests.
 
-The tiny tokenizer (``reopold_agents.testing.tokenizer``) is byte-level BPE (GPT-2/Qwen style). This one
+The tiny tokenizer (``reopold_agents.tiny.tokenizer``) is byte-level BPE (GPT-2/Qwen style). This one
 is SentencePiece style, as Llama-2/Mistral: spaces become ``▁`` and start a word, merges are learned on
 characters, and any character missing from its small alphabet (emoji, CJK, accents) falls back to
 ``<0xXX>`` byte tokens. Different vocab size and merges, same special tokens and chat template, so
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from reopold_agents.testing import QWEN_SPECIAL_TOKENS, build_tokenizer, cache_dir
+from reopold_agents.tiny import QWEN_SPECIAL_TOKENS, build_tokenizer, cache_dir
 
 VERSION = "spbf-v2"
 _WORDS = "the a of to is what how many total answer number sum tool call result search city year find you are helpful".split()

@@ -22,7 +22,7 @@ from reopold_agents.engines.base import Engine, Generation, GenerationRequest, S
 from reopold_agents.rollout import Rollout
 from reopold_agents.teacher import Teacher
 from reopold_agents.teacher_render import render_teacher_view
-from reopold_agents.testing import tiny_qwen2
+from reopold_agents.tiny import tiny_qwen2
 from reopold_agents.token_pieces import TokenPieces
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,7 +17,7 @@ import torch
 
 import reopold_agents as ra
 from reopold_agents.gguf import PACKAGED, _retie, gguf_file, is_gguf
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 
 
 def test_gguf_names():
