@@ -31,7 +31,7 @@ from transformers import DynamicCache, GenerationConfig, LogitsProcessor, Logits
 from transformers.cache_utils import DynamicLayer
 
 from reopold_agents.engines.base import Engine, Generation, GenerationRequest, SamplingParams
-from reopold_agents.engines.kv_reuse import MIN_SHARED_PREFIX, KVEntry, KVStore, batch_prefix_len, stitch
+from reopold_agents.engines.kv_reuse import MIN_SHARED_PREFIX, KVEntry, KVStore, PrefillStats, batch_prefix_len, stitch
 from reopold_agents.models import forward_inputs
 
 
@@ -119,6 +119,7 @@ class HFEngine(Engine):
         self._kv = KVStore()
         self._kv_weights: tuple[tuple[int, int], ...] = ()
         self._kv_supported = True  # set False for models whose cache is not plain per-token DynamicLayers
+        self.prefill_stats = PrefillStats()
 
     @property
     def device(self) -> torch.device:
@@ -232,6 +233,7 @@ class HFEngine(Engine):
         extra = {k: v.to(device) for k, v in _image_inputs(requests, self.processor).items()}
         extra = forward_inputs(self.model, ids.to(device), extra)
         config = self._generation_config(sampling)
+        self.prefill_stats.prefilled_tokens += sum(len(r.prompt_ids) for r in requests)
         seqs, capture = self._sample(ids, mask, config, seed, **extra)
         return self._results(seqs, width, capture, set(config.eos_token_id))
 
@@ -239,8 +241,8 @@ class HFEngine(Engine):
                                 seed: int | None, fresh: list[KVEntry]) -> list[Generation]:
         """The reuse path (layout: ``kv_reuse`` module doc). Appends this batch's entries to ``fresh``."""
         prompts = [np.asarray(r.prompt_ids, dtype=np.int64) for r in requests]
-        shared_fresh = [e for e in fresh if e.row == 0 and len(e.spans) == 1 and e.layers[0][0].shape[0] == 1]
-        hits = [self._kv.best(p, self._kv.entries + shared_fresh) for p in prompts]
+        candidates = self._kv.entries + fresh  # earlier chunks of this call count too (same weights)
+        hits = [self._kv.best(p, candidates) for p in prompts]
         shared = batch_prefix_len(prompts) if len(prompts) > 1 else 0
         if shared >= MIN_SHARED_PREFIX and any(n < shared for _, n in hits):
             entry = self._prefill(prompts[0][:shared])
@@ -248,7 +250,10 @@ class HFEngine(Engine):
                 return self._generate_batch(requests, sampling, seed)
             fresh.append(entry)
             hits = [(e, n) if n >= shared else (entry, shared) for e, n in hits]
+            self.prefill_stats.prefilled_tokens += shared
         cached = [n for _, n in hits]
+        self.prefill_stats.reused_tokens += sum(cached)
+        self.prefill_stats.prefilled_tokens += sum(len(p) for p in prompts) - sum(cached)
         c_width = max(cached)
         n_width = max(len(p) - n for p, n in zip(prompts, cached))
         width = c_width + n_width

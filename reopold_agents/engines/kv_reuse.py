@@ -31,6 +31,15 @@ LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [batch, kv_heads, s
 
 
 @dataclass
+class PrefillStats:
+    """Prompt tokens an engine ran through the model vs took from cached states (cumulative; the
+    tests and benchmarks/rollout_speed.py read them to see that reuse really happened)."""
+
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+
+
+@dataclass
 class KVEntry:
     """States of ``ids`` for one sequence: row ``row`` of the batch tensors ``layers``, read from the
     seq-dim ``spans`` in order (a generated batch holds a row's tokens in two blocks, see module doc)."""
