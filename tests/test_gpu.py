@@ -105,8 +105,8 @@ def test_vllm_vl_pair_with_images():
 
     tok = build_tokenizer()
     proc = tiny_vl_processor(tok)
-    student = tiny_qwen2_5_vl(tok, seed=0, num_heads=2, num_kv_heads=1).to(CUDA, torch.bfloat16)
-    teacher = tiny_qwen2_5_vl(tok, seed=1, num_heads=2, num_kv_heads=1).to(CUDA, torch.bfloat16)
+    student = tiny_qwen2_5_vl(tok, seed=0, num_heads=2, num_kv_heads=1, vision_hidden_size=64).to(CUDA, torch.bfloat16)
+    teacher = tiny_qwen2_5_vl(tok, seed=1, num_heads=2, num_kv_heads=1, vision_hidden_size=64).to(CUDA, torch.bfloat16)
     engine = _engine(student, tok, proc)
     rollout = Rollout(engine, tok, lambda: ra.make_env("vqa", seed=0), processor=proc, max_turns=1,
                       max_total_tokens=2048)
