@@ -126,3 +126,14 @@ def test_prefix_helpers():
     assert batch_prefix_len([a, a.copy()]) == 3
     assert batch_prefix_len([a, np.array([1, 2, 3, 5, 6])]) == 3
     assert batch_prefix_len([a, np.array([1])]) == 0
+
+
+def test_vl_models_always_prefill_in_full(tok):
+    """Qwen2.5-VL keeps rope state from the prefill: its engine never reuses states, even for text."""
+    from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+
+    engine = HFEngine(tiny_qwen2_5_vl(tok), tok, processor=tiny_vl_processor(tok))
+    req = GenerationRequest(tok("describe the picture " * 20, add_special_tokens=False)["input_ids"])
+    first = engine.generate([req, req], SamplingParams(max_new_tokens=4, temperature=0))[0]
+    engine.generate([GenerationRequest(req.prompt_ids + first.token_ids)], SamplingParams(max_new_tokens=4, temperature=0))
+    assert engine.prefill_stats.reused_tokens == 0 and engine.prefill_stats.prefilled_tokens > 0

@@ -17,7 +17,7 @@ Guarantees (tested in tests/test_engines.py):
   extends a sequence of the previous call (the next turn of a conversation) starts from that
   sequence's cached keys/values, and a prompt prefix shared by a whole batch runs once. Sampled ids
   and log-probs are those of the full re-prefill (to float noise, tested), with the same random
-  numbers drawn. Text-only: a batch with images takes the full path.
+  numbers drawn. Text models only: VL models and batches with images take the full path.
 """
 
 from __future__ import annotations
@@ -118,7 +118,9 @@ class HFEngine(Engine):
         self.reuse_kv_cache = reuse_kv_cache
         self._kv = KVStore()
         self._kv_weights: tuple[tuple[int, int], ...] = ()
-        self._kv_supported = True  # set False for models whose cache is not plain per-token DynamicLayers
+        # VL models keep 3-D rope state across a generate call (rope deltas from the prefill), so they
+        # always prefill in full; a model whose cache is not plain per-token layers turns reuse off too.
+        self._kv_supported = getattr(model.config, "vision_config", None) is None
         self.prefill_stats = PrefillStats()
 
     @property
@@ -180,8 +182,8 @@ class HFEngine(Engine):
         return out
 
     def _reusable(self, requests: list[GenerationRequest]) -> bool:
-        """Reuse is text-only: image features enter at prefill only and VL rope indices span the
-        whole sequence, so a batch with images is always prefilled in full."""
+        """Reuse is for text models and text batches: image features enter at prefill only and VL
+        rope indices span the whole sequence."""
         return self.reuse_kv_cache and self._kv_supported and not any(r.images or r.model_inputs for r in requests)
 
     def _sample(self, ids: torch.Tensor, mask: torch.Tensor, config: GenerationConfig, seed: int | None,
