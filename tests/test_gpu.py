@@ -157,7 +157,7 @@ def fsdp_rank_main(out: str) -> None:
     from reopold_agents.distributed.accelerate_learner import AccelerateLearner
 
     tok = build_tokenizer()
-    learner = AccelerateLearner(tiny_qwen2(tok, seed=1, num_heads=2, num_kv_heads=1), *_configs(),
+    learner = AccelerateLearner(tiny_qwen2(tok, seed=1, num_heads=2, num_kv_heads=1).to(CUDA), *_configs(),
                                 DistributedConfig(learner_strategy="fsdp", mixed_precision="bf16"))
     info = {"fsdp": learner.fsdp, "mixed_precision": str(learner.accelerator.mixed_precision),
             "device": str(learner.accelerator.device)}
