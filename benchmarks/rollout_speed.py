@@ -17,7 +17,7 @@ import statistics
 import torch
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny_toolqa", help="tiny_toolqa or an HF id/path (student)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     torch.set_num_threads(args.threads)
@@ -37,6 +37,9 @@ def main() -> None:
     from reopold_agents.models import load_model
     from reopold_agents.rollout import Rollout
 
+    from reopold_agents.tiny_models import ensure_tiny
+
+    ensure_tiny(args.model, progress=False)  # the shipped tiny pair (no-op for HF ids / paths)
     loaded = load_model(args.model, "student")
     rollouts = {
         name: Rollout(
@@ -77,6 +80,7 @@ def main() -> None:
     print(f"generated tokens/s (median of {args.repeats} runs): full prefill {med['full prefill']:.0f}, "
           f"kv reuse {med['kv reuse']:.0f}")
     print(f"kv reuse / full prefill: {ratio:.2f}x (goal >= 2x): {'OK' if ratio >= 2 else 'BELOW GOAL'}")
+    return ratio
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def student(one_thread):
+    from reopold_agents.tiny_models import ensure_tiny
+
+    ensure_tiny("tiny_toolqa", progress=False)  # the shipped pair, copied into the model cache if absent
     return load_model("tiny_toolqa", "student")
 
 
@@ -137,3 +140,18 @@ def test_vl_models_always_prefill_in_full(tok):
     first = engine.generate([req, req], SamplingParams(max_new_tokens=4, temperature=0))[0]
     engine.generate([GenerationRequest(req.prompt_ids + first.token_ids)], SamplingParams(max_new_tokens=4, temperature=0))
     assert engine.prefill_stats.reused_tokens == 0 and engine.prefill_stats.prefilled_tokens > 0
+
+
+def test_rollout_speed_benchmark_smallest(student, capsys):
+    """benchmarks/rollout_speed.py runs end to end (both paths, ids compared) and ends with its ratio."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_rollout_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ratio = mod.main(["--prompts", "2", "--group", "2", "--max-turns", "2", "--max-new-tokens", "8", "--repeats", "1"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert lines[-1].startswith("kv reuse / full prefill: ") and ratio > 0
+    assert any(ln.startswith("same token ids on every run") for ln in lines)
