@@ -13,16 +13,25 @@ Guarantees (tested in tests/test_engines.py):
   from the logits during generation (no second forward, no [steps x vocab] buffer).
 * Only ``SamplingParams`` decides how to sample: the model's own ``generation_config`` (repetition
   penalty, default top_k, ...) is ignored, so rollouts mean the same thing for every checkpoint.
+* KV reuse (``reuse_kv_cache=True``, the default; ``reopold_agents.engines.kv_reuse``): a request that
+  extends a sequence of the previous call (the next turn of a conversation) starts from that
+  sequence's cached keys/values, and a prompt prefix shared by a whole batch runs once. Sampled ids
+  and log-probs are those of the full re-prefill (to float noise, tested), with the same random
+  numbers drawn. Text models only: VL models and batches with images take the full path.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicLayer
 
 from reopold_agents.engines.base import Engine, Generation, GenerationRequest, SamplingParams
+from reopold_agents.engines.kv_reuse import MIN_SHARED_PREFIX, KVEntry, KVStore, PrefillStats, batch_prefix_len, stitch
 from reopold_agents.models import forward_inputs
 
 
@@ -72,6 +81,12 @@ def _image_inputs(requests: list[GenerationRequest], processor: Any) -> dict[str
     return {k: torch.cat([p[k] for p in parts if k in p], dim=0) for k in keys}
 
 
+def _plain_dynamic(cache: Any) -> bool:
+    """A cache whose every layer holds one key/value slot per token (no sliding window or recurrent
+    state), the only kind whose rows can be cut out and stitched together."""
+    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
 class HFEngine(Engine):
     """Generates with an in-process transformers model (shared with the learner or a copy of it)."""
 
@@ -82,10 +97,12 @@ class HFEngine(Engine):
         processor: Any = None,
         max_batch_size: int = 64,
         banned_token_ids: list[int] | None = None,
+        reuse_kv_cache: bool = True,
     ):
         """``banned_token_ids`` are never sampled (default for VL processors: the image/video pad ids,
         which would otherwise desynchronise image tokens and image features); their probability mass
-        stays in the recorded raw log-probs, which is what the learner recomputes."""
+        stays in the recorded raw log-probs, which is what the learner recomputes.
+        ``reuse_kv_cache=False`` re-prefills every request from its first token (the reference path)."""
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before building HFEngine")
         self.model = model
@@ -98,12 +115,19 @@ class HFEngine(Engine):
                 if i is not None
             ]
         self.banned_token_ids = list(banned_token_ids)
+        self.reuse_kv_cache = reuse_kv_cache
+        self._kv = KVStore()
+        self._kv_weights: tuple[tuple[int, int], ...] = ()
+        # VL models keep 3-D rope state across a generate call (rope deltas from the prefill), so they
+        # always prefill in full; a model whose cache is not plain per-token layers turns reuse off too.
+        self._kv_supported = getattr(model.config, "vision_config", None) is None
+        self.prefill_stats = PrefillStats()
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _generation_config(self, sampling: SamplingParams) -> GenerationConfig:
+    def _generation_config(self, sampling: SamplingParams, return_cache: bool = False) -> GenerationConfig:
         greedy = sampling.temperature == 0
         stops = [self.tokenizer.eos_token_id, *[s for s in sampling.stop_token_ids if s != self.tokenizer.eos_token_id]]
         return GenerationConfig(
@@ -115,7 +139,15 @@ class HFEngine(Engine):
             eos_token_id=stops,
             pad_token_id=self.tokenizer.pad_token_id,
             use_cache=True,
+            return_dict_in_generate=return_cache,  # the reuse path keeps the batch's final cache
         )
+
+    def _weights_signature(self) -> tuple[tuple[int, int], ...]:
+        """Identity and in-place version counter of every parameter: a safety net that drops cached
+        states when the weights were changed without ``load_weights`` (an optimizer step on the shared
+        module). Not exhaustive (fused optimizers and ``.data`` writes leave the counter), so
+        ``load_weights`` after an update stays the contract."""
+        return tuple((id(p), p._version) for p in self.model.parameters())
 
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
@@ -123,7 +155,10 @@ class HFEngine(Engine):
         for i, req in enumerate(requests):
             if not req.prompt_ids:
                 raise ValueError(f"request {i} has an empty prompt")
+        if self.reuse_kv_cache and self._weights_signature() != self._kv_weights:
+            self._kv.clear()
         out: list[Generation] = []
+        fresh: list[KVEntry] = []  # this call's entries; they replace the store once every chunk is done
         was_training = self.model.training
         saved_config = getattr(self.model, "generation_config", None)
         self.model.eval()
@@ -133,41 +168,48 @@ class HFEngine(Engine):
             for start in range(0, len(requests), self.max_batch_size):
                 chunk = requests[start : start + self.max_batch_size]
                 seed = None if sampling.seed is None else sampling.seed + start
-                out.extend(self._generate_batch(chunk, sampling, seed))
+                if self._reusable(chunk):
+                    out.extend(self._generate_batch_reusing(chunk, sampling, seed, fresh))
+                else:
+                    out.extend(self._generate_batch(chunk, sampling, seed))
         finally:
             if saved_config is not None:
                 self.model.generation_config = saved_config
             self.model.train(was_training)
+        if self.reuse_kv_cache:
+            self._kv.entries = fresh
+            self._kv_weights = self._weights_signature()
         return out
 
-    def _generate_batch(self, requests: list[GenerationRequest], sampling: SamplingParams, seed: int | None):
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((len(requests), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, req in enumerate(requests):
-            ids[i, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids, dtype=torch.long)
-            mask[i, width - len(req.prompt_ids) :] = 1
+    def _reusable(self, requests: list[GenerationRequest]) -> bool:
+        """Reuse is for text models and text batches: image features enter at prefill only and VL
+        rope indices span the whole sequence."""
+        return self.reuse_kv_cache and self._kv_supported and not any(r.images or r.model_inputs for r in requests)
+
+    def _sample(self, ids: torch.Tensor, mask: torch.Tensor, config: GenerationConfig, seed: int | None,
+                **kwargs: Any) -> tuple[Any, _SampledLogprobs]:
+        """``model.generate`` under ``seed`` (forked RNG, so the caller's random state is untouched)."""
         device = self.device
-        extra = {k: v.to(device) for k, v in _image_inputs(requests, self.processor).items()}
-        extra = forward_inputs(self.model, ids.to(device), extra)
         capture = _SampledLogprobs(self.banned_token_ids)
-        config = self._generation_config(sampling)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            seqs = self.model.generate(
+            out = self.model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 generation_config=config,
                 logits_processor=LogitsProcessorList([capture]),
-                **extra,
+                **kwargs,
             )
+        return out, capture
+
+    @staticmethod
+    def _results(seqs: torch.Tensor, width: int, capture: _SampledLogprobs, stops: set[int]) -> list[Generation]:
+        """Cut each row after its first stop id (later columns are padding of finished rows)."""
         new = seqs[:, width:].cpu()
-        logps = capture.finish(seqs[:, -1]).cpu() if new.shape[1] else torch.zeros(len(requests), 0)
-        stops = set(config.eos_token_id)
+        logps = capture.finish(seqs[:, -1]).cpu() if new.shape[1] else torch.zeros(seqs.shape[0], 0)
         results = []
-        for i in range(len(requests)):
+        for i in range(seqs.shape[0]):
             row = new[i].tolist()
             end = next((j for j, t in enumerate(row) if t in stops), None)
             n = len(row) if end is None else end + 1
@@ -180,8 +222,87 @@ class HFEngine(Engine):
             )
         return results
 
+    def _generate_batch(self, requests: list[GenerationRequest], sampling: SamplingParams, seed: int | None):
+        """The full path: every request left-padded and prefilled from its first token."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, req in enumerate(requests):
+            ids[i, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids, dtype=torch.long)
+            mask[i, width - len(req.prompt_ids) :] = 1
+        device = self.device
+        extra = {k: v.to(device) for k, v in _image_inputs(requests, self.processor).items()}
+        extra = forward_inputs(self.model, ids.to(device), extra)
+        config = self._generation_config(sampling)
+        self.prefill_stats.prefilled_tokens += sum(len(r.prompt_ids) for r in requests)
+        seqs, capture = self._sample(ids, mask, config, seed, **extra)
+        return self._results(seqs, width, capture, set(config.eos_token_id))
+
+    def _generate_batch_reusing(self, requests: list[GenerationRequest], sampling: SamplingParams,
+                                seed: int | None, fresh: list[KVEntry]) -> list[Generation]:
+        """The reuse path (layout: ``kv_reuse`` module doc). Appends this batch's entries to ``fresh``."""
+        prompts = [np.asarray(r.prompt_ids, dtype=np.int64) for r in requests]
+        candidates = self._kv.entries + fresh  # earlier chunks of this call count too (same weights)
+        hits = [self._kv.best(p, candidates) for p in prompts]
+        shared = batch_prefix_len(prompts) if len(prompts) > 1 else 0
+        if shared >= MIN_SHARED_PREFIX and any(n < shared for _, n in hits):
+            entry = self._prefill(prompts[0][:shared])
+            if entry is None:
+                return self._generate_batch(requests, sampling, seed)
+            fresh.append(entry)
+            hits = [(e, n) if n >= shared else (entry, shared) for e, n in hits]
+            self.prefill_stats.prefilled_tokens += shared
+        cached = [n for _, n in hits]
+        self.prefill_stats.reused_tokens += sum(cached)
+        self.prefill_stats.prefilled_tokens += sum(len(p) for p in prompts) - sum(cached)
+        c_width = max(cached)
+        n_width = max(len(p) - n for p, n in zip(prompts, cached))
+        width = c_width + n_width
+        ids = torch.full((len(requests), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, n) in enumerate(zip(prompts, cached)):
+            ids[i, c_width - n : c_width] = torch.from_numpy(p[:n])
+            mask[i, c_width - n : c_width] = 1
+            ids[i, width - (len(p) - n) :] = torch.from_numpy(p[n:])
+            mask[i, width - (len(p) - n) :] = 1
+        kwargs: dict[str, Any] = {}
+        if c_width:
+            kwargs["past_key_values"] = DynamicCache(stitch(hits, c_width))
+        config = self._generation_config(sampling, return_cache=True)
+        out, capture = self._sample(ids, mask, config, seed, **kwargs)
+        results = self._results(out.sequences, width, capture, set(config.eos_token_id))
+        cache = out.past_key_values
+        if not _plain_dynamic(cache):
+            self._kv_supported = False
+            return results
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        forwarded = cache.get_seq_length() - width  # generated ids whose states are in the cache
+        for i, (p, n, gen) in enumerate(zip(prompts, cached, results)):
+            g = max(0, min(len(gen.token_ids), forwarded))
+            spans = [(a, b) for a, b in ((c_width - n, c_width), (width - (len(p) - n), width + g)) if b > a]
+            seq = np.concatenate([p, np.asarray(gen.token_ids[:g], dtype=np.int64)])
+            fresh.append(KVEntry(ids=seq, layers=layers, row=i, spans=spans))
+        return results
+
+    def _prefill(self, prefix: np.ndarray) -> KVEntry | None:
+        """States of one ``prefix`` (batch size 1); None (and reuse off) when the model's cache cannot
+        be stitched per row."""
+        kwargs: dict[str, Any] = {"use_cache": True}
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = 1  # only the states are wanted, not [len, vocab] logits
+        out = self.model(input_ids=torch.from_numpy(prefix)[None].to(self.device), **kwargs)
+        cache = getattr(out, "past_key_values", None)
+        if not _plain_dynamic(cache):
+            self._kv_supported = False
+            return None
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return KVEntry(ids=prefix.copy(), layers=layers, row=0, spans=[(0, len(prefix))])
+
     def load_weights(self, model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor]) -> None:
-        """Shared module: nothing to do. Another module or a state dict: copy its tensors in place."""
+        """Shared module: nothing to copy. Another module or a state dict: copy its tensors in place.
+        Either way the weights changed, so cached key/value states are dropped."""
+        self._kv.clear()
         if model_or_state_dict is self.model:
             return
         state = (
@@ -220,3 +341,6 @@ class HFEngine(Engine):
         finally:
             self.model.train(was_training)
         return out
+
+    def close(self) -> None:
+        self._kv.clear()
