@@ -36,10 +36,6 @@ def main(argv: list[str] | None = None) -> float:
     from reopold_agents.engines.hf import HFEngine
     from reopold_agents.models import load_model
     from reopold_agents.rollout import Rollout
-
-    from reopold_agents.tiny_models import ensure_tiny
-
-    ensure_tiny(args.model, progress=False)  # the shipped tiny pair (no-op for HF ids / paths)
     loaded = load_model(args.model, "student")
     rollouts = {
         name: Rollout(

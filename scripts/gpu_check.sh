@@ -135,12 +135,9 @@ if [ "${RESULTS[0]}" = PASS ]; then
   pytest_check fsdp_bf16 120 tests/test_gpu.py::test_fsdp_learner_one_gpu_bf16
   RUN_DIR="$LOGS/ray_run"
   rm -rf "$RUN_DIR"
-  # Ray placement keys live in a `distributed.ray` sub-section in newer configs, at the top level before.
-  RAY=distributed.
-  "$PY" -c "from reopold_agents.config.distributed import RayConfig" >/dev/null 2>&1 && RAY=distributed.ray.
   if run_check ray_gpu_rollout 240 "$PY" -m reopold_agents.run env=toolqa engine=vllm distributed=ray \
-      "${RAY}num_rollout_workers=1" "${RAY}gpus_per_rollout_worker=1" "${RAY}local_num_cpus=4" \
-      engine.gpu_memory_utilization=0.25 engine.max_new_tokens=32 engine.max_model_len=2048 \
+      distributed.ray.num_rollout_workers=1 distributed.ray.gpus_per_rollout_worker=1 distributed.ray.local_num_cpus=4 \
+      engine.gpu_memory_utilization=0.25 engine.sampling.max_new_tokens=32 engine.max_model_len=2048 \
       trainer.total_steps=2 trainer.prompts_per_step=4 trainer.group_size=2 trainer.eval_every=0 \
       trainer.save_every=0 "trainer.output_dir=$RUN_DIR" "hydra.run.dir=$RUN_DIR/hydra"; then
     steps=$(grep -c '"step"' "$RUN_DIR/metrics.jsonl" 2>/dev/null || echo 0)

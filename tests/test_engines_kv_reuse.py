@@ -21,9 +21,6 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def student(one_thread):
-    from reopold_agents.tiny_models import ensure_tiny
-
-    ensure_tiny("tiny_toolqa", progress=False)  # the shipped pair, copied into the model cache if absent
     return load_model("tiny_toolqa", "student")
 
 
@@ -133,7 +130,7 @@ def test_prefix_helpers():
 
 def test_vl_models_always_prefill_in_full(tok):
     """Qwen2.5-VL keeps rope state from the prefill: its engine never reuses states, even for text."""
-    from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+    from reopold_agents.tiny.vl import tiny_qwen2_5_vl, tiny_vl_processor
 
     engine = HFEngine(tiny_qwen2_5_vl(tok), tok, processor=tiny_vl_processor(tok))
     req = GenerationRequest(tok("describe the picture " * 20, add_special_tokens=False)["input_ids"])

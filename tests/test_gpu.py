@@ -25,7 +25,7 @@ from reopold_agents.config.engine import EngineConfig
 from reopold_agents.engines import GenerationRequest, SamplingParams, make_engine
 from reopold_agents.engines.hf import HFEngine
 from reopold_agents.rollout import Rollout
-from reopold_agents.testing import build_tokenizer, tiny_qwen2
+from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 from reopold_agents.trajectory import Trajectory, collate
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -101,7 +101,7 @@ def test_vllm_text_generation_and_reload_after_learner_step():
 def test_vllm_vl_pair_with_images():
     """A tiny Qwen2.5-VL student and teacher in vLLM: vqa rollouts with images give the log-probs
     transformers computes with the same pixels, and the teacher scores them as transformers does."""
-    from reopold_agents.testing.vl import tiny_qwen2_5_vl, tiny_vl_processor
+    from reopold_agents.tiny.vl import tiny_qwen2_5_vl, tiny_vl_processor
 
     tok = build_tokenizer()
     proc = tiny_vl_processor(tok)

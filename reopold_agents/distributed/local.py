@@ -2,7 +2,7 @@
 
 It runs the same chunks with the same seeds as RayBackend, one after another, so a single-process run
 and a Ray run with the same seed train on the same episodes. The rollout engine shares the learner's
-student module (no copy, no per-step weight transfer). That is exact in async mode too: a submitted
+student module (no copy: a sync only drops the engine's cached key/values). That is exact in async mode too: a submitted
 rollout runs at once, so step k+1 is sampled with the weights of step k, before step k's update.
 """
 
@@ -58,8 +58,9 @@ class LocalBackend(Backend):
         return self.learner.update(batch, step)
 
     def sync_weights(self) -> int:
-        self.worker.version = self.learner.version  # the engine runs the learner's own module: nothing to copy
-        return self.worker.version
+        # The HF engine runs the learner's own module (nothing is copied; its cached key/values are
+        # dropped); an engine with weights of its own (vLLM) copies them in.
+        return self.worker.load_weights(self.learner.role.model, self.learner.version)
 
     def evaluate(self, step: int) -> dict[str, float]:
         return self.worker.evaluate(step)

@@ -30,8 +30,8 @@ class RolloutRole(Protocol):
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out greedy success (``eval/success``) plus the configured eval suite, if any."""
 
-    def load_weights(self, state_dict: StateDict) -> None:
-        """Replace the engine's student weights with the learner's."""
+    def load_weights(self, state_dict: StateDict | torch.nn.Module) -> None:
+        """Replace the engine's student weights with the learner's (a state dict, or in-process the module)."""
 
 
 @runtime_checkable
