@@ -183,6 +183,7 @@ class Rollout:
         ep.traj.images.extend(enc.images)
         ep.traj.model_inputs = dict(enc.model_inputs)
         ep.traj.info = {k: v for k, v in info.items() if k != "tools"}
+        ep.traj.messages, ep.traj.tools = list(messages), ep.tools
         ep.seen_messages, ep.seen_images = len(messages), len(images)
 
     def _step(self, ep: _Episode) -> None:
@@ -192,6 +193,7 @@ class Rollout:
         with self._tok_lock:
             text = self.tokenizer.decode(content, skip_special_tokens=True)
         obs, reward, terminated, truncated, info = ep.env.step(text)
+        ep.traj.messages = list(obs["messages"])
         ep.turns += 1
         ep.traj.reward += float(reward)
         turn = {"text": text, "num_generated": len(ids), "finish_reason": ep.extra["finish_reason"],

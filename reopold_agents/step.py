@@ -64,7 +64,7 @@ def train_step(backend: Any, handle: Any, step: int, t_submit: float) -> StepRes
     trajectories = handle.result()
     t_rollout = time.perf_counter()
     batch = collate(trajectories, backend.pad_token_id)
-    batch = backend.score(batch)
+    batch = backend.score(batch, trajectories)
     check_batch(batch)
     t_score = time.perf_counter()
     learner_metrics, learner_version = backend.update(batch, step)

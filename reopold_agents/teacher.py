@@ -1,9 +1,10 @@
 """Teacher scoring: log pi_T of every token the student wrote, on the student's exact ids and images.
 
-The teacher never sees text: it is handed the trajectory's token ids (and the same processed images),
-so the token reward ``log pi_T(y_t|s_t) - log pi_old(y_t|s_t)`` compares the two models on identical
-states. That requires one shared tokenizer; ``check_same_tokenizer`` fails loudly otherwise
-(cross-tokenizer distillation is an explicit extension, not a silent fallback).
+With the student's tokenizer (``check_same_tokenizer``) the teacher never sees text: it is handed the
+batch's token ids (and the same processed images), so the token reward
+``log pi_T(y_t|s_t) - log pi_old(y_t|s_t)`` compares the two models on identical states. With another
+tokenizer, ``build_teacher`` returns the cross-tokenizer scorer instead (docs/cross_tokenizer.md): the
+teacher renders the conversation itself and its scores are aligned to the student's tokens.
 
 Two back ends behind one class: an in-process HF model (forward in micro-batches, sampled-token
 log-probs gathered chunk by chunk by ``model_token_logprobs``, no [tokens x vocab] fp32 tensor) or any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from reopold_agents.engines.base import Engine, GenerationRequest
-from reopold_agents.trajectory import Batch
+from reopold_agents.trajectory import Batch, Trajectory
 
 
 class TokenizerMismatchError(ValueError):
@@ -73,8 +74,9 @@ class Teacher:
         self.batch_size = batch_size
         self.top_k = top_k
 
-    def score(self, batch: Batch) -> Batch:
-        """Fill ``batch.teacher_logprobs`` (and, with ``top_k``, the top-k fields) in place; return it."""
+    def score(self, batch: Batch, trajectories: list[Trajectory] | None = None) -> Batch:
+        """Fill ``batch.teacher_logprobs`` (and, with ``top_k``, the top-k fields) in place; return it.
+        The same tokenizer scores the batch's ids directly (``trajectories`` is not needed)."""
         lengths = batch.lengths()
         if bool((lengths == 0).any()):
             raise ValueError(f"batch rows {(lengths == 0).nonzero().flatten().tolist()} are empty")
@@ -152,9 +154,42 @@ def _row_model_inputs(batch: Batch, b: int) -> dict[str, torch.Tensor]:
     return {k: v for k, v in one.model_inputs.items() if k != "mm_token_type_ids"}
 
 
-def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0, engine_cfg: Any = None) -> Teacher:
-    """Load the teacher named by ``model_cfg.teacher`` behind ``model_cfg.teacher_engine``; its tokenizer
-    must equal the student's. ``top_k`` > 0 also fills the GKD top-k fields (``algo.gkd_topk``)."""
+class CrossTokenizerScorer:
+    """A teacher with another tokenizer (``reopold_agents/cross_teacher.py``): it reads each episode's
+    conversation under its own chat template and its log-probs of the student's assistant text are
+    aligned to the student's tokens; turns that cannot be aligned are masked (``loss_mask`` 0 in the
+    batch) and listed in ``Trajectory.info["cross_tokenizer_masked"]``. Writes into the same Batch."""
+
+    def __init__(self, student_tokenizer: Any, teacher_tokenizer: Any, model: torch.nn.Module,
+                 chunk_size: int = 1024, batch_size: int = 8) -> None:
+        from reopold_agents.cross_teacher import CrossTokenizerTeacher
+
+        self.cross = CrossTokenizerTeacher(student_tokenizer, teacher_tokenizer, model, chunk_size=chunk_size,
+                                           batch_size=batch_size)
+
+    def score(self, batch: Batch, trajectories: list[Trajectory] | None = None) -> Batch:
+        from reopold_agents.cross_teacher import Conversation
+
+        if trajectories is None or len(trajectories) != len(batch):
+            raise ValueError("cross-tokenizer scoring needs the batch's trajectories (their conversations)")
+        self.cross.score(trajectories, [Conversation(t.messages, t.tools) for t in trajectories])
+        teacher_lp = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        loss_mask = torch.zeros(batch.loss_mask.shape, dtype=batch.loss_mask.dtype)
+        for row, traj in enumerate(trajectories):
+            n = len(traj)
+            loss_mask[row, :n] = torch.tensor(traj.loss_mask, dtype=loss_mask.dtype)
+            teacher_lp[row, :n] = torch.tensor(traj.teacher_logprobs, dtype=torch.float32)
+        loss_mask[:, 0] = 0  # as collate: the first token is never a target
+        batch.loss_mask = loss_mask.to(batch.loss_mask.device)
+        batch.teacher_logprobs = torch.where(loss_mask > 0, teacher_lp, torch.zeros(())).to(batch.loss_mask.device)
+        return batch
+
+
+def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0,
+                  engine_cfg: Any = None) -> "Teacher | CrossTokenizerScorer":
+    """Load the teacher named by ``model_cfg.teacher`` behind ``model_cfg.teacher_engine``. With the
+    student's tokenizer it scores the student's ids; with another one (detected, no flag) it is the
+    cross-tokenizer scorer (in-process HF only). ``top_k`` > 0 also fills the GKD top-k fields (``algo.gkd_topk``)."""
     if model_cfg.teacher_engine == "vllm":
         from dataclasses import replace
 
@@ -172,7 +207,14 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0, engine
     from reopold_agents.models import load_teacher
 
     loaded = load_teacher(model_cfg)
-    check_same_tokenizer(student_tokenizer, loaded.tokenizer)
+    try:
+        check_same_tokenizer(student_tokenizer, loaded.tokenizer)
+    except TokenizerMismatchError:
+        if top_k:
+            raise ValueError("the teacher's tokenizer differs from the student's: a top-k objective (gkd, dense_kl) "
+                             "cannot compare distributions over two vocabularies; use reopold/opd") from None
+        return CrossTokenizerScorer(student_tokenizer, loaded.tokenizer, loaded.model,
+                                    chunk_size=model_cfg.logprob_chunk_size, batch_size=model_cfg.teacher_batch_size)
     return Teacher(
         loaded.tokenizer,
         model=loaded.model,

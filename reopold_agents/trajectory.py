@@ -28,6 +28,10 @@ class Trajectory:
     turns: list[dict[str, Any]] = field(default_factory=list)  # per-turn info (text, tool calls, info)
     info: dict[str, Any] = field(default_factory=dict)  # final env info (success, why, ...)
     model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. pixel_values, image_grid_thw
+    # The conversation as the env last showed it (and its tool schemas): what a teacher with another
+    # tokenizer renders under its own chat template (reopold_agents/cross_teacher.py).
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
     # Optional, for GKD (supervised top-k KL): per position the teacher's top-k ids and log-probs of the
     # distribution predicting that position (target-aligned like teacher_logprobs; rows of K zeros on
     # env tokens and position 0). Filled by teacher scoring when the objective asks for a top-k (gkd, dense_kl).

@@ -58,8 +58,9 @@ class Backend(ABC):
         """Start episodes for ``tasks`` with the latest synced weights; may return before they finish."""
 
     @abstractmethod
-    def score(self, batch: Batch) -> Batch:
-        """The batch with the teacher's log-probs filled in (the same object when scored in-process)."""
+    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
+        """The batch with the teacher's log-probs filled in (the same object when scored in-process); the
+        trajectories (row order) carry the conversations a teacher with another tokenizer renders."""
 
     @abstractmethod
     def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:

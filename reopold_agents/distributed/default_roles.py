@@ -93,8 +93,8 @@ class DefaultTeacher:
             student_tok = load_tokenizer_and_processor(cfg.model.student, "student")[0]
             self.teacher = build_teacher(cfg.model, student_tok, top_k=objective.teacher_topk, engine_cfg=cfg.engine)
 
-    def score(self, batch: Batch) -> Batch:
-        return batch if self.teacher is None else self.teacher.score(batch)
+    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
+        return batch if self.teacher is None else self.teacher.score(batch, trajectories)
 
 
 class DefaultLearner:

@@ -51,8 +51,8 @@ class LocalBackend(Backend):
         stats.seconds = time.perf_counter() - start
         return _DoneHandle(trajectories, stats)
 
-    def score(self, batch: Batch) -> Batch:
-        return self.teacher.score(batch)
+    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
+        return self.teacher.score(batch, trajectories)[0]
 
     def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:
         return self.learner.update(batch, step)

@@ -170,13 +170,17 @@ class RayBackend(Backend):
         self._active = _RayRolloutHandle(supervisor, self._executor.submit(supervisor.run), len(chunks), started)
         return self._active
 
-    def score(self, batch: Batch) -> Batch:
+    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
         """Each teacher worker scores a contiguous block of rows; the log-probs are put back by row."""
         n = min(len(self.teachers), len(batch))
         bounds = [round(i * len(batch) / n) for i in range(n + 1)]
         rows = [torch.arange(bounds[i], bounds[i + 1]) for i in range(n)]
-        scored = self.ray.get([self.teachers[i].score.remote(batch.select(r)) for i, r in enumerate(rows)])
-        fields = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+        results = self.ray.get([self.teachers[i].score.remote(batch.select(r), trajectories[bounds[i] : bounds[i + 1]])
+                                for i, r in enumerate(rows)])
+        scored = [part for part, _ in results]
+        for i, (_, trajs) in enumerate(results):  # a cross-tokenizer teacher records masked turns in them
+            trajectories[bounds[i] : bounds[i + 1]] = trajs
+        fields = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs", "loss_mask")
         for name in fields:
             parts = [getattr(part, name) for part in scored]
             setattr(batch, name, None if any(p is None for p in parts) else torch.cat(parts, dim=0))

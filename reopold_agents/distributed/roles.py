@@ -38,7 +38,7 @@ class RolloutRole(Protocol):
 class TeacherRole(Protocol):
     """Scores the student's exact token ids; fills ``Batch.teacher_logprobs``."""
 
-    def score(self, batch: Batch) -> Batch: ...
+    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch: ...
 
 
 @runtime_checkable

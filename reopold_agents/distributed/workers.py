@@ -85,8 +85,9 @@ class TeacherWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def score(self, batch: Batch) -> Batch:
-        return self.role.score(batch)
+    def score(self, batch: Batch, trajectories: list[Trajectory]) -> tuple[Batch, list[Trajectory]]:
+        """The scored batch and the trajectories (a cross-tokenizer teacher records masked turns in them)."""
+        return self.role.score(batch, trajectories), trajectories
 
 
 class LearnerWorker:

@@ -1,0 +1,81 @@
+"""A cross-tokenizer run end to end: ``python -m reopold_agents.run`` with a teacher whose tokenizer differs.
+
+Nothing is configured for it: ``build_teacher`` detects the mismatch and returns the cross-tokenizer
+scorer; two toolqa steps train through the one training step (``reopold_agents/step.py``), the rewards
+of every scored turn sum to the teacher's minus the student's log-prob of that turn's text, and the
+run's checkpoint comes out.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _second_tokenizer import second_tokenizer  # noqa: E402
+
+import reopold_agents.run as run_mod  # noqa: E402
+from reopold_agents.config import compose  # noqa: E402
+
+
+def _save(model, tok, path: Path) -> str:
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+def test_run_with_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import reopold_agents.step as step_mod
+    from reopold_agents.teacher import CrossTokenizerScorer
+    from reopold_agents.tiny.load import load_tiny
+
+    torch.set_num_threads(1)
+    student, tok, _, _ = load_tiny("tiny_toolqa", "student")
+    tok2 = second_tokenizer()
+    torch.manual_seed(3)
+    teacher = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok2), hidden_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                                           eos_token_id=tok2.eos_token_id, pad_token_id=tok2.pad_token_id))
+    student_dir, teacher_dir = _save(student, tok, tmp_path / "student"), _save(teacher, tok2, tmp_path / "teacher")
+
+    seen = []
+    original = step_mod.train_step
+
+    def keep(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(step_mod, "train_step", keep)
+    built = []
+    import reopold_agents.teacher as teacher_mod
+
+    original_build = teacher_mod.build_teacher
+    monkeypatch.setattr(teacher_mod, "build_teacher", lambda *a, **k: built.append(original_build(*a, **k)) or built[-1])
+    cfg = compose(["env=toolqa", f"model.student={student_dir}", f"model.teacher={teacher_dir}",
+                   "trainer.total_steps=2", "trainer.prompts_per_step=2", "trainer.group_size=2",
+                   "trainer.heldout_tasks=2", "trainer.eval_every=0", "trainer.save_every=0",
+                   "engine.sampling.max_new_tokens=16", "env.max_turns=2", f"trainer.output_dir={tmp_path / 'run'}"])
+    result = run_mod.train(cfg, progress=False)
+    assert isinstance(built[0], CrossTokenizerScorer)
+    assert (Path(result.output_dir) / "checkpoints" / "step_00000002").is_dir()
+    assert len(seen) == 2
+    scored_turns = 0
+    for res in seen:
+        batch = res.batch
+        reward = (batch.teacher_logprobs - batch.old_logprobs) * batch.loss_mask
+        assert torch.isfinite(reward).all()
+        for row, traj in enumerate(res.trajectories):
+            masked = traj.info.get("cross_tokenizer_masked", [])
+            assert isinstance(masked, list)
+            if batch.loss_mask[row].sum() > 0:
+                scored_turns += 1
+                # off the student's (unmasked) tokens the teacher wrote nothing
+                off = batch.loss_mask[row] == 0
+                assert (batch.teacher_logprobs[row][off] == 0).all()
+        assert res.metrics["num_tokens"] == float(batch.loss_mask.sum())
+    assert scored_turns > 0
