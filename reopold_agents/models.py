@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from reopold_agents.config.model import TINY_NAMES
+from reopold_agents.config.model import SELF_TEACHER, TINY_NAMES
 
 log = logging.getLogger(__name__)
 Role = Literal["student", "teacher"]
@@ -43,7 +43,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def check_model_name(name: str) -> None:
     """Fail at once for a name that is neither a tiny pair, an existing path nor an ``owner/name`` hub
     id: a relative path that does not exist would otherwise be tried as a hub id, with retries."""
-    if name in TINY_NAMES or os.path.exists(name):
+    if name in TINY_NAMES or name == SELF_TEACHER or os.path.exists(name):
         return
     if not _HUB_ID.match(name) or name.startswith("."):
         raise ValueError(f"{name!r} is not a tiny pair ({', '.join(TINY_NAMES)}), not an existing path "
@@ -68,8 +68,11 @@ def load_student(cfg: Any) -> LoadedModel:
 
 
 def load_teacher(cfg: Any) -> LoadedModel:
-    """The teacher named by ``cfg.teacher``; frozen (eval mode, no grad)."""
-    loaded = load_model(cfg.teacher, "teacher", cfg.dtype, cfg.device)
+    """The teacher named by ``cfg.teacher`` (``self``: the initial student's weights); frozen (eval, no grad)."""
+    if cfg.teacher == SELF_TEACHER:
+        loaded = load_model(cfg.student, "student", cfg.dtype, cfg.device)
+    else:
+        loaded = load_model(cfg.teacher, "teacher", cfg.dtype, cfg.device)
     loaded.model.requires_grad_(False)
     return loaded
 

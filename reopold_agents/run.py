@@ -54,9 +54,8 @@ def resolve_tiny(cfg: RunConfig) -> RunConfig:
     """``model=tiny`` names the tiny pair made for the env (``ENV_TINY``): the Qwen2.5-VL pair for vqa,
     the tool-guessing student for toolqa, the plain pair otherwise."""
     want = ENV_TINY.get(cfg.env.name, "tiny")
-    if cfg.model.student == "tiny" and cfg.model.teacher == "tiny" and want != "tiny":
-        return replace(cfg, model=replace(cfg.model, student=want, teacher=want))
-    return cfg
+    pick = lambda name: want if name == "tiny" else name  # noqa: E731  (teacher=self stays self)
+    return replace(cfg, model=replace(cfg.model, student=pick(cfg.model.student), teacher=pick(cfg.model.teacher)))
 
 
 def check_startup(cfg: RunConfig) -> None:

@@ -60,6 +60,7 @@ class Teacher:
         chunk_size: int = 1024,
         batch_size: int = 8,
         top_k: int = 0,
+        context: str | None = None,
     ) -> None:
         if (model is None) == (engine is None):
             raise ValueError("Teacher needs exactly one of model (in-process) or engine (e.g. vLLM)")
@@ -73,10 +74,14 @@ class Teacher:
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.top_k = top_k
+        self.context = context  # privileged context: a system turn before the conversation (self-distillation)
 
     def score(self, batch: Batch, trajectories: list[Trajectory] | None = None) -> Batch:
         """Fill ``batch.teacher_logprobs`` (and, with ``top_k``, the top-k fields) in place; return it.
-        The same tokenizer scores the batch's ids directly (``trajectories`` is not needed)."""
+        The same tokenizer scores the batch's ids directly; with a privileged ``context`` the teacher reads
+        a system turn formatted from each row's task record (``trajectories``) in front of them."""
+        if self.context is not None:
+            return self._score_with_context(batch, trajectories)
         lengths = batch.lengths()
         if bool((lengths == 0).any()):
             raise ValueError(f"batch rows {(lengths == 0).nonzero().flatten().tolist()} are empty")
@@ -101,6 +106,53 @@ class Teacher:
         batch.teacher_logprobs = teacher_lp.to(batch.loss_mask.device)
         batch.teacher_topk_logprobs, batch.teacher_topk_ids = top_lp, top_ids
         return batch
+
+    def _score_with_context(self, batch: Batch, trajectories: list[Trajectory] | None) -> Batch:
+        """Score ``batch`` with a context turn prepended to every row, then shift the scores back: the
+        student's tokens keep their own ids, only the teacher's view of the state gains the context."""
+        if trajectories is None or len(trajectories) != len(batch):
+            raise ValueError("a teacher context needs the batch's trajectories (their task records)")
+        if batch.model_inputs:
+            raise ValueError("model.teacher_context is not supported with images")
+        prefixes = [self._context_ids(t) for t in trajectories]
+        lengths = batch.lengths().tolist()
+        rows = [p + batch.input_ids[b, :n].tolist() for b, (p, n) in enumerate(zip(prefixes, lengths))]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        mask = torch.zeros((len(rows), width), dtype=batch.loss_mask.dtype)
+        for b, (row, p, n) in enumerate(zip(rows, prefixes, lengths)):
+            ids[b, : len(row)] = torch.tensor(row)
+            attention[b, : len(row)] = 1
+            mask[b, len(p) : len(p) + n] = batch.loss_mask[b, :n].cpu()
+        zeros = torch.zeros_like(mask)
+        view = Batch(input_ids=ids, attention_mask=attention, loss_mask=mask, old_logprobs=zeros, teacher_logprobs=None,
+                     rewards=batch.rewards, group_ids=batch.group_ids)
+        Teacher(self.tokenizer, model=self.model, chunk_size=self.chunk_size, batch_size=self.batch_size,
+                top_k=self.top_k).score(view)
+        assert view.teacher_logprobs is not None
+        teacher_lp = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for b, (p, n) in enumerate(zip(prefixes, lengths)):
+            teacher_lp[b, :n] = view.teacher_logprobs[b, len(p) : len(p) + n]
+        batch.teacher_logprobs = teacher_lp.to(batch.loss_mask.device)
+        if view.teacher_topk_ids is not None and view.teacher_topk_logprobs is not None:
+            k = view.teacher_topk_ids.shape[-1]
+            batch.teacher_topk_ids = torch.zeros((*batch.input_ids.shape, k), dtype=torch.long)
+            batch.teacher_topk_logprobs = torch.zeros((*batch.input_ids.shape, k), dtype=torch.float32)
+            for b, (p, n) in enumerate(zip(prefixes, lengths)):
+                batch.teacher_topk_ids[b, :n] = view.teacher_topk_ids[b, len(p) : len(p) + n]
+                batch.teacher_topk_logprobs[b, :n] = view.teacher_topk_logprobs[b, len(p) : len(p) + n]
+        return batch
+
+    def _context_ids(self, traj: Trajectory) -> list[int]:
+        """The context turn's ids: a system message formatted from the episode's task record."""
+        assert self.context is not None
+        question = next((m.get("content") for m in traj.messages if m.get("role") == "user"), "")
+        text = self.context.format(answer=traj.info.get("answer", ""), id=traj.info.get("task_id", ""),
+                                   question=question if isinstance(question, str) else "")
+        rendered = self.tokenizer.apply_chat_template([{"role": "system", "content": text}], tokenize=False,
+                                                      add_generation_prompt=False)
+        return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
     def _score_engine(self, batch: Batch) -> None:
         lengths = batch.lengths().tolist()
@@ -190,6 +242,8 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0,
     """Load the teacher named by ``model_cfg.teacher`` behind ``model_cfg.teacher_engine``. With the
     student's tokenizer it scores the student's ids; with another one (detected, no flag) it is the
     cross-tokenizer scorer (in-process HF only). ``top_k`` > 0 also fills the GKD top-k fields (``algo.gkd_topk``)."""
+    if model_cfg.teacher_context is not None and model_cfg.teacher_engine != "hf":
+        raise ValueError("model.teacher_context needs the in-process teacher (model.teacher_engine=hf)")
     if model_cfg.teacher_engine == "vllm":
         from dataclasses import replace
 
@@ -210,6 +264,8 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0,
     try:
         check_same_tokenizer(student_tokenizer, loaded.tokenizer)
     except TokenizerMismatchError:
+        if model_cfg.teacher_context is not None:
+            raise ValueError("model.teacher_context needs a teacher with the student's tokenizer") from None
         if top_k:
             raise ValueError("the teacher's tokenizer differs from the student's: a top-k objective (gkd, dense_kl) "
                              "cannot compare distributions over two vocabularies; use reopold/opd") from None
@@ -221,4 +277,5 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0,
         chunk_size=model_cfg.logprob_chunk_size,
         batch_size=model_cfg.teacher_batch_size,
         top_k=top_k,
+        context=model_cfg.teacher_context,
     )
