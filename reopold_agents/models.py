@@ -43,7 +43,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def check_model_name(name: str) -> None:
     """Fail at once for a name that is neither a tiny pair, an existing path nor an ``owner/name`` hub
     id: a relative path that does not exist would otherwise be tried as a hub id, with retries."""
-    if name in TINY_NAMES or name == SELF_TEACHER or os.path.exists(name):
+    from reopold_agents.gguf import is_gguf
+
+    if name in TINY_NAMES or name == SELF_TEACHER or os.path.exists(name) or (is_gguf(name) and not name.endswith(".gguf")):
         return
     if not _HUB_ID.match(name) or name.startswith("."):
         raise ValueError(f"{name!r} is not a tiny pair ({', '.join(TINY_NAMES)}), not an existing path "
@@ -86,10 +88,18 @@ def load_model(name: str, role: Role, dtype: str = "float32", device: str = "aut
         model, tokenizer, processor, path = load_tiny(name, role)
         loaded = LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=path)
     else:
-        loaded = _load_pretrained(name, torch_dtype)
+        loaded = _load_pretrained(_hf_name(name, torch_dtype), torch_dtype)
     loaded.model.to(device=dev, dtype=torch_dtype)
     loaded.model.eval()
     return loaded
+
+
+def _hf_name(name: str, torch_dtype: torch.dtype | str = "float32") -> str:
+    """A GGUF checkpoint (a ``.gguf`` file or a packaged real model, reopold_agents/gguf.py) becomes its
+    cached HF folder, converted on first use; any other name is returned as it is."""
+    from reopold_agents.gguf import is_gguf, resolve_gguf
+
+    return str(resolve_gguf(name, torch_dtype)) if is_gguf(name) else name
 
 
 def _load_pretrained(name: str, torch_dtype: torch.dtype) -> LoadedModel:
@@ -120,6 +130,7 @@ def load_tokenizer_and_processor(name: str, role: Role = "teacher") -> tuple[Any
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     check_model_name(name)
+    name = _hf_name(name)
     tok = AutoTokenizer.from_pretrained(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

