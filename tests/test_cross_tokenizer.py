@@ -21,6 +21,7 @@ from reopold_agents.cross_tokenizer import AlignmentError, align_turn, common_se
 from reopold_agents.engines.base import Engine, Generation, GenerationRequest, SamplingParams
 from reopold_agents.rollout import Rollout
 from reopold_agents.teacher import Teacher
+from reopold_agents.trajectory import collate
 from reopold_agents.teacher_render import render_teacher_view
 from reopold_agents.tiny import tiny_qwen2
 from reopold_agents.token_pieces import TokenPieces
@@ -226,11 +227,12 @@ def test_identical_tokenizers_match_same_tokenizer_path(tok, one_thread):
     turns, _ = _script(tok, split=0.0)
     turns[2] = [t for t in turns[2] if t != tok.convert_tokens_to_ids("<|endoftext|>")]  # canonical ids only
     traj, conv = _episode(tok, student, [list(t) for t in turns])
-    same = Teacher(tok, model=teacher).score([_copy(traj)])[0]
+    same = Teacher(tok, model=teacher).score(collate([_copy(traj)], tok.pad_token_id))
     CrossTokenizerTeacher(tok, tok, teacher, chunk_size=5).score([traj], [conv])
     assert traj.info[MASKED_KEY] == []
-    assert traj.loss_mask == same.loss_mask and sum(traj.loss_mask) == sum(len(t) for t in turns)
-    got, want = torch.tensor(traj.teacher_logprobs), torch.tensor(same.teacher_logprobs)
+    assert sum(traj.loss_mask) == sum(len(t) for t in turns)
+    assert traj.loss_mask[1:] == same.loss_mask[0, 1:].long().tolist()  # (collate never trains on position 0)
+    got, want = torch.tensor(traj.teacher_logprobs), same.teacher_logprobs[0]
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert (want != 0).sum() == sum(traj.loss_mask)
 
