@@ -98,12 +98,14 @@ def run_steps(backend: Any, tasks_for_step: Callable[[int], list[Any]], start_st
     try:
         for step in range(start_step, end_step):
             if pending is None:
-                pending = (backend.submit_rollout(tasks_for_step(step), step), time.perf_counter())
+                t_submit = time.perf_counter()  # before submitting: an in-process rollout runs inside the call
+                pending = (backend.submit_rollout(tasks_for_step(step), step), t_submit)
             handle, t_submit = pending
             pending = None
             if async_rollout and step + 1 < end_step:
                 handle.result()  # step k's episodes first, then k+1 is sampled with step k's weights
-                pending = (backend.submit_rollout(tasks_for_step(step + 1), step + 1), time.perf_counter())
+                t_next = time.perf_counter()
+                pending = (backend.submit_rollout(tasks_for_step(step + 1), step + 1), t_next)
             yield train_step(backend, handle, step, t_submit)
     finally:
         if pending is not None:

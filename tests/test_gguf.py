@@ -59,7 +59,7 @@ def _toolqa_conversation():
     return Conversation(messages=env._observation()["messages"], tools=env.tool_specs())
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_packaged_real_models_load_generate_and_cross_score():
     _need_real()
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -166,3 +166,11 @@ def test_bad_config_key_fails_naming_the_key(tmp_path):
     )
     assert proc.returncode != 0
     assert "trainer.total_stepz" in proc.stderr + proc.stdout
+
+
+def test_step_timings_cover_the_in_process_rollout(tmp_path):
+    """perf/rollout_s is measured from before the submit (an in-process rollout runs inside it)."""
+    run_mod.train(_cfg("math", tmp_path / "run", "trainer.total_steps=1"), progress=False)
+    rec = [r for r in read_metrics(tmp_path / "run") if "perf/rollout_s" in r][0]
+    assert rec["perf/rollout_s"] > 0.0
+    assert rec["perf/step_time_s"] >= rec["perf/rollout_s"] + rec["perf/learner_s"] - 1e-6
