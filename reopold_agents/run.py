@@ -80,6 +80,7 @@ StepCallback = Callable[[int, dict[str, float]], None]
 
 def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = None) -> RunResult:
     """Run (or resume) training as configured; ``on_step(step, metrics)`` runs after every step."""
+    from envs.factory import load_env_tasks
     from reopold_agents.checkpoint import latest_checkpoint
     from reopold_agents.distributed import make_backend
     from reopold_agents.distributed.default_roles import default_factories
@@ -93,8 +94,6 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     ckpt_dir = out / "checkpoints"
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
-    from envs.factory import load_env_tasks
-
     num_tasks = len(load_env_tasks(cfg.env))
     backend = make_backend(cfg, default_factories())
 
