@@ -58,19 +58,24 @@ class StepPlan:
     terms: TokenTerms
     select: torch.Tensor | None  # [B, T] token mask; None: ranked from each single-pass forward's entropy
     topk: tuple[torch.Tensor, torch.Tensor] | None  # teacher top-k (ids, log-probs) [B, T, K] for GKD
+    weights: torch.Tensor | None = None  # [B, T] truncated importance weights (engine/learner mismatch)
+    token_norm: float | None = None  # selected tokens of the whole batch (token_mean over minibatches)
 
 
 class Learner:
     """Owns the optimizer and LR scheduler of ``model``; ``step`` returns a flat metrics dict."""
 
     def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig,
-                 logprob_chunk_size: int = 1024) -> None:
+                 logprob_chunk_size: int = 1024, recompute_old_logprobs: bool = False) -> None:
         algo.check()
         trainer.check()
         self.model = model
         self.algo = algo
         self.trainer = trainer
         self.chunk_size = logprob_chunk_size
+        # Engine/learner mismatch: pi_old from the learner's own forward (the engine's log-probs then only
+        # enter the truncated importance weight, trainer.tis_cap).
+        self.recompute_old_logprobs = recompute_old_logprobs
         self.objective: Objective = make_objective(algo, trainer.total_steps)
         if trainer.freeze_vision:
             freeze_vision_tower(model)
@@ -89,6 +94,10 @@ class Learner:
         device = next(self.model.parameters()).device
         batch = batch.to(device)
         obj = self.objective
+        mismatch: dict[str, float] = {}
+        weights = None
+        if self.recompute_old_logprobs or self.trainer.tis_cap > 0:
+            batch, weights, mismatch = self._mismatch(batch)
         terms = obj.token_terms(batch)
         bsz = batch.input_ids.shape[0]
         if self.trainer.num_minibatches > bsz:
@@ -107,7 +116,8 @@ class Learner:
             select = obj.select(step, batch.loss_mask, terms, None)
         elif not single_pass:
             select = obj.select(step, batch.loss_mask, terms, self._entropy(batch, slices))
-        plan = StepPlan(batch, step, terms, select, _teacher_topk(batch, obj.teacher_topk))
+        token_norm = float(select.sum()) if select is not None else None
+        plan = StepPlan(batch, step, terms, select, _teacher_topk(batch, obj.teacher_topk), weights, token_norm)
         updates = self.trainer.ppo_epochs * len(slices)
         snapshot = self._snapshot() if updates > 1 else None
         was_training = self.model.training
@@ -125,7 +135,39 @@ class Learner:
         if acc.nonfinite and snapshot is not None:
             self._restore(snapshot)  # roll back the step's earlier minibatches too
             acc.discard_updates()
-        return self._finish(acc, batch, terms, step)
+        return {**self._finish(acc, batch, terms, step), **mismatch}
+
+    @torch.no_grad()
+    def _mismatch(self, batch: Batch) -> tuple[Batch, torch.Tensor | None, dict[str, float]]:
+        """The learner's own log-probs of the sampled tokens (pi_old, when recomputing), the truncated
+        importance weights ``min(pi_old / pi_engine, C)`` (``tis_cap`` C > 0) and mismatch metrics."""
+        from dataclasses import replace
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            learner_lp, _ = model_token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.model_inputs,
+                                                 False, self.chunk_size, target_mask=batch.loss_mask)
+        finally:
+            self.model.train(was_training)
+        trained = batch.loss_mask > 0
+        engine_lp = batch.old_logprobs
+        learner_lp = torch.where(trained, learner_lp.float(), torch.zeros_like(engine_lp))
+        delta = (learner_lp - engine_lp)[trained]  # log pi_learner - log pi_engine on sampled tokens
+        metrics = {
+            "mismatch/mean_abs_logprob_diff": float(delta.abs().mean()) if delta.numel() else 0.0,
+            # k3 estimator of KL(engine || learner) on the engine's own samples (non-negative, unbiased)
+            "mismatch/kl": float((torch.exp(delta) - 1 - delta).mean()) if delta.numel() else 0.0,
+        }
+        weights = None
+        if self.trainer.tis_cap > 0:
+            ratio = torch.exp(torch.where(trained, learner_lp - engine_lp, torch.zeros_like(engine_lp)))
+            weights = torch.clamp(ratio, max=self.trainer.tis_cap)
+            metrics["mismatch/frac_truncated"] = float((ratio[trained] > self.trainer.tis_cap).float().mean()) \
+                if delta.numel() else 0.0
+        if self.recompute_old_logprobs:
+            batch = replace(batch, old_logprobs=learner_lp)
+        return batch, weights, metrics
 
     def _finish(self, acc: "_Accumulator", batch: Batch, terms: TokenTerms, step: int) -> dict[str, float]:
         with warnings.catch_warnings():  # LambdaLR warns when every optimizer step of the step was skipped
@@ -199,6 +241,8 @@ class Learner:
             mask=mask,
             student_topk=logp_all[..., 1:].float() if topk is not None else None,
             teacher_topk=topk[1].index_select(0, idx) if topk is not None else None,
+            weights=plan.weights.index_select(0, idx) if plan.weights is not None else None,
+            token_norm=plan.token_norm,
         )
         loss, stats = self.objective.loss(fwd)
         return loss, stats, mask

@@ -26,7 +26,8 @@ class AlgoConfig:
     stage_switch: float = 0.5  # fraction of trainer.total_steps spent in stage 1 (0: stage 2 only, 1: stage 1 only)
     stage1_rule: str = "reward_floor"  # exploration stage token rule: all | entropy | reward_floor
     stage2_rule: str = "entropy"  # refinement stage token rule: all | entropy | reward_floor
-    ppo_clip_low: float = 0.2  # rho clipped to [1 - low, 1 + high] in the surrogate
+    ppo_clip: bool = True  # clip rho to [1 - low, 1 + high] in the surrogate (false: the paper's Eq. 4 as written)
+    ppo_clip_low: float = 0.2
     ppo_clip_high: float = 0.2
     aggregation: str = "token_mean"  # token_mean | seq_mean
     outcome_coef: float = 0.0  # opd_outcome: A_t = r_hat_t + outcome_coef * A_group(outcome)

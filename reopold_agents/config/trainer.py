@@ -10,6 +10,7 @@ seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every, h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
@@ -28,6 +29,10 @@ class TrainerConfig:
     # PPO-style reuse of one rollout batch
     ppo_epochs: int = 1  # passes over the batch per learner step
     num_minibatches: int = 1  # optimizer steps per epoch (the batch split along sequences)
+    # engine/learner mismatch (vLLM, bf16): pi_old recomputed by the learner before the update (None: when
+    # engine.name is not hf), and a truncated importance weight min(pi_old / pi_engine, C) on the loss (0: off)
+    recompute_old_logprobs: Optional[bool] = None
+    tis_cap: float = 0.0
     freeze_vision: bool = True  # VL students: the image encoder gets no updates (text models: no effect)
     # run loop
     total_steps: int = 100  # learner steps; also sets the stage switch (algo.stage_switch) and LR decay
@@ -52,6 +57,8 @@ class TrainerConfig:
             raise ValueError(f"betas: need two values in [0, 1), got {list(self.betas)}")
         if self.eps <= 0:
             raise ValueError(f"eps: must be > 0, got {self.eps}")
+        if self.tis_cap < 0:
+            raise ValueError(f"tis_cap: must be >= 0 (0: off), got {self.tis_cap}")
         if self.max_grad_norm < 0:
             raise ValueError(f"max_grad_norm: must be >= 0, got {self.max_grad_norm}")
         if self.lr_schedule not in LR_SCHEDULES:

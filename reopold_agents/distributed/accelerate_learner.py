@@ -24,6 +24,7 @@ Accelerate keeps one ``AcceleratorState`` per process, so build one AccelerateLe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import torch
@@ -73,7 +74,7 @@ class AccelerateLearner(Learner):
     """``Learner`` whose minibatch update runs through accelerate with gradient accumulation."""
 
     def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig, dcfg: DistributedConfig,
-                 accelerator: Any = None, logprob_chunk_size: int = 1024) -> None:
+                 accelerator: Any = None, logprob_chunk_size: int = 1024, recompute_old_logprobs: bool = False) -> None:
         dcfg.check()
         self.dcfg = dcfg
         self.accelerator = accelerator if accelerator is not None else make_accelerator(dcfg)
@@ -87,7 +88,8 @@ class AccelerateLearner(Learner):
             # No DDP wrapper: the memory-lean log-prob path calls the base model and the LM head
             # directly (bypassing a wrapper's forward), so gradients are averaged by `_sync_grads`.
             model = model.to(self.accelerator.device)
-        super().__init__(model, algo, trainer, logprob_chunk_size=logprob_chunk_size)
+        super().__init__(model, algo, trainer, logprob_chunk_size=logprob_chunk_size,
+                         recompute_old_logprobs=recompute_old_logprobs)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
 
     @property
@@ -148,7 +150,9 @@ class AccelerateLearner(Learner):
         if select is None:
             # The entropy rule ranks tokens over the whole minibatch, not per micro-batch.
             select = self.objective.select(plan.step, batch.loss_mask, plan.terms, self._entropy(batch, [idx]))
-            plan = StepPlan(plan.batch, plan.step, plan.terms, select, plan.topk)
+        batch_norm = plan.token_norm  # this rank's selected tokens of the whole batch (None: one pass)
+        # Micro-batch losses are micro-batch means; the shares below carry the normaliser instead.
+        plan = dataclasses.replace(plan, select=select, token_norm=None)
         mask = select.index_select(0, idx)
         world = self.accelerator.num_processes
         # The loss normaliser of the minibatch over *all* ranks (selected tokens, or sequences with one):
@@ -158,8 +162,13 @@ class AccelerateLearner(Learner):
         if global_norm == 0:
             acc.skip(empty=True)  # every rank agrees (same reduced number), so no rank waits in a collective
             return
+        # token_mean over several minibatches: normalised by the whole batch's selected tokens (all ranks),
+        # as the plain Learner does, so minibatch gradients add up to the batch mean's.
+        denom = global_norm
+        if self.algo.aggregation == "token_mean" and batch_norm is not None:
+            denom = self._all_sum(torch.tensor([batch_norm]))[0].item()
         micro = [m for m in idx.tensor_split(min(self.dcfg.grad_accumulation, idx.numel())) if m.numel()]
-        shares = [self._norm(select.index_select(0, m)) / global_norm for m in micro]
+        shares = [self._norm(select.index_select(0, m)) / denom for m in micro]
         stat_keys: list[str] = []
         contrib: list[float] = [0.0]  # [loss, *stats], each weighted by its micro-batch's share
         for j, (m, share) in enumerate(zip(micro, shares)):

@@ -108,14 +108,18 @@ class DefaultLearner:
         loaded = load_student(cfg.model)
         self.tokenizer = loaded.tokenizer
         chunk = cfg.model.logprob_chunk_size
+        recompute = cfg.trainer.recompute_old_logprobs
+        if recompute is None:  # default: whenever the engine is not the learner's own module
+            recompute = cfg.engine.name != "hf"
         if cfg.distributed.uses_accelerate:
             from reopold_agents.distributed.accelerate_learner import AccelerateLearner
 
             self.learner: Any = AccelerateLearner(loaded.model, cfg.algo, cfg.trainer, cfg.distributed,
-                                                  logprob_chunk_size=chunk)
+                                                  logprob_chunk_size=chunk, recompute_old_logprobs=recompute)
             self.is_main = bool(self.learner.accelerator.is_main_process)
         else:
-            self.learner = Learner(loaded.model, cfg.algo, cfg.trainer, logprob_chunk_size=chunk)
+            self.learner = Learner(loaded.model, cfg.algo, cfg.trainer, logprob_chunk_size=chunk,
+                                   recompute_old_logprobs=recompute)
             self.is_main = True
         self.model = self.learner.unwrapped
 

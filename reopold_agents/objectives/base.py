@@ -43,6 +43,8 @@ class Forward:
     mask: torch.Tensor  # [b, T] bool: M_t * loss_mask_t, the tokens the loss averages over
     student_topk: torch.Tensor | None = None  # [b, T, K] student log-probs of the teacher's top-k ids (GKD)
     teacher_topk: torch.Tensor | None = None  # [b, T, K] the teacher's top-k log-probs (GKD)
+    weights: torch.Tensor | None = None  # [b, T] truncated importance weights min(pi_old / pi_engine, C), no grad
+    token_norm: float | None = None  # token_mean's denominator: the whole batch's selected tokens
 
 
 class Objective(ABC):

@@ -19,7 +19,7 @@ import torch
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms
 from reopold_agents.objectives.grpo import group_advantages
-from reopold_agents.objectives.reopold import clipped_surrogate
+from reopold_agents.objectives.reopold import SURROGATE_KEYS, surrogate_loss
 from reopold_agents.trajectory import Batch
 
 
@@ -45,8 +45,8 @@ def mixed_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor
 
 
 class DAPO(Objective):
-    keys: ClassVar[tuple[str, ...]] = ("ppo_clip_low", "ppo_clip_high", "aggregation", "grpo_std_norm",
-                                       "overlong_max_tokens", "overlong_buffer")
+    keys: ClassVar[tuple[str, ...]] = (*SURROGATE_KEYS, "grpo_std_norm", "overlong_max_tokens",
+                                       "overlong_buffer")
     needs_teacher: ClassVar[bool] = False
 
     def token_terms(self, batch: Batch) -> TokenTerms:
@@ -62,7 +62,6 @@ class DAPO(Objective):
         return (loss_mask > 0) & self.kept.to(loss_mask.device)[:, None]
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, stats = clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,
-                                        self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)
+        loss, stats = surrogate_loss(fwd, self.cfg)
         stats["dapo_kept_groups"] = float(self.kept.float().mean())
         return loss, stats

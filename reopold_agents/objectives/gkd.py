@@ -57,7 +57,9 @@ class GKD(Objective):
             raise ValueError("algo 'gkd' needs student and teacher top-k log-probs")
         kl = topk_kl(fwd.student_topk, fwd.teacher_topk, self.cfg.gkd_direction)
         n = max(int(fwd.mask.sum()), 1)
-        return aggregate(kl, fwd.mask, self.cfg.aggregation), {"topk_kl": float((kl.detach() * fwd.mask).sum()) / n}
+        weighted = kl if fwd.weights is None else kl * fwd.weights.detach()
+        return (aggregate(weighted, fwd.mask, self.cfg.aggregation, fwd.token_norm),
+                {"topk_kl": float((kl.detach() * fwd.mask).sum()) / n})
 
 
 class DenseKL(GKD):
@@ -74,4 +76,6 @@ class DenseKL(GKD):
             raise ValueError("algo 'dense_kl' needs the student's and the teacher's full-vocabulary log-probs")
         kl = topk_kl(fwd.student_topk, fwd.teacher_topk, "reverse")
         n = max(int(fwd.mask.sum()), 1)
-        return aggregate(kl, fwd.mask, self.cfg.aggregation), {"dense_kl": float((kl.detach() * fwd.mask).sum()) / n}
+        weighted = kl if fwd.weights is None else kl * fwd.weights.detach()
+        return (aggregate(weighted, fwd.mask, self.cfg.aggregation, fwd.token_norm),
+                {"dense_kl": float((kl.detach() * fwd.mask).sum()) / n})

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms
-from reopold_agents.objectives.reopold import clipped_surrogate
+from reopold_agents.objectives.reopold import SURROGATE_KEYS, surrogate_loss
 from reopold_agents.trajectory import Batch
 
 GROUP_EPS = 1e-6
@@ -34,7 +34,7 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, std_norm: b
 
 
 class GRPO(Objective):
-    keys: ClassVar[tuple[str, ...]] = ("grpo_std_norm", "ppo_clip_low", "ppo_clip_high", "aggregation")
+    keys: ClassVar[tuple[str, ...]] = ("grpo_std_norm", *SURROGATE_KEYS)
     needs_teacher: ClassVar[bool] = False
 
     def token_terms(self, batch: Batch) -> TokenTerms:
@@ -43,5 +43,4 @@ class GRPO(Objective):
         return TokenTerms(advantages=adv.detach(), reward=None, clipped=torch.zeros_like(mask, dtype=torch.bool))
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
-        return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,
-                                 self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)
+        return surrogate_loss(fwd, self.cfg)

@@ -11,17 +11,16 @@ from typing import ClassVar
 import torch
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms, require_teacher
-from reopold_agents.objectives.reopold import clipped_surrogate, token_reward
+from reopold_agents.objectives.reopold import SURROGATE_KEYS, surrogate_loss, token_reward
 from reopold_agents.trajectory import Batch
 
 
 class OPD(Objective):
-    keys: ClassVar[tuple[str, ...]] = ("ppo_clip_low", "ppo_clip_high", "aggregation")
+    keys: ClassVar[tuple[str, ...]] = SURROGATE_KEYS
 
     def token_terms(self, batch: Batch) -> TokenTerms:
         reward = token_reward(require_teacher(batch, "opd"), batch.old_logprobs, batch.loss_mask)
         return TokenTerms(advantages=reward, reward=reward, clipped=torch.zeros_like(reward, dtype=torch.bool))
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
-        return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,
-                                 self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)
+        return surrogate_loss(fwd, self.cfg)

@@ -9,13 +9,12 @@ import torch
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms, require_teacher
 from reopold_agents.objectives.grpo import group_advantages
-from reopold_agents.objectives.reopold import clipped_surrogate, token_reward
+from reopold_agents.objectives.reopold import SURROGATE_KEYS, surrogate_loss, token_reward
 from reopold_agents.trajectory import Batch
 
 
 class OPDOutcome(Objective):
-    keys: ClassVar[tuple[str, ...]] = ("outcome_coef", "grpo_std_norm", "ppo_clip_low", "ppo_clip_high",
-                                       "aggregation")
+    keys: ClassVar[tuple[str, ...]] = ("outcome_coef", "grpo_std_norm", *SURROGATE_KEYS)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -30,5 +29,4 @@ class OPDOutcome(Objective):
         return TokenTerms(advantages=adv.detach(), reward=reward, clipped=torch.zeros_like(mask, dtype=torch.bool))
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
-        return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,
-                                 self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)
+        return surrogate_loss(fwd, self.cfg)

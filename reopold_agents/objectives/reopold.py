@@ -8,7 +8,8 @@ Read top to bottom, this file is the whole objective the learner optimises:
                       stage 2 (refinement):  M_t = 1[H_t >= tau_beta], the top-beta tokens of the
                       batch by student entropy H_t                               (paper Eq. 8)
 4. surrogate          L = -1/sum(M) * sum_t M_t min(rho_t r_hat_t, clip(rho_t, 1-eps_lo, 1+eps_hi) r_hat_t),
-                      rho_t = pi_theta(y_t|s_t) / pi_old(y_t|s_t)                (paper Eq. 4, PPO-clipped)
+                      rho_t = pi_theta(y_t|s_t) / pi_old(y_t|s_t)   (paper Eq. 4; the PPO ratio clip is
+                      ours and optional: algo.ppo_clip=false gives Eq. 4 as written)
 
 On-policy distillation minimises the reverse KL(pi_theta || pi_T) on the student's own samples, which
 is policy gradient with the per-token reward r_t held fixed. With one pass over a fresh batch rho = 1
@@ -108,14 +109,17 @@ def stage_at(step: int, total_steps: int, stage_switch: float) -> int:
 
 
 # --- 4. surrogate and aggregation (Eq. 4) ---------------------------------------------------------
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mean") -> torch.Tensor:
-    """``token_mean``: mean over all selected tokens of the batch (paper Eq. 4: 1/sum M);
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mean",
+              token_norm: float | None = None) -> torch.Tensor:
+    """``token_mean``: mean over all selected tokens of the batch (paper Eq. 4: 1/sum M); ``token_norm``
+    is that count when this is one minibatch of a larger batch (so minibatches sum to the batch mean);
     ``seq_mean``: mean over tokens within each sequence, then over sequences with any token.
     An empty mask gives a zero that still depends on ``per_token`` (backward works, grads are 0)."""
     m = mask.to(per_token.dtype)
     kept = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))  # NaN off the mask stays out
     if how == "token_mean":
-        return kept.sum() / m.sum().clamp(min=1.0)
+        denom = m.sum().clamp(min=1.0) if token_norm is None else max(float(token_norm), 1.0)
+        return kept.sum() / denom
     if how == "seq_mean":
         counts = m.sum(dim=-1)
         per_seq = kept.sum(dim=-1) / counts.clamp(min=1.0)
@@ -126,22 +130,39 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mea
 
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
-                      aggregation: str = "token_mean") -> tuple[torch.Tensor, dict[str, float]]:
-    """``-min(rho A, clip(rho, 1-low, 1+high) A)`` aggregated over ``mask``; stats: the fraction of
-    selected tokens whose ratio was clipped, and the mean ratio."""
+                      aggregation: str = "token_mean", clip: bool = True, weights: torch.Tensor | None = None,
+                      token_norm: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``-min(rho A, clip(rho, 1-low, 1+high) A)`` aggregated over ``mask`` (``clip=False``: ``-rho A``, the
+    paper's Eq. 4 without a ratio clip); ``weights`` (no grad) scale each token's term, e.g. the truncated
+    importance weight of an engine/learner mismatch. Stats: the fraction of selected tokens whose ratio
+    was clipped, and the mean ratio."""
     adv = advantages.detach()
     sel = mask.bool()
     # Off the mask the ratio is pinned to 1: a NaN/inf there (a prompt position) must not reach the gradient.
     old = torch.where(sel, old_logprobs.detach(), logprobs.detach())
     ratio = torch.exp(logprobs - old)
-    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) if clip else ratio
     per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
-    loss = aggregate(per_token, mask, aggregation)
+    if weights is not None:
+        per_token = per_token * weights.detach()
+    loss = aggregate(per_token, mask, aggregation, token_norm)
     with torch.no_grad():
         n = max(int(sel.sum()), 1)
         ratio_clipped = ((ratio * adv) > (clipped_ratio * adv)) & sel  # where the clipped branch is active
-        stats = {"ratio_clip_frac": float(ratio_clipped.sum()) / n, "ratio_mean": float((ratio * sel).sum()) / n}
+        stats = {"ratio_clip_frac": float(ratio_clipped.sum()) / n,
+                 "ratio_mean": float(torch.where(sel, ratio, torch.zeros_like(ratio)).sum()) / n}
     return loss, stats
+
+
+SURROGATE_KEYS = ("ppo_clip", "ppo_clip_low", "ppo_clip_high", "aggregation")
+
+
+def surrogate_loss(fwd: Forward, cfg: AlgoConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Step 4 on one minibatch with the ``algo.ppo_clip*`` / ``algo.aggregation`` keys (every
+    policy-gradient objective here ends in it)."""
+    return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask, cfg.ppo_clip_low,
+                             cfg.ppo_clip_high, cfg.aggregation, clip=cfg.ppo_clip, weights=fwd.weights,
+                             token_norm=fwd.token_norm)
 
 
 # --- the objective --------------------------------------------------------------------------------
@@ -149,7 +170,7 @@ class Reopold(Objective):
     """``algo=reopold``: steps 1-4 above, each switchable by its key (ablations are one override)."""
 
     keys: ClassVar[tuple[str, ...]] = ("reward_clip", "clip_lambda", "beta", "stage_switch", "stage1_rule",
-                                       "stage2_rule", "ppo_clip_low", "ppo_clip_high", "aggregation")
+                                       "stage2_rule", *SURROGATE_KEYS)
 
     def __init__(self, cfg: AlgoConfig, total_steps: int) -> None:
         super().__init__(cfg, total_steps)
@@ -179,5 +200,4 @@ class Reopold(Objective):
                              beta=self.cfg.beta, floor=self.floor)
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
-        return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,  # 4.
-                                 self.cfg.ppo_clip_low, self.cfg.ppo_clip_high, self.cfg.aggregation)
+        return surrogate_loss(fwd, self.cfg)  # 4.
