@@ -12,18 +12,17 @@ The cheap matchers (exact, choice, numeric) run inline: they are linear in the c
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-import string
 from dataclasses import dataclass
 
+from envs.scoring_kernel import TEXT_WRAP as _TEXT_WRAP
+from envs.scoring_kernel import exact_match, normalize_text
 from tasks.record import Task
 
 MAX_ANSWER_CHARS = 1000  # longer predictions are not scored (their parse time is unbounded)
 SCORING_TIMEOUT_S = 10.0
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
-_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 
 
 @dataclass
@@ -33,61 +32,26 @@ class Verdict:
     timed_out: bool = False
 
 
-class _DropTimeoutDisabledNotice(logging.Filter):
-    """math-verify warns on every call made without its own (SIGALRM) timeout; in the worker process
-    the parent's kill is the timeout, so the notice is noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
-
-
-for _name in ("math_verify.grader", "math_verify.parser"):
-    logging.getLogger(_name).addFilter(_DropTimeoutDisabledNotice())
-
-
 def answer_char_limit(gold: str) -> int:
     """Longest prediction scored against ``gold``: `MAX_ANSWER_CHARS`, or twice a longer reference."""
     return max(MAX_ANSWER_CHARS, 2 * len(gold))
 
 
-def verify_math_here(pred: str, gold: str) -> Verdict:
-    """Symbolic equivalence with math-verify, in this process and without a time bound (the worker's body)."""
-    from math_verify import parse, verify
-
-    try:
-        gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
-        pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
-        if not pred_parsed:
-            return Verdict(False, f"could not parse the answer {pred!r} as math")
-        if not gold_parsed:
-            return match_exact(pred, gold)
-        ok = verify(gold_parsed, pred_parsed, timeout_seconds=None)
-    except Exception as exc:  # noqa: BLE001 - a verifier crash must not crash the episode
-        return Verdict(False, f"math-verify failed on {pred!r}: {type(exc).__name__}")
-    return Verdict(bool(ok), f"{pred!r} {'is' if ok else 'is not'} equivalent to {gold!r} (math-verify)")
-
-
 def verify_math(pred: str, gold: str, timeout_s: float = SCORING_TIMEOUT_S) -> Verdict:
-    """`verify_math_here` in a killable worker process: at most ``timeout_s`` seconds on any thread."""
+    """Symbolic equivalence with math-verify (fractions, LaTeX, decimals, sets, intervals), computed by
+    `scoring_kernel.verify_math_here` in a killable worker process: at most ``timeout_s`` seconds."""
+    from envs import scoring_kernel
     from envs.scoring_worker import shared_pool
 
-    ok, out = shared_pool().call("envs.scoring", "verify_math_here", pred, gold, timeout_s=timeout_s)
+    ok, out = shared_pool().call(scoring_kernel.__file__, "verify_math_here", pred, gold, timeout_s=timeout_s)
     if ok:
-        return out
+        return Verdict(*out)
     timed_out = out.startswith("timed out")
     return Verdict(False, f"math-verify on {_short(pred)}: {out}; scored 0", timed_out=timed_out)
 
 
 def _short(text: str, n: int = 60) -> str:
     return repr(text if len(text) <= n else text[:n] + "...")
-
-
-def normalize_text(s: str) -> str:
-    """Lower-case, unwrap ``\\text{}``, drop articles, punctuation and extra spaces."""
-    s = _TEXT_WRAP.sub(r"\1", s).strip().lower()
-    s = s.strip(string.punctuation + " ")
-    words = [w for w in re.split(r"\s+", s) if w not in ("a", "an", "the")]
-    return " ".join(words)
 
 
 def _to_number(s: str) -> float | None:
@@ -107,8 +71,7 @@ def match_numeric(pred: str, gold: str, rel_tol: float = 1e-6, timeout_s: float 
 
 
 def match_exact(pred: str, gold: str) -> Verdict:
-    ok = normalize_text(pred) == normalize_text(gold)
-    return Verdict(ok, f"{pred!r} {'matches' if ok else 'does not match'} {gold!r} (exact)")
+    return Verdict(*exact_match(pred, gold))
 
 
 def _choice_index(text: str, choices: list[str]) -> int | None:

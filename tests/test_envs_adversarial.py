@@ -153,7 +153,7 @@ def scoring_workers_started() -> None:
     """Step times are bounded once the scoring worker is up; its first start (a sympy import) is not."""
     from envs.scoring_worker import shared_pool
 
-    shared_pool().warm_up()
+    shared_pool().warm_up_all()
 
 
 @pytest.fixture(scope="module")
