@@ -377,6 +377,34 @@ def _key_check(res: ExecResult, ctx: Ctx) -> None:
     no_secret(again, ctx)
 
 
+_SHM_KEY = 0x5EC12E7
+_SHM_LEAVE = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+sid = libc.shmget({_SHM_KEY}, 4096, 0o1000 | 0o666)
+addr = libc.shmat(sid, None, 0)
+ctypes.memmove(addr, b'left-by-run-1-SHMSECRET', 23)
+open('/dev/shm/left-by-run-1', 'w').write('SHMSECRET')
+print('left', sid)
+"""
+_SHM_LOOK = f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+sid = libc.shmget({_SHM_KEY}, 4096, 0)
+print('segment', sid, ctypes.string_at(libc.shmat(sid, None, 0), 23) if sid >= 0 else b'')
+print(os.listdir('/dev/shm'))
+"""
+
+
+def _ipc_check(res: ExecResult, ctx: Ctx) -> None:
+    assert res.exit_code == 0 and "left" in res.stdout, res
+    again = ctx.sandbox.run(_SHM_LOOK)
+    assert again.exit_code == 0, again
+    assert "SHMSECRET" not in again.stdout and "left-by-run-1" not in again.stdout, f"the next run sees it: {again.stdout}"
+
+
 def _dev_fill_check(res: ExecResult, ctx: Ctx) -> None:
     lines = res.stdout.splitlines()
     assert len(lines) >= 2 and lines[0].startswith("DENIED"), f"/dev is writable: {res}"
@@ -478,6 +506,7 @@ print('spawned')
     Case("dev_shm_fill", lambda c: try_each("open('/dev/escape', 'w').write('x')") + "\n" + _disk_fill("/dev/shm", False),
          _dev_fill_check),
     Case("keyrings", lambda c: _KEY_PROGRAM, _key_check),
+    Case("ipc_left_for_next_run", lambda c: _SHM_LEAVE, _ipc_check),
     Case("many_children_then_exit", lambda c: f"""
 import os
 for _ in range(20):
