@@ -84,6 +84,6 @@ def test_run_cli_on_ray_trains_checkpoints_and_resumes(private_cache, tmp_path):
     )
     assert resumed.steps == 3
     steps = [r["step"] for r in read_metrics(out)]
-    assert steps[:4] == [0, 1, 2, 2] and steps[-2:] == [3, 3]
+    assert steps == [0, 1, 2, 3]  # one record per step (the final eval joins its step), also after resume
     assert (out / "checkpoints" / "step_00000003").is_dir()
     assert os.environ["REOPOLD_CACHE"] == str(private_cache)
