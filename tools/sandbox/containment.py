@@ -22,6 +22,7 @@ import pwd
 import random
 import resource
 import signal
+import threading
 import time
 
 from tools.sandbox import seccomp
@@ -29,6 +30,8 @@ from tools.sandbox.cgroup import RunCgroup
 
 EPHEMERAL_UID_BASE = 1_600_000_000  # far above login and system accounts, below 2**31
 EPHEMERAL_UID_SPAN = 2**24
+_TAKEN: set[int] = set()  # uids handed to runs of this process that have not ended yet
+_TAKEN_LOCK = threading.Lock()
 
 
 def _running_uids() -> set[int]:
@@ -43,18 +46,26 @@ def _running_uids() -> set[int]:
 
 
 def allocate_uid(rng: random.Random | None = None) -> int:
-    """A uid that no account and no running process uses (the caller must be root to use it)."""
+    """A uid that no account, no running process and no live run of this process uses; give it
+    back with `release_uid` once the run's processes are gone."""
     rng = rng or random.SystemRandom()
     busy = _running_uids()
-    for _ in range(100):
-        uid = EPHEMERAL_UID_BASE + rng.randrange(EPHEMERAL_UID_SPAN)
-        if uid in busy:
-            continue
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            return uid
+    with _TAKEN_LOCK:
+        for _ in range(100):
+            uid = EPHEMERAL_UID_BASE + rng.randrange(EPHEMERAL_UID_SPAN)
+            if uid in busy or uid in _TAKEN:
+                continue
+            try:
+                pwd.getpwuid(uid)
+            except KeyError:
+                _TAKEN.add(uid)
+                return uid
     raise RuntimeError("no free ephemeral uid found")
+
+
+def release_uid(uid: int) -> None:
+    with _TAKEN_LOCK:
+        _TAKEN.discard(uid)
 
 
 def processes_of(uid: int) -> list[int]:

@@ -29,7 +29,7 @@ from functools import lru_cache
 from reopold_agents.config.sandbox import LocalSandboxConfig, SandboxLimits
 from tools.sandbox import cgroup, seccomp
 from tools.sandbox.base import ExecResult, Sandbox, SandboxError
-from tools.sandbox.containment import ChildSetup, allocate_uid, kill_uid
+from tools.sandbox.containment import ChildSetup, allocate_uid, kill_uid, release_uid
 from tools.sandbox.process import run_captured
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,8 @@ class LocalSandbox(Sandbox):
             try:
                 group = cgroup.RunCgroup(self.cgroups, self.limits.memory_mb * _MB, self.limits.max_processes)
             except OSError as exc:
+                if run_uid is not None:
+                    release_uid(run_uid)
                 raise SandboxError(f"local sandbox: cannot create the run's cgroup: {exc}") from None
         host_dir = tempfile.mkdtemp(prefix="reopold-sbx-")  # 0700: only root and the run's uid enter
         try:
@@ -245,6 +247,8 @@ class LocalSandbox(Sandbox):
             survivors |= group.kill_all(SURVIVOR_KILL_S)
         if run_uid is not None:
             survivors |= set(kill_uid(run_uid, SURVIVOR_KILL_S))
+            if not survivors:
+                release_uid(run_uid)  # a uid with survivors is never handed out again
         if group is not None:
             group.remove()
         if survivors:
