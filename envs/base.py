@@ -18,6 +18,7 @@ Subclasses override `respond` (what the env does with one assistant message) and
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,15 @@ from typing import Any
 import gymnasium as gym
 
 from envs.answers import extract_final_answer
-from envs.scoring import Verdict, score_answer
+from envs.scoring import SCORING_TIMEOUT_S, Verdict, score_answer
 from envs.spaces import AssistantText, chat_observation_space
 from tasks.record import Task
+from tools.text_bounds import bounded_text, valid_text
 
+log = logging.getLogger(__name__)
 Message = dict[str, Any]
 NUDGE = "Give your final answer as \\boxed{...}."
+MAX_ENV_MESSAGE_CHARS = 4000  # bound of the env's own replies (nudges, errors) in answer-only envs
 
 
 @dataclass
@@ -67,7 +71,9 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         system_prompt: the system message (class default when None; "" for none).
         seed: seeds the synthetic tasks and the first ``reset()`` without a seed.
         size, difficulty: synthetic task set size and difficulty (1-3).
-        max_action_chars: the action space's length bound.
+        max_action_chars: the action space's length bound; a longer action is answered with an error, unread.
+        scoring_timeout_s: the most time one answer's scoring may take (math-verify runs in a worker
+            process killed at this bound; a timed-out answer scores 0).
         render_mode: None or "ansi" (``render()`` returns the conversation as text).
     """
 
@@ -87,6 +93,7 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         size: int = 1000,
         difficulty: int = 1,
         max_action_chars: int = 32768,
+        scoring_timeout_s: float = SCORING_TIMEOUT_S,
         render_mode: str | None = None,
     ) -> None:
         if tasks is None:
@@ -102,6 +109,9 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt
+        if not 0 < scoring_timeout_s < float("inf"):  # also rejects NaN
+            raise ValueError(f"scoring_timeout_s must be a positive finite number, got {scoring_timeout_s}")
+        self.scoring_timeout_s = float(scoring_timeout_s)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
         self.render_mode = render_mode
@@ -142,19 +152,22 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         if not isinstance(action, str):
             raise TypeError(f"action must be the assistant's text (str), got {type(action).__name__}")
         self._turn += 1
-        self._add({"role": "assistant", "content": action})
-        out = self.respond(action)
+        self._add({"role": "assistant", "content": valid_text(action)})
+        out = self._respond_safely(action)
         terminated = bool(out.terminated)
         truncated = not terminated and self._turn >= self.max_turns
         if not truncated:
             for m in out.messages:
-                self._add(m)
+                self._add(self._bounded_message(m))
         info: dict[str, Any] = {"task_id": self._task.id, "turn": self._turn, **copy.deepcopy(out.info)}
         if terminated or truncated:
             self._done = True
             info["success"] = bool(out.success) if terminated else False
             info["why"] = out.why if terminated else f"max_turns ({self.max_turns}) reached without a final answer"
             info["answer"] = self._task.answer
+        for key, value in info.items():  # model text echoed into info (pred, why, errors) is logged: bound it
+            if isinstance(value, str):
+                info[key] = bounded_text(value, MAX_ENV_MESSAGE_CHARS)
         reward = float(out.reward) if terminated else 0.0
         return self._observation(), reward, terminated, truncated, info
 
@@ -168,6 +181,44 @@ class TextEnv(gym.Env[dict[str, Any], str]):
                 content = "".join(p["text"] if p["type"] == "text" else "<image>" for p in content)
             lines.append(f"[{m['role']}] {content}")
         return "\n".join(lines)
+
+    def _respond_safely(self, action: str) -> Outcome:
+        """`respond`, with the step contract enforced around it: no text makes `step` raise.
+
+        An action longer than the action space's bound is not parsed (its work would be unbounded);
+        an exception out of `respond` is an env bug: logged with its traceback, and the episode goes
+        on with an error reply instead of crashing the rollout.
+        """
+        limit = self.action_space.max_length
+        if len(action) > limit:
+            why = f"Error: the message is {len(action)} characters long, over the limit of {limit}; it was not read."
+            return Outcome(messages=[{"role": "user", "content": why}], why=why, info={"action_too_long": True})
+        try:
+            return self.respond(action)
+        except Exception as exc:  # noqa: BLE001 - the contract: model text never crashes a step
+            log.exception("%s.respond failed on a %d-character action", type(self).__name__, len(action))
+            why = f"Error: the environment could not process this message ({type(exc).__name__})."
+            return Outcome(messages=[{"role": "user", "content": why}], why=why, info={"env_error": type(exc).__name__})
+
+    def message_limit(self, message: Message) -> int:
+        """Most characters an env reply may carry (subclasses bound tool output by their own setting)."""
+        return MAX_ENV_MESSAGE_CHARS
+
+    def _bounded_message(self, message: Message) -> Message:
+        """The env reply with valid Unicode text cut to `message_limit` (text parts included)."""
+        limit = self.message_limit(message)
+        out = dict(message)
+        content = message.get("content")
+        if isinstance(content, str):
+            out["content"] = bounded_text(content, limit)
+        elif isinstance(content, list):
+            out["content"] = [
+                {**p, "text": bounded_text(p["text"], limit)} if p.get("type") == "text" and isinstance(p.get("text"), str) else p
+                for p in content
+            ]
+        if isinstance(out.get("name"), str):
+            out["name"] = bounded_text(out["name"], 200)
+        return out
 
     # ----------------------------------------------------------------------------- subclass hooks
 
@@ -191,7 +242,7 @@ class TextEnv(gym.Env[dict[str, Any], str]):
 
     def score(self, pred: str) -> Verdict:
         assert self._task is not None
-        return score_answer(pred, self._task, self.default_answer_type)
+        return score_answer(pred, self._task, self.default_answer_type, timeout_s=self.scoring_timeout_s)
 
     def respond(self, text: str) -> Outcome:
         """Answer-only envs: score a final answer, else nudge towards the answer format."""
@@ -204,12 +255,15 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         if pred is None:
             return Outcome(messages=[{"role": "user", "content": NUDGE}], why="no final answer", info={"nudged": True})
         verdict = self.score(pred)
+        info: dict[str, Any] = {"pred": pred}
+        if verdict.timed_out:
+            info["scoring_timed_out"] = True
         return Outcome(
             reward=1.0 if verdict.success else 0.0,
             terminated=True,
             success=verdict.success,
             why=verdict.why,
-            info={"pred": pred},
+            info=info,
         )
 
     @property

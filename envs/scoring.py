@@ -3,71 +3,55 @@
 `score_answer(pred, task)` dispatches on ``task.answer_type`` (``meta["answer_type"]``); ``auto`` picks
 ``choice`` when the task has choices, ``math`` when the reference looks numeric or like LaTeX, else
 ``exact``. Every verdict carries a ``why`` so a failed episode says what was compared.
+
+Scoring time is bounded for any answer, on any thread: a prediction longer than `answer_char_limit`
+scores 0 unread, and math-verify runs in a worker process (`envs.scoring_worker`) killed after
+``timeout_s`` (default `SCORING_TIMEOUT_S`); a timed-out answer scores 0 with ``timed_out`` set.
+The cheap matchers (exact, choice, numeric) run inline: they are linear in the capped answer.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-import string
-import threading
 from dataclasses import dataclass
 
+from envs.scoring_kernel import TEXT_WRAP as _TEXT_WRAP
+from envs.scoring_kernel import exact_match, normalize_text
 from tasks.record import Task
 
+MAX_ANSWER_CHARS = 1000  # longer predictions are not scored (their parse time is unbounded)
+SCORING_TIMEOUT_S = 10.0
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
-_TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 
 
 @dataclass
 class Verdict:
     success: bool
     why: str
+    timed_out: bool = False
 
 
-class _DropTimeoutDisabledNotice(logging.Filter):
-    """math-verify warns on every call made without a timeout; off the main thread that is our
-    documented choice (see `_verify_timeout`), so the notice is noise in the rollout logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
+def answer_char_limit(gold: str) -> int:
+    """Longest prediction scored against ``gold``: `MAX_ANSWER_CHARS`, or twice a longer reference."""
+    return max(MAX_ANSWER_CHARS, 2 * len(gold))
 
 
-for _name in ("math_verify.grader", "math_verify.parser"):
-    logging.getLogger(_name).addFilter(_DropTimeoutDisabledNotice())
+def verify_math(pred: str, gold: str, timeout_s: float = SCORING_TIMEOUT_S) -> Verdict:
+    """Symbolic equivalence with math-verify (fractions, LaTeX, decimals, sets, intervals), computed by
+    `scoring_kernel.verify_math_here` in a killable worker process: at most ``timeout_s`` seconds."""
+    from envs import scoring_kernel
+    from envs.scoring_worker import shared_pool
+
+    ok, out = shared_pool().call(scoring_kernel.__file__, "verify_math_here", pred, gold, timeout_s=timeout_s)
+    if ok:
+        return Verdict(*out)
+    timed_out = out.startswith("timed out")
+    return Verdict(False, f"math-verify on {_short(pred)}: {out}; scored 0", timed_out=timed_out)
 
 
-def _verify_timeout() -> int | None:
-    # math-verify's timeouts use SIGALRM, which only the main thread may install (Ray actors,
-    # rollout threads and web servers call us from elsewhere): there, run without a timeout.
-    return 5 if threading.current_thread() is threading.main_thread() else None
-
-
-def verify_math(pred: str, gold: str) -> Verdict:
-    """Symbolic equivalence with math-verify (fractions, LaTeX, decimals, sets, intervals)."""
-    from math_verify import parse, verify
-
-    timeout = _verify_timeout()
-    try:
-        gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout)
-        pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=timeout)
-        if not pred_parsed:
-            return Verdict(False, f"could not parse the answer {pred!r} as math")
-        if not gold_parsed:
-            return match_exact(pred, gold)
-        ok = verify(gold_parsed, pred_parsed, timeout_seconds=timeout)
-    except Exception as exc:  # noqa: BLE001 - a verifier crash must not crash the episode
-        return Verdict(False, f"math-verify failed on {pred!r}: {type(exc).__name__}")
-    return Verdict(bool(ok), f"{pred!r} {'is' if ok else 'is not'} equivalent to {gold!r} (math-verify)")
-
-
-def normalize_text(s: str) -> str:
-    """Lower-case, unwrap ``\\text{}``, drop articles, punctuation and extra spaces."""
-    s = _TEXT_WRAP.sub(r"\1", s).strip().lower()
-    s = s.strip(string.punctuation + " ")
-    words = [w for w in re.split(r"\s+", s) if w not in ("a", "an", "the")]
-    return " ".join(words)
+def _short(text: str, n: int = 60) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
 
 
 def _to_number(s: str) -> float | None:
@@ -77,18 +61,17 @@ def _to_number(s: str) -> float | None:
     return float(t) if _NUMBER.match(t) else None
 
 
-def match_numeric(pred: str, gold: str, rel_tol: float = 1e-6) -> Verdict:
+def match_numeric(pred: str, gold: str, rel_tol: float = 1e-6, timeout_s: float = SCORING_TIMEOUT_S) -> Verdict:
     """Numbers equal within ``rel_tol`` (thousands separators, ``$`` and ``%`` ignored); else math-verify."""
     p, g = _to_number(pred), _to_number(gold)
     if g is None or p is None:
-        return verify_math(pred, gold)
+        return verify_math(pred, gold, timeout_s)
     ok = math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-9)
     return Verdict(ok, f"{pred!r} {'==' if ok else '!='} {gold!r} (numeric)")
 
 
 def match_exact(pred: str, gold: str) -> Verdict:
-    ok = normalize_text(pred) == normalize_text(gold)
-    return Verdict(ok, f"{pred!r} {'matches' if ok else 'does not match'} {gold!r} (exact)")
+    return Verdict(*exact_match(pred, gold))
 
 
 def _choice_index(text: str, choices: list[str]) -> int | None:
@@ -126,15 +109,18 @@ def resolve_answer_type(task: Task, default: str = "auto") -> str:
     return "exact"
 
 
-def score_answer(pred: str, task: Task, default_type: str = "auto") -> Verdict:
-    """Score an extracted final answer against the task's reference answer."""
+def score_answer(pred: str, task: Task, default_type: str = "auto", timeout_s: float = SCORING_TIMEOUT_S) -> Verdict:
+    """Score an extracted final answer against the task's reference answer, in bounded time."""
+    limit = answer_char_limit(task.answer)
+    if len(pred) > limit:
+        return Verdict(False, f"the answer is {len(pred)} characters long, over the scoring limit of {limit}; scored 0")
     kind = resolve_answer_type(task, default_type)
     if kind == "choice":
         if not task.choices:
             return match_exact(pred, task.answer)
         return match_choice(pred, task.answer, task.choices)
     if kind == "numeric":
-        return match_numeric(pred, task.answer)
+        return match_numeric(pred, task.answer, timeout_s=timeout_s)
     if kind == "math":
-        return verify_math(pred, task.answer)
+        return verify_math(pred, task.answer, timeout_s)
     return match_exact(pred, task.answer)

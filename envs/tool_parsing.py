@@ -37,12 +37,9 @@ def _parse_body(body: str, index: int) -> tuple[ToolCall | None, str | None]:
     where = f"tool call {index + 1}"
     if not body.strip():
         return None, f"{where} is empty. {FORMAT_HINT}"
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return None, f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}). {FORMAT_HINT}"
-    except RecursionError:
-        return None, f"{where} is nested too deeply to parse. {FORMAT_HINT}"
+    obj, problem = _load_json(body)
+    if problem is not None:
+        return None, f"{where} {problem}. {FORMAT_HINT}"
     if not isinstance(obj, dict):
         return None, f"{where} must be a JSON object, got {_json_type(obj)}. {FORMAT_HINT}"
     if "name" not in obj:
@@ -52,15 +49,32 @@ def _parse_body(body: str, index: int) -> tuple[ToolCall | None, str | None]:
         return None, f"{where}: \"name\" must be a non-empty string, got {_json_type(name)}."
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as exc:
-            return None, f"{where}: \"arguments\" is a string but not valid JSON ({exc.msg})."
+        args, problem = _load_json(args) if args.strip() else ({}, None)
+        if problem is not None:
+            return None, f"{where}: \"arguments\" is a string but {problem}."
     if args is None:
         args = {}
     if not isinstance(args, dict):
         return None, f"{where}: \"arguments\" must be a JSON object, got {_json_type(args)}."
     return ToolCall(name=name.strip(), arguments=args), None
+
+
+def _load_json(text: str) -> tuple[Any, str | None]:
+    """``json.loads`` that reports, instead of raising, every way model text can fail to parse.
+
+    Besides malformed JSON: integers longer than Python's int-string limit (ValueError), nesting
+    deeper than the recursion limit (RecursionError) and absurd sizes (MemoryError).
+    """
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    except RecursionError:
+        return None, "is nested too deeply to parse"
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        return None, f"cannot be parsed ({str(exc)[:120]})"
+    except MemoryError:
+        return None, "is too large to parse"
 
 
 def _json_type(v: Any) -> str:

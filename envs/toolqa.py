@@ -25,6 +25,7 @@ from PIL import Image
 from envs.base import Message, Outcome, TextEnv
 from envs.tool_parsing import parse_tool_calls
 from reopold_agents.registry import TOOLS, register_env
+from tools.text_bounds import bounded_text
 
 TOOLQA_NUDGE = (
     'Call a tool as <tool_call>{"name": ..., "arguments": {...}}</tool_call> '
@@ -129,12 +130,15 @@ class ToolQAEnv(TextEnv):
         if len(images) != len(result.images):
             return self._error(call.name, f"tool {call.name!r} returned images that are not PIL images")
         body = result.text if isinstance(result.text, str) else str(result.text)
-        if len(body) > self.max_tool_chars:
-            body = body[: self.max_tool_chars] + f"\n...[cut {len(body) - self.max_tool_chars} characters]"
         if result.is_error:
             return self._error(call.name, body, images)
+        body = bounded_text(body, self.max_tool_chars)
         return Outcome(messages=[tool_message(call.name, body, images)], info={"tool_name": call.name, "tool_error": None})
 
+    def message_limit(self, message: Message) -> int:
+        return self.max_tool_chars if message.get("role") == "tool" else super().message_limit(message)
+
     def _error(self, name: str | None, why: str, images: Sequence[Any] = ()) -> Outcome:
-        text = why if why.startswith("Error:") else f"Error: {why}"
+        text = bounded_text(why if why.startswith("Error:") else f"Error: {why}", self.max_tool_chars)
+        name = bounded_text(name, 200) if name is not None else None
         return Outcome(messages=[tool_message(name, text, images)], why=text, info={"tool_name": name, "tool_error": text})

@@ -4,19 +4,29 @@ Layout of one checkpoint ``<dir>/step_00000042/``::
 
     model/              save_pretrained (safetensors) + tokenizer files when a tokenizer is given
     trainer_state.pt    optimizer and scheduler state dicts, RNG states (python, numpy, torch, cuda)
-    state.json          {"step": 42, "data_state": {...}, "format": 1} - written last: marks it complete
+    state.json          {"step": 42, "data_state": {...}, "format": 1, "files": {path: size}} - written
+                        last: marks it complete and lists the size of every other file
 
 Each checkpoint is written into a temporary sibling folder and renamed into place, so a crash never
-leaves a half-written ``step_*`` folder that ``latest_checkpoint`` would pick.
+leaves a half-written ``step_*`` folder that ``latest_checkpoint`` would pick. Temporary folders of a
+writer that was killed mid-save are removed by the next `save_checkpoint` / `latest_checkpoint`.
+A checkpoint damaged after the fact (truncated or deleted files, unreadable state) is caught by
+`verify_checkpoint`: `latest_checkpoint` logs it and falls back to the newest one that verifies, and
+`load_checkpoint` names the damaged file (`CheckpointError`) instead of surfacing a library error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
+import socket
+import struct
+import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,13 @@ from torch import nn
 
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_TMP_DIR = re.compile(r"^\.tmp-step_\d+-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+STALE_FOREIGN_TMP_S = 24 * 3600  # a temp folder of another host is removed once this old
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is incomplete or damaged; the message names the file."""
 
 
 @dataclass
@@ -72,8 +89,9 @@ def save_checkpoint(
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(root)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp = root / f".tmp-{final.name}-{socket.gethostname()}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -90,7 +108,8 @@ def save_checkpoint(
             },
             tmp / "trainer_state.pt",
         )
-        state = {"format": FORMAT, "step": int(step), "data_state": data_state or {}}
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        state = {"format": FORMAT, "step": int(step), "data_state": data_state or {}, "files": files}
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
         if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
             shutil.rmtree(final)
@@ -116,10 +135,113 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_stale_temp_dirs(directory: str | os.PathLike) -> list[Path]:
+    """Remove temporary save folders whose writer is gone (killed mid-save); returns what was removed.
+
+    A folder of this host is stale when its writer's pid is dead; one of another host (shared
+    storage) once it is `STALE_FOREIGN_TMP_S` old; one in the old name format (no host) always.
+    """
+    root = Path(directory)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    here = socket.gethostname()
+    for child in root.iterdir():
+        m = _TMP_DIR.match(child.name)
+        if m is None or not child.is_dir():
+            continue
+        host, pid = m.group("host"), int(m.group("pid"))
+        if host == here:
+            stale = pid != os.getpid() and not _pid_alive(pid)
+        elif host is None:
+            stale = True
+        else:
+            stale = time.time() - child.stat().st_mtime > STALE_FOREIGN_TMP_S
+        if stale:
+            shutil.rmtree(child, ignore_errors=True)
+            log.info("removed %s, left by an interrupted checkpoint save", child)
+            removed.append(child)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Raise `CheckpointError` naming the first damaged file of checkpoint ``path``; cheap (no tensor is read).
+
+    Checks: state.json parses and names this step and format; every file it lists exists with its
+    recorded size; each ``*.safetensors`` has a consistent header; trainer_state.pt is a readable zip.
+    """
+    ckpt = Path(path)
+    state_file = ckpt / "state.json"
+    if not state_file.is_file():
+        raise CheckpointError(f"{state_file}: missing (incomplete checkpoint)")
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{state_file}: unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{state_file}: not a format-{FORMAT} checkpoint state ({str(state)[:200]})")
+    m = _STEP_DIR.match(ckpt.name)
+    if m and int(m.group(1)) != state["step"]:
+        raise CheckpointError(f"{state_file}: says step {state['step']}, but the folder is {ckpt.name}")
+    for rel, size in (state.get("files") or {}).items():
+        f = ckpt / rel
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, {size} were saved (truncated or overwritten)")
+    weights = sorted((ckpt / "model").glob("*.safetensors"))
+    if not weights:
+        raise CheckpointError(f"{ckpt / 'model'}: no *.safetensors weights")
+    for f in weights:
+        _check_safetensors(f)
+    trainer = ckpt / "trainer_state.pt"
+    try:
+        with zipfile.ZipFile(trainer) as z:
+            z.infolist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{trainer}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _check_safetensors(f: Path) -> None:
+    """The header parses and the tensors' byte ranges end exactly at the end of the file."""
+    try:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"header length {n}")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{f}: damaged safetensors header ({type(exc).__name__}: {exc})") from None
+    if 8 + n + end != f.stat().st_size:
+        raise CheckpointError(f"{f}: {f.stat().st_size} bytes, the header describes {8 + n + end}")
+
+
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint under ``directory``, or None."""
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
+    """The newest complete checkpoint under ``directory`` that verifies, or None.
+
+    A newer one that fails `verify_checkpoint` is skipped with a warning naming the damaged file.
+    Temporary folders of interrupted saves are removed first.
+    """
+    remove_stale_temp_dirs(directory)
+    for ckpt in reversed(list_checkpoints(directory)):
+        try:
+            verify_checkpoint(ckpt)
+        except CheckpointError as exc:
+            log.warning("checkpoint %s is damaged, falling back to an older one: %s", ckpt, exc)
+            continue
+        return ckpt
+    return None
 
 
 def load_checkpoint(
@@ -138,13 +260,19 @@ def load_checkpoint(
     state_file = ckpt / "state.json"
     if not state_file.is_file():
         raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no state.json)")
+    verify_checkpoint(ckpt)
     state = json.loads(state_file.read_text())
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{ckpt}: checkpoint format {state.get('format')!r}, expected {FORMAT}")
     if model is not None:
-        load_model_weights(model, ckpt / "model")
+        try:
+            load_model_weights(model, ckpt / "model")
+        except (OSError, RuntimeError) as exc:  # safetensors' errors do not say which file
+            raise CheckpointError(f"{ckpt / 'model'}: cannot load the weights ({type(exc).__name__}: {exc})") from None
     # Our own file, written by save_checkpoint: it holds numpy RNG state, so it needs full unpickling.
-    trainer_state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
+    trainer_file = ckpt / "trainer_state.pt"
+    try:
+        trainer_state = torch.load(trainer_file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors of every kind: name the file
+        raise CheckpointError(f"{trainer_file}: cannot be loaded ({type(exc).__name__}: {exc})") from None
     if optimizer is not None:
         if trainer_state["optimizer"] is None:
             raise ValueError(f"{ckpt}: no optimizer state was saved")

@@ -1,7 +1,9 @@
 """Training metrics: one JSONL line per step (machine-readable, resumable) mirrored to TensorBoard.
 
-JSONL is the source of truth (plots and tests read it back); TensorBoard is for humans. On resume the
-logger truncates the JSONL to steps <= the checkpoint's step, so replayed steps are not duplicated.
+JSONL is the source of truth (plots and tests read it back); TensorBoard is for humans. The file holds
+exactly one record per step, in step order: on resume the logger keeps the records of steps <= the
+checkpoint's step (merging any duplicates a crash or an older version left), and a second `log` call
+for the step just written (an evaluation after the last training step) is merged into that record.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _scalar(value: Any) -> float | None:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics JSONL file, in order (skips a torn last line after a crash)."""
+    """All records of a metrics JSONL file, in order (stops at a torn line after a crash)."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
@@ -56,10 +58,21 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             break
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            break  # not a record this logger wrote: treat like a torn line
+        out.append(record)
     return out
+
+
+def merge_by_step(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per step, in step order; later records' keys win over earlier ones of the same step."""
+    merged: dict[int, dict[str, Any]] = {}
+    for r in records:
+        merged.setdefault(int(r["step"]), {}).update(r)
+    return [merged[k] for k in sorted(merged)]
 
 
 class MetricsLogger:
@@ -69,10 +82,10 @@ class MetricsLogger:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / METRICS_FILE
+        self._records: list[dict[str, Any]] = []
         if resume_step is not None:
-            self._truncate_after(resume_step)
-        elif self.path.exists():
-            self.path.unlink()
+            self._records = [r for r in merge_by_step(read_metrics(self.path)) if r["step"] <= resume_step]
+        self._rewrite()
         self._fh = self.path.open("a")
         self._tb = None
         if tensorboard:
@@ -80,22 +93,33 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"), purge_step=resume_step)
 
-    def _truncate_after(self, step: int) -> None:
-        """Keep records up to and including ``step``: steps after a checkpoint will be re-run."""
-        kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    def _rewrite(self) -> None:
+        """Replace the file with ``self._records`` atomically (a kill leaves the old or the new file)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self._records))
+        tmp.replace(self.path)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
-        """Write the numeric entries of ``metrics`` for ``step``; non-numeric entries are dropped."""
+        """Write the numeric entries of ``metrics`` for ``step`` (non-numeric ones are dropped); returns
+        the step's record, merged with what was logged for it before."""
         record: dict[str, Any] = {"step": int(step)}
         for key, value in metrics.items():
             scalar = _scalar(value)
             if scalar is not None and math.isfinite(scalar):
                 record[key] = scalar
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        fresh = record
+        if self._records and record["step"] <= self._records[-1]["step"]:  # a step already written
+            self._records = merge_by_step([*self._records, record])
+            record = next(r for r in self._records if r["step"] == fresh["step"])
+            self._fh.close()
+            self._rewrite()
+            self._fh = self.path.open("a")
+        else:
+            self._records.append(record)
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
         if self._tb is not None:
-            for key, value in record.items():
+            for key, value in fresh.items():
                 if key != "step":
                     self._tb.add_scalar(key, value, global_step=int(step))
             self._tb.flush()

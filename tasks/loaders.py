@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -78,7 +79,7 @@ def load_tasks(
     for i, row in enumerate(rows):
         if limit is not None and len(tasks) >= limit:
             break
-        tasks.append(row_to_task(row, index=i, stem=path.stem, base_dir=base))
+        tasks.append(row_to_task(row, index=i, stem=path.stem, base_dir=base, source=str(path)))
     if not tasks:
         raise TaskLoadError(f"{path}: no tasks found" + (f" in split {split!r}" if split else ""))
     return tasks
@@ -176,12 +177,40 @@ def _first(row: dict[str, Any], keys: Sequence[str]) -> tuple[str | None, Any]:
     return None, None
 
 
-def _answer_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+def _answer_text(value: Any, where: str) -> str:
+    """The reference answer as text: a string or a finite number (or a one-element list of one)."""
     if isinstance(value, (list, tuple)) and len(value) == 1:
-        return _answer_text(value[0])
+        return _answer_text(value[0], where)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TaskLoadError(f"{where}: the answer must be a string or a number, got {type(value).__name__} {str(value)[:80]!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TaskLoadError(f"{where}: the answer must be a finite number, got {value}")
+        if value.is_integer():
+            return str(int(value))
     return str(value).strip()
+
+
+def _choices(raw: Any, where: str) -> list[str] | None:
+    """Options from a list, a dict keyed by letter, or a JSON string of a list; anything else fails."""
+    if isinstance(raw, dict):
+        raw = [raw[k] for k in sorted(raw)]
+    if isinstance(raw, str):
+        if raw.strip().startswith("["):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise TaskLoadError(f"{where}: choices is a string but not a valid JSON list ({exc.msg})") from None
+        else:
+            raw = [raw]
+    if hasattr(raw, "tolist"):  # numpy arrays from parquet / datasets
+        raw = raw.tolist()
+    if not isinstance(raw, (list, tuple)):
+        raise TaskLoadError(f"{where}: choices must be a list of options, got {type(raw).__name__}")
+    bad = [c for c in raw if isinstance(c, bool) or not isinstance(c, (str, int, float))]
+    if bad:
+        raise TaskLoadError(f"{where}: every option must be a string or a number, got {type(bad[0]).__name__} {str(bad[0])[:80]!r}")
+    return [str(c) for c in raw] or None
 
 
 def _image(value: Any, base_dir: Path, where: str) -> Any:
@@ -197,21 +226,34 @@ def _image(value: Any, base_dir: Path, where: str) -> Any:
             return _image(value["path"], base_dir, where)
         raise TaskLoadError(f"{where}: image struct has neither bytes nor path")
     if isinstance(value, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(value))
-        img.load()
+        try:
+            img = Image.open(io.BytesIO(value))
+            img.load()
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated, not an image, bad header
+            raise TaskLoadError(f"{where}: the embedded image cannot be decoded ({type(exc).__name__}: {exc})") from None
         return img
     if isinstance(value, str):
         p = Path(value)
         p = p if p.is_absolute() else base_dir / p
         if not p.exists():
             raise TaskLoadError(f"{where}: image file {str(p)!r} not found")
+        try:  # decode it now: a truncated file must fail at load time, not mid-training
+            with Image.open(p) as img:
+                img.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise TaskLoadError(f"{where}: image file {str(p)!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
         return str(p)
     raise TaskLoadError(f"{where}: cannot read an image from {type(value).__name__}")
 
 
-def row_to_task(row: dict[str, Any], *, index: int = 0, stem: str = "task", base_dir: Path | str = ".") -> Task:
-    """Map one benchmark row onto a `Task` (see the module docstring for the recognised fields)."""
-    where = f"{stem} row {index}"
+def row_to_task(
+    row: dict[str, Any], *, index: int = 0, stem: str = "task", base_dir: Path | str = ".", source: str | None = None
+) -> Task:
+    """Map one benchmark row onto a `Task` (see the module docstring for the recognised fields).
+
+    Errors name ``source`` (the file; else ``stem``) and the row; ``stem`` also names default task ids.
+    """
+    where = f"{source or stem} row {index}"
     base_dir = Path(base_dir)
     if not isinstance(row, dict):
         raise TaskLoadError(f"{where}: expected a record (dict), got {type(row).__name__}")
@@ -223,7 +265,7 @@ def row_to_task(row: dict[str, Any], *, index: int = 0, stem: str = "task", base
     a_key, answer = _first(row, ANSWER_KEYS)
     if answer is not None:
         used.add(a_key)
-        answer = _answer_text(answer)
+        answer = _answer_text(answer, where)
         if "####" in answer:  # GSM8K: reasoning, then '#### final answer'
             meta["solution"] = answer.split("####")[0].strip()
             answer = answer.split("####")[-1].strip().replace(",", "")
@@ -249,11 +291,7 @@ def row_to_task(row: dict[str, Any], *, index: int = 0, stem: str = "task", base
     c_key, raw_choices = _first(row, CHOICE_KEYS)
     if raw_choices is not None:
         used.add(c_key)
-        if isinstance(raw_choices, dict):
-            raw_choices = [raw_choices[k] for k in sorted(raw_choices)]
-        if isinstance(raw_choices, str):
-            raw_choices = json.loads(raw_choices) if raw_choices.strip().startswith("[") else [raw_choices]
-        choices = [str(c) for c in raw_choices] or None
+        choices = _choices(raw_choices, where)
 
     question = str(question).replace("<image>", "").strip()
     meta["answer_type"] = _answer_type(row, choices, used)

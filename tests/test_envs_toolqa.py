@@ -80,7 +80,7 @@ _BODIES = [
     '{"name": "search", "arguments": {"query": "x", "k": 99}}', '{"name": "search", "arguments": {"query": {"q": 1}}}',
     '{"name": "calculator", "arguments": {"expression": "1/0"}}', '{"name": "calculator", "arguments": {"expression": "__import__(\'os\')"}}',
     '{"name": "calculator", "arguments": {"expression": "1+1"}', '{"name": "calculator", "arguments": {"expression": "1+1",}}',
-    "{'name': 'calculator', 'arguments': {'expression': '1'}}", "[" * 50000,
+    "{'name': 'calculator', 'arguments': {'expression': '1'}}", "[" * 30000,  # under max_action_chars
     '{"name": "calculator", "arguments": {"expression": "9**9**9**9"}}',
 ]
 _STRUCTURAL = [

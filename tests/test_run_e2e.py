@@ -46,7 +46,7 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
     result = run_mod.train(_cfg(env, tmp_path / "run"), progress=False)
     out = Path(result.output_dir)
     records = read_metrics(out)
-    assert [r["step"] for r in records] == [0, 1, 2, 2]  # eval before, two steps, eval after
+    assert [r["step"] for r in records] == [0, 1, 2]  # eval before, two steps; the eval after joins step 2
     step = records[1]
     for key in ("loss", "rollout/reward", "rollout/success", "teacher/log_ratio/mean", "frac_selected",
                 "frac_clipped", "entropy_mean", "perf/tokens_per_s", "perf/step_time_s"):

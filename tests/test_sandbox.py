@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from reopold_agents.config import compose
 from reopold_agents.config.sandbox import DockerSandboxConfig, LocalSandboxConfig, SandboxConfig, SandboxLimits
 from tools.base import get_tool
 from tools.sandbox import ExecResult, Sandbox, SandboxError, make_sandbox
+from tools.sandbox.containment import EPHEMERAL_UID_BASE, EPHEMERAL_UID_SPAN
 from tools.sandbox.local import LocalSandbox
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -127,8 +129,28 @@ def test_fallback_warns_and_still_limits(caplog) -> None:
     res = sb.run("import os\nprint(os.getuid(), sorted(os.environ))\nx = b'x' * (512 * 2**20)")
     assert res.exit_code == 1 and "MemoryError" in res.stderr and res.killed_reason == "memory limit"
     uid, env = res.stdout.split(" ", 1)
-    assert uid == "65534"
+    if os.geteuid() == 0:  # each run has its own unprivileged uid (private files, its own NPROC)
+        assert EPHEMERAL_UID_BASE <= int(uid) < EPHEMERAL_UID_BASE + EPHEMERAL_UID_SPAN
     assert env.strip() == str(sorted(["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING"]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-run uids need root")
+def test_fallback_work_dirs_are_private_between_concurrent_runs() -> None:
+    """Without namespaces, two runs at once must not read each other's files (or code, or stdin)."""
+    sb = LocalSandbox(LIMITS, LocalSandboxConfig(bwrap="never"))
+    secret = f"reopold-run-secret-{os.getpid()}"
+    slow = threading.Thread(target=lambda: sb.run(
+        f"open('mine.txt', 'w').write({secret!r})\nimport time\ntime.sleep(3)  # {secret}", stdin=secret, timeout_s=5))
+    slow.start()
+    time.sleep(1.0)
+    spy = sb.run(
+        "import glob, os\nfound = []\n"
+        "for p in glob.glob('/tmp/reopold-sbx-*/**', recursive=True) + glob.glob('/tmp/reopold-sbx-*/*'):\n"
+        "    try:\n        found.append(open(p).read())\n    except OSError as e:\n        found.append(type(e).__name__)\n"
+        "print(found)", timeout_s=5)
+    slow.join()
+    assert spy.exit_code == 0, spy
+    assert secret not in spy.stdout, f"a concurrent run's files were readable: {spy.stdout}"
 
 
 def test_bwrap_sandbox_is_isolated() -> None:

@@ -7,6 +7,7 @@ left running, secrets from the host environment), and a bound on the wall time o
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import subprocess
@@ -45,6 +46,7 @@ class Ctx:
     udp: socket.socket
     marker: str = field(default_factory=lambda: f"reopold-leftover-{uuid.uuid4().hex[:12]}")
     escape_paths: list[str] = field(default_factory=list)
+    sandbox: Sandbox | None = None
 
     @property
     def tcp_port(self) -> int:
@@ -81,7 +83,8 @@ def procs_with(text: str) -> list[int]:
     return found
 
 
-def assert_no_leftovers(marker: str, within_s: float = 6.0) -> None:
+def assert_no_leftovers(marker: str, within_s: float = 0.3) -> None:
+    """Nothing the run started may be alive once `run` returned (a short grace for /proc to settle)."""
     deadline = time.monotonic() + within_s
     while procs_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -261,6 +264,154 @@ def _binary_out(res: ExecResult, ctx: Ctx) -> None:
     assert res.exit_code == 0 and len(res.stdout) > 0, res
 
 
+# Attach to the sandbox's own PID 1 (same uid inside) and make it survive its parent's death
+# (inject prctl(PR_SET_PDEATHSIG, 0) into it), then leave a daemon behind: containment that rests on
+# that PID 1 alone lets the daemon outlive the run.
+_TAMPER_INIT = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+Regs = ctypes.c_ulonglong * 27   # x86_64 user_regs_struct: rax 10, rsi 13, rdi 14, orig_rax 15, rip 16
+if libc.ptrace(16, 1, None, None) != 0:   # PTRACE_ATTACH
+    print('DENIED ptrace', os.strerror(ctypes.get_errno()), flush=True)
+else:
+    os.waitpid(1, 0x40000000)
+    saved = Regs(); libc.ptrace(12, 1, None, ctypes.byref(saved))
+    r = Regs(*saved); r[16] = saved[16] - 2; r[10] = 157; r[15] = 157; r[14] = 1; r[13] = 0
+    libc.ptrace(13, 1, None, ctypes.byref(r)); libc.ptrace(9, 1, None, None); os.waitpid(1, 0x40000000)
+    libc.ptrace(13, 1, None, ctypes.byref(saved)); libc.ptrace(17, 1, None, None)
+    print('TAMPERED init', flush=True)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        for fd in (0, 1, 2):
+            os.close(fd)
+        os.execv('/usr/bin/python3', ['python3', '-c', 'import time; time.sleep(120)', MARKER])
+    os._exit(0)
+os.wait()
+print('spawned', flush=True)
+import time; time.sleep(100)   # the run ends at the timeout
+"""
+
+
+def _tamper_check(res: ExecResult, ctx: Ctx) -> None:
+    assert "spawned" in res.stdout, res
+    assert_no_leftovers(ctx.marker)
+    canary_ok(ctx)
+
+
+def _hog(kind: str) -> str:
+    """Hold memory the way RLIMIT_AS does not count it; print the MB held after each step."""
+    stop_mb = 4 * LIMITS.memory_mb  # far past the limit: report and stop rather than hurt the host
+    if kind == "sysv_shm":
+        step = """
+libc.shmget.restype = ctypes.c_int; libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]; libc.shmdt.argtypes = [ctypes.c_void_p]
+sid = libc.shmget(0, CHUNK, 0o1000 | 0o600)
+addr = libc.shmat(sid, None, 0)
+if sid < 0 or addr in (None, ctypes.c_void_p(-1).value):
+    raise OSError(ctypes.get_errno(), 'shm')
+ctypes.memset(addr, 1, CHUNK); libc.shmdt(addr)
+"""
+    else:  # memfd written with write(): never mapped, so not in the address space
+        step = """
+fd = os.memfd_create('hog')
+for _ in range(CHUNK // 2**20):
+    os.write(fd, b'x' * 2**20)
+fds.append(fd)
+"""
+    return f"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+CHUNK = 4 * 2**20
+held, fds = 0, []
+try:
+    while held < {stop_mb}:
+{chr(10).join('        ' + line for line in step.strip().splitlines())}
+        held += CHUNK // 2**20
+        print(held, flush=True)
+    print('ESCAPED', held, flush=True)
+except OSError as e:
+    print('stopped', held, e, flush=True)
+"""
+
+
+def _hog_check(res: ExecResult, ctx: Ctx) -> None:
+    assert "ESCAPED" not in res.stdout, f"held {res.stdout.split()[-1]} MB past memory_mb={LIMITS.memory_mb}"
+    held = [int(x) for x in res.stdout.split() if x.isdigit()]
+    assert not held or max(held) <= LIMITS.memory_mb, f"held {max(held)} MB > memory_mb={LIMITS.memory_mb}"
+    canary_ok(ctx)
+
+
+_KEY_PROGRAM = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def keyctl(*a):
+    r = libc.syscall(250, *[ctypes.c_long(x) if isinstance(x, int) else x for x in a])
+    return r, os.strerror(ctypes.get_errno())
+# read every key the session, process and user keyrings lead to (KEYCTL_READ of each id found)
+for ring in (-3, -2, -4, -5):   # @s @p @u @us
+    buf = ctypes.create_string_buffer(4096)
+    n, err = keyctl(11, ring, buf, 4096)   # KEYCTL_READ of the keyring: the ids it holds
+    if n < 0:
+        print('DENIED read', ring, err); continue
+    ids = [int.from_bytes(buf.raw[i:i + 4], 'little') for i in range(0, min(n, 4096), 4)]
+    for kid in ids:
+        kb = ctypes.create_string_buffer(4096)
+        m, _ = keyctl(11, kid, kb, 4096)
+        print('KEY', kb.raw[:max(m, 0)])
+r = libc.syscall(248, b'user', b'reopold-run-key', b'run-secret-RUNKEY', 17, ctypes.c_long(-3))  # add_key to @s
+print('DENIED add' if r < 0 else 'ADDED')
+r = libc.syscall(248, b'user', b'reopold-run-key', b'run-secret-RUNKEY', 17, ctypes.c_long(-4))  # add_key to @u
+print('DENIED add user' if r < 0 else 'ADDED user')
+"""
+
+
+def _key_check(res: ExecResult, ctx: Ctx) -> None:
+    no_secret(res, ctx)
+    assert "RUNKEY" not in res.stdout.replace("run-secret-RUNKEY', 17", ""), res.stdout
+    again = ctx.sandbox.run(_KEY_PROGRAM)  # the next run must not see this run's key
+    assert "run-secret-RUNKEY" not in again.stdout.split("ADDED")[0], f"a key of the previous run is visible: {again.stdout}"
+    no_secret(again, ctx)
+
+
+_SHM_KEY = 0x5EC12E7
+_SHM_LEAVE = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+sid = libc.shmget({_SHM_KEY}, 4096, 0o1000 | 0o666)
+addr = libc.shmat(sid, None, 0)
+ctypes.memmove(addr, b'left-by-run-1-SHMSECRET', 23)
+open('/dev/shm/left-by-run-1', 'w').write('SHMSECRET')
+print('left', sid)
+"""
+_SHM_LOOK = f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+sid = libc.shmget({_SHM_KEY}, 4096, 0)
+print('segment', sid, ctypes.string_at(libc.shmat(sid, None, 0), 23) if sid >= 0 else b'')
+print(os.listdir('/dev/shm'))
+"""
+
+
+def _ipc_check(res: ExecResult, ctx: Ctx) -> None:
+    assert res.exit_code == 0 and "left" in res.stdout, res
+    again = ctx.sandbox.run(_SHM_LOOK)
+    assert again.exit_code == 0, again
+    assert "SHMSECRET" not in again.stdout and "left-by-run-1" not in again.stdout, f"the next run sees it: {again.stdout}"
+
+
+def _dev_fill_check(res: ExecResult, ctx: Ctx) -> None:
+    lines = res.stdout.splitlines()
+    assert len(lines) >= 2 and lines[0].startswith("DENIED"), f"/dev is writable: {res}"
+    assert lines[1].startswith("stopped"), res
+    assert int(lines[1].split()[1]) <= LIMITS.workdir_mb + 1, f"/dev/shm took {lines[1]} MB"
+
+
 CASES = [
     Case("fork_bomb", lambda c: "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
          ended_abnormally),
@@ -348,6 +499,21 @@ print('spawned')
     Case("stdin_eof_no_hang", lambda c: "import sys\nprint(len(sys.stdin.read()))", _stdin_eof),
     Case("dev_access", lambda c: try_each("open('/dev/mem', 'rb').read(1)", "open('/dev/kmsg', 'rb').read(1)",
                                           "os.listdir('/dev/disk')"), denied),
+    # ---- outliving the run, shared kernel state, memory the rlimits do not count (issue 13)
+    Case("tamper_init_then_daemon", lambda c: _TAMPER_INIT.replace("MARKER", repr(c.marker)), _tamper_check),
+    Case("sysv_shm_hog", lambda c: _hog("sysv_shm"), _hog_check),
+    Case("memfd_hog", lambda c: _hog("memfd"), _hog_check),
+    Case("dev_shm_fill", lambda c: try_each("open('/dev/escape', 'w').write('x')") + "\n" + _disk_fill("/dev/shm", False),
+         _dev_fill_check),
+    Case("keyrings", lambda c: _KEY_PROGRAM, _key_check),
+    Case("ipc_left_for_next_run", lambda c: _SHM_LEAVE, _ipc_check),
+    Case("many_children_then_exit", lambda c: f"""
+import os
+for _ in range(20):
+    if os.fork() == 0:
+        os.execv('/usr/bin/python3', ['python3', '-c', 'import time; time.sleep(120)', {c.marker!r}])
+print('spawned')
+""", _leftover_check),
 ]
 
 
@@ -363,6 +529,14 @@ def assert_only_lo(res: ExecResult) -> None:
 # ------------------------------------------------------------------------------------- fixtures
 
 
+def _add_session_key(name: str, secret: str) -> int:
+    """add_key("user", name, secret) to this process's session keyring; the key id, or -1 (x86_64 only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    data = secret.encode()
+    return int(libc.syscall(248, b"user", name.encode(), data, ctypes.c_size_t(len(data)), ctypes.c_long(-3)))
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory) -> dict:
     secret = f"reopold-host-secret-{uuid.uuid4().hex}"
@@ -372,6 +546,7 @@ def host(tmp_path_factory) -> dict:
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     canary = None
+    key_id = _add_session_key(f"reopold-host-{uuid.uuid4().hex[:8]}", secret)  # a secret in our session keyring
     try:
         Path(secret_path).write_text(secret)
         os.chmod(secret_path, 0o644)  # world-readable on the host: only isolation keeps it out
@@ -388,6 +563,8 @@ def host(tmp_path_factory) -> dict:
         udp.close()
         if os.path.exists(secret_path):
             os.unlink(secret_path)
+        if key_id > 0:
+            ctypes.CDLL(None, use_errno=True).syscall(250, 21, ctypes.c_long(key_id))  # KEYCTL_INVALIDATE
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
@@ -408,7 +585,8 @@ def sandbox(request) -> Sandbox:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_adversarial(case: Case, sandbox: Sandbox, host: dict, monkeypatch) -> None:
     ctx = Ctx(backend=sandbox.name, secret=host["secret"], secret_path=host["secret_path"],
-              canary_pid=host["canary"].pid, canary_marker=host["marker"], tcp=host["tcp"], udp=host["udp"])
+              canary_pid=host["canary"].pid, canary_marker=host["marker"], tcp=host["tcp"], udp=host["udp"],
+              sandbox=sandbox)
     monkeypatch.setenv("REOPOLD_SECRET_TOKEN", ctx.secret)  # must not reach the sandbox
     code = case.code(ctx)
     start = time.monotonic()
@@ -425,4 +603,4 @@ def test_adversarial(case: Case, sandbox: Sandbox, host: dict, monkeypatch) -> N
 
 
 def test_enough_adversarial_cases() -> None:
-    assert len(CASES) >= 25
+    assert len(CASES) >= 45

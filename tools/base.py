@@ -33,6 +33,7 @@ import docstring_parser
 import jsonschema
 
 from reopold_agents.registry import TOOLS
+from tools.text_bounds import safe_repr
 
 __all__ = [
     "FunctionTool",
@@ -86,17 +87,25 @@ class Tool:
         return validate_arguments(self.name, self.parameters, kwargs)
 
     def __call__(self, **kwargs: Any) -> ToolResult:
-        problem = self.validate(kwargs)
-        if problem is not None:
-            return ToolResult.error(problem)
+        # Validation walks model-written values too (deep nesting, huge ints): inside the same guard.
         try:
-            out = self.run(**_coerce_numbers(self.parameters, kwargs))
+            problem = self.validate(kwargs)
+            if problem is not None:
+                return ToolResult.error(problem)
+            return to_result(self.run(**_coerce_numbers(self.parameters, kwargs)))
         except Exception as exc:  # noqa: BLE001 - the model must see the failure, the env must not crash
-            return ToolResult.error(f"tool {self.name!r} failed: {type(exc).__name__}: {exc}")
-        return to_result(out)
+            return ToolResult.error(f"tool {self.name!r} failed: {type(exc).__name__}: {_exc_text(exc)}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def _exc_text(exc: BaseException, max_chars: int = 500) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure itself
+        return "(message unavailable)"
+    return text if len(text) <= max_chars else text[:max_chars] + "..."
 
 
 def to_result(out: Any) -> ToolResult:
@@ -115,7 +124,7 @@ def to_result(out: Any) -> ToolResult:
     if isinstance(out, (dict, list, int, float, bool)):
         try:
             return ToolResult(text=json.dumps(out, ensure_ascii=False, default=str))
-        except (TypeError, ValueError):  # e.g. circular structures
+        except (TypeError, ValueError, RecursionError):  # circular or absurdly deep structures, huge ints
             pass
     return ToolResult(text=str(out))
 
@@ -144,8 +153,7 @@ _JSON_TYPE_NAMES = {
 
 def _describe(value: Any) -> str:
     kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-    text = repr(value)
-    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({kind})"
+    return f"{safe_repr(value, 63)} ({kind})"
 
 
 def validate_arguments(tool_name: str, schema: dict[str, Any], kwargs: dict[str, Any]) -> str | None:

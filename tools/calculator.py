@@ -19,6 +19,7 @@ MAX_EXPR_CHARS = 500
 MAX_NODES = 200
 MAX_INT_BITS = 4096  # ~1233 decimal digits
 MAX_FACTORIAL = 400
+MAX_ROUND_DIGITS = 400
 
 
 class CalcError(ValueError):
@@ -34,7 +35,7 @@ def _check_int(x: Any) -> Any:
 def _pow(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
         if b * math.log2(abs(a)) > MAX_INT_BITS:
-            raise CalcError(f"power too large: {a}**{b} has more than {MAX_INT_BITS} bits")
+            raise CalcError(f"power too large: the result would have more than {MAX_INT_BITS} bits")
     if isinstance(b, (int, float)) and abs(b) > 1e6 and not (isinstance(a, (int, float)) and abs(a) in (0, 1)):
         raise CalcError(f"exponent {b} is too large")
     try:
@@ -61,6 +62,16 @@ def _div(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return f
 
 
+def _round(x: Any, ndigits: Any = None) -> Any:
+    # int.__round__(-n) computes 10**n first: round(5, -10**9) would hold the GIL for hours.
+    if ndigits is not None:
+        if not isinstance(ndigits, int) or isinstance(ndigits, bool):
+            raise CalcError(f"round: the number of digits must be an integer, got {ndigits!r}")
+        if abs(ndigits) > MAX_ROUND_DIGITS:
+            raise CalcError(f"round: the number of digits must be within +-{MAX_ROUND_DIGITS}, got {ndigits}")
+    return round(x, ndigits) if ndigits is not None else round(x)
+
+
 def _factorial(n: Any) -> int:
     if isinstance(n, float) and n.is_integer():
         n = int(n)
@@ -84,7 +95,7 @@ _UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: op
 _FUNCS: dict[str, Callable[..., Any]] = {
     "sqrt": math.sqrt, "exp": math.exp, "log": math.log, "log2": math.log2, "log10": math.log10,
     "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin, "acos": math.acos,
-    "atan": math.atan, "abs": abs, "round": round, "floor": math.floor, "ceil": math.ceil,
+    "atan": math.atan, "abs": abs, "round": _round, "floor": math.floor, "ceil": math.ceil,
     "factorial": _factorial, "min": min, "max": max, "gcd": math.gcd,
 }
 _CONSTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
@@ -147,8 +158,12 @@ def evaluate(expression: str) -> int | float:
         raise CalcError(f"expression too complex ({n_nodes} > {MAX_NODES} syntax nodes)")
     try:
         out = _eval(tree)
+    except CalcError:
+        raise
     except OverflowError:
         raise CalcError("numeric overflow (result too large for a float)") from None
+    except (ArithmeticError, TypeError, ValueError, RecursionError, MemoryError) as exc:
+        raise CalcError(f"cannot evaluate: {type(exc).__name__}: {str(exc)[:200]}") from None
     if isinstance(out, float) and not math.isfinite(out):
         raise CalcError(f"result is not finite ({out})")
     return out

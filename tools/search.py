@@ -19,6 +19,7 @@ from tools.base import Tool, ToolResult, register_tool
 
 DEFAULT_CORPUS = Path(__file__).parent / "data" / "default_corpus.jsonl"
 _TOKEN = re.compile(r"[a-z0-9]+")
+MAX_QUERY_CHARS = 1000  # BM25 scores every query token against every document: bound the work per call
 # Words too common to discriminate between documents; tiny corpora make BM25's idf noisy for them.
 _STOP = frozenset("a an and are as at be by did do does for from has have how in is it its of on or "
                   "the to was were what when where which who whom why with".split())
@@ -106,11 +107,13 @@ class SearchTool(Tool):
         return [(self.docs[-i], s) for s, i in scored[: k or self.default_k]]
 
     def run(self, query: str, k: int | None = None) -> ToolResult:
+        if len(query) > MAX_QUERY_CHARS:
+            return ToolResult.error(f"search: the query is {len(query)} characters long; keep it under {MAX_QUERY_CHARS}")
         if not tokenize(query):
             return ToolResult.error("search: the query has no searchable words")
         hits = self.search(query, k)
         if not hits:
-            return ToolResult(text=f"no results for {query!r}")
+            return ToolResult(text=f"no results for {query!r}")  # query <= MAX_QUERY_CHARS
         lines = []
         for rank, (doc, _) in enumerate(hits, 1):
             text = doc.text if len(doc.text) <= self.max_chars_per_doc else doc.text[: self.max_chars_per_doc] + "..."

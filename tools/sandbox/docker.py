@@ -39,7 +39,8 @@ _BOOT = (
     "os.execv(sys.executable, [sys.executable, '-I', '/sandbox/main.py'])\n"
 )
 # Cleanup between runs: kill everything the sandbox user can signal (all but PID 1 and itself), verify
-# nothing is left, empty the writable dirs.
+# nothing is left, remove the SysV IPC objects (the container's IPC namespace outlives a run), empty
+# the writable dirs.
 _CLEAN = (
     "import os, signal, shutil, time\n"
     "me = os.getpid()\n"
@@ -51,7 +52,14 @@ _CLEAN = (
     "    left = [p for p in left if open(f'/proc/{p}/stat').read().split(')')[-1].split()[0] != 'Z']\n"
     "    if not left: break\n"
     "else: raise SystemExit('processes survive: ' + ' '.join(left))\n"
-    "for d in ('/workspace', '/tmp'):\n"
+    "import ctypes\n"
+    "libc = ctypes.CDLL(None)\n"
+    "for kind, rm in (('shm', lambda i: libc.shmctl(i, 0, None)), ('sem', lambda i: libc.semctl(i, 0, 0)),\n"
+    "                 ('msg', lambda i: libc.msgctl(i, 0, None))):\n"
+    "    for line in open(f'/proc/sysvipc/{kind}').read().splitlines()[1:]:\n"
+    "        rm(int(line.split()[1]))\n"
+    "    if len(open(f'/proc/sysvipc/{kind}').read().splitlines()) > 1: raise SystemExit(kind + ' objects survive')\n"
+    "for d in ('/workspace', '/tmp', '/dev/shm'):\n"
     "    for n in os.listdir(d):\n"
     "        p = os.path.join(d, n)\n"
     "        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)\n"
@@ -122,6 +130,7 @@ class DockerSandbox(Sandbox):
                 working_dir="/workspace",
                 user=self.cfg.user,
                 environment={},
+                shm_size=lim.workdir_mb * _MB,  # /dev/shm: bounded like the other writable mounts
                 mem_limit=lim.memory_mb * _MB,
                 memswap_limit=lim.memory_mb * _MB,  # no swap on top of the memory limit
                 pids_limit=lim.max_processes,
