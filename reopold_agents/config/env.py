@@ -22,7 +22,10 @@ class EnvConfig:
     tools: tool names for toolqa.
     max_tool_chars: toolqa cuts longer tool output.
 
-    Keys an env may not take (system_prompt, max_pixels, min_pixels, tools, max_tool_chars) default to
+    scoring_timeout_s: seconds an answer may take to score (the env's default: 10).
+
+    Keys an env may not take (system_prompt, max_pixels, min_pixels, tools, max_tool_chars,
+    scoring_timeout_s) default to
     None, meaning "the env's own default"; setting one the chosen env's constructor does not accept fails
     at start-up naming it (``envs.factory.env_kwargs``).
     """
@@ -39,6 +42,7 @@ class EnvConfig:
     min_pixels: Optional[int] = None
     tools: Optional[list[str]] = None
     max_tool_chars: Optional[int] = None
+    scoring_timeout_s: Optional[float] = None  # answer scoring in a killable worker; a timed-out answer scores 0
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -58,5 +62,7 @@ class EnvConfig:
             raise ValueError(f"min_pixels: must be > 0, got {self.min_pixels}")
         if self.max_pixels is not None and self.min_pixels is not None and self.min_pixels > self.max_pixels:
             raise ValueError(f"max_pixels: need min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.scoring_timeout_s is not None and self.scoring_timeout_s <= 0:
+            raise ValueError(f"scoring_timeout_s: must be > 0, got {self.scoring_timeout_s}")
         if self.max_tool_chars is not None and self.max_tool_chars < 1:
             raise ValueError(f"max_tool_chars: must be >= 1, got {self.max_tool_chars}")
