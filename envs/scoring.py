@@ -2,7 +2,8 @@
 
 `score_answer(pred, task)` dispatches on ``task.answer_type`` (``meta["answer_type"]``); ``auto`` picks
 ``choice`` when the task has choices, ``math`` when the reference looks numeric or like LaTeX, else
-``exact``. Every verdict carries a ``why`` so a failed episode says what was compared.
+``exact``. Every verdict carries a ``why`` so a failed episode says what was compared. Tasks whose
+``meta["scorer"]`` is ``reasoning_gym`` are scored by that dataset's own scorer instead (`score` in [0, 1]).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 class Verdict:
     success: bool
     why: str
+    score: float | None = None  # a graded score in [0, 1] (the reward when set), e.g. reasoning-gym's
 
 
 class _DropTimeoutDisabledNotice(logging.Filter):
@@ -128,6 +130,8 @@ def resolve_answer_type(task: Task, default: str = "auto") -> str:
 
 def score_answer(pred: str, task: Task, default_type: str = "auto") -> Verdict:
     """Score an extracted final answer against the task's reference answer."""
+    if task.meta.get("scorer") == "reasoning_gym":
+        return score_reasoning_gym(pred, task)
     kind = resolve_answer_type(task, default_type)
     if kind == "choice":
         if not task.choices:
@@ -138,3 +142,15 @@ def score_answer(pred: str, task: Task, default_type: str = "auto") -> Verdict:
     if kind == "math":
         return verify_math(pred, task.answer)
     return match_exact(pred, task.answer)
+
+
+def score_reasoning_gym(pred: str, task: Task) -> Verdict:
+    """reasoning-gym's ``score_answer`` for the task's dataset; solved only at a full score of 1.0."""
+    from tasks.reasoning_gym_tasks import score
+
+    try:
+        value = score(pred, task)
+    except Exception as exc:  # noqa: BLE001 - a dataset's scorer crashing on odd text must not crash the episode
+        return Verdict(False, f"reasoning-gym scorer failed on {pred!r}: {type(exc).__name__}: {exc}", score=0.0)
+    ok = value >= 1.0
+    return Verdict(ok, f"{pred!r} scores {value:.3g} against {task.answer!r} (reasoning-gym {task.meta['rg_dataset']})", score=value)
