@@ -9,7 +9,8 @@ The leaderboard checks a model's calls against ``possible_answer`` entries ``{fn
 - types follow the doc (``integer``, ``float``, ``string``, ``boolean``, ``array``/``tuple`` -> list,
   ``dict``, ``any`` -> string), exactly (a boolean is not an integer); an integer is accepted for a
   ``float``; a value of the ground truth's own type is accepted when that differs from the doc's (BFCL's
-  "variable" case); array items are type-checked one level deep;
+  "variable" case); array items are type-checked one level deep (an int item where floats are
+  expected fails: the int -> float allowance is for a parameter itself);
 - strings compare after standardisation (lower case; spaces and ``,./-_*^`` removed; ``'`` -> ``"``), also
   inside lists and dicts; lists compare element-wise in order; dicts key by key (each value among that
   key's allowed values, optional keys may be missing); lists of dicts dict by dict; anything else by
@@ -101,6 +102,7 @@ def _type_check(param: str, value: Any, allowed: Sequence[Any], type_name: str, 
                 items_ok = all(_type_check(param, item, option, nested.__name__, nested, None)[0].valid for item in value)
             if items_ok:
                 return OK, is_variable
+        return _fail("type_error:nested", f"parameter {param!r}: items of {value!r} are not all {nested.__name__}"), False
     if gt_type is not None and type(value) is gt_type:
         return OK, True
     return _fail("type_error", f"parameter {param!r}: expected type {type_name}, got {type(value).__name__} ({value!r})"), False
