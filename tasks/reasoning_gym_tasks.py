@@ -18,7 +18,6 @@ import dataclasses
 import json
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl
 
 import yaml
 
@@ -35,7 +34,11 @@ def parse_source(spec: str) -> tuple[str, dict[str, Any]]:
     if not name.strip():
         raise TaskLoadError("reasoning_gym: name a dataset, e.g. reasoning_gym:chain_sum")
     options: dict[str, Any] = {}
-    for key, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+    for pair in filter(None, query.split("&")):  # not urllib's parse_qsl: it would read "+" as a space
+        key, eq, raw = pair.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise TaskLoadError(f"reasoning_gym:{spec}: expected key=value pairs after '?', got {pair!r}")
         if key in RESERVED:
             raise TaskLoadError(f"reasoning_gym:{name}: set {key} with env.{key}, not in the task source")
         try:
