@@ -76,6 +76,9 @@ class TextEnv(gym.Env[dict[str, Any], str]):
     default_max_turns: int = 2
     default_system_prompt: str = "You are a helpful assistant. Give your final answer as \\boxed{...}."
     default_answer_type: str = "auto"
+    # True: generation may stop at ``</tool_call>`` (one call per turn, the env answers it); False: a turn
+    # runs to the end of the message so it can hold several calls (bfcl's parallel categories).
+    stop_at_tool_call: bool = True
 
     def __init__(
         self,

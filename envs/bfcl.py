@@ -5,8 +5,9 @@ the chat template, BFCL's types mapped to JSON Schema: ``dict`` -> ``object``, `
 ``tuple`` -> ``array``, ``any`` -> ``string``). The agent answers once with zero or more
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, or with the calls as bare JSON (one
 object or a list); `envs.bfcl_match` scores them against the ground truth and the episode terminates.
-Nothing is executed. A reply without a valid call counts as "no call" (right for the irrelevance
-categories, wrong elsewhere), as on the leaderboard; malformed markup never raises.
+Nothing is executed, and generation does not stop at the first ``</tool_call>`` (``stop_at_tool_call =
+False``), so one reply can hold parallel calls. A reply without a valid call counts as "no call" (right
+for the irrelevance categories, wrong elsewhere), as on the leaderboard; malformed markup never raises.
 
 Tasks: ``tasks="bfcl:<category>"`` in the env config (`tasks.bfcl`); single-turn Python categories only
 (multi_turn_base and the other multi-turn sets are left out: they need BFCL's API state machines).
@@ -68,6 +69,7 @@ class BFCLEnv(TextEnv):
     """
 
     default_max_turns = 1
+    stop_at_tool_call = False  # parallel answers are several calls in one message
     default_system_prompt = (
         "You are an expert in composing functions. Given a question and a set of functions, make the "
         "function call(s) that achieve the purpose, each as <tool_call>{\"name\": ..., \"arguments\": {...}}"

@@ -151,3 +151,47 @@ def test_suites_load_with_every_category():
     assert sum(len(load_env_tasks(b.env)) for b in suite.benchmarks.values()) == 3491
     core = load_suite("bfcl_core")
     assert set(core.benchmarks) == {"simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"}
+
+
+def test_eval_rollout_keeps_generating_after_a_call():
+    """A parallel answer is several calls in one message: the eval rollout must not stop at </tool_call>
+    for bfcl (it does for toolqa, whose env answers one call per turn)."""
+    from transformers import AutoTokenizer
+
+    from reopold_agents.config.engine import EngineConfig
+    from reopold_agents.evaluation.runner import BenchmarkRunner
+    from reopold_agents.evaluation.suite import load_suite
+    from reopold_agents.tiny_models import shipped_dir
+
+    tok = AutoTokenizer.from_pretrained(shipped_dir("tiny_toolqa", "student"))
+    tool_end = tok.convert_tokens_to_ids("</tool_call>")
+    bfcl = BenchmarkRunner(None, tok, None, load_suite("bfcl_core").benchmarks["parallel"], EngineConfig())
+    toolqa = BenchmarkRunner(None, tok, None, load_suite("toolqa_tiny").benchmarks["toolqa"], EngineConfig())
+    try:
+        assert bfcl.rollout.stop_token_ids == [] and toolqa.rollout.stop_token_ids == [tool_end]
+    finally:
+        bfcl.close()
+        toolqa.close()
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_bfcl_core(tmp_path, capsys):
+    """The documented command end to end (tiny model, first entry of each category): per-category table,
+    every stored verdict equal to re-scoring the stored reply."""
+    from reopold_agents.evaluate import main
+    from tasks.bfcl import load_bfcl
+    from envs.bfcl import parse_calls
+    from envs.bfcl_match import match_calls
+
+    assert main(["suite=bfcl_core", "model=tiny_toolqa", "limit=2", f"out_dir={tmp_path}", "plots=false"]) == 0
+    out = capsys.readouterr().out
+    for cat in ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"):
+        assert f"| {cat} | 2 | 1 |" in out
+    results = json.loads((tmp_path / "tiny_toolqa-student" / "results.json").read_text())
+    assert set(results["benchmarks"]) == {"simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"}
+    for line in (tmp_path / "tiny_toolqa-student" / "samples.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        task = load_bfcl(rec["benchmark"], limit=2)[rec["task_index"]]
+        parsed = parse_calls(rec["response"])
+        calls = [] if parsed.error else parsed.calls
+        assert match_calls(rec["benchmark"], task.meta["functions"], calls, task.meta["ground_truth"]).valid == rec["correct"]

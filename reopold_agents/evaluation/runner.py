@@ -113,13 +113,17 @@ class BenchmarkRunner:
     def __init__(self, engine: Any, tokenizer: Any, processor: Any, bench: BenchmarkConfig, engine_cfg: EngineConfig,
                  sandbox: Any = None, tasks: Sequence[Any] | None = None) -> None:
         from envs.factory import build_env, load_env_tasks
+        from reopold_agents.registry import ENVS
         from reopold_agents.rollout import Rollout
 
         self.bench = bench
         self.tasks = tasks if tasks is not None else load_env_tasks(bench.env)
+        # envs that take several calls in one message (bfcl) must not be cut at the first </tool_call>
+        stops = None if getattr(ENVS.get(bench.env.name), "stop_at_tool_call", True) else []
         self.rollout = Rollout(
             engine, tokenizer, lambda: build_env(bench.env, tasks=self.tasks, sandbox=sandbox), processor=processor,
             max_turns=bench.env.max_turns, max_total_tokens=bench.max_total_tokens, env_workers=engine_cfg.env_workers,
+            stop_token_ids=stops,
         )
 
     def run(self, chunk: Chunk, suite_seed: int) -> list[Trajectory]:
