@@ -6,6 +6,7 @@ call (reasoning) is allowed and ignored; ``arguments`` may be an object or a JSO
 (unterminated or stray tags, nesting, empty or non-JSON bodies, a non-object, a missing or non-string
 name, non-object arguments) is reported as one readable ``error`` that the env sends back as a ``tool``
 message. Whether several calls in one message are allowed is the env's decision (`ParsedCalls.calls`).
+`parse_json_calls` reads calls written as bare JSON (no tags; bfcl accepts both) with the same checks.
 """
 
 from __future__ import annotations
