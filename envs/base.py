@@ -8,8 +8,8 @@ Episode protocol (docs/envs.md):
   ``obs`` always holds the *whole* conversation and every image in it, so a rollout tokenises only the
   messages it has not seen.
 - An episode ends with ``terminated`` when the agent commits to a final answer (reward 1.0 if correct,
-  else 0.0) and with ``truncated`` when ``max_turns`` assistant turns pass without one. The final ``info``
-  carries ``success`` and ``why``.
+  else 0.0; a graded scorer's score in [0, 1] where the task has one) and with ``truncated`` when
+  ``max_turns`` assistant turns pass without one. The final ``info`` carries ``success`` and ``why``.
 
 Subclasses override `respond` (what the env does with one assistant message) and may override
 `user_content` (the first user message) and `tool_specs`.
@@ -82,6 +82,9 @@ class TextEnv(gym.Env[dict[str, Any], str]):
     default_max_turns: int = 2
     default_system_prompt: str = "You are a helpful assistant. Give your final answer as \\boxed{...}."
     default_answer_type: str = "auto"
+    # True: generation may stop at ``</tool_call>`` (one call per turn, the env answers it); False: a turn
+    # runs to the end of the message so it can hold several calls (bfcl's parallel categories).
+    stop_at_tool_call: bool = True
 
     def __init__(
         self,
@@ -259,7 +262,7 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         if verdict.timed_out:
             info["scoring_timed_out"] = True
         return Outcome(
-            reward=1.0 if verdict.success else 0.0,
+            reward=verdict.score if verdict.score is not None else (1.0 if verdict.success else 0.0),
             terminated=True,
             success=verdict.success,
             why=verdict.why,

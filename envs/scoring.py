@@ -2,7 +2,8 @@
 
 `score_answer(pred, task)` dispatches on ``task.answer_type`` (``meta["answer_type"]``); ``auto`` picks
 ``choice`` when the task has choices, ``math`` when the reference looks numeric or like LaTeX, else
-``exact``. Every verdict carries a ``why`` so a failed episode says what was compared.
+``exact``. Every verdict carries a ``why`` so a failed episode says what was compared. Tasks whose
+``meta["scorer"]`` is ``reasoning_gym`` are scored by that dataset's own scorer instead (`score` in [0, 1]).
 
 Scoring time is bounded for any answer, on any thread: a prediction longer than `answer_char_limit`
 scores 0 unread, and math-verify runs in a worker process (`envs.scoring_worker`) killed after
@@ -30,6 +31,7 @@ class Verdict:
     success: bool
     why: str
     timed_out: bool = False
+    score: float | None = None  # a graded score in [0, 1] (the reward when set), e.g. reasoning-gym's
 
 
 def answer_char_limit(gold: str) -> int:
@@ -114,6 +116,8 @@ def score_answer(pred: str, task: Task, default_type: str = "auto", timeout_s: f
     limit = answer_char_limit(task.answer)
     if len(pred) > limit:
         return Verdict(False, f"the answer is {len(pred)} characters long, over the scoring limit of {limit}; scored 0")
+    if task.meta.get("scorer") == "reasoning_gym":
+        return score_reasoning_gym(pred, task)
     kind = resolve_answer_type(task, default_type)
     if kind == "choice":
         if not task.choices:
@@ -124,3 +128,15 @@ def score_answer(pred: str, task: Task, default_type: str = "auto", timeout_s: f
     if kind == "math":
         return verify_math(pred, task.answer, timeout_s)
     return match_exact(pred, task.answer)
+
+
+def score_reasoning_gym(pred: str, task: Task) -> Verdict:
+    """reasoning-gym's ``score_answer`` for the task's dataset; solved only at a full score of 1.0."""
+    from tasks.reasoning_gym_tasks import score
+
+    try:
+        value = score(pred, task)
+    except Exception as exc:  # noqa: BLE001 - a dataset's scorer crashing on odd text must not crash the episode
+        return Verdict(False, f"reasoning-gym scorer failed on {pred!r}: {type(exc).__name__}: {exc}", score=0.0)
+    ok = value >= 1.0
+    return Verdict(ok, f"{pred!r} scores {value:.3g} against {task.answer!r} (reasoning-gym {task.meta['rg_dataset']})", score=value)

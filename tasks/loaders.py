@@ -3,6 +3,9 @@
 Sources (``load_tasks(path_or_name, ...)``):
 
 - ``synthetic:<kind>`` (math, vqa, toolqa): the seeded generators, ``size``/``seed``/``difficulty``.
+- ``bfcl:<category>``: a BFCL test category from the installed bfcl-eval data (`tasks.bfcl`).
+- ``reasoning_gym:<dataset>[?key=value&...]``: a reasoning-gym generator with ``size``/``seed`` and its
+  own config keys (`tasks.reasoning_gym_tasks`).
 - a ``.jsonl`` / ``.json`` / ``.parquet`` file;
 - a directory written by ``datasets.Dataset(Dict).save_to_disk`` (needs the ``datasets`` package), or a
   directory holding ``<split>.jsonl`` / ``<split>.parquet`` / ``data/<split>-*.parquet`` files;
@@ -73,6 +76,14 @@ def load_tasks(
 
         n = size if limit is None else min(size, limit)
         return generate(source.split(":", 1)[1], size=n, seed=seed, difficulty=difficulty)
+    if source.startswith("bfcl:"):
+        from tasks.bfcl import load_bfcl
+
+        return load_bfcl(source.split(":", 1)[1], limit=limit)
+    if source.startswith("reasoning_gym:"):
+        from tasks.reasoning_gym_tasks import load_reasoning_gym
+
+        return load_reasoning_gym(source.split(":", 1)[1], size=size if limit is None else min(size, limit), seed=seed)
     path = _resolve(source)
     rows, base = _read_rows(path, split)
     tasks: list[Task] = []

@@ -103,13 +103,14 @@ class BenchmarkRunner:
     def __init__(self, engine: Any, tokenizer: Any, processor: Any, bench: BenchmarkConfig, engine_cfg: EngineConfig,
                  sandbox: Any = None, tasks: Sequence[Any] | None = None) -> None:
         from envs.factory import build_env, load_env_tasks
-        from reopold_agents.rollout import Rollout
+        from reopold_agents.rollout import Rollout, env_stop_token_ids
 
         self.bench = bench
         self.tasks = tasks if tasks is not None else load_env_tasks(bench.env)
         self.rollout = Rollout(
             engine, tokenizer, lambda: build_env(bench.env, tasks=self.tasks, sandbox=sandbox), processor=processor,
             max_turns=bench.env.max_turns, max_total_tokens=bench.max_total_tokens, env_workers=engine_cfg.env_workers,
+            stop_token_ids=env_stop_token_ids(bench.env.name),
         )
 
     def run(self, chunk: Chunk, suite_seed: int) -> list[Trajectory]:
