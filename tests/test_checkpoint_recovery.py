@@ -22,7 +22,7 @@ from reopold_agents.checkpoint import (
     verify_checkpoint,
 )
 from reopold_agents.metrics import MetricsLogger, read_metrics
-from reopold_agents.testing import tiny_qwen2
+from reopold_agents.tiny import tiny_qwen2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -147,7 +147,7 @@ def test_suites_load_with_every_category():
     assert list(suite.benchmarks) == ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance",
                                       "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
                                       "live_irrelevance", "live_relevance"]
-    assert all(b.env.name == "bfcl" and b.n == 1 and b.temperature == 0.0 for b in suite.benchmarks.values())
+    assert all(b.env.name == "bfcl" and b.n == 1 and b.sampling.temperature == 0.0 for b in suite.benchmarks.values())
     assert sum(len(load_env_tasks(b.env)) for b in suite.benchmarks.values()) == 3491
     core = load_suite("bfcl_core")
     assert set(core.benchmarks) == {"simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"}
@@ -161,7 +161,7 @@ def test_eval_rollout_keeps_generating_after_a_call():
     from reopold_agents.config.engine import EngineConfig
     from reopold_agents.evaluation.runner import BenchmarkRunner
     from reopold_agents.evaluation.suite import load_suite
-    from reopold_agents.tiny_models import shipped_dir
+    from reopold_agents.tiny.load import shipped_dir
 
     tok = AutoTokenizer.from_pretrained(shipped_dir("tiny_toolqa", "student"))
     tool_end = tok.convert_tokens_to_ids("</tool_call>")
