@@ -54,7 +54,7 @@ class DistributedConfig:
     """Placement (``backend`` and its ``ray`` section) and the keys every placement reads."""
 
     backend: str = "single"  # single | ray
-    rollout_chunk_size: int = 4  # tasks per unit of work: the seeding unit, load balancing and the redo unit
+    rollout_chunk_size: int = 16  # tasks per unit of work: the seeding unit, load balancing and the redo unit
     async_rollout: bool = False  # rollouts of step k+1 overlap the update of step k (policy lag 1)
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast + grad scaling for fp16)
     grad_accumulation: int = 1  # micro-batches per optimiser step in the accelerate learner
