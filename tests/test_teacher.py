@@ -115,8 +115,15 @@ def test_build_teacher_from_config(tok):
     assert batch.teacher_logprobs is not None and bool((batch.teacher_logprobs[batch.loss_mask > 0] < 0).all())
     assert torch.all(batch.teacher_logprobs[batch.loss_mask == 0] == 0.0)
     assert teacher.chunk_size == cfg.logprob_chunk_size and teacher.batch_size == cfg.teacher_batch_size
+    # another student tokenizer: detected, the teacher becomes the cross-tokenizer scorer (docs/cross_tokenizer.md)
+    from reopold_agents.teacher import CrossTokenizerScorer, check_same_tokenizer
+
+    other = train_tokenizer(vocab_size=900)
     with pytest.raises(TokenizerMismatchError):
-        build_teacher(cfg, train_tokenizer(vocab_size=900))
+        check_same_tokenizer(other, tok)
+    assert isinstance(build_teacher(cfg, other), CrossTokenizerScorer)
+    with pytest.raises(ValueError, match="top-k objective"):  # two vocabularies: no top-k distillation
+        build_teacher(cfg, other, top_k=4)
 
 
 def test_teacher_needs_one_backend(tok):
