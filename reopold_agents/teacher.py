@@ -82,6 +82,10 @@ class Teacher:
         a system turn formatted from each row's task record (``trajectories``) in front of them."""
         if self.context is not None:
             return self._score_with_context(batch, trajectories)
+        return self._score_ids(batch)
+
+    def _score_ids(self, batch: Batch) -> Batch:
+        """The batch's own ids, scored in length-sorted micro-batches (HF) or by the engine."""
         lengths = batch.lengths()
         if bool((lengths == 0).any()):
             raise ValueError(f"batch rows {(lengths == 0).nonzero().flatten().tolist()} are empty")
@@ -128,8 +132,7 @@ class Teacher:
         zeros = torch.zeros_like(mask)
         view = Batch(input_ids=ids, attention_mask=attention, loss_mask=mask, old_logprobs=zeros, teacher_logprobs=None,
                      rewards=batch.rewards, group_ids=batch.group_ids)
-        Teacher(self.tokenizer, model=self.model, chunk_size=self.chunk_size, batch_size=self.batch_size,
-                top_k=self.top_k).score(view)
+        self._score_ids(view)
         assert view.teacher_logprobs is not None
         teacher_lp = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         for b, (p, n) in enumerate(zip(prefixes, lengths)):

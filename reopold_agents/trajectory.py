@@ -32,11 +32,6 @@ class Trajectory:
     # tokenizer renders under its own chat template (reopold_agents/cross_teacher.py).
     messages: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
-    # Optional, for GKD (supervised top-k KL): per position the teacher's top-k ids and log-probs of the
-    # distribution predicting that position (target-aligned like teacher_logprobs; rows of K zeros on
-    # env tokens and position 0). Filled by teacher scoring when the objective asks for a top-k (gkd, dense_kl).
-    teacher_topk_ids: list[list[int]] | None = None
-    teacher_topk_logprobs: list[list[float]] | None = None
 
     def append_env(self, ids: list[int]) -> None:
         """Append environment/prompt tokens: context only, never trained on."""
@@ -178,7 +173,6 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
             if len(traj.teacher_logprobs) != n:
                 raise ValueError(f"trajectory {i}: teacher_logprobs has wrong length")
             teacher_lp[i, :n] = torch.tensor(traj.teacher_logprobs, dtype=torch.float32)
-    topk_ids, topk_lp = _collate_topk(trajectories, length)
     # The first token has no predecessor, so it can never be a training target.
     loss_mask[:, 0] = 0.0
     keys = set().union(*(t.model_inputs.keys() for t in trajectories))
@@ -198,24 +192,7 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
         rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
         group_ids=torch.tensor([t.group_id for t in trajectories], dtype=torch.long),
         model_inputs=model_inputs,
-        teacher_topk_ids=topk_ids,
-        teacher_topk_logprobs=topk_lp,
         images_per_row=images_per_row,
         images=images,
     )
 
-
-def _collate_topk(trajectories: list[Trajectory], length: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Pad the optional teacher top-k fields to [B, T, K]; None unless every trajectory has them."""
-    if not all(t.teacher_topk_ids is not None and t.teacher_topk_logprobs is not None for t in trajectories):
-        return None, None
-    k = len(trajectories[0].teacher_topk_ids[0]) if trajectories[0].teacher_topk_ids else 0  # type: ignore[index]
-    ids = torch.zeros((len(trajectories), length, k), dtype=torch.long)
-    lps = torch.zeros((len(trajectories), length, k), dtype=torch.float32)
-    for i, traj in enumerate(trajectories):
-        tid, tlp = torch.tensor(traj.teacher_topk_ids, dtype=torch.long), torch.tensor(traj.teacher_topk_logprobs)
-        if tid.shape != (len(traj), k) or tlp.shape != (len(traj), k):
-            raise ValueError(f"trajectory {i}: teacher top-k must be [{len(traj)}, {k}], got {tuple(tid.shape)}")
-        ids[i, : len(traj)] = tid
-        lps[i, : len(traj)] = tlp
-    return ids, lps
