@@ -8,7 +8,8 @@ teacher renders the conversation itself and its scores are aligned to the studen
 
 Two back ends behind one class: an in-process HF model (forward in micro-batches, sampled-token
 log-probs gathered chunk by chunk by ``model_token_logprobs``, no [tokens x vocab] fp32 tensor) or any
-``Engine`` with ``score`` (vLLM prompt log-probs on GPU).
+``Scorer`` (an ``Engine`` with ``score``: vLLM prompt log-probs on GPU, or a remote vLLM server over
+HTTP, ``reopold_agents.engines.http_teacher``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from reopold_agents.engines.base import Engine, GenerationRequest
+from reopold_agents.engines.base import GenerationRequest, Scorer
 from reopold_agents.trajectory import Batch, Trajectory
 
 
@@ -56,7 +57,7 @@ class Teacher:
         self,
         tokenizer: Any,
         model: torch.nn.Module | None = None,
-        engine: Engine | None = None,
+        engine: Scorer | None = None,
         chunk_size: int = 1024,
         batch_size: int = 8,
         top_k: int = 0,
@@ -247,6 +248,10 @@ def build_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0,
     cross-tokenizer scorer (in-process HF only). ``top_k`` > 0 also fills the GKD top-k fields (``algo.gkd_topk``)."""
     if model_cfg.teacher_context is not None and model_cfg.teacher_engine != "hf":
         raise ValueError("model.teacher_context needs the in-process teacher (model.teacher_engine=hf)")
+    if model_cfg.teacher_engine == "http":
+        from reopold_agents.engines.http_teacher import build_http_teacher
+
+        return build_http_teacher(model_cfg, student_tokenizer, top_k=top_k)
     if model_cfg.teacher_engine == "vllm":
         from dataclasses import replace
 

@@ -1,7 +1,8 @@
 """Config section `model`: which student and teacher to load and where they run.
 
 Read by ``reopold_agents.models`` (student, teacher, dtype, device) and ``reopold_agents.teacher``
-(teacher_engine, teacher_batch_size), the teacher and the learner (logprob_chunk_size).
+(teacher_engine, teacher_batch_size), the teacher and the learner (logprob_chunk_size); the
+``teacher_url`` .. ``teacher_backoff_s`` keys by ``reopold_agents.engines.http_teacher`` (teacher_engine=http).
 """
 
 from __future__ import annotations
@@ -23,9 +24,18 @@ class ModelConfig:
     teacher: str = "tiny"  # or "self": a frozen copy of the initial student
     dtype: str = "float32"  # auto: bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # auto: cuda if available, else cpu
-    teacher_engine: str = "hf"  # hf: in-process forward | vllm: prompt log-probs through the vLLM engine
+    # hf: in-process forward | vllm: prompt log-probs through the vLLM engine | http: a vLLM server (teacher_url)
+    teacher_engine: str = "hf"
     logprob_chunk_size: int = 1024  # tokens per chunk of the memory-lean log-prob pass (learner and teacher)
-    teacher_batch_size: int = 8  # sequences per teacher forward
+    teacher_batch_size: int = 8  # sequences per teacher forward (http: per request)
+    # teacher_engine=http (docs/distributed.md, "Serving teachers"); model.teacher still names the
+    # teacher's tokenizer (checked against the student's and the server's)
+    teacher_url: Optional[str] = None  # http://host:port of `vllm serve`; comma-separated for several servers
+    teacher_served_model: Optional[str] = None  # the server's model name (None: the one it lists at /v1/models)
+    teacher_concurrency: int = 4  # requests in flight at once (over all servers)
+    teacher_timeout_s: float = 120.0  # to connect, and for each wait on the server's reply
+    teacher_retries: int = 3  # resends of a failed request (connection error, timeout, 5xx), on the next server
+    teacher_backoff_s: float = 1.0  # sleep before the first resend; doubles each time (at most 30 s)
     # Privileged context (self-distillation): a system turn put in front of the conversation the teacher
     # scores, formatted from the task record, e.g. "The correct final answer is {answer}." (None: off)
     teacher_context: Optional[str] = None
@@ -39,8 +49,9 @@ class ModelConfig:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {DTYPES}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device: {self.device!r}; use auto, cpu, cuda or cuda:N")
-        if self.teacher_engine not in ("hf", "vllm"):
-            raise ValueError(f"teacher_engine: {self.teacher_engine!r}; use hf or vllm")
+        if self.teacher_engine not in ("hf", "vllm", "http"):
+            raise ValueError(f"teacher_engine: {self.teacher_engine!r}; use hf, vllm or http")
+        self._check_http()
         if self.teacher_context is not None:
             try:
                 self.teacher_context.format(answer="", question="", id="")
@@ -56,3 +67,30 @@ class ModelConfig:
         for key in ("logprob_chunk_size", "teacher_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+
+    def _check_http(self) -> None:
+        """teacher_url is required with teacher_engine=http and read only then; the transport keys' ranges."""
+        if self.teacher_engine != "http":
+            for key in ("teacher_url", "teacher_served_model"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only read with teacher_engine=http (it is {self.teacher_engine!r})")
+            return
+        if not self.teacher_url:
+            raise ValueError("teacher_url: teacher_engine=http needs the teacher server's URL, e.g. http://127.0.0.1:8000")
+        from reopold_agents.engines.http_teacher import parse_teacher_urls
+
+        try:
+            parse_teacher_urls(self.teacher_url)
+        except ValueError as exc:
+            raise ValueError(f"teacher_url: {exc}") from None
+        if self.teacher == SELF_TEACHER:
+            raise ValueError("teacher: model.teacher=self is the in-process student copy; teacher_engine=http needs "
+                             "the served teacher's tokenizer (a tiny name, HF id or path)")
+        if self.teacher_served_model is not None and not self.teacher_served_model:
+            raise ValueError("teacher_served_model: empty; leave it unset to use the model the server lists")
+        for key, ok, why in (("teacher_concurrency", self.teacher_concurrency >= 1, ">= 1"),
+                             ("teacher_timeout_s", self.teacher_timeout_s > 0, "> 0"),
+                             ("teacher_retries", self.teacher_retries >= 0, ">= 0"),
+                             ("teacher_backoff_s", self.teacher_backoff_s >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"{key}: must be {why}, got {getattr(self, key)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -90,3 +90,10 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release resources (GPU memory, worker processes)."""
+
+
+class Scorer(Protocol):
+    """What the teacher needs from a back end: ``Engine.score``'s contract (an ``Engine`` is one; so is
+    the remote ``HTTPTeacherClient``, which cannot generate or load weights)."""
+
+    def score(self, requests: list[GenerationRequest]) -> list[list[float]]: ...
