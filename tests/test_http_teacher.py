@@ -172,6 +172,8 @@ def test_prompt_logprobs_row_checks_the_ids():
         prompt_logprobs_row(ids, entries[:2])
     with pytest.raises(TeacherRequestError, match="got none"):
         prompt_logprobs_row(ids, None)
+    with pytest.raises(TeacherRequestError, match="3.5 is not a log-probability.*logprobs-mode"):
+        prompt_logprobs_row(ids, [None, entries[1], {"7": {"logprob": 3.5}}])
 
 
 def test_batched_concurrent_scores_equal_the_server_values(fake):

@@ -88,7 +88,11 @@ def prompt_logprobs_row(ids: list[int], entries: Any) -> list[float]:
         if hit is None:
             shown = sorted(step)[:5] if isinstance(step, dict) else step
             raise TeacherRequestError(f"prompt_logprobs position {t}: no entry for the prompt's token {ids[t]} (got {shown})")
-        row.append(float(hit["logprob"] if isinstance(hit, dict) else hit))
+        lp = float(hit["logprob"] if isinstance(hit, dict) else hit)
+        if not lp <= 1e-4:  # a log-prob is <= 0: this is a logit (`--logprobs-mode raw_logits`) or garbage
+            raise TeacherRequestError(f"prompt_logprobs position {t}: {lp} is not a log-probability (start the "
+                                      "server with the default --logprobs-mode raw_logprobs)")
+        row.append(lp)
     return row
 
 
