@@ -9,6 +9,7 @@ tests/test_http_teacher_vllm.py.
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import threading
@@ -80,8 +81,11 @@ def make_handler(state: FakeVLLM) -> type[BaseHTTPRequestHandler]:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            try:
+                self.end_headers()
+                self.wfile.write(raw)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): fine
+                pass
 
         def do_GET(self) -> None:
             state.seen.append((time.monotonic(), self.path, None))
@@ -284,6 +288,10 @@ def test_tokenizer_check_against_the_server(fake, tok):
     assert client.check_tokenizer(tok) is True
     sent = [b for _, p, b in state.seen if p == "/tokenize"][-1]
     assert "<|im_start|>" in sent["prompt"] and sent["add_special_tokens"] is False
+    base = copy.deepcopy(tok)
+    base.chat_template = None  # a base model's tokenizer: the probe is plain text and its special tokens
+    assert client.check_tokenizer(base) is True
+    assert tok.eos_token in [b for _, p, b in state.seen if p == "/tokenize"][-1]["prompt"]
     state.tokenize = lambda text: [i + 1 for i in tok(text, add_special_tokens=False)["input_ids"]]
     with pytest.raises(TeacherRequestError, match=r"tokenises differently .*\(first difference at token 0 of"):
         client.check_tokenizer(tok)

@@ -222,7 +222,8 @@ def test_server_killed_mid_run_fails_cleanly_and_resume_continues(server, tmp_pa
     text = log_b.read_text()
     assert run_b.returncode == 0, text[-4000:]
     assert f"resumed from {latest} at step {done}" in text
-    assert "no answer within 3 s" in text or "failed (attempt" in text, "the freeze was never felt"
+    assert "/v1/models failed (attempt 1 of 13): cannot connect" in text  # it waited for the server's start
+    assert "/v1/completions failed (attempt 1 of 13): no answer within 3 s" in text, "the freeze was never felt"
     steps = [r["step"] for r in read_metrics(out)]
     assert steps == list(range(7)), steps  # every step once: none lost, none repeated
     assert (out / "summary.json").is_file()

@@ -208,7 +208,10 @@ class HTTPTeacherClient:
         included, with ``tokenizer``'s: the server must read the student's ids as the student meant
         them. Raises TeacherRequestError on a mismatch; returns False (logged) where the server has
         no ``/tokenize`` (not vLLM), True when checked."""
-        text = tokenizer.apply_chat_template(PROBE_MESSAGES, tokenize=False, add_generation_prompt=True)
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(PROBE_MESSAGES, tokenize=False, add_generation_prompt=True)
+        else:  # a base model: plain text and whatever special tokens it has
+            text = " ".join([m["content"] for m in PROBE_MESSAGES] + list(tokenizer.all_special_tokens))
         want = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         for i, url in enumerate(self.urls):
             body = {"model": self.model, "prompt": text, "add_special_tokens": False}
