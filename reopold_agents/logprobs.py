@@ -53,17 +53,18 @@ class _ChunkedGatherLogprobs(torch.autograd.Function):
         for start in range(0, n, ctx.chunk_size):
             idx = rows[start : start + ctx.chunk_size]
             h = hidden.index_select(0, idx)
-            g = grad_logp.index_select(0, idx).to(acc)  # [c, K]
-            # d logp[k] / d z = onehot(target_k) - softmax(z); summed over k with weights g[k], in place.
+            g = grad_logp.index_select(0, idx).to(acc).t()  # [K, c]
+            # d logp[k] / d z = onehot(target_k) - softmax(z); summed over k with weights g[k], in place
+            # on the vocab-major [V, c] logits.
             grad_z = _chunk_logits_into(buf, h, weight, bias_t)
-            grad_z.sub_(lse_all.index_select(0, idx)[:, None]).exp_().mul_(-g.sum(dim=1, keepdim=True))
-            grad_z.scatter_add_(1, targets.index_select(0, idx), g)
+            grad_z.sub_(lse_all.index_select(0, idx)[None, :]).exp_().mul_(-g.sum(dim=0, keepdim=True))
+            grad_z.scatter_add_(0, targets.index_select(0, idx).t(), g)
             if need_h:
-                grad_h.index_copy_(0, idx, (grad_z.to(weight.dtype) @ weight).to(hidden.dtype))
+                grad_h.index_copy_(0, idx, (grad_z.t().to(weight.dtype) @ weight).to(hidden.dtype))
             if need_w:
-                grad_w.addmm_(grad_z.t(), h.to(acc))
+                grad_w.addmm_(grad_z, h.to(acc))
             if need_b:
-                grad_b += grad_z.sum(dim=0)
+                grad_b += grad_z.sum(dim=1)
         return (
             grad_h,
             grad_w.to(weight.dtype) if grad_w is not None else None,
@@ -74,16 +75,17 @@ class _ChunkedGatherLogprobs(torch.autograd.Function):
         )
 
 
-ENTROPY_BLOCK_ROWS = 16  # rows of exp(z) alive at once while the entropy is reduced (a small, cache-sized buffer)
+ENTROPY_BLOCK_ELEMENTS = 1 << 18  # exp(z) alive at once while the entropy is reduced: 1 MiB of fp32, cache-sized
 
 
 def _head_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                   chunk_size: int, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gathered log-probs ``[n, K]``, log-sum-exp ``[n]`` and (optionally) entropy ``[n]`` in one pass.
 
-    One ``[chunk, V]`` logits buffer is reused for every chunk and worked on in place (a fresh
-    ``[chunk, V]`` tensor per op costs its page faults on CPU and its bandwidth everywhere); the
-    entropy needs ``exp(z)`` next to ``z``, so that exp lives in a buffer of ``ENTROPY_BLOCK_ROWS`` rows.
+    One logits buffer is reused for every chunk and worked on in place (a fresh ``[chunk, V]`` tensor
+    per op costs its page faults on CPU and its bandwidth everywhere). It is vocab-major, ``[V, chunk]``
+    (``W @ h.T``): on CPU that matmul is ~25% faster than ``h @ W.T`` for a hidden size of 64-128.
+    The entropy needs ``exp(z)`` next to ``z``, so that exp lives in a small block of vocabulary rows.
     With ``z' = z - max z``, ``s = sum exp(z')``: ``lse = max z + log s`` and
     ``H = lse - sum_v p_v z_v = log s - sum_v exp(z'_v) z'_v / s``, so one exp per logit serves both.
     """
@@ -96,24 +98,26 @@ def _head_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         return logp, lse_all, entropy
     with torch.no_grad():
         buf = _logits_buffer(min(chunk_size, n), weight)
-        block = buf.new_empty((min(ENTROPY_BLOCK_ROWS, buf.shape[0]), buf.shape[1])) if with_entropy else None
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            z = _chunk_logits_into(buf, hidden[start:end], weight, bias)
-            top = z.amax(dim=-1)
-            picked = z.gather(1, targets[start:end])
-            z.sub_(top[:, None])
-            if block is None:
-                log_s = z.exp_().sum(dim=-1).log_()
+            z = _chunk_logits_into(buf, hidden[start:end], weight, bias)  # [V, c]
+            top = z.amax(dim=0)
+            picked = z.gather(0, targets[start:end].t()).t()  # [c, K]
+            z.sub_(top[None, :])
+            if not with_entropy:
+                log_s = z.exp_().sum(dim=0).log_()
             else:
-                log_s = top.new_empty(end - start)
-                for b in range(0, end - start, block.shape[0]):
-                    zb = z[b : b + block.shape[0]]
-                    eb = torch.exp(zb, out=block[: zb.shape[0]])
-                    s = eb.sum(dim=-1)
-                    dot = eb.mul_(zb).sum(dim=-1)  # sum_v exp(z') z' per row
-                    log_s[b : b + zb.shape[0]] = s.log()
-                    entropy[start + b : start + b + zb.shape[0]] = log_s[b : b + zb.shape[0]] - dot / s
+                s = top.new_zeros(end - start)
+                dot = top.new_zeros(end - start)  # sum_v exp(z') z' per row
+                step = max(1, ENTROPY_BLOCK_ELEMENTS // (end - start))
+                block = buf.new_empty(min(step, z.shape[0]) * (end - start))
+                for v in range(0, z.shape[0], step):
+                    zb = z[v : v + step]
+                    eb = torch.exp(zb, out=block[: zb.numel()].view(zb.shape))
+                    s += eb.sum(dim=0)
+                    dot += eb.mul_(zb).sum(dim=0)
+                log_s = s.log()
+                entropy[start:end] = log_s - dot / s
             lse = top + log_s
             lse_all[start:end] = lse
             logp[start:end] = picked - lse[:, None]
@@ -121,22 +125,22 @@ def _head_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def _logits_buffer(rows: int, weight: torch.Tensor) -> torch.Tensor:
-    """One reusable ``[rows, V]`` accumulation-dtype buffer for the chunks' logits."""
-    return torch.empty((rows, weight.shape[0]), dtype=_acc_dtype(weight), device=weight.device)
+    """One reusable flat buffer (accumulation dtype) for up to ``rows`` rows of logits."""
+    return torch.empty(rows * weight.shape[0], dtype=_acc_dtype(weight), device=weight.device)
 
 
 def _chunk_logits_into(buf: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
                        bias: torch.Tensor | None) -> torch.Tensor:
-    """fp32 logits of one chunk written into ``buf``'s first rows; the matmul runs in the weight's dtype
-    (bf16 on GPU), then upcasts."""
-    out = buf[: hidden.shape[0]]
+    """Vocab-major fp32 logits ``[V, c]`` of one chunk of ``c`` rows, written into ``buf`` (contiguous for
+    any ``c``); the matmul runs in the weight's dtype (bf16 on GPU), then upcasts."""
+    out = buf[: weight.shape[0] * hidden.shape[0]].view(weight.shape[0], hidden.shape[0])
     h = hidden.to(weight.dtype)
     if weight.dtype == out.dtype:
-        torch.mm(h, weight.t(), out=out)
+        torch.mm(weight, h.t(), out=out)
     else:
-        out.copy_(h @ weight.t())
+        out.copy_(weight @ h.t())
     if bias is not None:
-        out.add_(bias)
+        out.add_(bias[:, None])
     return out
 
 
