@@ -4,7 +4,9 @@ A full fp32 log-softmax over ``[tokens, vocab]`` costs ``4 * N * V`` bytes (8k t
 ~5 GB), and autograd would keep it alive for the backward. Here the forward walks over chunks of
 ``chunk_size`` tokens, computes their logits from the hidden states and the ``lm_head`` weight, keeps
 only the gathered log-probs, the entropy and the log-sum-exp per token, and the backward recomputes
-each chunk's logits to form its gradient. Peak extra memory is ``O(chunk_size * V)`` both ways.
+each chunk's logits to form its gradient. Peak extra memory is one ``chunk_size * V`` buffer both ways
+(reused across chunks, worked on in place); the backward skips rows whose gradient is 0 (tokens a
+stage rule does not train on). docs/BENCHMARKS.md section 1 has the measurements.
 
 All ``[B, T]`` outputs are *target-aligned* (docs/ARCHITECTURE.md): entry ``t`` is
 ``log p(input_ids[t] | input_ids[<t])`` computed from the hidden state at ``t - 1``; entry 0 and
