@@ -58,6 +58,22 @@ def test_rows_without_gradient_are_skipped_and_grads_stay_exact(chunk, k, with_b
     assert sum(calls) - forward_rows == int(rows.sum())  # the backward ran the head on those rows only
 
 
+@pytest.mark.parametrize("block", [1, 50, 211 * 7])
+def test_entropy_over_several_vocabulary_blocks(block, monkeypatch):
+    """The entropy is reduced over blocks of vocabulary rows (a partial last block included); any block
+    size gives the brute-force values."""
+    monkeypatch.setitem(lp_mod.ENTROPY_BLOCK_ELEMENTS, "cpu", block)
+    g = torch.Generator().manual_seed(block)
+    h, w = torch.randn(23, 8, generator=g), torch.randn(211, 8, generator=g)
+    b = torch.randn(211, generator=g)
+    t = torch.randint(0, 211, (23,), generator=g)
+    for chunk in (1, 6, 64):
+        lp, ent = chunked_logprobs(h, w, t, b, chunk_size=chunk, with_entropy=True)
+        ref_lp, ref_ent = _naive(h, w, b, t[:, None])
+        torch.testing.assert_close(lp.double(), ref_lp[:, 0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(ent.double(), ref_ent, atol=ATOL, rtol=0)
+
+
 def test_entropy_of_nearly_one_hot_and_uniform_rows():
     """Extremes of the fused entropy: a row whose max logit dominates (H ~ 0) and a flat row (H = log V)."""
     vocab = 1000
