@@ -4,7 +4,9 @@ A full fp32 log-softmax over ``[tokens, vocab]`` costs ``4 * N * V`` bytes (8k t
 ~5 GB), and autograd would keep it alive for the backward. Here the forward walks over chunks of
 ``chunk_size`` tokens, computes their logits from the hidden states and the ``lm_head`` weight, keeps
 only the gathered log-probs, the entropy and the log-sum-exp per token, and the backward recomputes
-each chunk's logits to form its gradient. Peak extra memory is ``O(chunk_size * V)`` both ways.
+each chunk's logits to form its gradient. Peak extra memory is one ``chunk_size * V`` buffer both ways
+(reused across chunks, worked on in place); the backward skips rows whose gradient is 0 (tokens a
+stage rule does not train on). docs/BENCHMARKS.md section 1 has the measurements.
 
 All ``[B, T]`` outputs are *target-aligned* (docs/ARCHITECTURE.md): entry ``t`` is
 ``log p(input_ids[t] | input_ids[<t])`` computed from the hidden state at ``t - 1``; entry 0 and
@@ -24,27 +26,13 @@ class _ChunkedGatherLogprobs(torch.autograd.Function):
 
     Gradients flow to ``hidden``, ``weight`` and ``bias`` through the log-probs only; the entropy is
     a non-differentiable by-product (it is used for token selection and metrics, never trained on).
+    The backward runs the head only for rows whose log-prob gets a non-zero gradient: the tokens a
+    stage rule drops (REOPOLD stage 2 trains on the top-beta by entropy) cost nothing there.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_size: int, with_entropy: bool):  # type: ignore[override]
-        n = hidden.shape[0]
-        k = targets.shape[1]
-        acc = _acc_dtype(weight)
-        logp = hidden.new_empty((n, k), dtype=acc)
-        lse_all = hidden.new_empty((n,), dtype=acc)
-        entropy = hidden.new_zeros((n,), dtype=acc) if with_entropy else hidden.new_zeros((0,))
-        for start in range(0, n, chunk_size):
-            end = min(start + chunk_size, n)
-            logits = _chunk_logits(hidden[start:end], weight, bias)
-            lse = torch.logsumexp(logits, dim=-1)
-            lse_all[start:end] = lse
-            logp[start:end] = logits.gather(1, targets[start:end]) - lse[:, None]
-            if with_entropy:
-                # H = lse - sum_v p_v z_v, with p = exp(z - lse); no [chunk, V] tensor survives the loop.
-                probs = torch.exp(logits - lse[:, None])
-                entropy[start:end] = lse - (probs * logits).sum(dim=-1)
-            del logits
+        logp, lse_all, entropy = _head_forward(hidden, weight, bias, targets, chunk_size, with_entropy)
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_zeros(0), targets, lse_all)
         ctx.has_bias = bias is not None
         ctx.chunk_size = chunk_size
@@ -60,23 +48,25 @@ class _ChunkedGatherLogprobs(torch.autograd.Function):
         acc = lse_all.dtype
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
-        n = hidden.shape[0]
+        # Rows with an all-zero upstream gradient contribute exactly nothing: leave them out.
+        rows = (grad_logp != 0).any(dim=1).nonzero(as_tuple=True)[0]
+        n = int(rows.numel())
+        buf = _logits_buffer(min(ctx.chunk_size, n), weight) if n else None
         for start in range(0, n, ctx.chunk_size):
-            end = min(start + ctx.chunk_size, n)
-            g = grad_logp[start:end].to(acc)  # [c, K]
-            if not torch.any(g):
-                continue
-            logits = _chunk_logits(hidden[start:end], weight, bias_t)
-            # d logp[k] / d z = onehot(target_k) - softmax(z); summed over k with weights g[k].
-            grad_z = torch.exp(logits - lse_all[start:end, None]).mul_(-g.sum(dim=1, keepdim=True))
-            grad_z.scatter_add_(1, targets[start:end], g)
-            del logits
+            idx = rows[start : start + ctx.chunk_size]
+            h = hidden.index_select(0, idx)
+            g = grad_logp.index_select(0, idx).to(acc).t()  # [K, c]
+            # d logp[k] / d z = onehot(target_k) - softmax(z); summed over k with weights g[k], in place
+            # on the vocab-major [V, c] logits.
+            grad_z = _chunk_logits_into(buf, h, weight, bias_t)
+            grad_z.sub_(lse_all.index_select(0, idx)[None, :]).exp_().mul_(-g.sum(dim=0, keepdim=True))
+            grad_z.scatter_add_(0, targets.index_select(0, idx).t(), g)
             if need_h:
-                grad_h[start:end] = (grad_z.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_h.index_copy_(0, idx, (grad_z.t().to(weight.dtype) @ weight).to(hidden.dtype))
             if need_w:
-                grad_w.addmm_(grad_z.t(), hidden[start:end].to(acc))
+                grad_w.addmm_(grad_z, h.to(acc))
             if need_b:
-                grad_b += grad_z.sum(dim=0)
+                grad_b += grad_z.sum(dim=1)
         return (
             grad_h,
             grad_w.to(weight.dtype) if grad_w is not None else None,
@@ -85,6 +75,78 @@ class _ChunkedGatherLogprobs(torch.autograd.Function):
             None,
             None,
         )
+
+
+# exp(z) elements alive at once while the entropy is reduced: on CPU 1 MiB of fp32 (cache-sized); on an
+# accelerator 64 MiB, so a chunk takes a handful of kernel launches rather than hundreds.
+ENTROPY_BLOCK_ELEMENTS = {"cpu": 1 << 18, "other": 1 << 24}
+
+
+def _head_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                  chunk_size: int, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gathered log-probs ``[n, K]``, log-sum-exp ``[n]`` and (optionally) entropy ``[n]`` in one pass.
+
+    One logits buffer is reused for every chunk and worked on in place (a fresh ``[chunk, V]`` tensor
+    per op costs its page faults on CPU and its bandwidth everywhere). It is vocab-major, ``[V, chunk]``
+    (``W @ h.T``): on CPU that matmul is ~25% faster than ``h @ W.T`` for a hidden size of 64-128.
+    The entropy needs ``exp(z)`` next to ``z``, so that exp lives in a small block of vocabulary rows.
+    With ``z' = z - max z``, ``s = sum exp(z')``: ``lse = max z + log s`` and
+    ``H = lse - sum_v p_v z_v = log s - sum_v exp(z'_v) z'_v / s``, so one exp per logit serves both.
+    """
+    n, k = hidden.shape[0], targets.shape[1]
+    acc = _acc_dtype(weight)
+    logp = hidden.new_empty((n, k), dtype=acc)
+    lse_all = hidden.new_empty((n,), dtype=acc)
+    entropy = hidden.new_zeros((n,), dtype=acc) if with_entropy else hidden.new_zeros((0,))
+    if n == 0:
+        return logp, lse_all, entropy
+    with torch.no_grad():
+        buf = _logits_buffer(min(chunk_size, n), weight)
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            z = _chunk_logits_into(buf, hidden[start:end], weight, bias)  # [V, c]
+            top = z.amax(dim=0)
+            picked = z.gather(0, targets[start:end].t()).t()  # [c, K]
+            z.sub_(top[None, :])
+            if not with_entropy:
+                log_s = z.exp_().sum(dim=0).log_()
+            else:
+                s = top.new_zeros(end - start)
+                dot = top.new_zeros(end - start)  # sum_v exp(z') z' per row
+                block_elements = ENTROPY_BLOCK_ELEMENTS["cpu" if z.device.type == "cpu" else "other"]
+                step = max(1, block_elements // (end - start))
+                block = buf.new_empty(min(step, z.shape[0]) * (end - start))
+                for v in range(0, z.shape[0], step):
+                    zb = z[v : v + step]
+                    eb = torch.exp(zb, out=block[: zb.numel()].view(zb.shape))
+                    s += eb.sum(dim=0)
+                    dot += eb.mul_(zb).sum(dim=0)
+                log_s = s.log()
+                entropy[start:end] = log_s - dot / s
+            lse = top + log_s
+            lse_all[start:end] = lse
+            logp[start:end] = picked - lse[:, None]
+    return logp, lse_all, entropy
+
+
+def _logits_buffer(rows: int, weight: torch.Tensor) -> torch.Tensor:
+    """One reusable flat buffer (accumulation dtype) for up to ``rows`` rows of logits."""
+    return torch.empty(rows * weight.shape[0], dtype=_acc_dtype(weight), device=weight.device)
+
+
+def _chunk_logits_into(buf: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    """Vocab-major fp32 logits ``[V, c]`` of one chunk of ``c`` rows, written into ``buf`` (contiguous for
+    any ``c``); the matmul runs in the weight's dtype (bf16 on GPU), then upcasts."""
+    out = buf[: weight.shape[0] * hidden.shape[0]].view(weight.shape[0], hidden.shape[0])
+    h = hidden.to(weight.dtype)
+    if weight.dtype == out.dtype:
+        torch.mm(weight, h.t(), out=out)
+    else:
+        out.copy_(weight @ h.t())
+    if bias is not None:
+        out.add_(bias[:, None])
+    return out
 
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

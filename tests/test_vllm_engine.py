@@ -33,6 +33,9 @@ CHECKS = [
     "score_after_load_weights",
     "load_weights_via_disk_drops_prefix_cache",
     "empty_prompt_rejected",
+    "mismatch_recomputed_pi_old_matches_learner",
+    "mismatch_metrics_match_brute_force",
+    "mismatch_update_runs",
 ]
 
 

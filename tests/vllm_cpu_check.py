@@ -209,6 +209,105 @@ def text_checks(results: dict[str, Any], workdir: str) -> None:
     engine.close()
 
 
+MISMATCH_TIS_CAP = 1.02  # bf16 engine vs fp32 learner: |log ratio| ~ 0.02, so a share of the tokens is truncated
+
+
+def mismatch_checks(results: dict[str, Any], workdir: str) -> None:
+    """The engine/learner mismatch path for real: a **bf16** vLLM engine samples (as vLLM on a GPU does),
+    the fp32 HF learner recomputes pi_old (``recompute_old_logprobs``) and weights tokens by
+    ``min(pi_learner / pi_engine, tis_cap)``. Every number is checked against a brute force computed from
+    the engine's returned log-probs and a plain full-vocabulary forward of the learner's model."""
+    from reopold_agents.config.algo import AlgoConfig
+    from reopold_agents.config.trainer import TrainerConfig
+    from reopold_agents.learner import Learner
+    from reopold_agents.teacher import Teacher
+    from reopold_agents.trajectory import Trajectory, collate
+
+    torch.manual_seed(1)
+    tok = build_tokenizer()
+    model = _untie_and_sharpen(tiny_qwen2(tok, num_heads=2, num_kv_heads=1, seed=1))
+    teacher = _untie_and_sharpen(tiny_qwen2(tok, num_heads=2, num_kv_heads=1, seed=5))
+    path = os.path.join(workdir, "tiny-qwen2-mismatch")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    t0 = time.perf_counter()
+    engine = VLLMEngine(EngineConfig(name="vllm", max_model_len=1024), tokenizer=tok, model_path=path, dtype="bfloat16")
+    results["timing_mismatch_engine_start_s"] = round(time.perf_counter() - t0, 2)
+    reqs = _prompts(tok)[:3]
+    reqs = [r for r in reqs for _ in range(2)]  # two samples per prompt (a GRPO-style group)
+    gens = engine.generate(reqs, SamplingParams(max_new_tokens=24, temperature=1.0, seed=11))
+    engine.close()
+    trajs = []
+    for i, (req, gen) in enumerate(zip(reqs, gens)):
+        t = Trajectory(group_id=i // 2)
+        t.append_env(req.prompt_ids)
+        t.append_generated(gen.token_ids, gen.logprobs)
+        trajs.append(t)
+    batch = collate(trajs, tok.pad_token_id)
+    Teacher(tok, model=teacher.eval(), chunk_size=16).score(batch, trajs)
+
+    # brute force: the learner model's own log-probs from a plain forward, vs the engine's
+    trained = batch.loss_mask > 0
+    ref_lp = torch.zeros_like(batch.old_logprobs)
+    for b, (req, gen) in enumerate(zip(reqs, gens)):
+        ids = req.prompt_ids + gen.token_ids
+        ref_lp[b, : len(ids)] = torch.tensor(_forward_logprobs(model.eval(), ids))
+    ref_lp = ref_lp * trained
+    delta = (ref_lp - batch.old_logprobs)[trained]
+    log_cap = float(torch.log(torch.tensor(MISMATCH_TIS_CAP)))
+    # tokens whose log-ratio sits within float noise of the cap could land on either side of it
+    ambiguous = int(((delta - log_cap).abs() < 1e-5).sum())
+    want = {
+        "mismatch/mean_abs_logprob_diff": float(delta.abs().mean()),
+        "mismatch/kl": float((torch.exp(delta) - 1 - delta).mean()),
+        "mismatch/frac_truncated": float((torch.exp(delta) > MISMATCH_TIS_CAP).float().mean()),
+    }
+    student = copy.deepcopy(model).train()
+    before = [p.detach().clone() for p in student.parameters()]
+    trainer = TrainerConfig(lr=1e-3, tis_cap=MISMATCH_TIS_CAP, total_steps=2)
+    learner = Learner(student, AlgoConfig(name="opd"), trainer, logprob_chunk_size=16, recompute_old_logprobs=True)
+    recomputed, weights, _ = learner._mismatch(batch)  # what step() trains against
+    pi_old_diff = float((recomputed.old_logprobs - ref_lp).abs().max())
+    results["mismatch_recomputed_pi_old_matches_learner"] = {
+        "ok": pi_old_diff < TOL and float(delta.abs().max()) > 10 * TOL,  # and the engine's really differ
+        "max_abs_diff_vs_brute_force": pi_old_diff,
+        "engine_vs_learner_max_abs_diff": float(delta.abs().max()),
+    }
+    assert weights is not None
+    ref_w = torch.clamp(torch.exp(ref_lp - batch.old_logprobs), max=MISMATCH_TIS_CAP)
+    w_diff = float((weights - ref_w)[trained].abs().max())
+    metrics = learner.step(batch, 0)
+    got = {k: metrics.get(k, float("nan")) for k in want}
+    n = int(trained.sum())
+    results["mismatch_metrics_match_brute_force"] = {
+        "ok": abs(got["mismatch/mean_abs_logprob_diff"] - want["mismatch/mean_abs_logprob_diff"]) < 1e-5
+        and abs(got["mismatch/kl"] - want["mismatch/kl"]) < 1e-6 + 1e-3 * want["mismatch/kl"]
+        and abs(got["mismatch/frac_truncated"] - want["mismatch/frac_truncated"]) <= ambiguous / n
+        and 0 < want["mismatch/frac_truncated"] < 1 and w_diff < 1e-4,
+        "learner": got,
+        "brute_force": want,
+        "tis_cap": MISMATCH_TIS_CAP,
+        "tokens": n,
+        "ambiguous_tokens": ambiguous,
+        "max_abs_weight_diff": w_diff,
+    }
+    # the reward uses the recomputed pi_old: mean(log pi_T - log pi_learner), not the engine's
+    reward_ref = float((batch.teacher_logprobs - ref_lp)[trained].mean())
+    reward_engine = float((batch.teacher_logprobs - batch.old_logprobs)[trained].mean())
+    moved = max(float((p.detach() - q).abs().max()) for p, q in zip(student.parameters(), before))
+    results["mismatch_update_runs"] = {
+        "ok": metrics["skipped"] == 0.0 and metrics["skipped_nonfinite"] == 0.0 and moved > 0
+        and abs(metrics["reward_mean"] - reward_ref) < 1e-5 and abs(reward_ref - reward_engine) > 1e-4
+        and torch.isfinite(torch.tensor(metrics["loss"])).item() and metrics["grad_norm"] > 0,
+        "loss": metrics["loss"],
+        "grad_norm": metrics["grad_norm"],
+        "reward_mean": metrics["reward_mean"],
+        "reward_mean_brute_force": reward_ref,
+        "reward_mean_against_engine_logprobs": reward_engine,
+        "max_param_change": moved,
+    }
+
+
 def vl_checks(results: dict[str, Any], workdir: str) -> None:
     from reopold_agents.chat import encode_prompt
     from reopold_agents.tiny.vl import color_image, tiny_qwen2_5_vl, tiny_vl_processor
@@ -262,7 +361,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reopold-vllm-check-") as workdir:
-        sections = [text_checks] + ([vl_checks] if "--vl" in argv else [])
+        sections = [text_checks, mismatch_checks] + ([vl_checks] if "--vl" in argv else [])
         for section in sections:
             try:
                 section(results, workdir)
