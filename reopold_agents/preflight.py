@@ -56,7 +56,7 @@ class PreflightError(RuntimeError):
     def __init__(self, failed: list[CheckResult]) -> None:
         self.failed = failed
         lines = [f"{r.name}: {r.detail}" + (f" -> fix: {r.fix}" if r.fix else "") for r in failed]
-        super().__init__("preflight failed (trainer.preflight=false skips it):\n  " + "\n  ".join(lines))
+        super().__init__("preflight failed:\n  " + "\n  ".join(lines))
 
 
 # ------------------------------------------------------------------------- tokenizer-level checks
@@ -142,7 +142,9 @@ def check_chat_template(student: Any, teacher: Any | None = None) -> CheckResult
         at = next((i for i, (a, b) in enumerate(zip(built, full)) if a != b), min(len(built), len(full)))
         return CheckResult(name, "fail", f"turn-by-turn ids and the template's render differ at char {at}: "
                                          f"rollout {built[max(0, at - 20):at + 30]!r} vs template "
-                                         f"{full[max(0, at - 20):at + 30]!r}", fix=fix)
+                                         f"{full[max(0, at - 20):at + 30]!r}",
+                           fix="a template whose earlier text does not change as the conversation grows "
+                               "(the rollout never re-renders it)")
     detail = f"a tool-call conversation round-trips ({len(ids)} tokens)"
     if teacher is not None:
         from reopold_agents.teacher_render import render_teacher_view
@@ -189,6 +191,23 @@ def check_stop_tokens(tok: Any, stop_token_ids: list[int]) -> CheckResult:
 
 
 # ----------------------------------------------------------------------------- model-level checks
+
+
+def check_tool_schemas(tok: Any, trajectory: Any) -> CheckResult:
+    """Every tool the env offers (``Trajectory.tools``) is named in the prompt the student actually read: a
+    template that ignores ``tools`` (and an env prompt that does not list them) hides them from the model."""
+    name = "tool schemas"
+    names = [str((t.get("function") or t).get("name", "")) for t in (trajectory.tools or [])]
+    if not names:
+        return CheckResult(name, "skip", "the env offers no tools")
+    first = trajectory.loss_mask.index(1) if 1 in trajectory.loss_mask else len(trajectory.loss_mask)
+    prompt = _decode(tok, trajectory.token_ids[:first])
+    missing = [n for n in names if n not in prompt]
+    if missing:
+        return CheckResult(name, "fail", f"tool(s) {missing} the env offers never appear in the student's prompt "
+                                         "(its chat template does not render tool schemas)",
+                           fix="a student chat template that renders `tools`, or an env system prompt listing them")
+    return CheckResult(name, "ok", f"the prompt shows the env's tools ({', '.join(names)})")
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, int]:
@@ -269,20 +288,26 @@ def recomputes_old_logprobs(cfg: Any) -> bool:
     return cfg.engine.name != "hf" if rec is None else bool(rec)
 
 
-def tokenizer_checks(cfg: Any) -> list[CheckResult]:
-    """Tokenizers, chat template and stop tokens, from the tokenizers alone."""
+def load_tokenizers(cfg: Any) -> tuple[Any, Any | None]:
+    """The student's tokenizer and the teacher's (None when the objective learns without a teacher)."""
     from reopold_agents.config.model import SELF_TEACHER
     from reopold_agents.models import load_tokenizer_and_processor
     from reopold_agents.objectives import make_objective
+
+    student = load_tokenizer_and_processor(cfg.model.student, "student")[0]
+    if not make_objective(cfg.algo, cfg.trainer.total_steps).needs_teacher:
+        return student, None
+    if cfg.model.teacher == SELF_TEACHER:
+        return student, student
+    return student, load_tokenizer_and_processor(cfg.model.teacher, "teacher")[0]
+
+
+def tokenizer_checks(cfg: Any, student: Any, teacher: Any | None) -> list[CheckResult]:
+    """Tokenizers, chat template and stop tokens, from the tokenizers alone."""
+    from reopold_agents.objectives import make_objective
     from reopold_agents.rollout import env_stop_token_ids, tool_call_stop_ids
 
-    objective = make_objective(cfg.algo, cfg.trainer.total_steps)
-    student = load_tokenizer_and_processor(cfg.model.student, "student")[0]
-    teacher = None
-    if objective.needs_teacher:
-        teacher = student if cfg.model.teacher == SELF_TEACHER else \
-            load_tokenizer_and_processor(cfg.model.teacher, "teacher")[0]
-    blocker = cross_tokenizer_blocker(cfg.model, objective.teacher_topk)
+    blocker = cross_tokenizer_blocker(cfg.model, make_objective(cfg.algo, cfg.trainer.total_steps).teacher_topk)
     tokens = check_tokenizers(student, teacher, blocker)
     cross = teacher if tokens.status == "ok" and tokens.detail.startswith("differ") else None
     stops = env_stop_token_ids(cfg.env.name)
@@ -290,9 +315,9 @@ def tokenizer_checks(cfg: Any) -> list[CheckResult]:
     return [tokens, check_chat_template(student, cross), check_stop_tokens(student, stops)]
 
 
-def model_checks(cfg: Any, backend: Any, tasks: list[Any], step: int = 0) -> list[CheckResult]:
-    """Teacher determinism, learner vs engine log-probs and the temperature, on a probe rollout of
-    ``tasks[0]`` through ``backend``."""
+def model_checks(cfg: Any, backend: Any, tasks: list[Any], student: Any, step: int = 0) -> list[CheckResult]:
+    """Tool schemas, teacher determinism, learner vs engine log-probs and the temperature, on a probe
+    rollout of ``tasks[0]`` (step ``step``'s seeds) through ``backend``; ``student`` is its tokenizer."""
     probe = backend.probe_rollout(tasks[:1], step, PROBE_MAX_NEW_TOKENS, min(PROBE_GROUP, cfg.trainer.group_size))
     batch = collate(probe, backend.pad_token_id)
     first = backend.score(copy.deepcopy(batch), copy.deepcopy(probe))
@@ -304,6 +329,7 @@ def model_checks(cfg: Any, backend: Any, tasks: list[Any], step: int = 0) -> lis
     learner_lp = backend.learner_logprobs(batch)
     learner_lp_t = backend.learner_logprobs(batch, temperature) if temperature not in (0.0, 1.0) else None
     return [
+        check_tool_schemas(student, probe[0]),
         check_teacher_determinism(first, second, TEACHER_TOL["half" if teacher_half else "full"]),
         check_learner_engine(batch, learner_lp, recompute, LEARNER_TOL["half" if half else "full"]),
         check_temperature(batch, learner_lp, learner_lp_t, temperature, recompute, float(cfg.trainer.tis_cap)),
@@ -328,9 +354,10 @@ def run_preflight(cfg: Any, backend: Any, tasks: list[Any], step: int = 0,
     """Run every check (tokenizer-level first: a failure there stops before the probe), ``emit`` the table
     and raise PreflightError if any check failed."""
     start = time.perf_counter()
-    results = tokenizer_checks(cfg)
+    student, teacher = load_tokenizers(cfg)
+    results = tokenizer_checks(cfg, student, teacher)
     if not any(r.status == "fail" for r in results):
-        results += model_checks(cfg, backend, tasks, step)
+        results += model_checks(cfg, backend, tasks, student, step)
     emit(format_table(results, time.perf_counter() - start))
     failed = [r for r in results if r.status == "fail"]
     if failed:
@@ -339,5 +366,5 @@ def run_preflight(cfg: Any, backend: Any, tasks: list[Any], step: int = 0,
 
 
 __all__ = ["CheckResult", "PreflightError", "check_chat_template", "check_learner_engine", "check_stop_tokens",
-           "check_teacher_determinism", "check_temperature", "check_tokenizers", "format_table", "model_checks",
-           "run_preflight", "tokenizer_checks"]
+           "check_teacher_determinism", "check_temperature", "check_tokenizers", "check_tool_schemas", "format_table",
+           "load_tokenizers", "model_checks", "run_preflight", "tokenizer_checks"]
