@@ -275,10 +275,19 @@ def check_temperature(batch: Batch, learner_lp: torch.Tensor, learner_lp_t: torc
 # ------------------------------------------------------------------------------------- the run
 
 
-def _half(dtype: str, device: str) -> bool:
-    from reopold_agents.models import resolve_device, resolve_dtype
-
-    return resolve_dtype(dtype, resolve_device(device)) in (torch.float16, torch.bfloat16)
+def half_precision(cfg: Any, learner: bool) -> bool:
+    """Whether the models run in 16 bits (the looser tolerances): ``model.dtype`` says so, the learner
+    autocasts (``distributed.mixed_precision``), or ``dtype=auto`` meets a GPU, here or on Ray's GPU roles
+    (the driver of a Ray run may have none)."""
+    m, d = cfg.model, cfg.distributed
+    if m.dtype in ("bfloat16", "float16") or (learner and d.mixed_precision != "no"):
+        return True
+    if m.dtype != "auto":
+        return False
+    if m.device != "auto":
+        return m.device.startswith("cuda")
+    ray_gpus = d.backend == "ray" and max(d.ray.gpus_per_learner, d.ray.gpus_per_rollout_worker, d.ray.gpus_per_teacher) > 0
+    return torch.cuda.is_available() or ray_gpus
 
 
 def recomputes_old_logprobs(cfg: Any) -> bool:
@@ -320,10 +329,11 @@ def model_checks(cfg: Any, backend: Any, tasks: list[Any], student: Any, step: i
     rollout of ``tasks[0]`` (step ``step``'s seeds) through ``backend``; ``student`` is its tokenizer."""
     probe = backend.probe_rollout(tasks[:1], step, PROBE_MAX_NEW_TOKENS, min(PROBE_GROUP, cfg.trainer.group_size))
     batch = collate(probe, backend.pad_token_id)
-    first = backend.score(copy.deepcopy(batch), copy.deepcopy(probe))
-    second = backend.score(copy.deepcopy(batch), copy.deepcopy(probe))
-    half = _half(cfg.model.dtype, cfg.model.device)  # the learner's precision, which the engine takes over
-    teacher_half = half or cfg.model.teacher_engine == "vllm"  # vLLM loads the teacher in its saved dtype
+    one = batch.select(torch.tensor([0]))  # one episode is enough to see noise, and halves the teacher's cost
+    first = backend.score(copy.deepcopy(one), copy.deepcopy(probe[:1]))
+    second = backend.score(copy.deepcopy(one), copy.deepcopy(probe[:1]))
+    half = half_precision(cfg, learner=True)  # the engine takes over the learner's dtype
+    teacher_half = half_precision(cfg, learner=False) or cfg.model.teacher_engine == "vllm"  # vLLM: the saved dtype
     recompute = recomputes_old_logprobs(cfg)
     temperature = float(cfg.engine.sampling.temperature)
     learner_lp = backend.learner_logprobs(batch)

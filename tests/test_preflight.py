@@ -218,6 +218,17 @@ def test_engine_log_probs_at_the_sampling_temperature_fail(pair):
     assert pf.check_temperature(batch, lp1, None, 1.0, recompute=False, tis_cap=0.0).status == "ok"
 
 
+def test_tolerances_follow_the_precision_the_models_run_in():
+    def half(*overrides: str, learner: bool = True) -> bool:
+        return pf.half_precision(compose(["env=math", *overrides]), learner=learner)
+
+    assert not half("model.dtype=float32") and half("model.dtype=bfloat16")
+    assert half("distributed.mixed_precision=bf16") and not half("distributed.mixed_precision=bf16", learner=False)
+    assert half("model.dtype=auto", "model.device=cuda") and not half("model.dtype=auto", "model.device=cpu")
+    # dtype=auto on Ray GPU roles is bf16 there, whatever the driver has
+    assert half("model.dtype=auto", "distributed=ray", "distributed.ray.gpus_per_learner=1")
+
+
 # -------------------------------------------------------------------------------- the whole thing
 
 
