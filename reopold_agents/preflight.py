@@ -254,7 +254,8 @@ def check_temperature(batch: Batch, learner_lp: torch.Tensor, learner_lp_t: torc
     name = "temperature"
     if learner_lp_t is None or temperature in (0.0, 1.0):
         how = "greedy sampling" if temperature == 0 else "T=1"
-        return CheckResult(name, "ok", f"{how}: old log-probs are of the T=1 distribution, as the learner's", temperature)
+        return CheckResult(name, "ok", f"{how}: old log-probs are of the T=1 distribution, as the learner's",
+                           temperature)
     d1, _, n = _max_abs(learner_lp, batch.old_logprobs, batch.loss_mask)
     dt, _, _ = _max_abs(learner_lp_t, batch.old_logprobs, batch.loss_mask)
     if n == 0:
@@ -286,7 +287,8 @@ def half_precision(cfg: Any, learner: bool) -> bool:
         return False
     if m.device != "auto":
         return m.device.startswith("cuda")
-    ray_gpus = d.backend == "ray" and max(d.ray.gpus_per_learner, d.ray.gpus_per_rollout_worker, d.ray.gpus_per_teacher) > 0
+    ray_gpus = d.backend == "ray" and max(d.ray.gpus_per_learner, d.ray.gpus_per_rollout_worker,
+                                          d.ray.gpus_per_teacher) > 0
     return torch.cuda.is_available() or ray_gpus
 
 

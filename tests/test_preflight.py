@@ -114,7 +114,8 @@ def test_template_that_hides_the_tool_schemas_fails(tok):
     assert pf.check_tool_schemas(tok, read(tok)).status == "ok"
     blind = copy.deepcopy(tok)
     start, end = tok.chat_template.index("{%- if tools %}"), tok.chat_template.index("</tools>")
-    blind.chat_template = tok.chat_template[:start] + tok.chat_template[end + len("</tools>"):].replace("{%- endif %}", "", 1)
+    rest = tok.chat_template[end + len("</tools>"):].replace("{%- endif %}", "", 1)  # the block's own endif
+    blind.chat_template = tok.chat_template[:start] + rest
     result = pf.check_tool_schemas(blind, read(blind))
     assert result.status == "fail" and "calculator" in result.detail
     assert pf.check_tool_schemas(tok, Trajectory(token_ids=[1], loss_mask=[0])).status == "skip"  # no tools
@@ -156,7 +157,8 @@ def test_noisy_teacher_fails_determinism(pair):
 
     hook = teacher_model.model.register_forward_hook(noise)
     try:
-        noisy = pf.check_teacher_determinism(teacher.score(copy.deepcopy(batch)), teacher.score(copy.deepcopy(batch)), tol)
+        first, second = teacher.score(copy.deepcopy(batch)), teacher.score(copy.deepcopy(batch))
+        noisy = pf.check_teacher_determinism(first, second, tol)
     finally:
         hook.remove()
     assert noisy.status == "fail" and noisy.value > tol
@@ -236,7 +238,8 @@ def test_tiny_pair_passes_through_the_local_backend(tmp_path, one_thread):
     from reopold_agents.distributed import make_backend
     from reopold_agents.distributed.default_roles import default_factories
 
-    cfg = run_mod.resolve_tiny(compose([*SMALL, "env=math", "engine.sampling.max_new_tokens=64", f"trainer.output_dir={tmp_path}"]))
+    cfg = run_mod.resolve_tiny(compose([*SMALL, "env=math", "engine.sampling.max_new_tokens=64",
+                                        f"trainer.output_dir={tmp_path}"]))
     backend = make_backend(cfg, default_factories())
     try:
         probe = backend.probe_rollout([{"options": {"task_index": 0}}], 0, 5, 2)
@@ -276,8 +279,8 @@ def test_run_with_a_failing_check_stops_before_the_probe(tmp_path, capsys, one_t
     tok.eos_token = "<|endoftext|>"
     student.save_pretrained(tmp_path / "student")
     tok.save_pretrained(tmp_path / "student")
-    cfg = compose([*SMALL, "env=math", f"model.student={tmp_path / 'student'}", "model.teacher=self", "trainer.total_steps=1",
-                   f"trainer.output_dir={tmp_path / 'run'}"])
+    cfg = compose([*SMALL, "env=math", f"model.student={tmp_path / 'student'}", "model.teacher=self",
+                   "trainer.total_steps=1", f"trainer.output_dir={tmp_path / 'run'}"])
     with pytest.raises(pf.PreflightError, match="stop tokens") as info:
         run_mod.train(cfg, progress=False)
     assert {r.name for r in info.value.failed} >= {"stop tokens"}
