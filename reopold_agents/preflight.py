@@ -320,7 +320,14 @@ def tokenizer_checks(cfg: Any, student: Any, teacher: Any | None) -> list[CheckR
 
     blocker = cross_tokenizer_blocker(cfg.model, make_objective(cfg.algo, cfg.trainer.total_steps).teacher_topk)
     tokens = check_tokenizers(student, teacher, blocker)
-    cross = teacher if tokens.status == "ok" and tokens.detail.startswith("differ") else None
+    cross = None  # a teacher that renders the conversation with its own template
+    if tokens.status == "ok" and teacher is not None and teacher is not student:
+        from reopold_agents.teacher import TokenizerMismatchError, check_same_tokenizer
+
+        try:
+            check_same_tokenizer(student, teacher)
+        except TokenizerMismatchError:
+            cross = teacher
     stops = env_stop_token_ids(cfg.env.name)
     stops = tool_call_stop_ids(student) if stops is None else stops
     return [tokens, check_chat_template(student, cross), check_stop_tokens(student, stops)]
