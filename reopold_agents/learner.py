@@ -143,13 +143,7 @@ class Learner:
         importance weights ``min(pi_old / pi_engine, C)`` (``tis_cap`` C > 0) and mismatch metrics."""
         from dataclasses import replace
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            learner_lp, _ = model_token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.model_inputs,
-                                                 False, self.chunk_size, target_mask=batch.loss_mask)
-        finally:
-            self.model.train(was_training)
+        learner_lp = self.token_logprobs(batch)
         trained = batch.loss_mask > 0
         engine_lp = batch.old_logprobs
         learner_lp = torch.where(trained, learner_lp.float(), torch.zeros_like(engine_lp))
@@ -168,6 +162,23 @@ class Learner:
         if self.recompute_old_logprobs:
             batch = replace(batch, old_logprobs=learner_lp)
         return batch, weights, metrics
+
+    @torch.no_grad()
+    def token_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """The learner's log-probs ``[B, T]`` of the batch's trained tokens (0 elsewhere), eval mode, no
+        grad: pi_old when recomputing, and what the preflight compares with the engine's (``temperature``
+        T: under ``softmax(logits / T)``)."""
+        device = next(self.model.parameters()).device
+        batch = batch.to(device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            logps, _ = model_token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.model_inputs,
+                                            False, self.chunk_size, target_mask=batch.loss_mask,
+                                            temperature=temperature)
+        finally:
+            self.model.train(was_training)
+        return logps
 
     def _finish(self, acc: "_Accumulator", batch: Batch, terms: TokenTerms, step: int) -> dict[str, float]:
         with warnings.catch_warnings():  # LambdaLR warns when every optimizer step of the step was skipped

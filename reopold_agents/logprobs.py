@@ -309,6 +309,7 @@ def model_token_logprobs(
     chunk_size: int = 1024,
     target_ids: torch.Tensor | None = None,
     target_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Target-aligned log-probs ``[B, T]`` of ``input_ids`` (and student entropy ``[B, T]``) from ``model``.
 
@@ -318,8 +319,11 @@ def model_token_logprobs(
     Differentiable w.r.t. the model's parameters through the log-probs; entropy carries no gradient.
     ``target_mask`` ``[B, T]`` (e.g. the loss mask) restricts the LM head to the positions that are
     used: prompts and tool outputs, often most of an agent episode, never pay for the vocab-wide matmul;
-    masked-out entries are 0.
+    masked-out entries are 0. ``temperature`` T gives those of ``softmax(logits / T)`` (the preflight asks
+    which distribution an engine's log-probs are of); training always uses T = 1.
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} / attention_mask {tuple(attention_mask.shape)} mismatch")
     bsz, length = input_ids.shape
@@ -334,7 +338,10 @@ def model_token_logprobs(
         if target_ids.shape[:2] != input_ids.shape:
             raise ValueError(f"target_ids {tuple(target_ids.shape)} must be [B, T, K] with [B, T] = {(bsz, length)}")
         tgt = target_ids[:, 1:].reshape(-1, target_ids.shape[-1]).index_select(0, rows)
-    logp_flat, ent_flat = chunked_logprobs(h, head.weight, tgt, head.bias, chunk_size, with_entropy)
+    bias = head.bias
+    if temperature != 1.0:  # (h W^T + b) / T without a scaled copy of the [V, H] head weight
+        h, bias = h / temperature, (None if bias is None else bias / temperature)
+    logp_flat, ent_flat = chunked_logprobs(h, head.weight, tgt, bias, chunk_size, with_entropy)
     out_shape = (bsz, length) if target_ids is None else (bsz, length, target_ids.shape[-1])
     logp = logp_flat.new_zeros((bsz * (length - 1),) + out_shape[2:]).index_copy(0, rows, logp_flat)
     logp = torch.cat([logp_flat.new_zeros((bsz, 1) + out_shape[2:]), logp.view((bsz, length - 1) + out_shape[2:])], 1)

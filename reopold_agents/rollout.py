@@ -67,6 +67,13 @@ def env_stop_token_ids(env_name: str) -> list[int] | None:
     return None if getattr(ENVS.get(env_name), "stop_at_tool_call", True) else []
 
 
+def tool_call_stop_ids(tokenizer: Any) -> list[int]:
+    """The rollout's default stops besides EOS: ``[id of </tool_call>]`` when the tokenizer has it as one
+    token, else none."""
+    tool_end = tokenizer.convert_tokens_to_ids("</tool_call>")
+    return [tool_end] if isinstance(tool_end, int) and tool_end != tokenizer.unk_token_id else []
+
+
 class Rollout:
     """Runs episodes of envs built by ``env_factory`` with ``engine``; envs are pooled across calls."""
 
@@ -91,9 +98,7 @@ class Rollout:
         self.max_turns = max_turns
         self.max_total_tokens = max_total_tokens
         self.pool = ThreadPoolExecutor(max_workers=env_workers, thread_name_prefix="env")
-        tool_end = tokenizer.convert_tokens_to_ids("</tool_call>")
-        default_stops = [tool_end] if isinstance(tool_end, int) and tool_end != tokenizer.unk_token_id else []
-        self.stop_token_ids = list(stop_token_ids) if stop_token_ids is not None else default_stops
+        self.stop_token_ids = list(stop_token_ids) if stop_token_ids is not None else tool_call_stop_ids(tokenizer)
         self.template_kwargs = dict(template_kwargs or {})
         self._envs: list[Any] = []
         # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").

@@ -124,6 +124,9 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
 
     steps = run_steps(backend, tasks_for_step, start_step, tc.total_steps, cfg.distributed.async_rollout)
     try:
+        from reopold_agents.preflight import run_preflight
+
+        run_preflight(cfg, backend, tasks_for_step(start_step), start_step)  # prints its table; raises on a fail
         if start_step == 0:
             logger.log(0, evaluate(0))
         before = evals[0][1]

@@ -27,7 +27,10 @@ def _save(model, tok, path: Path) -> str:
 
 
 def test_run_with_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    # A Llama-type teacher: transformers 5 loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer whatever was
+    # saved, which rebuilds byte-level pre-tokenization and drops every space of this SentencePiece-style one
+    # (the preflight's chat-template check fails on it); a llama checkpoint keeps the saved tokenizer.
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     import reopold_agents.step as step_mod
     from reopold_agents.teacher import CrossTokenizerScorer
@@ -37,7 +40,7 @@ def test_run_with_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
     student, tok, _, _ = load_tiny("tiny_toolqa", "student")
     tok2 = second_tokenizer()
     torch.manual_seed(3)
-    teacher = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok2), hidden_size=64, num_hidden_layers=2,
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok2), hidden_size=64, num_hidden_layers=2,
                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                                            eos_token_id=tok2.eos_token_id, pad_token_id=tok2.pad_token_id))
     student_dir, teacher_dir = _save(student, tok, tmp_path / "student"), _save(teacher, tok2, tmp_path / "teacher")

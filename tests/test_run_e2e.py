@@ -83,9 +83,14 @@ def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
     teacher_rows: list = []
     scored: list[list[int]] = []
     original_step = step_mod.train_step
+    in_step = [False]  # the preflight's probe is scored too, outside the steps
 
     def keep(*args, **kwargs):
-        result = original_step(*args, **kwargs)
+        in_step[0] = True
+        try:
+            result = original_step(*args, **kwargs)
+        finally:
+            in_step[0] = False
         seen.extend(result.trajectories)
         teacher_rows.extend(result.batch.teacher_logprobs.tolist())
         return result
@@ -94,7 +99,7 @@ def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
     original_logprobs = logprobs.model_token_logprobs
 
     def spy(model, input_ids, attention_mask, *args, **kwargs):
-        if not any(p.requires_grad for p in model.parameters()):  # the frozen teacher (the learner trains)
+        if in_step[0] and not any(p.requires_grad for p in model.parameters()):  # the frozen teacher
             scored.extend(row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), attention_mask.cpu()))
         return original_logprobs(model, input_ids, attention_mask, *args, **kwargs)
 

@@ -106,6 +106,10 @@ class AccelerateLearner(Learner):
         state = self.accelerator.get_state_dict(self.model)
         return {k: v.detach().to("cpu") for k, v in state.items()}
 
+    def token_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        with self.accelerator.autocast():  # the precision the update's own forward runs in
+            return super().token_logprobs(batch, temperature)
+
     def step(self, batch: Batch, step: int) -> dict[str, float]:
         with self.accelerator.autocast():
             metrics = super().step(batch, step)

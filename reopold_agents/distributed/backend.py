@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from reopold_agents.trajectory import Batch, Trajectory
 
 
@@ -82,6 +84,17 @@ class Backend(ABC):
     def load(self, directory: str) -> Any:
         """Restore the learner from ``directory`` (a checkpoint or a folder of them) and make its weights
         the next rollout's; return the role's resume state (``checkpoint.ResumeState``: step, data_state)."""
+
+    @abstractmethod
+    def probe_rollout(self, tasks: list[Any], step: int, max_new_tokens: int, group_size: int) -> list[Trajectory]:
+        """The preflight's probe: episodes of ``tasks`` sampled as step ``step``'s would be, with the synced
+        weights, but at most ``max_new_tokens`` per turn and ``group_size`` per task. Leaves no cached
+        state behind (engine key/value caches are dropped), so the run's own steps are unchanged."""
+
+    @abstractmethod
+    def learner_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """The learner's log-probs ``[B, T]`` (CPU) of the batch's trained tokens, 0 elsewhere, as its update
+        computes them; ``temperature`` T: under ``softmax(logits / T)`` (the preflight's temperature check)."""
 
     @abstractmethod
     def shutdown(self) -> None: ...

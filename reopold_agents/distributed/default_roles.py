@@ -49,9 +49,12 @@ class DefaultRollout:
     def stats(self) -> Any:
         return self.rollout.stats
 
-    def run(self, tasks: list[Any], seed: int) -> list[Trajectory]:
+    def run(self, tasks: list[Any], seed: int, max_new_tokens: int | None = None,
+            group_size: int | None = None) -> list[Trajectory]:
         sampling = self.cfg.engine.sampling.params(seed=seed)
-        return self.rollout.run(list(tasks), sampling, group_size=self.group_size)
+        if max_new_tokens is not None:  # a preflight probe: shorter turns
+            sampling.max_new_tokens = min(sampling.max_new_tokens, int(max_new_tokens))
+        return self.rollout.run(list(tasks), sampling, group_size=group_size or self.group_size)
 
     def evaluate(self, step: int) -> dict[str, float]:
         from reopold_agents.evaluation.heldout import HeldoutSet
@@ -127,6 +130,9 @@ class DefaultLearner:
         metrics = dict(self.learner.step(batch, step))
         metrics.setdefault("learner_ranks", 1.0)
         return metrics
+
+    def logprobs(self, batch: Batch, temperature: float = 1.0) -> Any:
+        return self.learner.token_logprobs(batch, temperature)
 
     def close(self) -> None:
         close = getattr(self.learner, "close", None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
+
 from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RolloutHandle
 from reopold_agents.distributed.chunks import join_chunks, make_chunks
 from reopold_agents.distributed.roles import RoleFactories
@@ -72,6 +74,15 @@ class LocalBackend(Backend):
         state = self.learner.load(directory)
         self.sync_weights()
         return state
+
+    def probe_rollout(self, tasks: list[Any], step: int, max_new_tokens: int, group_size: int) -> list[Trajectory]:
+        chunk = make_chunks(tasks, len(tasks), self.seed, step)[0]
+        trajectories, _ = self.worker.run(chunk, max_new_tokens=max_new_tokens, group_size=group_size)
+        self.sync_weights()  # same weights and version; drops the engine's cached key/values of the probe
+        return trajectories
+
+    def learner_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        return self.learner.logprobs(batch, temperature)
 
     def shutdown(self) -> None:
         for role in (self.worker.role, self.learner.role):

@@ -200,6 +200,22 @@ class RayBackend(Backend):
         self._ensure_weights(0, self._weights)
         return self.ray.get(self.workers[0].evaluate.remote(step))
 
+    def probe_rollout(self, tasks: list[Any], step: int, max_new_tokens: int, group_size: int) -> list[Trajectory]:
+        """On rollout worker 0 with the last synced weights (no rollout may be in flight)."""
+        if self._active is not None and self._active._trajectories is None:
+            raise RuntimeError("probe_rollout: a submitted rollout was not collected (call result() first)")
+        assert self._weights is not None
+        self._ensure_weights(0, self._weights)
+        chunk = make_chunks(tasks, len(tasks), self.seed, step)[0]
+        trajectories, _ = self.ray.get(self.workers[0].run.remote(chunk, max_new_tokens=max_new_tokens,
+                                                                  group_size=group_size))
+        self._forget_weights(0)  # worker 0 reloads before its next chunk, dropping the probe's cached states
+        return trajectories
+
+    def learner_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """Rank 0's answer; every rank runs the forward (FSDP gathers its shards collectively)."""
+        return self._on_learners("logprobs", batch, temperature)[0]
+
     def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
         self._on_learners("save", directory, step, data_state)  # rank 0 writes; FSDP gathers on all
 

@@ -24,8 +24,9 @@ class RolloutRole(Protocol):
     pad_token_id: int
     stats: Any  # reopold_agents.rollout.RolloutStats of the last ``run``
 
-    def run(self, tasks: list[Any], seed: int) -> list[Trajectory]:
-        """Episodes for ``tasks`` (any picklable task records), sampled reproducibly from ``seed``."""
+    def run(self, tasks: list[Any], seed: int, **probe: int) -> list[Trajectory]:
+        """Episodes for ``tasks`` (any picklable task records), sampled reproducibly from ``seed``; a
+        preflight probe caps them with ``max_new_tokens`` and ``group_size``."""
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out greedy success (``eval/success``) plus the configured eval suite, if any."""
@@ -49,6 +50,9 @@ class LearnerRole(Protocol):
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         """One optimisation step on a scored batch; returns scalar metrics."""
+
+    def logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs ``[B, T]`` of the batch's trained tokens as the update computes them (0 elsewhere)."""
 
     def state_dict(self) -> StateDict:
         """The student's weights as the rollout engines load them (full, unsharded, on CPU)."""

@@ -49,9 +49,10 @@ class RolloutWorker:
         self.version = int(version)
         return self.version
 
-    def run(self, chunk: Chunk) -> tuple[list[Trajectory], Any]:
+    def run(self, chunk: Chunk, **probe: int) -> tuple[list[Trajectory], Any]:
         """Episodes of ``chunk`` stamped with the weights version that produced them, and the chunk's
-        ``rollout.RolloutStats``.
+        ``rollout.RolloutStats``. ``probe`` (``max_new_tokens``, ``group_size``) caps a preflight probe's
+        episodes; a training chunk passes none.
 
         The RNG fork keeps a chunk's sampling a function of its seed alone (not of earlier chunks on
         this worker) and leaves the process's own RNG streams untouched for whatever else runs here.
@@ -62,7 +63,7 @@ class RolloutWorker:
             random.seed(chunk.seed)
             np.random.seed(chunk.seed)
             try:
-                trajectories = self.role.run(list(chunk.tasks), chunk.seed)
+                trajectories = self.role.run(list(chunk.tasks), chunk.seed, **probe)
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
@@ -132,6 +133,10 @@ class LearnerWorker:
         metrics = self.role.update(batch, step)
         self.version += 1
         return dict(metrics), started_at
+
+    def logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+        """The learner's log-probs of ``batch``'s trained tokens (preflight), on CPU."""
+        return self.role.logprobs(batch, temperature).detach().float().cpu()
 
     def weights(self, ship: bool = True) -> tuple[StateDict | None, int]:
         """Full CPU weights for broadcast, with their version. Every rank must call it (FSDP gathers the
