@@ -365,3 +365,33 @@ def test_mixed_run_with_two_routed_teachers(tmp_path):
     summary = json.loads((Path(result.output_dir) / "summary.json").read_text())
     assert summary["by_env"] == {"math": [first["eval/math/success"], last["eval/math/success"]],
                                  "toolqa": [first["eval/toolqa/success"], last["eval/toolqa/success"]]}
+
+
+def test_mixed_run_resumed_after_a_crash_is_bit_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    def cfg(out, *extra):
+        return compose([*MIX, f"trainer.output_dir={out}", "trainer.total_steps=3", "trainer.save_every=1",
+                        "trainer.keep_checkpoints=5", "trainer.prompts_per_step=2", "trainer.group_size=1",
+                        "trainer.heldout_tasks=2", "trainer.lr=1e-3", "trainer.eval_every=2",
+                        "engine.sampling.max_new_tokens=12", "mix.toolqa.env.max_turns=2", *extra])
+
+    full = run_mod.train(cfg(tmp_path / "full"), progress=False)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(step, metrics):
+        if step == 2:
+            raise Crash("after step 2's evaluation, before its checkpoint (the last one: step 1)")
+
+    with pytest.raises(Crash):
+        run_mod.train(cfg(tmp_path / "crash"), progress=False, on_step=crash)
+    resumed = run_mod.train(cfg(tmp_path / "crash", "trainer.resume=true"), progress=False)
+    params = [load_file(str(Path(r.output_dir) / "checkpoints" / "step_00000003" / "model" / "model.safetensors"))
+              for r in (full, resumed)]
+    assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
+    timing = lambda k: k.startswith("perf/") or k.endswith("/score_s")  # noqa: E731
+    strip = lambda recs: [{k: v for k, v in r.items() if not timing(k)} for r in recs]  # noqa: E731
+    assert strip(read_metrics(full.output_dir)) == strip(read_metrics(resumed.output_dir))
+    assert resumed.by_env == full.by_env and resumed.evals == full.evals
