@@ -395,3 +395,52 @@ def test_mixed_run_resumed_after_a_crash_is_bit_identical(tmp_path):
     strip = lambda recs: [{k: v for k, v in r.items() if not timing(k)} for r in recs]  # noqa: E731
     assert strip(read_metrics(full.output_dir)) == strip(read_metrics(resumed.output_dir))
     assert resumed.by_env == full.by_env and resumed.evals == full.evals
+
+
+def test_mix_routes_one_env_to_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
+    """math -> tiny's teacher (the student's ids), toolqa -> a teacher with another tokenizer (the
+    cross-tokenizer scorer): each row's log-probs and loss mask are the ones its own teacher wrote."""
+    import sys
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import reopold_agents.step as step_mod
+    from reopold_agents.teacher import CrossTokenizerScorer, Teacher
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _second_tokenizer import second_tokenizer
+
+    tok2 = second_tokenizer()
+    torch.manual_seed(3)
+    teacher = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok2), hidden_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                                           eos_token_id=tok2.eos_token_id, pad_token_id=tok2.pad_token_id))
+    teacher_dir = tmp_path / "teacher"
+    teacher.save_pretrained(str(teacher_dir))
+    tok2.save_pretrained(str(teacher_dir))
+    seen, routers = [], []
+    real_step, real_from = step_mod.train_step, TeacherRouter.from_config.__func__
+    monkeypatch.setattr(step_mod, "train_step", lambda *a, **k: seen.append(real_step(*a, **k)) or seen[-1])
+    monkeypatch.setattr(TeacherRouter, "from_config",
+                        classmethod(lambda cls, *a, **k: routers.append(real_from(cls, *a, **k)) or routers[-1]))
+    cfg = compose([*MIX, f"mix.toolqa.teacher={teacher_dir}", f"trainer.output_dir={tmp_path / 'run'}",
+                   "trainer.total_steps=1", "trainer.prompts_per_step=4", "trainer.group_size=1",
+                   "trainer.heldout_tasks=1", "trainer.save_every=0", "engine.sampling.max_new_tokens=16",
+                   "mix.toolqa.env.max_turns=2"])
+    run_mod.train(cfg, progress=False)
+    cross = teacher_label(str(teacher_dir))
+    assert isinstance(routers[0].teachers[cross], CrossTokenizerScorer)
+    assert isinstance(routers[0].teachers["tiny"], Teacher)
+    (result,) = seen
+    batch, trajs = result.batch, result.trajectories
+    assert batch.teachers == ["tiny" if t.info["env"] == "math" else cross for t in trajs]
+    assert set(batch.teachers) == {"tiny", cross}
+    for i, t in enumerate(trajs):
+        if batch.teachers[i] != cross:
+            continue
+        n = len(t)
+        want_mask = torch.tensor([0] + t.loss_mask[1:], dtype=batch.loss_mask.dtype)  # as the scorer wrote it
+        assert torch.equal(batch.loss_mask[i, :n], want_mask)
+        want_lp = torch.where(want_mask > 0, torch.tensor(t.teacher_logprobs, dtype=torch.float32), torch.tensor(0.0))
+        assert torch.equal(batch.teacher_logprobs[i, :n], want_lp)
+    assert f"teacher/{cross}/log_ratio/mean" in result.metrics and "teacher/tiny/log_ratio/mean" in result.metrics
