@@ -244,7 +244,7 @@ class Learner:
         else:
             mask = plan.select.index_select(0, idx)
         if first_epoch:
-            acc.observe_tokens(mb.loss_mask, mask, entropy, terms.clipped)
+            acc.observe_tokens(mb.loss_mask, mask, entropy, terms.clipped, mb.teachers)
         fwd = Forward(
             logprobs=logp.float(),  # mixed precision: the objective is always computed in fp32
             old_logprobs=mb.old_logprobs,
@@ -303,13 +303,19 @@ class _Accumulator:
         self.selected = 0
         self.clipped = 0
         self.entropy_sum = 0.0
+        self.by_teacher: dict[str, list[int]] = {}  # routed teacher label -> [trainable, selected, clipped]
 
-    def observe_tokens(self, loss_mask, select, entropy, clipped) -> None:
+    def observe_tokens(self, loss_mask, select, entropy, clipped, teachers: list[str] | None = None) -> None:
         trainable = loss_mask > 0
         self.trainable += int(trainable.sum())
         self.selected += int(select.sum())
         self.clipped += int((clipped & select).sum())
         self.entropy_sum += float((entropy * trainable).sum())
+        for row, label in enumerate(teachers or ()):  # multi-teacher runs: the same counts per teacher
+            counts = self.by_teacher.setdefault(label, [0, 0, 0])
+            counts[0] += int(trainable[row].sum())
+            counts[1] += int(select[row].sum())
+            counts[2] += int((clipped[row] & select[row]).sum())
 
     def update(self, loss: float, grad_norm: float, stats: dict[str, float]) -> None:
         self.losses.append(loss)
@@ -350,6 +356,9 @@ class _Accumulator:
         }
         for k, v in self.stats.items():
             out[k] = mean(v)
+        for label, (trainable_n, selected_n, clipped_n) in self.by_teacher.items():
+            out[f"teacher/{label}/frac_selected"] = selected_n / trainable_n if trainable_n else 0.0
+            out[f"teacher/{label}/frac_clipped"] = clipped_n / selected_n if selected_n else 0.0
         if terms.reward is not None and bool(trainable.any()):
             r = terms.reward[trainable]
             out.update(

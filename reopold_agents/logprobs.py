@@ -254,6 +254,9 @@ def _hidden_and_head(
         hidden = _shared_prefix_hidden(base, input_ids, attention_mask, shared)
         if hidden is not None:
             return hidden, head
+    groups = None if (extra or is_vl or shared) else _prefix_groups(input_ids, attention_mask)
+    if groups is not None:
+        return _grouped_hidden(base, input_ids, attention_mask, groups), head
     out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden, head
@@ -288,6 +291,62 @@ def _shared_prefix_hidden(base: nn.Module, input_ids: torch.Tensor, attention_ma
     tail = base(input_ids=input_ids[:, p:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
     prefix = head.last_hidden_state.expand(bsz, -1, -1)
     return torch.cat([prefix, tail.last_hidden_state], dim=1)
+
+
+GROUPED_MAX_COST = 0.5  # the grouped pass must cost at most this share of the plain pass's tokens
+
+
+def _prefix_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[list[int], int, int]] | None:
+    """A plan for a batch whose rows share no common prefix but fall into groups that do (a multi-task
+    batch: each env's rows share their own system prompt and tool schemas): ``(rows, cut, shared)`` for
+    each group of >= 2 rows whose first ``MIN_SHARED_PREFIX`` tokens agree, and one more for every other
+    row, where ``cut`` is the group's longest row and ``shared`` its common prefix (0: plain pass). None
+    when no group exists or the plan would not process at most ``GROUPED_MAX_COST`` of the plain pass's
+    ``B x T`` tokens (a batch of many small groups is faster in one call)."""
+    bsz, length = input_ids.shape
+    if bsz < 2 or length <= MIN_SHARED_PREFIX:
+        return None
+    head_real = attention_mask[:, :MIN_SHARED_PREFIX].bool().all(dim=1).tolist()
+    keys: dict[tuple[int, ...], list[int]] = {}
+    for b in range(bsz):
+        if head_real[b]:
+            keys.setdefault(tuple(input_ids[b, :MIN_SHARED_PREFIX].tolist()), []).append(b)
+    groups = [rows for rows in keys.values() if len(rows) >= 2]
+    if not groups:
+        return None
+    grouped = {b for rows in groups for b in rows}
+    rest = [b for b in range(bsz) if b not in grouped]
+    plan, cost = [], 0
+    for rows in groups + ([rest] if rest else []):
+        idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+        ids, mask = input_ids.index_select(0, idx), attention_mask.index_select(0, idx)
+        cut = int(mask.bool().any(dim=0).nonzero().max()) + 1  # right padding past every row of the group
+        shared = _shared_prefix_len(ids[:, :cut], mask[:, :cut])
+        plan.append((rows, cut, shared))
+        cost += shared + len(rows) * (cut - shared)
+    return plan if cost <= GROUPED_MAX_COST * bsz * length else None
+
+
+def _grouped_hidden(base: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    plan: list[tuple[list[int], int, int]]) -> torch.Tensor:
+    """Hidden states of the whole batch computed group by group (``_prefix_groups``): each group cut to
+    its longest row with its shared prefix run once (``_shared_prefix_hidden``), then put back in row
+    order, zero past each group's length (padding: never a target). Same values and gradients as the
+    full pass."""
+    bsz, length = input_ids.shape
+    parts, order = [], []
+    for rows, cut, shared in plan:
+        idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+        ids, mask = input_ids.index_select(0, idx)[:, :cut], attention_mask.index_select(0, idx)[:, :cut]
+        hidden = _shared_prefix_hidden(base, ids, mask, shared) if shared else None
+        if hidden is None:
+            out = base(input_ids=ids, attention_mask=mask, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        parts.append(nn.functional.pad(hidden, (0, 0, 0, length - cut)))
+        order.extend(rows)
+    inverse = torch.empty(bsz, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(bsz)
+    return torch.cat(parts, dim=0).index_select(0, inverse.to(input_ids.device))
 
 
 def _valid_targets(attention_mask: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:

@@ -48,11 +48,13 @@ class RunResult:
     seconds: float
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out success)
     plot: str | None = None
+    by_env: dict[str, tuple[float, float]] = field(default_factory=dict)  # mix runs: entry -> (before, after)
 
 
 def resolve_tiny(cfg: RunConfig) -> RunConfig:
     """``model=tiny`` names the tiny pair made for the env (``ENV_TINY``): the Qwen2.5-VL pair for vqa,
-    the tool-guessing student for toolqa, the plain pair otherwise."""
+    the tool-guessing student for toolqa, the plain pair otherwise (a mix run, ``env=mix``, has several
+    envs: its tiny names are taken as they are)."""
     want = ENV_TINY.get(cfg.env.name, "tiny")
     pick = lambda name: want if name == "tiny" else name  # noqa: E731  (teacher=self stays self)
     return replace(cfg, model=replace(cfg.model, student=pick(cfg.model.student), teacher=pick(cfg.model.teacher)))
@@ -64,10 +66,18 @@ def check_startup(cfg: RunConfig) -> None:
     from envs.factory import env_kwargs
     from reopold_agents.models import check_model_name
 
-    try:
-        env_kwargs(cfg.env, tasks=None, sandbox=None)
-    except ValueError as exc:
-        raise ConfigError(f"env.{exc}") from None
+    if cfg.mix:  # the entries' envs and teachers (the top-level env is the placeholder env=mix)
+        from reopold_agents.mix import check_mix_startup
+
+        try:
+            check_mix_startup(cfg)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    else:
+        try:
+            env_kwargs(cfg.env, tasks=None, sandbox=None)
+        except ValueError as exc:
+            raise ConfigError(f"env.{exc}") from None
     for role in ("student", "teacher"):
         try:
             check_model_name(getattr(cfg.model, role))
@@ -94,7 +104,12 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     ckpt_dir = out / "checkpoints"
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
-    num_tasks = len(load_env_tasks(cfg.env))
+    if cfg.mix:  # multi-task: each prompt's env drawn by the weights (reopold_agents/mix.py)
+        from reopold_agents.mix import MixSampler
+
+        mix_tasks: Callable[[int], list[dict[str, Any]]] | None = MixSampler.from_config(cfg).tasks
+    else:
+        mix_tasks, num_tasks = None, len(load_env_tasks(cfg.env))
     backend = make_backend(cfg, default_factories())
 
     start_step = 0
@@ -110,16 +125,23 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
             print(f"resumed from {latest} at step {start_step}")
     logger = MetricsLogger(out, resume_step=start_step if start_step else None)
     evals: list[tuple[int, float]] = [tuple(e) for e in data_state.get("evals", [])]  # type: ignore[misc]
+    # mix runs: entry -> held-out success at each evaluation (kept in checkpoints, as evals is)
+    env_evals: dict[str, list[float]] = {k: list(v) for k, v in data_state.get("env_evals", {}).items()}
 
     def tasks_for_step(step: int) -> list[dict[str, Any]]:
+        if mix_tasks is not None:
+            return mix_tasks(step)
         return [{"options": {"task_index": i}} for i in step_prompts(step, tc.prompts_per_step, num_tasks, tc.seed)]
 
     def save(step: int) -> None:
-        backend.save(str(ckpt_dir), step, {"position": step * tc.prompts_per_step, "evals": evals})
+        backend.save(str(ckpt_dir), step, {"position": step * tc.prompts_per_step, "evals": evals,
+                                           **({"env_evals": env_evals} if env_evals else {})})
 
     def evaluate(step: int) -> dict[str, float]:
         found = backend.evaluate(step)
         evals.append((step, found["eval/success"]))
+        for name in cfg.mix:
+            env_evals.setdefault(name, []).append(found[f"eval/{name}/success"])
         return found
 
     steps = run_steps(backend, tasks_for_step, start_step, tc.total_steps, cfg.distributed.async_rollout)
@@ -160,10 +182,12 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         plot = str(plot_metrics(out, out / PLOT_FILE, title=f"{cfg.env.name} / {cfg.algo.name}"))
     except Exception as exc:  # a broken plot must not lose a finished run
         log.warning("could not draw the curves: %s", exc)
-    result = RunResult(str(out), tc.total_steps, before, after, time.perf_counter() - t_start, evals, plot)
+    by_env = {name: (vals[0], vals[-1]) for name, vals in env_evals.items()}
+    result = RunResult(str(out), tc.total_steps, before, after, time.perf_counter() - t_start, evals, plot, by_env)
     (out / SUMMARY_FILE).write_text(json.dumps(result.__dict__, indent=2))
-    print(f"held-out success ({cfg.env.name}, {tc.heldout_tasks} tasks, greedy): "
-          f"before {before:.3f} -> after {after:.3f}   [{tc.total_steps} steps, {result.seconds:.0f}s]")
+    envs = "".join(f", {n} {b:.3f} -> {a:.3f}" for n, (b, a) in by_env.items())
+    print(f"held-out success ({cfg.env.name}, {tc.heldout_tasks} tasks{' per env' if by_env else ''}, greedy): "
+          f"before {before:.3f} -> after {after:.3f}{envs}   [{tc.total_steps} steps, {result.seconds:.0f}s]")
     print(f"metrics: {out / 'metrics.jsonl'}  tensorboard: {out / 'tensorboard'}  plot: {plot}  checkpoints: {ckpt_dir}")
     return result
 

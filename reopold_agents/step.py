@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from reopold_agents.metrics import summarize
+from reopold_agents.mix_metrics import mix_metrics
 from reopold_agents.trajectory import Batch, Trajectory, collate
 
 
@@ -56,6 +57,7 @@ def rollout_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, f
         trained = batch.loss_mask > 0
         ratios = (batch.teacher_logprobs.cpu() - batch.old_logprobs.cpu())[trained.cpu()].tolist()
     out.update(summarize("teacher/log_ratio", ratios))
+    out.update(mix_metrics(trajectories, batch))  # env/<entry>/*, teacher/<label>/*: mix runs only
     return out
 
 

@@ -82,6 +82,9 @@ class Batch:
     # Qwen-VL layout of model_inputs: images of row b are grid rows [sum(images_per_row[:b]), ...).
     images_per_row: torch.Tensor | None = None  # [B] long; None for text-only batches
     images: list[list[Any]] | None = None  # per row, the PIL images (engines that take raw images, e.g. vLLM)
+    # Multi-teacher runs: each row's routed teacher label (its trajectory's info["teacher"]); the teacher
+    # router scores by it and the learner splits its selected/clipped counts by it. None: one teacher.
+    teachers: list[str] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -183,6 +186,8 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
     images_per_row = (torch.tensor([0 if g is None else g.shape[0] for g in grids], dtype=torch.long)
                       if any(g is not None for g in grids) else None)
     images = [list(t.images) for t in trajectories] if any(t.images for t in trajectories) else None
+    routed = [t.info.get("teacher") for t in trajectories]
+    teachers = None if all(r is None for r in routed) else [str(r) for r in routed]
     return Batch(
         input_ids=input_ids,
         attention_mask=attention,
@@ -194,5 +199,6 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
         model_inputs=model_inputs,
         images_per_row=images_per_row,
         images=images,
+        teachers=teachers,
     )
 

@@ -214,3 +214,45 @@ def test_shared_prompt_prefix_runs_once_with_the_same_logprobs_and_grads(tok, mo
     # a short common prefix, or one row, takes the plain pass
     assert lp_mod._shared_prefix_len(ids[:, :60], am[:, :60]) == 0
     assert lp_mod._shared_prefix_len(ids[:1], am[:1]) == 0
+
+
+def test_rows_of_a_mixed_batch_share_their_own_prefixes(tok, monkeypatch):
+    """A multi-task batch: no prefix shared by every row, but each env's rows share theirs. Each group
+    runs its prefix once, cut to its own length; log-probs, entropy and gradients equal the full pass."""
+    import reopold_agents.logprobs as lp_mod
+
+    model = tiny_qwen2(tok, seed=4).float().train()
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randint(10, 500, (200,), generator=gen), torch.randint(10, 500, (150,), generator=gen)
+    tail = lambda n: torch.randint(10, 500, (n,), generator=gen)  # noqa: E731
+    rows = [torch.cat([b, tail(5)]), torch.cat([a, tail(40)]), tail(20), torch.cat([a, tail(3)]),
+            torch.cat([b, tail(9)]), tail(90), torch.cat([a, tail(17)])]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    am = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], am[i, : len(r)] = r, 1
+    target = am.clone()
+    target[:, :10] = 0
+    assert lp_mod._shared_prefix_len(ids, am) == 0
+    assert lp_mod._prefix_groups(ids, am) == [([0, 4], 159, 150), ([1, 3, 6], 240, 200), ([2, 5], 90, 0)]
+    calls = []
+    real = lp_mod._shared_prefix_hidden
+    monkeypatch.setattr(lp_mod, "_shared_prefix_hidden", lambda *a: calls.append(tuple(a[1].shape) + (a[3],)) or real(*a))
+    lp, ent = model_token_logprobs(model, ids, am, with_entropy=True, target_mask=target)
+    assert calls == [(2, 159, 150), (3, 240, 200)]  # each group cut to its longest row; the rest takes the plain pass
+    logits = model(input_ids=ids, attention_mask=am).logits
+    ref = torch.log_softmax(logits[:, :-1].float(), -1)
+    ref_lp = ref.gather(-1, ids[:, 1:, None])[..., 0] * target[:, 1:]
+    ref_ent = -(ref.exp() * ref).sum(-1) * target[:, 1:]
+    torch.testing.assert_close(lp[:, 1:], ref_lp, atol=ATOL, rtol=0)
+    torch.testing.assert_close(ent[:, 1:], ref_ent.detach(), atol=ATOL, rtol=0)
+    params = list(model.parameters())
+    got = torch.autograd.grad(lp.sum(), params)
+    want = torch.autograd.grad(ref_lp.sum(), params)
+    for (name, _), g, e in zip(model.named_parameters(), got, want):
+        torch.testing.assert_close(g, e, atol=ATOL, rtol=1e-4, msg=name)
+    # rows that share nothing take the plain pass, and so does a plan that would save too little
+    assert lp_mod._prefix_groups(ids[[2, 5]], am[[2, 5]]) is None
+    assert lp_mod._prefix_groups(ids[[1, 3, 6, 2]], am[[1, 3, 6, 2]]) is not None
+    monkeypatch.setattr(lp_mod, "GROUPED_MAX_COST", 0.1)
+    assert lp_mod._prefix_groups(ids, am) is None

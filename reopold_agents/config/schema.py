@@ -15,6 +15,7 @@ from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.engine import EngineConfig
 from reopold_agents.config.env import EnvConfig
 from reopold_agents.config.eval import EvalConfig
+from reopold_agents.config.mix import MixEntry, check_mix
 from reopold_agents.config.model import ModelConfig
 from reopold_agents.config.sandbox import SandboxConfig
 from reopold_agents.config.trainer import TrainerConfig
@@ -36,6 +37,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    mix: dict[str, MixEntry] = field(default_factory=dict)  # multi-task run (config/mix.py); empty: one env
 
 
 def register_schemas() -> None:
@@ -86,6 +88,10 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
                 check()
             except ValueError as exc:
                 raise ConfigError(f"{name}.{exc}") from None
+    try:
+        check_mix(run_cfg.mix, run_cfg.env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return run_cfg
 
 

@@ -19,7 +19,8 @@ from reopold_agents.trajectory import Batch, Trajectory
 
 class DefaultRollout:
     """One student engine, a pool of this worker's envs (each env owns its tools/sandbox) and the
-    held-out evaluation set; ``student`` shares an in-process learner's module instead of loading one."""
+    held-out evaluation set (a mix run: one env pool and held-out set per entry, ``reopold_agents.mix``);
+    ``student`` shares an in-process learner's module instead of loading one."""
 
     def __init__(self, cfg: Any, index: int, student: Any = None) -> None:
         from envs.factory import build_env, load_env_tasks
@@ -38,10 +39,15 @@ class DefaultRollout:
         self.tokenizer, self.processor = tok, processor
         self.pad_token_id = int(tok.pad_token_id)
         self.engine = make_engine(cfg.engine, model=model, tokenizer=tok, processor=processor, model_path=path)
-        tasks = load_env_tasks(cfg.env)
-        self.rollout = Rollout.from_config(cfg.engine, cfg.env, self.engine, tok,
-                                           lambda: build_env(cfg.env, tasks=tasks, sandbox=cfg.sandbox),
-                                           processor=processor)
+        if cfg.mix:  # multi-task: one Rollout per entry, tasks routed by their entry (reopold_agents/mix.py)
+            from reopold_agents.mix import MixRollout
+
+            self.rollout: Any = MixRollout.from_config(cfg, self.engine, tok, processor)
+        else:
+            tasks = load_env_tasks(cfg.env)
+            self.rollout = Rollout.from_config(cfg.engine, cfg.env, self.engine, tok,
+                                               lambda: build_env(cfg.env, tasks=tasks, sandbox=cfg.sandbox),
+                                               processor=processor)
         self._heldout: Any = None
         self.group_size = int(cfg.trainer.group_size)
 
@@ -59,9 +65,16 @@ class DefaultRollout:
     def evaluate(self, step: int) -> dict[str, float]:
         from reopold_agents.evaluation.heldout import HeldoutSet
 
-        if self._heldout is None:
-            self._heldout = HeldoutSet.from_config(self.cfg, self.engine, self.tokenizer, self.processor)
-        found = {"eval/success": self._heldout.success()}
+        if self.cfg.mix:
+            from reopold_agents.mix import MixHeldout
+
+            if self._heldout is None:
+                self._heldout = MixHeldout.from_config(self.cfg, self.engine, self.tokenizer, self.processor)
+            found = self._heldout.evaluate()
+        else:
+            if self._heldout is None:
+                self._heldout = HeldoutSet.from_config(self.cfg, self.engine, self.tokenizer, self.processor)
+            found = {"eval/success": self._heldout.success()}
         if self.cfg.eval.benchmarks:
             from reopold_agents.evaluation import evaluate_suite, flatten_for_logging
 
@@ -83,7 +96,8 @@ class DefaultRollout:
 
 
 class DefaultTeacher:
-    """The teacher behind ``model.teacher_engine``; none when the objective needs no teacher (GRPO)."""
+    """The teacher behind ``model.teacher_engine`` (a mix run: a ``TeacherRouter`` over each entry's
+    teacher); none when the objective needs no teacher (GRPO)."""
 
     def __init__(self, cfg: Any) -> None:
         from reopold_agents.models import load_tokenizer_and_processor
@@ -94,7 +108,12 @@ class DefaultTeacher:
         self.teacher = None
         if objective.needs_teacher:
             student_tok = load_tokenizer_and_processor(cfg.model.student, "student")[0]
-            self.teacher = build_teacher(cfg.model, student_tok, top_k=objective.teacher_topk, engine_cfg=cfg.engine)
+            if cfg.mix:  # one teacher per distinct mix teacher, each row scored by its own
+                from reopold_agents.teacher_router import TeacherRouter
+
+                self.teacher = TeacherRouter.from_config(cfg, student_tok, top_k=objective.teacher_topk)
+            else:
+                self.teacher = build_teacher(cfg.model, student_tok, top_k=objective.teacher_topk, engine_cfg=cfg.engine)
 
     def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
         return batch if self.teacher is None else self.teacher.score(batch, trajectories)

@@ -1,0 +1,81 @@
+"""Config section `mix`: a multi-task run, one entry per env, each with its weight and its teacher.
+
+``mix`` maps an entry name (``math``, ``toolqa``, ... : the label of its metrics, ``env/<name>/*`` and
+``eval/<name>/success``) to a ``MixEntry``. Empty (the default) is today's single-env run, where the
+top-level ``env`` section is the run's env. Non-empty, each entry's ``env`` is a full env section (its
+own task source, turn limit and tools), usually filled from the env group YAMLs by an experiment
+config's defaults list (``/env@mix.math.env: math``, see ``configs/experiment/mix_math_toolqa.yaml``),
+and the top-level ``env`` must be ``env=mix`` (``name: mix`` and every other key at its default):
+nothing reads it, so a key set there fails instead of being silently ignored.
+
+Each prompt of a step draws its entry by ``weight`` (``reopold_agents.mix``, seeds in
+``reopold_agents.seeding.mix_draw``); each trajectory is scored by its entry's ``teacher`` (None: the
+run's ``model.teacher``), several teachers loaded once each by ``reopold_agents.teacher_router``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from reopold_agents.config.env import EnvConfig
+
+MIX_ENV_NAME = "mix"  # the top-level env of a mix run (configs/env/mix.yaml): a placeholder, read by nothing
+_ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class MixEntry:
+    """One env of a mix: its share of each step's prompts, its routed teacher and its env section."""
+
+    weight: float = 1.0  # relative: a step's prompts draw this entry with probability weight / sum(weights)
+    teacher: Optional[str] = None  # a tiny pair name, "self", an HF id or path; None: model.teacher
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+    def check(self) -> None:
+        """Range checks; raise ValueError('key: why') so the loader can name the key."""
+        if not self.weight > 0:
+            raise ValueError(f"weight: must be > 0, got {self.weight}")
+        if self.teacher is not None and not self.teacher:
+            raise ValueError("teacher: empty; leave it unset (null) for model.teacher")
+        try:
+            self.env.check()
+        except ValueError as exc:
+            raise ValueError(f"env.{exc}") from None
+        if self.env.name == MIX_ENV_NAME:
+            raise ValueError(f"env.name: {MIX_ENV_NAME!r} is the placeholder of the top-level env; name a real env")
+
+
+def check_mix(mix: dict[str, MixEntry], env: EnvConfig) -> None:
+    """The mix entries, and the top-level env they replace; raise ValueError('<key>: why') with the key
+    relative to the root (``mix.toolqa.weight``, ``env.max_turns``)."""
+    if not mix:
+        if env.name == MIX_ENV_NAME:
+            raise ValueError("mix: env=mix needs mix entries (e.g. experiment=mix_math_toolqa)")
+        return
+    for name, entry in mix.items():
+        if not _ENTRY_NAME.match(str(name)):
+            raise ValueError(f"mix.{name}: entry names are letters, digits, '_', '.', '-' (they label metrics)")
+        try:
+            entry.check()
+        except ValueError as exc:
+            raise ValueError(f"mix.{name}.{exc}") from None
+    if env.name != MIX_ENV_NAME:
+        raise ValueError(f"env: a mix run takes its envs from mix.<name>.env; select env=mix "
+                         f"(got env.name={env.name!r}, which nothing would read)")
+    default = EnvConfig(name=MIX_ENV_NAME)
+    for f in fields(EnvConfig):
+        if getattr(env, f.name) != getattr(default, f.name):
+            raise ValueError(f"env.{f.name}: not used in a mix run (set mix.<name>.env.{f.name} instead)")
+
+
+def mix_weights(mix: dict[str, MixEntry]) -> dict[str, float]:
+    """Each entry's normalised weight (sums to 1), in the mix's order."""
+    total = sum(e.weight for e in mix.values())
+    return {name: e.weight / total for name, e in mix.items()}
+
+
+def entry_teacher(entry: MixEntry, model_cfg: Any) -> str:
+    """The teacher name that scores ``entry``'s trajectories."""
+    return entry.teacher if entry.teacher is not None else model_cfg.teacher

@@ -1,0 +1,76 @@
+"""Per-env and per-teacher metrics of a multi-task step (nothing for a single-env run).
+
+``env/<entry>/*`` groups the step's episodes by ``Trajectory.info["env"]``; ``teacher/<label>/*`` groups
+the batch rows by ``Batch.teachers`` (the routed teacher's label). The learner adds
+``teacher/<label>/frac_selected`` and ``frac_clipped`` (``learner._Accumulator``), from its own token
+masks, since only it knows which tokens the objective selected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reopold_agents.metrics import summarize
+from reopold_agents.trajectory import Batch, Trajectory
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def _log_ratios(batch: Batch, rows: list[int]) -> torch.Tensor:
+    """``log pi_T - log pi_old`` on the trained tokens of ``rows`` (empty without teacher scores)."""
+    if batch.teacher_logprobs is None or not rows:
+        return torch.zeros(0)
+    idx = torch.tensor(rows, dtype=torch.long)
+    trained = batch.loss_mask.cpu()[idx] > 0
+    diff = batch.teacher_logprobs.cpu()[idx] - batch.old_logprobs.cpu()[idx]
+    return diff[trained].float()
+
+
+def env_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
+    """``env/<entry>/{episodes,reward,success,response_tokens,turns,log_ratio_mean}`` per mix entry."""
+    groups: dict[str, list[int]] = {}
+    for row, traj in enumerate(trajectories):
+        name = traj.info.get("env")
+        if name is not None:
+            groups.setdefault(str(name), []).append(row)
+    out: dict[str, float] = {}
+    for name, rows in groups.items():
+        trajs = [trajectories[r] for r in rows]
+        n = len(trajs)
+        key = f"env/{name}"
+        out[f"{key}/episodes"] = float(n)
+        out[f"{key}/reward"] = sum(t.reward for t in trajs) / n
+        out[f"{key}/success"] = sum(t.success for t in trajs) / n
+        out[f"{key}/response_tokens"] = sum(t.num_generated for t in trajs) / n
+        out[f"{key}/turns"] = sum(len(t.turns) for t in trajs) / n
+        ratios = _log_ratios(batch, rows)
+        if ratios.numel():
+            out[f"{key}/log_ratio_mean"] = float(ratios.mean())
+    return out
+
+
+def teacher_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
+    """``teacher/<label>/{rows,tokens,score_s,log_ratio/{mean,std,min,max,p10,p50,p90}}`` per routed teacher."""
+    if batch.teachers is None:
+        return {}
+    groups: dict[str, list[int]] = {}
+    for row, label in enumerate(batch.teachers):
+        groups.setdefault(label, []).append(row)
+    out: dict[str, float] = {}
+    for label, rows in groups.items():
+        key = f"teacher/{label}"
+        ratios = _log_ratios(batch, rows)
+        out[f"{key}/rows"] = float(len(rows))
+        out[f"{key}/tokens"] = float(ratios.numel())
+        out[f"{key}/score_s"] = sum(float(trajectories[r].info.get("teacher_score_s", 0.0)) for r in rows)
+        out.update(summarize(f"{key}/log_ratio", ratios.tolist()))
+        if ratios.numel():
+            qs = torch.quantile(ratios.double(), torch.tensor(QUANTILES, dtype=torch.float64))
+            for q, v in zip(QUANTILES, qs.tolist()):
+                out[f"{key}/log_ratio/p{round(q * 100):02d}"] = float(v)
+    return out
+
+
+def mix_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
+    """Both groups; ``{}`` when no trajectory names an entry and no row a teacher (single-env runs)."""
+    return {**env_metrics(trajectories, batch), **teacher_metrics(trajectories, batch)}

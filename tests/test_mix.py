@@ -1,0 +1,446 @@
+"""Multi-task runs and teacher routing: the seeded draw, routing against brute force, the metrics, bad
+configs, and single-env runs left as they were."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import reopold_agents.run as run_mod
+from reopold_agents.config import compose
+from reopold_agents.config.schema import ConfigError
+from reopold_agents.learner import _Accumulator
+from reopold_agents.metrics import read_metrics
+from reopold_agents.mix import MixRollout, MixSampler
+from reopold_agents.mix_metrics import mix_metrics
+from reopold_agents.seeding import mix_draw
+from reopold_agents.step import rollout_metrics
+from reopold_agents.teacher_router import TeacherRouter, teacher_label
+from reopold_agents.trajectory import Batch, Trajectory, collate
+
+MIX = ["experiment=mix_math_toolqa", "model=tiny_toolqa"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------- the draw
+
+
+def test_mix_draw_is_seeded_resumable_and_follows_the_weights():
+    sampler = MixSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=3)
+    run = [sampler.tasks(s) for s in range(400)]
+    # a fresh sampler asked for a late step first (a resume) gives the same tasks, and so does a re-ask
+    resumed = MixSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=3)
+    assert resumed.tasks(250) == run[250] and resumed.tasks(3) == run[3] and sampler.tasks(17) == run[17]
+    other = MixSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=4)
+    assert [other.tasks(s) for s in range(5)] != run[:5]
+    flat = [t for step in run for t in step]
+    share_a = sum(t["env"] == "a" for t in flat) / len(flat)
+    assert abs(share_a - 0.75) < 0.03  # 3200 draws: 4 standard deviations
+    # each entry reads its own permutation: a pass over its tasks has no repeats, and covers them all
+    for name, n in (("a", 50), ("b", 7)):
+        seq = [t["options"]["task_index"] for t in flat if t["env"] == name]
+        assert sorted(seq[:n]) == list(range(n)) and sorted(seq[n : 2 * n]) == list(range(n))
+    assert mix_draw(5, 8, [0.75, 0.25], 3) == [["a", "b"].index(t["env"]) for t in run[5]]
+
+
+def test_mix_draw_needs_tasks_and_matching_entries():
+    with pytest.raises(ValueError, match="no tasks"):
+        MixSampler({"a": 0}, {"a": 1.0}, 4, 0)
+    with pytest.raises(ValueError, match="entries differ"):
+        MixSampler({"a": 3}, {"b": 1.0}, 4, 0)
+
+
+# ----------------------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["mix.toolqa.weight=0"], r"mix\.toolqa\.weight: must be > 0"),
+    (["mix.toolqa.weight=inf"], r"mix\.toolqa\.weight: must be a finite number"),
+    (["mix.math.env.difficulty=9"], r"mix\.math\.env\.difficulty"),
+    (["mix.math.env.foo=1"], r"mix\.math\.env\.foo"),
+    (["mix.math.tacher=tiny"], r"mix\.math\.tacher"),
+    (["mix.math.teacher="], r"mix\.math\.teacher: empty"),
+    (["env.max_turns=4"], r"env\.max_turns: not used in a mix run"),
+    (["env=math"], r"env: a mix run takes its envs from mix"),
+])
+def test_bad_mix_config_fails_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        compose([*MIX, *overrides])
+
+
+def test_env_mix_without_entries_fails():
+    with pytest.raises(ConfigError, match=r"mix: env=mix needs mix entries"):
+        compose(["env=mix"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["mix.math.env.name=nope"], r"mix\.math\.env\.name: unknown env 'nope'"),
+    (["mix.math.env.tools=[search]"], r"mix\.math\.env\.tools: env 'math' does not take it"),
+    (["mix.math.teacher=./no/such/teacher"], r"mix\.math\.teacher: './no/such/teacher' is not"),
+    (["algo=grpo"], r"mix\.math\.teacher: algo=grpo learns without a teacher"),
+    (["mix.math.teacher={tmp}/a/b", "mix.toolqa.teacher={tmp}/a_b"], r"share the metric label '.*a_b'"),
+])
+def test_bad_mix_entry_fails_at_startup(overrides, key, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a_b").mkdir()
+    cfg = compose([*MIX, *(o.format(tmp=tmp_path) for o in overrides)])
+    with pytest.raises(ConfigError, match=key):
+        run_mod.check_startup(cfg)
+
+
+def test_mix_entries_from_the_command_line():
+    cfg = compose(["env=mix", "+env@mix.a.env=math", "+env@mix.b.env=toolqa", "mix.b.weight=3"])
+    assert {k: (e.env.name, e.weight, e.teacher) for k, e in cfg.mix.items()} == {
+        "a": ("math", 1.0, None), "b": ("toolqa", 3.0, None)}
+    run_mod.check_startup(cfg)
+
+
+def test_teacher_label():
+    assert teacher_label("tiny") == "tiny" and teacher_label("self") == "self"
+    assert teacher_label("Qwen/Qwen2.5-7B-Instruct") == "Qwen_Qwen2.5-7B-Instruct"
+    assert teacher_label("/data/ckpt/t") == "data_ckpt_t"
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def _random_trajectories(tok, n: int, seed: int) -> list[Trajectory]:
+    rng = random.Random(seed)
+    out = []
+    for g in range(n):
+        t = Trajectory(group_id=g)
+        for _ in range(rng.randint(1, 2)):
+            t.append_env([rng.randrange(len(tok)) for _ in range(rng.randint(3, 9))])
+            k = rng.randint(2, 6)
+            t.append_generated([rng.randrange(len(tok)) for _ in range(k)], [-1.0] * k)
+        out.append(t)
+    return out
+
+
+def _brute(model, traj: Trajectory, k: int = 0):
+    """Row log-probs (and top-k values) by one unpadded forward of ``model``."""
+    x = torch.tensor([traj.token_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+    mask = torch.tensor(traj.loss_mask[1:], dtype=torch.float64)
+    lp = torch.cat([torch.zeros(1, dtype=torch.float64), logp.gather(-1, x[0, 1:, None])[:, 0] * mask])
+    top = torch.cat([torch.zeros(1, k, dtype=torch.float64), logp.topk(k, dim=-1).values * mask[:, None]]) if k else None
+    return lp, top
+
+
+@pytest.mark.parametrize("algo, k", [("reopold", 0), ("gkd", 4)])
+def test_each_row_is_scored_by_its_routed_teacher(algo, k):
+    """math -> tiny's teacher, toolqa -> self (the student's weights): two different models, so a row
+    scored by the wrong one would differ from its brute-force score."""
+    from reopold_agents.models import load_model, load_tokenizer_and_processor
+
+    extra = [f"algo={algo}"] + ([f"algo.gkd_topk={k}"] if k else [])
+    cfg = compose([*MIX, "mix.toolqa.teacher=self", *extra])
+    student_tok = load_tokenizer_and_processor("tiny_toolqa", "student")[0]
+    router = TeacherRouter.from_config(cfg, student_tok, top_k=k)
+    assert sorted(router.teachers) == ["self", "tiny"]
+    trajs = _random_trajectories(student_tok, 7, seed=1)
+    route = ["tiny", "self", "self", "tiny", "self", "tiny", "tiny"]
+    for t, r in zip(trajs, route):
+        t.info["teacher"] = r
+    batch = collate(trajs, student_tok.pad_token_id)
+    assert batch.teachers == route
+    mask_before = batch.loss_mask.clone()
+    out = router.score(batch, trajs)
+    assert out is batch and torch.equal(batch.loss_mask, mask_before)
+    models = {"tiny": load_model("tiny", "teacher").model, "self": load_model("tiny_toolqa", "student").model}
+    for i, (t, r) in enumerate(zip(trajs, route)):
+        n = len(t)
+        want, want_top = _brute(models[r], t, k)
+        other, _ = _brute(models["self" if r == "tiny" else "tiny"], t)
+        got = batch.teacher_logprobs[i, :n].double()
+        assert torch.allclose(got, want, atol=1e-4), (i, r)
+        assert not torch.allclose(got, other, atol=1e-2), (i, r)  # the two teachers disagree: the test can fail
+        assert torch.all(batch.teacher_logprobs[i, n:] == 0)
+        assert t.info["teacher_score_s"] > 0
+        if k:
+            assert torch.allclose(batch.teacher_topk_logprobs[i, :n].double(), want_top, atol=1e-4)
+    assert (batch.teacher_topk_ids is None) == (k == 0)
+
+
+class _MaskingScorer:
+    """A stand-in scorer that masks the first trained token of each row and gives every other one ``value``
+    (as the cross-tokenizer scorer may mask turns it cannot align)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def score(self, batch: Batch, trajectories=None) -> Batch:
+        mask = batch.loss_mask.clone()
+        for b in range(len(batch)):
+            mask[b, int(mask[b].nonzero()[0])] = 0
+        batch.loss_mask = mask
+        batch.teacher_logprobs = torch.where(mask > 0, torch.full_like(mask, self.value), torch.zeros_like(mask))
+        return batch
+
+
+def test_router_writes_back_each_teachers_loss_mask(tok):
+    trajs = _random_trajectories(tok, 5, seed=2)
+    route = ["b", "a", "b", "b", "a"]
+    for t, r in zip(trajs, route):
+        t.info["teacher"] = r
+    batch = collate(trajs, tok.pad_token_id)
+    before = batch.loss_mask.clone()
+    TeacherRouter({"a": _MaskingScorer(-1.0), "b": _MaskingScorer(-2.0)}).score(batch, trajs)
+    for i, r in enumerate(route):
+        first = int(before[i].nonzero()[0])
+        want_mask = before[i].clone()
+        want_mask[first] = 0
+        assert torch.equal(batch.loss_mask[i], want_mask)
+        value = -1.0 if r == "a" else -2.0
+        assert torch.equal(batch.teacher_logprobs[i], torch.where(want_mask > 0, torch.tensor(value), torch.tensor(0.0)))
+    batch.teachers = ["a", "c", "a", "a", "a"]
+    with pytest.raises(ValueError, match=r"unknown teachers \['c'\]"):
+        TeacherRouter({"a": _MaskingScorer(-1.0)}).score(batch, trajs)
+
+
+# ----------------------------------------------------------------------------- rollout + metrics
+
+
+class _FakeRollout:
+    """Records its calls; one trajectory per (prompt, sample), group ids 0.. as ``Rollout.run`` numbers them."""
+
+    def __init__(self, tag: int) -> None:
+        self.tag, self.calls, self.stats = tag, [], None
+
+    def run(self, prompts, sampling, group_size=1):
+        from reopold_agents.rollout import RolloutStats
+
+        self.calls.append((prompts, sampling.seed))
+        self.stats = RolloutStats(episodes=len(prompts) * group_size, generated_tokens=10 * self.tag)
+        return [Trajectory(group_id=g, reward=float(p["options"]["task_index"]), info={"k": k})
+                for g, p in enumerate(prompts) for k in range(group_size)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_mix_rollout_routes_tasks_and_keeps_task_order():
+    from reopold_agents.engines.base import SamplingParams
+
+    a, b = _FakeRollout(1), _FakeRollout(2)
+    mix = MixRollout({"a": a, "b": b}, teachers={"a": "ta", "b": "tb"})
+    tasks = [{"env": e, "options": {"task_index": i}} for e, i in [("b", 0), ("a", 1), ("b", 2), ("a", 3)]]
+    out = mix.run(tasks, SamplingParams(seed=11), group_size=2)
+    assert [t.reward for t in out] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [t.group_id for t in out] == [0, 0, 1, 1, 2, 2, 3, 3]  # the task's position, as one Rollout.run
+    assert [t.info["env"] for t in out] == ["b", "b", "a", "a", "b", "b", "a", "a"]
+    assert [t.info["teacher"] for t in out] == ["tb", "tb", "ta", "ta", "tb", "tb", "ta", "ta"]
+    assert [t.info["k"] for t in out] == [0, 1] * 4
+    assert a.calls[0][0] == [{"options": {"task_index": 1}}, {"options": {"task_index": 3}}]  # "env" stripped
+    assert a.calls[0][1] != b.calls[0][1]  # each entry's own sampling seed
+    assert mix.stats.episodes == 8 and mix.stats.generated_tokens == 30
+    with pytest.raises(ValueError, match="names mix entry 'c'"):
+        mix.run([{"env": "c", "options": {}}], SamplingParams(seed=1))
+
+
+def _scored(trajs: list[Trajectory], seed: int = 0) -> Batch:
+    batch = collate(trajs, 0)
+    g = torch.Generator().manual_seed(seed)
+    batch.teacher_logprobs = torch.where(batch.loss_mask > 0, -torch.rand(batch.loss_mask.shape, generator=g) * 3,
+                                         torch.zeros(()))
+    return batch
+
+
+def test_per_env_and_per_teacher_metrics_match_brute_force():
+    rng = random.Random(0)
+    trajs = []
+    for i in range(9):
+        t = Trajectory(group_id=i, reward=float(i % 3 == 0), info={"env": "ab"[i % 2], "teacher": ["x", "y", "y"][i % 3],
+                                                                   "teacher_score_s": 0.5})
+        t.append_env([1] * rng.randint(2, 5))
+        k = rng.randint(2, 8)
+        t.append_generated([2] * k, [-0.5] * k)
+        trajs.append(t)
+    batch = _scored(trajs)
+    m = mix_metrics(trajs, batch)
+    ratio = (batch.teacher_logprobs - batch.old_logprobs).numpy()
+    trained = batch.loss_mask.numpy() > 0
+    for env in "ab":
+        rows = [i for i, t in enumerate(trajs) if t.info["env"] == env]
+        assert m[f"env/{env}/episodes"] == len(rows)
+        assert m[f"env/{env}/success"] == pytest.approx(np.mean([trajs[i].reward > 0 for i in rows]))
+        assert m[f"env/{env}/response_tokens"] == pytest.approx(np.mean([trajs[i].num_generated for i in rows]))
+        assert m[f"env/{env}/log_ratio_mean"] == pytest.approx(np.concatenate([ratio[i][trained[i]] for i in rows]).mean())
+    for label in "xy":
+        rows = [i for i, t in enumerate(trajs) if t.info["teacher"] == label]
+        vals = np.concatenate([ratio[i][trained[i]] for i in rows]).astype(np.float64)
+        assert m[f"teacher/{label}/rows"] == len(rows) and m[f"teacher/{label}/tokens"] == len(vals)
+        assert m[f"teacher/{label}/score_s"] == pytest.approx(0.5 * len(rows))
+        assert m[f"teacher/{label}/log_ratio/mean"] == pytest.approx(vals.mean(), abs=1e-6)
+        assert m[f"teacher/{label}/log_ratio/std"] == pytest.approx(vals.std(), abs=1e-6)
+        for q in (10, 50, 90):
+            assert m[f"teacher/{label}/log_ratio/p{q}"] == pytest.approx(np.quantile(vals, q / 100), abs=1e-6)
+
+
+def test_learner_splits_selected_and_clipped_counts_by_teacher():
+    g = torch.Generator().manual_seed(0)
+    loss_mask = (torch.rand(6, 10, generator=g) > 0.3).float()
+    select = (torch.rand(6, 10, generator=g) > 0.5) & (loss_mask > 0)
+    clipped = (torch.rand(6, 10, generator=g) > 0.6) & (loss_mask > 0)
+    tags = ["p", "q", "p", "p", "q", "q"]
+    acc = _Accumulator()
+    acc.observe_tokens(loss_mask[:4], select[:4], torch.zeros(4, 10), clipped[:4], tags[:4])  # two minibatches
+    acc.observe_tokens(loss_mask[4:], select[4:], torch.zeros(2, 10), clipped[4:], tags[4:])
+    batch = Batch(input_ids=torch.zeros(6, 10, dtype=torch.long), attention_mask=torch.ones(6, 10, dtype=torch.long),
+                  loss_mask=loss_mask, old_logprobs=torch.zeros(6, 10), teacher_logprobs=None,
+                  rewards=torch.zeros(6), group_ids=torch.arange(6))
+    from reopold_agents.objectives import TokenTerms
+
+    m = acc.metrics(batch, TokenTerms(torch.zeros(6, 10), None, clipped), 0, 1, 1e-3)
+    for label in "pq":
+        rows = [i for i, t in enumerate(tags) if t == label]
+        sel = int(select[rows].sum())
+        assert m[f"teacher/{label}/frac_selected"] == pytest.approx(sel / float(loss_mask[rows].sum()))
+        assert m[f"teacher/{label}/frac_clipped"] == pytest.approx(int((clipped & select)[rows].sum()) / sel)
+
+
+def test_single_env_batches_and_metrics_are_unchanged():
+    trajs = []
+    for i in range(3):
+        t = Trajectory(group_id=i, reward=1.0)
+        t.append_env([1, 1, 1])
+        t.append_generated([2, 2], [-0.1, -0.2])
+        trajs.append(t)
+    batch = _scored(trajs)
+    assert batch.teachers is None and mix_metrics(trajs, batch) == {}
+    keys = set(rollout_metrics(trajs, batch))
+    assert keys == {"rollout/reward", "rollout/success", "rollout/response_tokens", "rollout/turns", "rollout/seq_len",
+                    "teacher/log_ratio/mean", "teacher/log_ratio/std", "teacher/log_ratio/min", "teacher/log_ratio/max"}
+    cfg = compose(["env=math"])
+    assert cfg.mix == {} and cfg.env.name == "math"
+
+
+# ----------------------------------------------------------------------------- a mixed run
+
+
+def test_mixed_run_with_two_routed_teachers(tmp_path):
+    """One step of math + toolqa, math scored by tiny's teacher and toolqa by ``self`` (the student's own
+    initial weights: on the first, on-policy step its log-ratio is ~0, the tiny teacher's is not)."""
+    out = tmp_path / "run"
+    cfg = compose([*MIX, "mix.toolqa.teacher=self", f"trainer.output_dir={out}", "trainer.total_steps=1",
+                   "trainer.prompts_per_step=4", "trainer.group_size=1", "trainer.heldout_tasks=2",
+                   "trainer.save_every=0", "engine.sampling.max_new_tokens=24", "mix.toolqa.env.max_turns=2"])
+    draws = MixSampler.from_config(cfg).tasks(0)
+    assert {t["env"] for t in draws} == {"math", "toolqa"}  # this seed's first step has both
+    seen: list[dict[str, float]] = []
+    result = run_mod.train(cfg, progress=False, on_step=lambda step, m: seen.append(m))
+    m = seen[0]
+    for env in ("math", "toolqa"):
+        for key in ("episodes", "reward", "success", "response_tokens", "turns", "log_ratio_mean"):
+            assert f"env/{env}/{key}" in m, (env, key)
+    n_env = {e: sum(t["env"] == e for t in draws) for e in ("math", "toolqa")}
+    assert m["env/math/episodes"] == n_env["math"] and m["env/toolqa/episodes"] == n_env["toolqa"]
+    assert m["rollout/success"] == pytest.approx(
+        sum(m[f"env/{e}/success"] * n for e, n in n_env.items()) / sum(n_env.values()))
+    # one teacher per env here, so each teacher's numbers are its env's
+    assert m["teacher/tiny/log_ratio/mean"] == pytest.approx(m["env/math/log_ratio_mean"])
+    assert m["teacher/self/log_ratio/mean"] == pytest.approx(m["env/toolqa/log_ratio_mean"])
+    assert abs(m["teacher/self/log_ratio/mean"]) < 1e-3 < abs(m["teacher/tiny/log_ratio/mean"])
+    assert m["teacher/tiny/score_s"] > 0 and m["teacher/self/score_s"] > 0
+    tokens = {t: m[f"teacher/{t}/tokens"] for t in ("tiny", "self")}
+    assert sum(tokens.values()) == m["num_tokens"]
+    assert sum(m[f"teacher/{t}/frac_selected"] * n for t, n in tokens.items()) == pytest.approx(m["num_selected"])
+    records = read_metrics(out)
+    first, last = records[0], records[-1]
+    for rec in (first, last):
+        assert rec["eval/success"] == pytest.approx(0.5 * rec["eval/math/success"] + 0.5 * rec["eval/toolqa/success"])
+    summary = json.loads((Path(result.output_dir) / "summary.json").read_text())
+    assert summary["by_env"] == {"math": [first["eval/math/success"], last["eval/math/success"]],
+                                 "toolqa": [first["eval/toolqa/success"], last["eval/toolqa/success"]]}
+
+
+def test_mixed_run_resumed_after_a_crash_is_bit_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    def cfg(out, *extra):
+        return compose([*MIX, f"trainer.output_dir={out}", "trainer.total_steps=3", "trainer.save_every=1",
+                        "trainer.keep_checkpoints=5", "trainer.prompts_per_step=2", "trainer.group_size=1",
+                        "trainer.heldout_tasks=2", "trainer.lr=1e-3", "trainer.eval_every=2",
+                        "engine.sampling.max_new_tokens=12", "mix.toolqa.env.max_turns=2", *extra])
+
+    full = run_mod.train(cfg(tmp_path / "full"), progress=False)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(step, metrics):
+        if step == 2:
+            raise Crash("after step 2's evaluation, before its checkpoint (the last one: step 1)")
+
+    with pytest.raises(Crash):
+        run_mod.train(cfg(tmp_path / "crash"), progress=False, on_step=crash)
+    resumed = run_mod.train(cfg(tmp_path / "crash", "trainer.resume=true"), progress=False)
+    params = [load_file(str(Path(r.output_dir) / "checkpoints" / "step_00000003" / "model" / "model.safetensors"))
+              for r in (full, resumed)]
+    assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
+    timing = lambda k: k.startswith("perf/") or k.endswith("/score_s")  # noqa: E731
+    strip = lambda recs: [{k: v for k, v in r.items() if not timing(k)} for r in recs]  # noqa: E731
+    assert strip(read_metrics(full.output_dir)) == strip(read_metrics(resumed.output_dir))
+    assert resumed.by_env == full.by_env and resumed.evals == full.evals
+
+
+def test_mix_routes_one_env_to_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
+    """math -> tiny's teacher (the student's ids), toolqa -> a teacher with another tokenizer (the
+    cross-tokenizer scorer): each row's log-probs and loss mask are the ones its own teacher wrote."""
+    import sys
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import reopold_agents.step as step_mod
+    from reopold_agents.teacher import CrossTokenizerScorer, Teacher
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _second_tokenizer import second_tokenizer
+
+    tok2 = second_tokenizer()
+    torch.manual_seed(3)
+    teacher = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok2), hidden_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                                           eos_token_id=tok2.eos_token_id, pad_token_id=tok2.pad_token_id))
+    teacher_dir = tmp_path / "teacher"
+    teacher.save_pretrained(str(teacher_dir))
+    tok2.save_pretrained(str(teacher_dir))
+    seen, routers = [], []
+    real_step, real_from = step_mod.train_step, TeacherRouter.from_config.__func__
+    monkeypatch.setattr(step_mod, "train_step", lambda *a, **k: seen.append(real_step(*a, **k)) or seen[-1])
+    monkeypatch.setattr(TeacherRouter, "from_config",
+                        classmethod(lambda cls, *a, **k: routers.append(real_from(cls, *a, **k)) or routers[-1]))
+    cfg = compose([*MIX, f"mix.toolqa.teacher={teacher_dir}", f"trainer.output_dir={tmp_path / 'run'}",
+                   "trainer.total_steps=1", "trainer.prompts_per_step=4", "trainer.group_size=1",
+                   "trainer.heldout_tasks=1", "trainer.save_every=0", "engine.sampling.max_new_tokens=16",
+                   "mix.toolqa.env.max_turns=2"])
+    run_mod.train(cfg, progress=False)
+    cross = teacher_label(str(teacher_dir))
+    assert isinstance(routers[0].teachers[cross], CrossTokenizerScorer)
+    assert isinstance(routers[0].teachers["tiny"], Teacher)
+    (result,) = seen
+    batch, trajs = result.batch, result.trajectories
+    assert batch.teachers == ["tiny" if t.info["env"] == "math" else cross for t in trajs]
+    assert set(batch.teachers) == {"tiny", cross}
+    for i, t in enumerate(trajs):
+        if batch.teachers[i] != cross:
+            continue
+        n = len(t)
+        want_mask = torch.tensor([0] + t.loss_mask[1:], dtype=batch.loss_mask.dtype)  # as the scorer wrote it
+        assert torch.equal(batch.loss_mask[i, :n], want_mask)
+        want_lp = torch.where(want_mask > 0, torch.tensor(t.teacher_logprobs, dtype=torch.float32), torch.tensor(0.0))
+        assert torch.equal(batch.teacher_logprobs[i, :n], want_lp)
+    assert f"teacher/{cross}/log_ratio/mean" in result.metrics and "teacher/tiny/log_ratio/mean" in result.metrics
