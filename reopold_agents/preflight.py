@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 import torch
@@ -299,8 +299,17 @@ def recomputes_old_logprobs(cfg: Any) -> bool:
     return cfg.engine.name != "hf" if rec is None else bool(rec)
 
 
-def load_tokenizers(cfg: Any) -> tuple[Any, Any | None]:
-    """The student's tokenizer and the teacher's (None when the objective learns without a teacher)."""
+def run_routes(cfg: Any) -> list[tuple[str, str]]:
+    """The (env, teacher) pairs a run scores: one per ``mix`` entry (its routed teacher), else the run's own."""
+    if cfg.mix:
+        from reopold_agents.config.mix import entry_teacher
+
+        return list(dict.fromkeys((e.env.name, entry_teacher(e, cfg.model)) for e in cfg.mix.values()))
+    return [(cfg.env.name, cfg.model.teacher)]
+
+
+def load_tokenizers(cfg: Any, teacher_name: str) -> tuple[Any, Any | None]:
+    """The student's tokenizer and ``teacher_name``'s (None when the objective learns without a teacher)."""
     from reopold_agents.config.model import SELF_TEACHER
     from reopold_agents.models import load_tokenizer_and_processor
     from reopold_agents.objectives import make_objective
@@ -308,13 +317,13 @@ def load_tokenizers(cfg: Any) -> tuple[Any, Any | None]:
     student = load_tokenizer_and_processor(cfg.model.student, "student")[0]
     if not make_objective(cfg.algo, cfg.trainer.total_steps).needs_teacher:
         return student, None
-    if cfg.model.teacher == SELF_TEACHER:
+    if teacher_name == SELF_TEACHER:
         return student, student
-    return student, load_tokenizer_and_processor(cfg.model.teacher, "teacher")[0]
+    return student, load_tokenizer_and_processor(teacher_name, "teacher")[0]
 
 
-def tokenizer_checks(cfg: Any, student: Any, teacher: Any | None) -> list[CheckResult]:
-    """Tokenizers, chat template and stop tokens, from the tokenizers alone."""
+def tokenizer_checks(cfg: Any, student: Any, teacher: Any | None, env_name: str) -> list[CheckResult]:
+    """Tokenizers, chat template and stop tokens (of env ``env_name``), from the tokenizers alone."""
     from reopold_agents.objectives import make_objective
     from reopold_agents.rollout import env_stop_token_ids, tool_call_stop_ids
 
@@ -328,7 +337,7 @@ def tokenizer_checks(cfg: Any, student: Any, teacher: Any | None) -> list[CheckR
             check_same_tokenizer(student, teacher)
         except TokenizerMismatchError:
             cross = teacher
-    stops = env_stop_token_ids(cfg.env.name)
+    stops = env_stop_token_ids(env_name)
     stops = tool_call_stop_ids(student) if stops is None else stops
     return [tokens, check_chat_template(student, cross), check_stop_tokens(student, stops)]
 
@@ -373,8 +382,14 @@ def run_preflight(cfg: Any, backend: Any, tasks: list[Any], step: int = 0,
     """Run every check (tokenizer-level first: a failure there stops before the probe), ``emit`` the table
     and raise PreflightError if any check failed."""
     start = time.perf_counter()
-    student, teacher = load_tokenizers(cfg)
-    results = tokenizer_checks(cfg, student, teacher)
+    results: list[CheckResult] = []
+    routes = run_routes(cfg)
+    for env_name, teacher_name in routes:  # a mix run checks each env with its routed teacher
+        student, teacher = load_tokenizers(cfg, teacher_name)
+        checks = tokenizer_checks(cfg, student, teacher, env_name)
+        if len(routes) > 1:
+            checks = [replace(r, name=f"{r.name} [{env_name}]") for r in checks]
+        results += checks
     if not any(r.status == "fail" for r in results):
         results += model_checks(cfg, backend, tasks, student, step)
     emit(format_table(results, time.perf_counter() - start))
@@ -386,4 +401,4 @@ def run_preflight(cfg: Any, backend: Any, tasks: list[Any], step: int = 0,
 
 __all__ = ["CheckResult", "PreflightError", "check_chat_template", "check_learner_engine", "check_stop_tokens",
            "check_teacher_determinism", "check_temperature", "check_tokenizers", "check_tool_schemas", "format_table",
-           "load_tokenizers", "model_checks", "run_preflight", "tokenizer_checks"]
+           "load_tokenizers", "model_checks", "run_preflight", "run_routes", "tokenizer_checks"]

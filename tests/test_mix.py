@@ -402,7 +402,7 @@ def test_mix_routes_one_env_to_a_teacher_of_another_tokenizer(tmp_path, monkeypa
     cross-tokenizer scorer): each row's log-probs and loss mask are the ones its own teacher wrote."""
     import sys
 
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     import reopold_agents.step as step_mod
     from reopold_agents.teacher import CrossTokenizerScorer, Teacher
@@ -412,7 +412,9 @@ def test_mix_routes_one_env_to_a_teacher_of_another_tokenizer(tmp_path, monkeypa
 
     tok2 = second_tokenizer()
     torch.manual_seed(3)
-    teacher = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok2), hidden_size=64, num_hidden_layers=2,
+    # Llama, not qwen2: transformers loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which drops
+    # this tokenizer's spaces (the preflight's chat-template check fails on that, rightly)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok2), hidden_size=64, num_hidden_layers=2,
                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                                            eos_token_id=tok2.eos_token_id, pad_token_id=tok2.pad_token_id))
     teacher_dir = tmp_path / "teacher"
