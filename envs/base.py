@@ -25,7 +25,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs.answers import extract_final_answer
+from envs.answers import ANSWER_FORMATS, extract_final_answer
 from envs.scoring import SCORING_TIMEOUT_S, Verdict, score_answer
 from envs.spaces import AssistantText, chat_observation_space
 from tasks.record import Task
@@ -97,6 +97,7 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         difficulty: int = 1,
         max_action_chars: int = 32768,
         scoring_timeout_s: float = SCORING_TIMEOUT_S,
+        answer_format: str = "boxed",
         render_mode: str | None = None,
     ) -> None:
         if tasks is None:
@@ -115,6 +116,9 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         if not 0 < scoring_timeout_s < float("inf"):  # also rejects NaN
             raise ValueError(f"scoring_timeout_s must be a positive finite number, got {scoring_timeout_s}")
         self.scoring_timeout_s = float(scoring_timeout_s)
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+        self.answer_format = answer_format
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
         self.render_mode = render_mode
@@ -254,7 +258,7 @@ class TextEnv(gym.Env[dict[str, Any], str]):
     # ---------------------------------------------------------------------------------- helpers
 
     def finish_or_nudge(self, text: str) -> Outcome:
-        pred = extract_final_answer(text)
+        pred = extract_final_answer(text, self.answer_format)
         if pred is None:
             return Outcome(messages=[{"role": "user", "content": NUDGE}], why="no final answer", info={"nudged": True})
         verdict = self.score(pred)

@@ -28,7 +28,8 @@ def load_env_tasks(cfg: EnvConfig) -> Sequence[Task]:
     return load_tasks(source, split=cfg.split, limit=limit, seed=cfg.seed, difficulty=cfg.difficulty, size=cfg.size)
 
 
-OPTIONAL_KEYS = ("system_prompt", "max_pixels", "min_pixels", "tools", "max_tool_chars", "scoring_timeout_s")
+OPTIONAL_KEYS = ("system_prompt", "max_pixels", "min_pixels", "tools", "max_tool_chars", "scoring_timeout_s",
+                 "answer_format")
 
 
 def _accepted_params(cls: Any) -> set[str]:

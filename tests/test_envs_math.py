@@ -106,3 +106,32 @@ def test_benchmark_rows_default_to_math_verify():
     env.reset(seed=0)
     _, r, *_ = env.step("\\boxed{1000}")
     assert r == 1.0
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("5 + 4 equals 9.", "9"),
+    ("Ann has 15 books; that is 1,234 pages.", "1234"),
+    ("It is -3.5.", "-3.5"),
+    ("First 3, then \\boxed{7}, then 9", "7"),  # a boxed answer still wins
+    ("<answer>4</answer> and 5", "4"),  # so does an answer tag
+    ("no number here", None),
+])
+def test_flexible_answer_format_takes_the_last_number(text, answer):
+    assert extract_final_answer(text, "flexible") == answer
+    strict = extract_final_answer(text)
+    assert strict == (answer if ("boxed" in text or "<answer>" in text) else None)
+
+
+def test_flexible_env_scores_prose_and_still_nudges_without_a_number():
+    env = _env("9", answer_format="flexible")
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step("5 + 4 equals 9.")
+    assert (reward, terminated, info["success"]) == (1.0, True, True)
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step("I am not sure.")
+    assert (reward, terminated, info.get("nudged")) == (0.0, False, True)
+    strict = _env("9")
+    strict.reset(seed=0)
+    assert strict.step("5 + 4 equals 9.")[2] is False  # boxed (default): prose is no answer, nudged
+    with pytest.raises(ValueError, match="answer_format"):
+        _env("9", answer_format="last")

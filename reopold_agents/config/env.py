@@ -23,9 +23,11 @@ class EnvConfig:
     max_tool_chars: toolqa cuts longer tool output.
 
     scoring_timeout_s: seconds an answer may take to score (the env's default: 10).
+    answer_format: ``boxed`` (the env's default: the last ``\\boxed{}`` or ``<answer>`` tag) or ``flexible``
+        (else the last number of the reply, lm-eval's GSM8K "flexible-extract"; for real instruct models).
 
     Keys an env may not take (system_prompt, max_pixels, min_pixels, tools, max_tool_chars,
-    scoring_timeout_s) default to
+    scoring_timeout_s, answer_format) default to
     None, meaning "the env's own default"; setting one the chosen env's constructor does not accept fails
     at start-up naming it (``envs.factory.env_kwargs``).
     """
@@ -43,6 +45,7 @@ class EnvConfig:
     tools: Optional[list[str]] = None
     max_tool_chars: Optional[int] = None
     scoring_timeout_s: Optional[float] = None  # answer scoring in a killable worker; a timed-out answer scores 0
+    answer_format: Optional[str] = None  # boxed | flexible (envs/answers.py)
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -64,5 +67,7 @@ class EnvConfig:
             raise ValueError(f"max_pixels: need min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         if self.scoring_timeout_s is not None and self.scoring_timeout_s <= 0:
             raise ValueError(f"scoring_timeout_s: must be > 0, got {self.scoring_timeout_s}")
+        if self.answer_format is not None and self.answer_format not in ("boxed", "flexible"):
+            raise ValueError(f"answer_format: {self.answer_format!r}; use boxed or flexible")
         if self.max_tool_chars is not None and self.max_tool_chars < 1:
             raise ValueError(f"max_tool_chars: must be >= 1, got {self.max_tool_chars}")
