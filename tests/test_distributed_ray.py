@@ -61,7 +61,7 @@ def backends(tmp_path_factory):
     factories = default_factories()
     local = make_backend(compose(OVERRIDES + ["distributed=single"]), factories)
     ray_keys = ["distributed.ray.local_num_cpus=2", "distributed.ray.num_rollout_workers=2",
-                "distributed.ray.restart_timeout_s=60"]
+                "distributed.ray.restart_timeout_s=180"]  # a restart reloads models: slow on a loaded 2-core box
     # two rollout workers and two learner ranks (data parallel over gloo) against one process
     remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.ray.num_learner_workers=2", *ray_keys]),
                           factories)
