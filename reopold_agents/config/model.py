@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_vl")
+TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_math", "tiny_vl")
 SELF_TEACHER = "self"  # model.teacher=self: a frozen copy of the initial student (self-distillation)
 # `model=tiny` resolves to the pair made for the env (reopold_agents.run.resolve_tiny)
 ENV_TINY = {"math": "tiny", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}
