@@ -4,7 +4,10 @@
 project tokenizer: a bigger teacher trained to high success and a smaller student trained briefly, so
 it knows the format but solves clearly fewer tasks and distillation has something to do. Both are
 seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.models`` loads them
-(``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes.
+(``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes. ``tiny_toolqa`` and
+``tiny_math`` reuse tiny's teacher and give the student a bad habit instead (a second SFT stage of
+shortcut demonstrations): a gap the teacher's per-token scores can close; ``tiny_math``'s student starts
+from ``tiny_toolqa``'s (``student_from``).
 
 The package ships the built pairs (``reopold_agents/tiny/assets/<name>-<role>/``, made by
 ``python scripts/build_tiny_models.py --ship``): first use copies them into the cache in a second, so a
