@@ -306,3 +306,21 @@ def test_a_student_can_start_from_another_pairs_student(tmp_path, monkeypatch):
     ours = load_file(str(tiny_model_dir("tiny_math", "student") / "model.safetensors"))
     theirs = load_file(str(tiny_model_dir("tiny_toolqa", "student") / "model.safetensors"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_math_testbed_script_measures_all_three(tmp_path):
+    """scripts/math_testbed.py end to end on 4 held-out tasks and a 2-step upper bound."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bed.json"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(root / "scripts" / "math_testbed.py"), "--tasks", "4", "--upper-steps", "2",
+                    "--threads", "1", "--out", str(out)], check=True, env=env, cwd=tmp_path, capture_output=True)
+    got = json.loads(out.read_text())
+    assert got["tasks"] == 4 and got["upper_steps"] == 2
+    assert all(0.0 <= got[k] <= 1.0 for k in ("teacher", "student", "upper_start", "upper"))
