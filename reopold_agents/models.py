@@ -1,6 +1,6 @@
 """Loading the student and the teacher: the project's tiny pairs or anything ``from_pretrained`` reads.
 
-``tiny`` / ``tiny_toolqa`` / ``tiny_vl`` name project-built Qwen2 / Qwen2.5-VL pairs that share the
+``tiny`` / ``tiny_toolqa`` / ``tiny_math`` / ``tiny_vl`` name project-built Qwen2 / Qwen2.5-VL pairs that share the
 project tokenizer; they load through ``reopold_agents.tiny.load`` (imported only for those names).
 Any other name is an HF id or local path and goes through ``AutoModel*.from_pretrained``.
 """

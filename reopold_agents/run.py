@@ -53,7 +53,7 @@ class RunResult:
 
 def resolve_tiny(cfg: RunConfig) -> RunConfig:
     """``model=tiny`` names the tiny pair made for the env (``ENV_TINY``): the Qwen2.5-VL pair for vqa,
-    the tool-guessing student for toolqa, the plain pair otherwise (a mix run, ``env=mix``, has several
+    the tool-guessing student for toolqa, the answer-guessing test bed for math, the plain pair otherwise (a mix run, ``env=mix``, has several
     envs: its tiny names are taken as they are)."""
     want = ENV_TINY.get(cfg.env.name, "tiny")
     pick = lambda name: want if name == "tiny" else name  # noqa: E731  (teacher=self stays self)

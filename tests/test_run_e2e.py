@@ -57,8 +57,8 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2
-    # model=tiny resolves to the pair made for the env (the VL pair for images, the guessing student for toolqa)
-    want = {"math": "tiny", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}[env]
+    # model=tiny resolves to the pair made for the env (the VL pair for images, the guessing students for toolqa and math)
+    want = {"math": "tiny_math", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}[env]
     resolved = run_mod.resolve_tiny(_cfg(env, tmp_path)).model
     assert (resolved.student, resolved.teacher) == (want, want)
     assert run_mod.resolve_tiny(_cfg(env, tmp_path, "model=tiny_vl")).model.student == "tiny_vl"  # explicit wins

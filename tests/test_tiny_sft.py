@@ -252,3 +252,75 @@ def test_a_recipe_needs_exactly_one_teacher_source():
         dataclasses.replace(RECIPES["tiny_toolqa"], teacher=SFTConfig())
     with pytest.raises(ValueError, match="exactly one of teacher"):
         dataclasses.replace(RECIPES["tiny"], teacher=None)
+
+
+def test_tiny_math_test_bed_is_shipped_with_its_gap():
+    """The math test bed ships built by its current recipe, with the gap its build measured: the
+    student before the habit stage (the SFT upper bound) >= 0.85, after it <= 0.3 (256 tasks)."""
+    import json
+
+    from reopold_agents.models import load_model
+    from reopold_agents.tiny.load import TINY_SIZES
+    from reopold_agents.tiny.recipes import RECIPES, is_shipped, shipped_dir
+
+    recipe = RECIPES["tiny_math"]
+    assert is_shipped("tiny_math") and recipe.check_tasks >= 256
+    for role in ("student", "teacher"):
+        info = json.loads((shipped_dir("tiny_math", role) / "build_info.json").read_text())
+        assert info["version"] == recipe.version
+        loaded = load_model("tiny_math", role, "float32", "cpu")
+        assert loaded.path == str(shipped_dir("tiny_math", role))
+        assert loaded.model.config.hidden_size == TINY_SIZES[("tiny_math", role)]["hidden_size"]
+    student = json.loads((shipped_dir("tiny_math", "student") / "build_info.json").read_text())
+    assert student["success_before_habit"]["math"] >= 0.85 and student["success"]["math"] <= 0.3
+    assert json.loads((shipped_dir("tiny_math", "teacher") / "build_info.json").read_text())["success"]["math"] >= 0.9
+
+
+def test_math_shortcuts_skip_the_working():
+    """The math habit: ~60% of demonstrations box another task's answer at once, the rest show the working."""
+    from reopold_agents.tiny import build_tokenizer
+    from reopold_agents.tiny.recipes import demonstration_examples
+
+    tok = build_tokenizer()
+    exs = demonstration_examples("math", 200, tok, shortcuts=0.6)
+    turns = [tok.decode([t for t, m in zip(e.input_ids, e.loss_mask) if m]) for e in exs]
+    guesses = [t for t in turns if t.startswith("\\boxed{")]
+    assert 0.5 < len(guesses) / len(exs) < 0.7
+    assert all("=" in t and "\\boxed{" in t for t in turns if t not in guesses)
+
+
+def test_a_student_can_start_from_another_pairs_student(tmp_path, monkeypatch):
+    """tiny_math's student starts from tiny_toolqa's student (SFT stubbed out: the weights stay equal)."""
+    import reopold_agents.tiny.recipes as tm
+    from reopold_agents.tiny.load import tiny_model_dir
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(tm, "sft_train", lambda model, examples, sft, *a, **k: calls.append(sft) or [0.0])
+    monkeypatch.setattr(tm, "_greedy_success", lambda *a, **k: 0.5)
+    report = tm.build_tiny("tiny_math", progress=False, roles=("student",))
+    recipe = tm.RECIPES["tiny_math"]
+    assert calls == [recipe.student, recipe.student_habit]
+    assert report.success_before_habit == {"math": 0.5}
+    ours = load_file(str(tiny_model_dir("tiny_math", "student") / "model.safetensors"))
+    theirs = load_file(str(tiny_model_dir("tiny_toolqa", "student") / "model.safetensors"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_math_testbed_script_measures_all_three(tmp_path):
+    """scripts/math_testbed.py end to end on 4 held-out tasks and a 2-step upper bound."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bed.json"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(root / "scripts" / "math_testbed.py"), "--tasks", "4", "--upper-steps", "2",
+                    "--threads", "1", "--out", str(out)], check=True, env=env, cwd=tmp_path, capture_output=True)
+    got = json.loads(out.read_text())
+    assert got["tasks"] == 4 and got["upper_steps"] == 2
+    assert all(0.0 <= got[k] <= 1.0 for k in ("teacher", "student", "upper_start", "upper"))

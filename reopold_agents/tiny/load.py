@@ -24,6 +24,8 @@ TINY_SIZES: dict[tuple[str, str], dict[str, int]] = {
     ("tiny", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
     ("tiny_toolqa", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
     ("tiny_toolqa", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
+    ("tiny_math", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
+    ("tiny_math", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
     ("tiny_vl", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
     ("tiny_vl", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),
 }

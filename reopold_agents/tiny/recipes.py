@@ -4,7 +4,10 @@
 project tokenizer: a bigger teacher trained to high success and a smaller student trained briefly, so
 it knows the format but solves clearly fewer tasks and distillation has something to do. Both are
 seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.models`` loads them
-(``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes.
+(``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes. ``tiny_toolqa`` and
+``tiny_math`` reuse tiny's teacher and give the student a bad habit instead (a second SFT stage of
+shortcut demonstrations): a gap the teacher's per-token scores can close; ``tiny_math``'s student starts
+from ``tiny_toolqa``'s (``student_from``).
 
 The package ships the built pairs (``reopold_agents/tiny/assets/<name>-<role>/``, made by
 ``python scripts/build_tiny_models.py --ship``): first use copies them into the cache in a second, so a
@@ -55,6 +58,9 @@ class TinyRecipe:
     student_habit: SFTConfig | None = None
     habit_env: str = "toolqa"
     habit_shortcuts: float = 0.0
+    # Start the student from another pair's (current) student instead of random weights (same
+    # architecture): ``student`` then continues its SFT, e.g. on one env only.
+    student_from: str | None = None
 
     def __post_init__(self) -> None:
         if (self.teacher is None) == (self.teacher_from is None):
@@ -86,6 +92,24 @@ RECIPES: dict[str, TinyRecipe] = {
         student_habit=SFTConfig(steps=200, batch_size=16, lr=1e-3, warmup=10, seed=0),
         habit_shortcuts=0.6,
     ),
+    "tiny_math": TinyRecipe(
+        name="tiny_math",
+        version="v1",
+        envs=("math",),
+        demos_per_env=1000,
+        teacher=None,
+        teacher_from="tiny",  # bump this recipe's version when tiny's or tiny_toolqa's models change
+        # tiny_toolqa's student (math 0.81) trained further on math alone: the upper bound of the test
+        # bed (the student's success before the habit stage is recorded as ``success_before_habit``) ...
+        student_from="tiny_toolqa",
+        student=SFTConfig(steps=600, batch_size=16, lr=1e-3, warmup=30, seed=0),
+        check_tasks=256,
+        # ... then the bad habit: math demonstrations of which 60% skip the working and box another
+        # task's answer at once, so it guesses instead of working the problem out
+        student_habit=SFTConfig(steps=150, batch_size=16, lr=1e-3, warmup=10, seed=0),
+        habit_env="math",
+        habit_shortcuts=0.6,
+    ),
     "tiny_vl": TinyRecipe(
         name="tiny_vl",
         version="v4",
@@ -105,6 +129,7 @@ class BuildReport:
     version: str
     seconds: float
     success: dict[str, dict[str, float]] = field(default_factory=dict)  # role -> env -> greedy success
+    success_before_habit: dict[str, float] = field(default_factory=dict)  # env -> the student's, pre-habit
     final_loss: dict[str, float] = field(default_factory=dict)
 
 
@@ -309,28 +334,47 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
                 continue
             sft = recipe.student if role == "student" else recipe.teacher
             assert sft is not None
-            model = _new_model(recipe.name, role, tokenizer)
+            model = _start_model(recipe, role, tokenizer)
             losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
             if role == "student" and recipe.student_habit is not None:
+                report.success_before_habit = _check(recipe, model, tokenizer, processor)
                 habits = demonstration_examples(recipe.habit_env, recipe.demos_per_env, tokenizer,
                                                 shortcuts=recipe.habit_shortcuts)
                 losses = sft_train(model, habits, recipe.student_habit, tokenizer.pad_token_id,
                                    desc=f"build {recipe.name} {role} habit", progress=progress)
             report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
-            report.success[role] = {}
-            for env_name in recipe.envs:
-                factory, cfg = _env_factory(env_name, CHECK_SEED, recipe.check_tasks)
-                report.success[role][env_name] = _greedy_success(model, tokenizer, processor, factory, cfg,
-                                                                 recipe.check_tasks, recipe.max_new_tokens)
+            report.success[role] = _check(recipe, model, tokenizer, processor)
             info = {"version": recipe.version, "role": role, "envs": list(recipe.envs),
                     "demos_per_env": recipe.demos_per_env, "sft": asdict(sft), "seconds": time.perf_counter() - start,
                     "final_loss": report.final_loss[role], "success": report.success[role]}
+            if role == "student" and recipe.student_habit is not None:
+                info["success_before_habit"] = report.success_before_habit
             _save(model, tokenizer, processor, _model_dir(recipe.name, role), info)
         report.seconds = time.perf_counter() - start
         log.info("built %s in %.0fs: %s", recipe.name, report.seconds, report.success)
         return report
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _check(recipe: TinyRecipe, model: torch.nn.Module, tokenizer: Any, processor: Any) -> dict[str, float]:
+    """Greedy success per env on the build's ``check_tasks`` held-out tasks (CHECK_SEED)."""
+    out = {}
+    for env_name in recipe.envs:
+        factory, cfg = _env_factory(env_name, CHECK_SEED, recipe.check_tasks)
+        out[env_name] = _greedy_success(model, tokenizer, processor, factory, cfg, recipe.check_tasks,
+                                        recipe.max_new_tokens)
+    return out
+
+
+def _start_model(recipe: TinyRecipe, role: str, tokenizer: Any) -> torch.nn.Module:
+    """A fresh model of the role's architecture, or (``student_from``) that pair's current student."""
+    if role != "student" or recipe.student_from is None:
+        return _new_model(recipe.name, role, tokenizer)
+    from transformers import AutoModelForCausalLM
+
+    ensure_tiny(recipe.student_from)
+    return AutoModelForCausalLM.from_pretrained(str(_model_dir(recipe.student_from, "student")))
 
 
 @torch.no_grad()
