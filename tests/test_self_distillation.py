@@ -40,6 +40,7 @@ def test_self_teacher_gives_zero_reward_without_context(tmp_path):
 
 
 def test_privileged_context_teacher_scores_with_the_answer_in_front(tmp_path):
+    from reopold_agents.config.model import ENV_TINY
     from reopold_agents.logprobs import model_token_logprobs
     from reopold_agents.tiny.load import load_tiny
 
@@ -49,7 +50,7 @@ def test_privileged_context_teacher_scores_with_the_answer_in_front(tmp_path):
     b = res.batch
     reward = (b.teacher_logprobs - b.old_logprobs)[b.loss_mask > 0]
     assert reward.abs().max() > 1e-3  # the context changed the teacher's view
-    model, tok, _, _ = load_tiny("tiny", "student")  # the initial student == the self teacher
+    model, tok, _, _ = load_tiny(ENV_TINY["math"], "student")  # the run's initial student == the self teacher
     for row, traj in enumerate(res.trajectories[:2]):
         text = tok.apply_chat_template([{"role": "system", "content": ctx.format(answer=traj.info["answer"])}],
                                        tokenize=False, add_generation_prompt=False)
