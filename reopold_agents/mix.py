@@ -74,18 +74,6 @@ class MixSampler:
                    cfg.trainer.prompts_per_step, cfg.trainer.seed)
 
 
-def _sum_stats(parts: list[RolloutStats]) -> RolloutStats:
-    out = RolloutStats()
-    for s in parts:
-        out.total_s += s.total_s
-        out.generate_s += s.generate_s
-        out.env_s += s.env_s
-        out.episodes += s.episodes
-        out.turns += s.turns
-        out.generated_tokens += s.generated_tokens
-    return out
-
-
 class MixRollout:
     """``Rollout.run`` over mix tasks: each task runs in its entry's ``Rollout``; results in task order."""
 
@@ -119,7 +107,7 @@ class MixRollout:
                 if name in self.teachers:
                     traj.info["teacher"] = self.teachers[name]
                 out[positions[g] * group_size + k] = traj
-        self.stats = _sum_stats(parts)
+        self.stats = RolloutStats.total(parts)
         assert all(t is not None for t in out)
         return out  # type: ignore[return-value]
 

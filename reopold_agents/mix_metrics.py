@@ -16,14 +16,26 @@ from reopold_agents.trajectory import Batch, Trajectory
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def _log_ratios(batch: Batch, rows: list[int]) -> torch.Tensor:
-    """``log pi_T - log pi_old`` on the trained tokens of ``rows`` (empty without teacher scores)."""
-    if batch.teacher_logprobs is None or not rows:
+def log_ratios(batch: Batch, rows: list[int] | None = None) -> torch.Tensor:
+    """``log pi_T - log pi_old`` on the trained tokens of ``rows`` (None: every row; empty without teacher
+    scores): the token reward before clipping."""
+    if batch.teacher_logprobs is None or rows == []:
         return torch.zeros(0)
-    idx = torch.tensor(rows, dtype=torch.long)
+    idx = torch.arange(len(batch)) if rows is None else torch.tensor(rows, dtype=torch.long)
     trained = batch.loss_mask.cpu()[idx] > 0
     diff = batch.teacher_logprobs.cpu()[idx] - batch.old_logprobs.cpu()[idx]
     return diff[trained].float()
+
+
+def episode_means(prefix: str, trajectories: list[Trajectory]) -> dict[str, float]:
+    """``<prefix>/{reward,success,response_tokens,turns}``: means over ``trajectories`` (non-empty)."""
+    n = len(trajectories)
+    return {
+        f"{prefix}/reward": sum(t.reward for t in trajectories) / n,
+        f"{prefix}/success": sum(t.success for t in trajectories) / n,
+        f"{prefix}/response_tokens": sum(t.num_generated for t in trajectories) / n,
+        f"{prefix}/turns": sum(len(t.turns) for t in trajectories) / n,
+    }
 
 
 def env_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
@@ -35,15 +47,10 @@ def env_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float
             groups.setdefault(str(name), []).append(row)
     out: dict[str, float] = {}
     for name, rows in groups.items():
-        trajs = [trajectories[r] for r in rows]
-        n = len(trajs)
         key = f"env/{name}"
-        out[f"{key}/episodes"] = float(n)
-        out[f"{key}/reward"] = sum(t.reward for t in trajs) / n
-        out[f"{key}/success"] = sum(t.success for t in trajs) / n
-        out[f"{key}/response_tokens"] = sum(t.num_generated for t in trajs) / n
-        out[f"{key}/turns"] = sum(len(t.turns) for t in trajs) / n
-        ratios = _log_ratios(batch, rows)
+        out[f"{key}/episodes"] = float(len(rows))
+        out.update(episode_means(key, [trajectories[r] for r in rows]))
+        ratios = log_ratios(batch, rows)
         if ratios.numel():
             out[f"{key}/log_ratio_mean"] = float(ratios.mean())
     return out
@@ -59,7 +66,7 @@ def teacher_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, f
     out: dict[str, float] = {}
     for label, rows in groups.items():
         key = f"teacher/{label}"
-        ratios = _log_ratios(batch, rows)
+        ratios = log_ratios(batch, rows)
         out[f"{key}/rows"] = float(len(rows))
         out[f"{key}/tokens"] = float(ratios.numel())
         out[f"{key}/score_s"] = sum(float(trajectories[r].info.get("teacher_score_s", 0.0)) for r in rows)

@@ -292,13 +292,6 @@ def half_precision(cfg: Any, learner: bool) -> bool:
     return torch.cuda.is_available() or ray_gpus
 
 
-def recomputes_old_logprobs(cfg: Any) -> bool:
-    """``trainer.recompute_old_logprobs``, resolved as the learner resolves it (None: when the engine is
-    not the learner's own module)."""
-    rec = cfg.trainer.recompute_old_logprobs
-    return cfg.engine.name != "hf" if rec is None else bool(rec)
-
-
 def run_routes(cfg: Any) -> list[tuple[str, str]]:
     """The (env, teacher) pairs a run scores: one per ``mix`` entry (its routed teacher), else the run's own."""
     if cfg.mix:
@@ -352,7 +345,7 @@ def model_checks(cfg: Any, backend: Any, tasks: list[Any], student: Any, step: i
     second = backend.score(copy.deepcopy(one), copy.deepcopy(probe[:1]))
     half = half_precision(cfg, learner=True)  # the engine takes over the learner's dtype
     teacher_half = half_precision(cfg, learner=False) or cfg.model.teacher_engine == "vllm"  # vLLM: the saved dtype
-    recompute = recomputes_old_logprobs(cfg)
+    recompute = cfg.recomputes_old_logprobs
     temperature = float(cfg.engine.sampling.temperature)
     learner_lp = backend.learner_logprobs(batch)
     learner_lp_t = backend.learner_logprobs(batch, temperature) if temperature not in (0.0, 1.0) else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 import torch
@@ -40,6 +40,12 @@ class RolloutStats:
     episodes: int = 0
     turns: int = 0  # generate calls
     generated_tokens: int = 0
+
+    @classmethod
+    def total(cls, parts: list["RolloutStats"]) -> "RolloutStats":
+        """Field-wise sum (several rollouts run one after another, e.g. a mix run's entries)."""
+        zero = cls()
+        return cls(**{f.name: sum((getattr(p, f.name) for p in parts), getattr(zero, f.name)) for f in fields(cls)})
 
     @property
     def overhead_fraction(self) -> float:

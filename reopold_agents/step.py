@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from reopold_agents.metrics import summarize
-from reopold_agents.mix_metrics import mix_metrics
+from reopold_agents.mix_metrics import episode_means, log_ratios, mix_metrics
 from reopold_agents.trajectory import Batch, Trajectory, collate
 
 
@@ -44,19 +44,9 @@ def check_batch(batch: Batch) -> None:
 
 def rollout_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
     """Outcome reward/success, lengths, and the teacher log-ratio r_t = log pi_T - log pi_old on student tokens."""
-    n = len(trajectories)
-    out: dict[str, float] = {
-        "rollout/reward": sum(t.reward for t in trajectories) / n,
-        "rollout/success": sum(t.success for t in trajectories) / n,
-        "rollout/response_tokens": sum(t.num_generated for t in trajectories) / n,
-        "rollout/turns": sum(len(t.turns) for t in trajectories) / n,
-        "rollout/seq_len": sum(len(t) for t in trajectories) / n,
-    }
-    ratios: list[float] = []
-    if batch.teacher_logprobs is not None:
-        trained = batch.loss_mask > 0
-        ratios = (batch.teacher_logprobs.cpu() - batch.old_logprobs.cpu())[trained.cpu()].tolist()
-    out.update(summarize("teacher/log_ratio", ratios))
+    out = episode_means("rollout", trajectories)
+    out["rollout/seq_len"] = sum(len(t) for t in trajectories) / len(trajectories)
+    out.update(summarize("teacher/log_ratio", log_ratios(batch).tolist()))
     out.update(mix_metrics(trajectories, batch))  # env/<entry>/*, teacher/<label>/*: mix runs only
     return out
 

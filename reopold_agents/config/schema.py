@@ -39,6 +39,13 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     mix: dict[str, MixEntry] = field(default_factory=dict)  # multi-task run (config/mix.py); empty: one env
 
+    @property
+    def recomputes_old_logprobs(self) -> bool:
+        """``trainer.recompute_old_logprobs`` resolved (None: whenever the engine is not the learner's own
+        module, i.e. not ``hf``); read by the learner and the preflight."""
+        rec = self.trainer.recompute_old_logprobs
+        return self.engine.name != "hf" if rec is None else bool(rec)
+
 
 def register_schemas() -> None:
     """Register the typed roots with Hydra's ConfigStore: ``configs/config.yaml`` and

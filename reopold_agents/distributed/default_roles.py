@@ -130,9 +130,7 @@ class DefaultLearner:
         loaded = load_student(cfg.model)
         self.tokenizer = loaded.tokenizer
         chunk = cfg.model.logprob_chunk_size
-        recompute = cfg.trainer.recompute_old_logprobs
-        if recompute is None:  # default: whenever the engine is not the learner's own module
-            recompute = cfg.engine.name != "hf"
+        recompute = cfg.recomputes_old_logprobs
         if cfg.distributed.uses_accelerate:
             from reopold_agents.distributed.accelerate_learner import AccelerateLearner
 
