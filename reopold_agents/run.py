@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from reopold_agents.config import RunConfig, validate
 from reopold_agents.config.model import ENV_TINY
 from reopold_agents.config.schema import ConfigError
+from reopold_agents.evaluation.heldout import gap_closed
 from reopold_agents.metrics import MetricsLogger
 from reopold_agents.seeding import step_prompts
 
@@ -49,6 +50,8 @@ class RunResult:
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out success)
     plot: str | None = None
     by_env: dict[str, tuple[float, float]] = field(default_factory=dict)  # mix runs: entry -> (before, after)
+    teacher_success: float | None = None  # the teacher on the same held-out set (trainer.eval_teacher)
+    gap_closed: float | None = None  # (after - before) / (teacher - before)
 
 
 def resolve_tiny(cfg: RunConfig) -> RunConfig:
@@ -83,6 +86,16 @@ def check_startup(cfg: RunConfig) -> None:
             check_model_name(getattr(cfg.model, role))
         except ValueError as exc:
             raise ConfigError(f"model.{role}: {exc}") from None
+
+
+def _teacher_success(cfg: RunConfig) -> float | None:
+    """The teacher's held-out success (``trainer.eval_teacher``); None for a mix run (one teacher per env)
+    and a served teacher (``model.teacher_engine=http``: the model may not load here)."""
+    if not cfg.trainer.eval_teacher or cfg.mix or cfg.model.teacher_engine == "http":
+        return None
+    from reopold_agents.evaluation.heldout import teacher_success
+
+    return teacher_success(cfg)
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -133,9 +146,12 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
             return mix_tasks(step)
         return [{"options": {"task_index": i}} for i in step_prompts(step, tc.prompts_per_step, num_tasks, tc.seed)]
 
+    teacher: float | None = data_state.get("teacher_success")
+
     def save(step: int) -> None:
         backend.save(str(ckpt_dir), step, {"position": step * tc.prompts_per_step, "evals": evals,
-                                           **({"env_evals": env_evals} if env_evals else {})})
+                                           **({"env_evals": env_evals} if env_evals else {}),
+                                           **({"teacher_success": teacher} if teacher is not None else {})})
 
     def evaluate(step: int) -> dict[str, float]:
         found = backend.evaluate(step)
@@ -150,7 +166,11 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
 
         run_preflight(cfg, backend, tasks_for_step(start_step), start_step)  # prints its table; raises on a fail
         if start_step == 0:
-            logger.log(0, evaluate(0))
+            first = evaluate(0)
+            teacher = _teacher_success(cfg)
+            if teacher is not None:
+                first["eval/teacher_success"] = teacher
+            logger.log(0, first)
         before = evals[0][1]
         with _Bar(progress, tc.total_steps, start_step) as bar:
             for result in steps:
@@ -183,11 +203,17 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     except Exception as exc:  # a broken plot must not lose a finished run
         log.warning("could not draw the curves: %s", exc)
     by_env = {name: (vals[0], vals[-1]) for name, vals in env_evals.items()}
-    result = RunResult(str(out), tc.total_steps, before, after, time.perf_counter() - t_start, evals, plot, by_env)
+    closed = None if teacher is None else gap_closed(before, after, teacher)
+    result = RunResult(str(out), tc.total_steps, before, after, time.perf_counter() - t_start, evals, plot, by_env,
+                       teacher, closed)
     (out / SUMMARY_FILE).write_text(json.dumps(result.__dict__, indent=2))
     envs = "".join(f", {n} {b:.3f} -> {a:.3f}" for n, (b, a) in by_env.items())
+    target = ""
+    if teacher is not None:
+        target = f" (teacher {teacher:.3f}, gap closed " + ("n/a: the teacher is not above the start" if closed is None
+                                                        else f"{closed:.0%}") + ")"
     print(f"held-out success ({cfg.env.name}, {tc.heldout_tasks} tasks{' per env' if by_env else ''}, greedy): "
-          f"before {before:.3f} -> after {after:.3f}{envs}   [{tc.total_steps} steps, {result.seconds:.0f}s]")
+          f"before {before:.3f} -> after {after:.3f}{target}{envs}   [{tc.total_steps} steps, {result.seconds:.0f}s]")
     print(f"metrics: {out / 'metrics.jsonl'}  tensorboard: {out / 'tensorboard'}  plot: {plot}  checkpoints: {ckpt_dir}")
     return result
 

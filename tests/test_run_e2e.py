@@ -16,6 +16,7 @@ import torch
 import reopold_agents.run as run_mod
 from reopold_agents.config import compose
 from reopold_agents.config.schema import ConfigError
+from reopold_agents.evaluation.heldout import gap_closed
 from reopold_agents.metrics import read_metrics
 
 SMALL = [
@@ -57,6 +58,8 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2
+    assert 0.0 <= summary["teacher_success"] <= 1.0 and records[0]["eval/teacher_success"] == summary["teacher_success"]
+    assert summary["gap_closed"] == gap_closed(result.success_before, result.success_after, summary["teacher_success"])
     # model=tiny resolves to the pair made for the env (the VL pair for images, the guessing students for toolqa and math)
     want = {"math": "tiny_math", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}[env]
     resolved = run_mod.resolve_tiny(_cfg(env, tmp_path)).model
@@ -138,6 +141,29 @@ def _params(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(next(model_dir.glob("*.safetensors"))))
 
 
+def test_teacher_success_is_the_teacher_measured_as_a_student(tmp_path, capsys):
+    """The "gap closed" target: the teacher's held-out success equals what the run measures for a student
+    that has the teacher's weights; the before/after line prints it and the fraction closed."""
+    from reopold_agents.tiny.load import weights_dir
+
+    extra = ["trainer.total_steps=1", "trainer.heldout_tasks=8", "engine.sampling.max_new_tokens=32"]  # the working fits
+    result = run_mod.train(_cfg("math", tmp_path / "a", *extra), progress=False)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("held-out success")][0]
+    assert f"(teacher {result.teacher_success:.3f}, gap closed" in line
+    teacher_dir = str(weights_dir("tiny_math", "teacher"))
+    as_student = run_mod.train(_cfg("math", tmp_path / "b", *extra, f"model.student={teacher_dir}", f"model.teacher={teacher_dir}",
+                                    "trainer.eval_teacher=false"), progress=False)
+    assert as_student.teacher_success is None and as_student.gap_closed is None
+    assert result.teacher_success == as_student.success_before
+    assert result.teacher_success > result.success_before  # the test bed's gap (0.953 vs 0.160 on 256 tasks)
+
+
+def test_gap_closed_formula():
+    assert gap_closed(0.2, 0.6, 1.0) == pytest.approx(0.5)
+    assert gap_closed(0.2, 0.1, 0.6) == pytest.approx(-0.25)  # a run that got worse closes a negative gap
+    assert gap_closed(0.5, 0.7, 0.5) is None and gap_closed(0.5, 0.7, 0.4) is None  # no gap to close
+
+
 def test_resume_after_a_crash_is_bit_identical(tmp_path):
     extra = ["trainer.total_steps=4", "trainer.save_every=2", "trainer.lr=1e-3", "trainer.keep_checkpoints=5"]
     full = run_mod.train(_cfg("math", tmp_path / "full", *extra), progress=False)
@@ -158,6 +184,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
     strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in recs]  # noqa: E731
     assert strip(read_metrics(full.output_dir)) == strip(read_metrics(resumed.output_dir))
     assert resumed.success_before == full.success_before and resumed.evals == full.evals
+    assert resumed.teacher_success == full.teacher_success is not None  # kept in the checkpoint, not re-measured
 
 
 def test_bad_config_key_fails_naming_the_key(tmp_path):

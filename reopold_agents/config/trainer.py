@@ -4,7 +4,8 @@ Learner keys (read by reopold_agents/learner.py): lr, weight_decay, betas, eps, 
 warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, freeze_vision,
 total_steps.
 Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
-seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every, heldout_tasks.
+seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every, heldout_tasks,
+eval_teacher.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class TrainerConfig:
     log_every: int = 1
     eval_every: int = 0  # 0 disables periodic evaluation
     heldout_tasks: int = 64  # size of the fixed held-out success set (greedy, measured at every evaluation)
+    eval_teacher: bool = True  # also measure the teacher on it once (the "gap closed" target); not for mix/http
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""

@@ -55,3 +55,26 @@ class HeldoutSet:
 
     def close(self) -> None:
         self.rollout.close()
+
+
+def teacher_success(cfg: Any) -> float:
+    """The teacher's greedy success on the run's held-out set: the target "gap closed" is measured
+    against. It is generated in this process with the HF engine (whatever ``engine.name`` the student
+    uses), so ``trainer.eval_teacher=false`` is for teachers too big to load here."""
+    from reopold_agents.engines.hf import HFEngine
+    from reopold_agents.models import load_teacher
+
+    loaded = load_teacher(cfg.model)
+    engine = HFEngine(loaded.model, loaded.tokenizer, processor=loaded.processor,
+                      max_batch_size=max(1, cfg.engine.max_batch_size))
+    heldout = HeldoutSet.from_config(cfg, engine, loaded.tokenizer, loaded.processor)
+    try:
+        return heldout.success()
+    finally:
+        heldout.close()
+        engine.close()
+
+
+def gap_closed(before: float, after: float, teacher: float) -> float | None:
+    """(after - before) / (teacher - before); None when the teacher is not above the start."""
+    return None if teacher <= before else (after - before) / (teacher - before)
