@@ -324,3 +324,39 @@ def test_math_testbed_script_measures_all_three(tmp_path):
     got = json.loads(out.read_text())
     assert got["tasks"] == 4 and got["upper_steps"] == 2
     assert all(0.0 <= got[k] <= 1.0 for k in ("teacher", "student", "upper_start", "upper"))
+
+
+def test_mode_guesses_rank_each_kinds_shown_answers():
+    """The "mode" habit answers the most common shown answer of the question's kind (never its own)."""
+    from reopold_agents.tiny.recipes import mode_guesses, shown_answer
+    from tasks.record import Task
+
+    def task(kind: str, answer: str, shown: str | None = None) -> Task:
+        return Task(id=answer, question="q", answer=answer, meta={"kind": kind},
+                    demonstration=[f"\\boxed{{{shown or answer}}}"])
+
+    tasks = [task("count", "2"), task("count", "3"), task("count", "2"), task("color", "red"),
+             task("color", "blue"), task("color", "blue"), task("bars", "red", "B")]
+    assert shown_answer(tasks[-1]) == "B"  # a multiple-choice demonstration boxes the letter
+    assert mode_guesses(tasks) == {"count": ["2", "3"], "color": ["blue", "red"], "bars": ["B"]}
+
+
+def test_vqa_mode_shortcuts_answer_the_kinds_prior():
+    """vqa habit demonstrations box their kind's most common answer (a language prior), never the
+    task's own answer; the rest are the correct demonstrations."""
+    from reopold_agents.tiny.recipes import DEMO_SEED, _env_factory, demonstration_examples, mode_guesses, shown_answer
+    from reopold_agents.tiny.vl import tiny_vl_processor
+
+    tok = build_tokenizer()
+    exs = demonstration_examples("vqa", 120, tok, tiny_vl_processor(tok), shortcuts=0.6, guess="mode")
+    env = _env_factory("vqa", DEMO_SEED, 120)[0]()
+    modes = mode_guesses(env.tasks)
+    turns = [tok.decode([t for t, m in zip(e.input_ids, e.loss_mask) if m]) for e in exs]
+    guessed = 0
+    for t, task in zip(turns, env.tasks):
+        own, ranked = shown_answer(task), modes[task.meta["kind"]]
+        if t != f"\\boxed{{{own}}}<|im_end|>":
+            guessed += 1
+            assert t == f"\\boxed{{{[a for a in ranked if a != own][0]}}}<|im_end|>"
+    env.close()
+    assert 0.45 < guessed / len(exs) < 0.7

@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 DEMO_SEED = 7919  # demonstrations come from their own task seed, not the training (0) or eval seeds
 CHECK_SEED = 4242  # held-out tasks the build reports success on
+
+
+HABIT_GUESSES = ("other", "mode")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class TinyRecipe:
     student_habit: SFTConfig | None = None
     habit_env: str = "toolqa"
     habit_shortcuts: float = 0.0
+    # What a shortcut answers: "other" another task's answer at random; "mode" the most common shown
+    # answer among the demonstrations of the same kind of question (a language prior: the answer a model
+    # gives without looking, as VQA models answer "2" to every "how many")
+    habit_guess: str = "other"
     # Start the student from another pair's (current) student instead of random weights (same
     # architecture): ``student`` then continues its SFT, e.g. on one env only.
     student_from: str | None = None
@@ -65,6 +72,8 @@ class TinyRecipe:
     def __post_init__(self) -> None:
         if (self.teacher is None) == (self.teacher_from is None):
             raise ValueError(f"{self.name}: give exactly one of teacher (an SFT run) and teacher_from (a pair name)")
+        if self.habit_guess not in HABIT_GUESSES:
+            raise ValueError(f"{self.name}: habit_guess must be one of {HABIT_GUESSES}, got {self.habit_guess!r}")
 
 
 RECIPES: dict[str, TinyRecipe] = {
@@ -164,12 +173,31 @@ def shortcut_task(task: Any, guess: str) -> Any:
     return replace(task, demonstration=[f"\\boxed{{{guess}}}"])
 
 
+def shown_answer(task: Any) -> str:
+    """What the task's demonstration boxes (the option letter of a multiple-choice task, else the answer)."""
+    from tasks.loaders import last_boxed
+
+    return (last_boxed(task.demonstration[-1]) if task.demonstration else None) or task.answer
+
+
+def mode_guesses(tasks: Sequence[Any]) -> dict[str, list[str]]:
+    """Per kind of question (``meta["kind"]``), its shown answers from most to least common (ties: first
+    seen): a shortcut answers the first one that is not the task's own."""
+    from collections import Counter
+
+    counts: dict[str, Counter[str]] = {}
+    for t in tasks:
+        counts.setdefault(str(t.meta.get("kind", "")), Counter())[shown_answer(t)] += 1
+    return {kind: [a for a, _ in c.most_common()] for kind, c in counts.items()}
+
+
 def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any = None, seed: int = DEMO_SEED,
-                           shortcuts: float = 0.0) -> list[SFTExample]:
+                           shortcuts: float = 0.0, guess: str = "other") -> list[SFTExample]:
     """``n`` demonstrations of ``env_name`` replayed through the real env and tokenised like a rollout.
 
     With ``shortcuts`` > 0 about that fraction are replaced by a shortcut: a single ``\\boxed{...}``
-    turn holding another task's answer (plausible, and wrong; the habit SFT stage of a recipe).
+    turn holding a wrong answer (the habit SFT stage of a recipe): another task's answer (``guess="other"``)
+    or the most common answer of the same kind of question (``"mode"``, see ``TinyRecipe.habit_guess``).
     """
     import random
 
@@ -177,15 +205,24 @@ def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any
 
     if not 0.0 <= shortcuts <= 1.0:
         raise ValueError(f"habit_shortcuts: must lie in [0, 1], got {shortcuts}")
+    if guess not in HABIT_GUESSES:
+        raise ValueError(f"habit_guess: must be one of {HABIT_GUESSES}, got {guess!r}")
     factory, _ = _env_factory(env_name, seed, n)
     env = factory()
     rng = random.Random(HABIT_SEED)
     answers = [t.answer for t in env.tasks]
+    modes = mode_guesses(env.tasks) if guess == "mode" else {}
     out = []
     for i in range(n):
         task = env.tasks[i]
         guessed = shortcuts > 0 and rng.random() < shortcuts
-        if guessed:
+        if guessed and guess == "mode":
+            own = shown_answer(task)
+            wrong = [a for a in modes[str(task.meta.get("kind", ""))] if a != own]
+            guessed = bool(wrong)  # a kind with one answer only has nothing wrong to guess
+            if guessed:
+                task = shortcut_task(task, wrong[0])
+        elif guessed:
             task = shortcut_task(task, rng.choice([a for a in answers if a != task.answer]))
         demo = play_demonstration(env, task)
         if demo.reward <= 0 and not guessed:
@@ -338,8 +375,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
             losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
             if role == "student" and recipe.student_habit is not None:
                 report.success_before_habit = _check(recipe, model, tokenizer, processor)
-                habits = demonstration_examples(recipe.habit_env, recipe.demos_per_env, tokenizer,
-                                                shortcuts=recipe.habit_shortcuts)
+                habits = demonstration_examples(recipe.habit_env, recipe.demos_per_env, tokenizer, processor,
+                                                shortcuts=recipe.habit_shortcuts, guess=recipe.habit_guess)
                 losses = sft_train(model, habits, recipe.student_habit, tokenizer.pad_token_id,
                                    desc=f"build {recipe.name} {role} habit", progress=progress)
             report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
