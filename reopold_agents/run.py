@@ -55,9 +55,10 @@ class RunResult:
 
 
 def resolve_tiny(cfg: RunConfig) -> RunConfig:
-    """``model=tiny`` names the tiny pair made for the env (``ENV_TINY``): the Qwen2.5-VL pair for vqa,
-    the tool-guessing student for toolqa, the answer-guessing test bed for math, the plain pair otherwise (a mix run, ``env=mix``, has several
-    envs: its tiny names are taken as they are)."""
+    """``model=tiny`` names the env's test-bed pair (``ENV_TINY``): a student with a bad habit the teacher's
+    scores can correct (math: boxes a guess; toolqa: guesses instead of calling a tool; vqa: answers the
+    question's prior without looking), the plain pair otherwise (a mix run, ``env=mix``, has several envs:
+    its tiny names are taken as they are)."""
     want = ENV_TINY.get(cfg.env.name, "tiny")
     pick = lambda name: want if name == "tiny" else name  # noqa: E731  (teacher=self stays self)
     return replace(cfg, model=replace(cfg.model, student=pick(cfg.model.student), teacher=pick(cfg.model.teacher)))

@@ -2,7 +2,7 @@
 """Measure a test-bed pair: teacher, student start and the SFT upper bound, on the demo's held-out set.
 
     python scripts/testbed.py tiny_math --threads 1                   # teacher, student, upper bound
-    python scripts/testbed.py tiny_toolqa2 --threads 1
+    python scripts/testbed.py tiny_toolqa_bed --threads 1
     python scripts/testbed.py tiny_math --upper-steps 1200 --skip teacher student   # upper bound, longer
 
 Every number is greedy success on exactly the set ``python -m reopold_agents.run env=<env>`` reports
@@ -32,14 +32,14 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["teacher", "student", "upper"])
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
     parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. trainer.heldout_tasks=512")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from reopold_agents.config.schema import compose
     from reopold_agents.engines.hf import HFEngine
     from reopold_agents.evaluation.heldout import HeldoutSet
     from reopold_agents.models import load_model
-    from reopold_agents.tiny import build_tokenizer
+    from reopold_agents.tiny.load import tokenizer_and_processor
     from reopold_agents.tiny.recipes import RECIPES, _start_model, demonstration_examples, ensure_tiny
     from reopold_agents.tiny.sft import sft_train
 
@@ -64,14 +64,15 @@ def main() -> None:
             results[role] = success(loaded.model, loaded.tokenizer, loaded.processor)
             print(f"{role}: {results[role]:.3f}", flush=True)
     if "upper" not in args.skip:
-        tokenizer = build_tokenizer()
+        tokenizer, processor = tokenizer_and_processor(args.pair)
         sft = recipe.student if args.upper_steps is None else replace(recipe.student, steps=args.upper_steps)
         t0 = time.perf_counter()
         model = _start_model(recipe, "student", tokenizer)
-        results["upper_start"] = success(model, tokenizer)
-        examples = [ex for name in recipe.envs for ex in demonstration_examples(name, recipe.demos_per_env, tokenizer)]
+        results["upper_start"] = success(model, tokenizer, processor)
+        examples = [ex for name in recipe.envs
+                    for ex in demonstration_examples(name, recipe.demos_per_env, tokenizer, processor)]
         sft_train(model, examples, sft, tokenizer.pad_token_id, desc="upper bound", progress=False)
-        results["upper"] = success(model, tokenizer)
+        results["upper"] = success(model, tokenizer, processor)
         results["upper_steps"] = sft.steps
         print(f"upper bound (start {results['upper_start']:.3f}, then {sft.steps} SFT steps on {'+'.join(recipe.envs)}, "
               f"{time.perf_counter() - t0:.0f}s): {results['upper']:.3f}", flush=True)

@@ -66,6 +66,7 @@ def test_cross_key_checks():
 def test_env_preset_sets_the_demo_knobs_and_the_command_line_wins():
     # configs/experiment/vqa.yaml: the CPU demo runs the exploration stage only (docs/run.md)
     vqa = compose(["env=vqa"])
-    assert (vqa.algo.stage_switch, vqa.trainer.lr, vqa.trainer.total_steps) == (1.0, 2e-4, 300)
+    assert (vqa.algo.stage_switch, vqa.trainer.lr, vqa.trainer.total_steps) == (1.0, 2e-4, 100)
+    assert all(compose([f"env={e}"]).trainer.heldout_tasks == 256 for e in ("math", "toolqa", "vqa"))  # the test beds
     assert compose(["env=vqa", "algo.stage_switch=0.5"]).algo.stage_switch == 0.5
     assert compose(["env=math"]).algo.stage_switch == 0.5  # the other presets keep both stages

@@ -1,4 +1,4 @@
-"""The CPU demos learn: the shipped tiny pairs, the env presets, the real run loop (slow: ~3 minutes).
+"""The CPU demos close the gap: the shipped test-bed pairs, the env presets, the real run loop (slow: ~4 minutes).
 
 Shortened versions of the README's measured runs, cut where their curves had already risen (both
 stay in the exploration stage, so the first steps are exactly those of the full runs).
@@ -24,18 +24,26 @@ def _threads():
 
 
 @pytest.mark.parametrize(
-    "env, overrides, min_gain",
+    "env, overrides",
     [
-        # the guessing student calls its tools again: 0.000 -> ~0.30 by step 25 in the measured run
-        ("toolqa", ["trainer.total_steps=25", "algo.stage_switch=1.0"], 0.15),
+        # the toolqa test bed: the guessing student calls its tools again, 0.004 -> 0.812 by step 25 in the
+        # measured run (teacher 0.918: 88 % of the gap; stage 1 up to step 50)
+        ("toolqa", ["trainer.total_steps=25", "algo.stage_switch=1.0"]),
         # the math test bed: the guessing student works the problems out again, 0.160 -> 0.930 by step
-        # 100 in the measured run (256 held-out tasks, stage 1 up to step 300)
-        ("math", ["trainer.total_steps=100", "algo.stage_switch=1.0"], 0.5),
-        # the VL student reads the images better: 0.375 -> ~0.48 by step 100 in the measured run
-        ("vqa", ["trainer.total_steps=100"], 0.06),
+        # 100 in the measured run (teacher 0.953: 97 %; stage 1 up to step 300)
+        ("math", ["trainer.total_steps=100", "algo.stage_switch=1.0"]),
+        # the vqa test bed: the student looks at the image again, 0.281 -> 0.902 by step 25 in the measured
+        # run (teacher 0.988: 88 %; the preset is stage 1 only)
+        ("vqa", ["trainer.total_steps=25"]),
     ],
 )
-def test_default_demo_raises_held_out_success(env, overrides, min_gain, tmp_path):
+def test_default_demo_closes_most_of_the_gap(env, overrides, tmp_path):
+    """Each shortened demo closes at least GAP_FLOOR of the teacher-student gap on the 256 held-out tasks."""
     cfg = compose([f"env={env}", f"trainer.output_dir={tmp_path}", "trainer.eval_every=0", *overrides])
     result = run_mod.train(cfg, progress=False)
-    assert result.success_after >= result.success_before + min_gain, (result.success_before, result.success_after)
+    assert result.teacher_success is not None and result.teacher_success >= result.success_before + 0.5  # a large gap
+    assert result.gap_closed is not None and result.gap_closed >= GAP_FLOOR, (
+        result.success_before, result.success_after, result.teacher_success)
+
+
+GAP_FLOOR = 0.6  # the measured shortened runs closed 88-97 %; the issue's demo target is 70 % at full length

@@ -10,7 +10,7 @@ from reopold_agents.config import compose
 from reopold_agents.config.schema import ConfigError
 from reopold_agents.models import forward_inputs, load_model, load_student, load_teacher, load_tokenizer_and_processor
 from reopold_agents.tiny import load as tiny_load
-from reopold_agents.tiny.load import TINY_SIZES, load_tiny, shipped_dir, tiny_model_dir, weights_dir
+from reopold_agents.tiny.load import TINY_SIZES, is_vl_pair, load_tiny, shipped_dir, tiny_model_dir, weights_dir
 
 torch.set_num_threads(1)
 
@@ -70,8 +70,8 @@ def test_shipped_weights_load_before_a_local_build(no_shipped):
 
 def test_random_tiny_models_have_the_recipe_sizes(no_shipped):
     for (name, role), size in TINY_SIZES.items():
-        if name == "tiny_vl":
-            continue  # the VL pair: test_tiny_vl_pair
+        if is_vl_pair(name):
+            continue  # the VL pairs: test_tiny_vl_pair
         model, _, _, path = load_tiny(name, role)
         assert path is None
         c = model.config

@@ -61,7 +61,7 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
     assert 0.0 <= summary["teacher_success"] <= 1.0 and records[0]["eval/teacher_success"] == summary["teacher_success"]
     assert summary["gap_closed"] == gap_closed(result.success_before, result.success_after, summary["teacher_success"])
     # model=tiny resolves to the pair made for the env (the VL pair for images, the guessing students for toolqa and math)
-    want = {"math": "tiny_math", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}[env]
+    want = {"math": "tiny_math", "toolqa": "tiny_toolqa_bed", "vqa": "tiny_vl_bed"}[env]
     resolved = run_mod.resolve_tiny(_cfg(env, tmp_path)).model
     assert (resolved.student, resolved.teacher) == (want, want)
     assert run_mod.resolve_tiny(_cfg(env, tmp_path, "model=tiny_vl")).model.student == "tiny_vl"  # explicit wins

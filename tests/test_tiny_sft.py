@@ -308,8 +308,8 @@ def test_a_student_can_start_from_another_pairs_student(tmp_path, monkeypatch):
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_math_testbed_script_measures_all_three(tmp_path):
-    """scripts/math_testbed.py end to end on 4 held-out tasks and a 2-step upper bound."""
+def test_testbed_script_measures_all_three(tmp_path):
+    """scripts/testbed.py end to end on the math bed: 4 held-out tasks and a 2-step upper bound."""
     import json
     import os
     import subprocess
@@ -319,8 +319,9 @@ def test_math_testbed_script_measures_all_three(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "bed.json"
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(root / "scripts" / "math_testbed.py"), "--tasks", "4", "--upper-steps", "2",
-                    "--threads", "1", "--out", str(out)], check=True, env=env, cwd=tmp_path, capture_output=True)
+    subprocess.run([sys.executable, str(root / "scripts" / "testbed.py"), "tiny_math", "--upper-steps", "2",
+                    "--threads", "1", "--out", str(out), "trainer.heldout_tasks=4"],
+                   check=True, env=env, cwd=tmp_path, capture_output=True)
     got = json.loads(out.read_text())
     assert got["tasks"] == 4 and got["upper_steps"] == 2
     assert all(0.0 <= got[k] <= 1.0 for k in ("teacher", "student", "upper_start", "upper"))

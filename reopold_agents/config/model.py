@@ -10,16 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_math", "tiny_vl")
+TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_math", "tiny_vl", "tiny_toolqa_bed", "tiny_vl_bed")
 SELF_TEACHER = "self"  # model.teacher=self: a frozen copy of the initial student (self-distillation)
 # `model=tiny` resolves to the pair made for the env (reopold_agents.run.resolve_tiny)
-ENV_TINY = {"math": "tiny_math", "toolqa": "tiny_toolqa", "vqa": "tiny_vl"}
+ENV_TINY = {"math": "tiny_math", "toolqa": "tiny_toolqa_bed", "vqa": "tiny_vl_bed"}  # the test beds (docs/run.md)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class ModelConfig:
-    # "tiny" / "tiny_toolqa" / "tiny_math" / "tiny_vl" (project-built pairs, reopold_agents/tiny/) or an HF id / path
+    # a project-built pair (TINY_NAMES, reopold_agents/tiny/) or an HF id / path
     student: str = "tiny"
     teacher: str = "tiny"  # or "self": a frozen copy of the initial student
     dtype: str = "float32"  # auto: bfloat16 on CUDA, float32 on CPU

@@ -19,6 +19,13 @@ BUILD_INFO = "build_info.json"
 SHIPPED_DIR = Path(__file__).parent / "assets"
 
 # Architecture of each role (the SFT recipes in recipes.py train models of these sizes).
+VL_PAIRS = ("tiny_vl", "tiny_vl_bed")  # the Qwen2.5-VL pairs (image processor, vision tower); the rest are Qwen2
+
+
+def is_vl_pair(name: str) -> bool:
+    return name in VL_PAIRS
+
+
 TINY_SIZES: dict[tuple[str, str], dict[str, int]] = {
     ("tiny", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
     ("tiny", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
@@ -26,6 +33,10 @@ TINY_SIZES: dict[tuple[str, str], dict[str, int]] = {
     ("tiny_toolqa", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
     ("tiny_math", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
     ("tiny_math", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
+    ("tiny_toolqa_bed", "student"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
+    ("tiny_toolqa_bed", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
+    ("tiny_vl_bed", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+    ("tiny_vl_bed", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),
     ("tiny_vl", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
     ("tiny_vl", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),
 }
@@ -52,12 +63,12 @@ def weights_dir(name: str, role: str) -> Path | None:
 
 
 def tokenizer_and_processor(name: str) -> tuple[Any, Any]:
-    """The project tokenizer (shared by every tiny model) and, for ``tiny_vl``, its image processor."""
+    """The project tokenizer (shared by every tiny model) and, for a VL pair, its image processor."""
     from reopold_agents.tiny import build_tokenizer
     from reopold_agents.tiny.vl import tiny_vl_processor
 
     tok = build_tokenizer()
-    return tok, (tiny_vl_processor(tok) if name == "tiny_vl" else None)
+    return tok, (tiny_vl_processor(tok) if is_vl_pair(name) else None)
 
 
 def load_tiny(name: str, role: str) -> tuple[Any, Any, Any, str | None]:
@@ -67,12 +78,12 @@ def load_tiny(name: str, role: str) -> tuple[Any, Any, Any, str | None]:
     if folder is not None:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-        auto = AutoModelForImageTextToText if name == "tiny_vl" else AutoModelForCausalLM
+        auto = AutoModelForImageTextToText if is_vl_pair(name) else AutoModelForCausalLM
         return auto.from_pretrained(str(folder)), tokenizer, processor, str(folder)
     log.warning("no trained %s %s (shipped or built): using a randomly initialised model", name, role)
     from reopold_agents.tiny import tiny_qwen2
     from reopold_agents.tiny.vl import tiny_qwen2_5_vl
 
-    build = tiny_qwen2_5_vl if name == "tiny_vl" else tiny_qwen2
+    build = tiny_qwen2_5_vl if is_vl_pair(name) else tiny_qwen2
     model = build(tokenizer, seed=0 if role == "student" else 1, **TINY_SIZES[(name, role)])
     return model, tokenizer, processor, None

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from reopold_agents.tiny.load import BUILD_INFO, SHIPPED_DIR, TINY_SIZES, shipped_dir, tiny_model_dir
+from reopold_agents.tiny.load import BUILD_INFO, SHIPPED_DIR, TINY_SIZES, is_vl_pair, shipped_dir, tiny_model_dir
 from reopold_agents.tiny.sft import SFTConfig, SFTExample, sft_train, tokenize_demonstration
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class TinyRecipe:
     envs: tuple[str, ...]
     demos_per_env: int
     teacher: SFTConfig | None  # None: the pair reuses ``teacher_from``'s teacher
-    student: SFTConfig
+    student: SFTConfig | None  # None: the ``student_from`` weights as they are (then only the habit stage)
     check_tasks: int = 32  # held-out tasks per env for the reported success rates
     max_new_tokens: int = 48
     # Reuse the (current) teacher of another pair instead of training one: same tokenizer, same envs.
@@ -65,13 +65,18 @@ class TinyRecipe:
     # answer among the demonstrations of the same kind of question (a language prior: the answer a model
     # gives without looking, as VQA models answer "2" to every "how many")
     habit_guess: str = "other"
-    # Start the student from another pair's (current) student instead of random weights (same
-    # architecture): ``student`` then continues its SFT, e.g. on one env only.
+    # Start the student from another pair's (current) model instead of random weights (same
+    # architecture): its ``student_from_role`` model; ``student`` then continues its SFT, e.g. on one env.
     student_from: str | None = None
+    student_from_role: str = "student"
 
     def __post_init__(self) -> None:
         if (self.teacher is None) == (self.teacher_from is None):
             raise ValueError(f"{self.name}: give exactly one of teacher (an SFT run) and teacher_from (a pair name)")
+        if self.student is None and self.student_from is None:
+            raise ValueError(f"{self.name}: a student without an SFT run needs student_from")
+        if self.student_from_role not in ("student", "teacher"):
+            raise ValueError(f"{self.name}: student_from_role must be student or teacher, got {self.student_from_role!r}")
         if self.habit_guess not in HABIT_GUESSES:
             raise ValueError(f"{self.name}: habit_guess must be one of {HABIT_GUESSES}, got {self.habit_guess!r}")
 
@@ -119,6 +124,25 @@ RECIPES: dict[str, TinyRecipe] = {
         habit_env="math",
         habit_shortcuts=0.6,
     ),
+    # The toolqa test bed (issue 12): tiny's teacher (0.918 on the demo's 256 held-out tasks), and as the
+    # student a copy of that teacher with a bad habit. A smaller student did not get close enough: tiny's
+    # student architecture (hidden 96) SFT'd 1500 more steps on toolqa alone reached 0.711 (docs/run.md),
+    # below the 0.85 the bed needs as its upper bound, so the student keeps the teacher's architecture.
+    "tiny_toolqa_bed": TinyRecipe(
+        name="tiny_toolqa_bed",
+        version="v1",
+        envs=("toolqa",),
+        demos_per_env=1000,
+        teacher=None,
+        teacher_from="tiny",
+        student=None,  # the teacher's weights as they are: the upper bound is the teacher itself
+        student_from="tiny",
+        student_from_role="teacher",
+        check_tasks=256,
+        student_habit=SFTConfig(steps=200, batch_size=16, lr=1e-3, warmup=10, seed=0),
+        habit_env="toolqa",
+        habit_shortcuts=0.6,
+    ),
     "tiny_vl": TinyRecipe(
         name="tiny_vl",
         version="v4",
@@ -128,6 +152,24 @@ RECIPES: dict[str, TinyRecipe] = {
         # and v3's teacher stayed at chance (0.34). Frozen, the teacher reads all four kinds by 1500 steps.
         teacher=SFTConfig(steps=1500, batch_size=16, lr=1e-3, warmup=30, seed=1, freeze_vision=True),
         student=SFTConfig(steps=400, batch_size=16, lr=1e-3, warmup=30, seed=0, freeze_vision=True),
+    ),
+    # The vqa test bed (issue 12): tiny_vl's teacher, and tiny_vl's (smaller) student SFT'd to convergence
+    # on vqa (0.996 on the demo's 256 held-out tasks after 1250 more steps) and then taught the language
+    # prior: 60% of its habit demonstrations box their kind's most common answer without looking.
+    "tiny_vl_bed": TinyRecipe(
+        name="tiny_vl_bed",
+        version="v1",
+        envs=("vqa",),
+        demos_per_env=3000,
+        teacher=None,
+        teacher_from="tiny_vl",
+        student_from="tiny_vl",
+        student=SFTConfig(steps=1250, batch_size=16, lr=1e-3, warmup=30, seed=0, freeze_vision=True),
+        check_tasks=256,
+        student_habit=SFTConfig(steps=200, batch_size=16, lr=1e-3, warmup=10, seed=0, freeze_vision=True),
+        habit_env="vqa",
+        habit_shortcuts=0.6,
+        habit_guess="mode",
     ),
 }
 
@@ -238,7 +280,7 @@ def _new_model(name: str, role: str, tokenizer: Any) -> torch.nn.Module:
     from reopold_agents.tiny import tiny_qwen2
     from reopold_agents.tiny.vl import tiny_qwen2_5_vl
 
-    build = tiny_qwen2_5_vl if name == "tiny_vl" else tiny_qwen2
+    build = tiny_qwen2_5_vl if is_vl_pair(name) else tiny_qwen2
     return build(tokenizer, seed=0 if role == "student" else 1, **TINY_SIZES[(name, role)])
 
 
@@ -360,9 +402,10 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
     start = time.perf_counter()
     try:
         tokenizer = build_tokenizer()
-        processor = tiny_vl_processor(tokenizer) if recipe.name == "tiny_vl" else None
-        examples: list[SFTExample] = []
-        for env_name in recipe.envs:
+        processor = tiny_vl_processor(tokenizer) if is_vl_pair(recipe.name) else None
+        trains = [r for r in roles if (recipe.student if r == "student" else recipe.teacher) is not None]
+        examples: list[SFTExample] = []  # the correct demonstrations, made only when a role trains on them
+        for env_name in recipe.envs if trains else ():
             examples.extend(demonstration_examples(env_name, recipe.demos_per_env, tokenizer, processor))
         report = BuildReport(name=recipe.name, version=recipe.version, seconds=0.0)
         for role in roles:
@@ -370,9 +413,9 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
                 _copy_teacher(recipe)
                 continue
             sft = recipe.student if role == "student" else recipe.teacher
-            assert sft is not None
             model = _start_model(recipe, role, tokenizer)
-            losses = sft_train(model, examples, sft, tokenizer.pad_token_id, desc=f"build {recipe.name} {role}", progress=progress)
+            losses = [] if sft is None else sft_train(model, examples, sft, tokenizer.pad_token_id,
+                                                      desc=f"build {recipe.name} {role}", progress=progress)
             if role == "student" and recipe.student_habit is not None:
                 report.success_before_habit = _check(recipe, model, tokenizer, processor)
                 habits = demonstration_examples(recipe.habit_env, recipe.demos_per_env, tokenizer, processor,
@@ -382,7 +425,8 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
             report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
             report.success[role] = _check(recipe, model, tokenizer, processor)
             info = {"version": recipe.version, "role": role, "envs": list(recipe.envs),
-                    "demos_per_env": recipe.demos_per_env, "sft": asdict(sft), "seconds": time.perf_counter() - start,
+                    "demos_per_env": recipe.demos_per_env, "sft": asdict(sft) if sft else None,
+                    "seconds": time.perf_counter() - start,
                     "final_loss": report.final_loss[role], "success": report.success[role]}
             if role == "student" and recipe.student_habit is not None:
                 info["success_before_habit"] = report.success_before_habit
@@ -405,13 +449,14 @@ def _check(recipe: TinyRecipe, model: torch.nn.Module, tokenizer: Any, processor
 
 
 def _start_model(recipe: TinyRecipe, role: str, tokenizer: Any) -> torch.nn.Module:
-    """A fresh model of the role's architecture, or (``student_from``) that pair's current student."""
+    """A fresh model of the role's architecture, or (``student_from``) that pair's current model."""
     if role != "student" or recipe.student_from is None:
         return _new_model(recipe.name, role, tokenizer)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     ensure_tiny(recipe.student_from)
-    return AutoModelForCausalLM.from_pretrained(str(_model_dir(recipe.student_from, "student")))
+    auto = AutoModelForImageTextToText if is_vl_pair(recipe.student_from) else AutoModelForCausalLM
+    return auto.from_pretrained(str(_model_dir(recipe.student_from, recipe.student_from_role)))
 
 
 @torch.no_grad()
