@@ -8,6 +8,7 @@ line docs/BENCHMARKS.md quotes.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -47,20 +48,131 @@ SMALL_RUN = ["engine.sampling.max_new_tokens=6", "env.max_turns=1", "trainer.hel
 
 def test_sample_efficiency_smallest(random_tiny, capsys):
     se = _load("sample_efficiency")
-    ratio = se.main(["--quick", "--steps", "2", "--eval-every", "1", "--prompts", "2", "--group", "2",
-                     "--methods", "reopold", "grpo", "--out", str(random_tiny / "out"), "--override", *SMALL_RUN])
-    last = _last_line(capsys)
-    assert last.startswith("ratio samples-to-target GRPO/REOPOLD (math):"), last
+    ratios = se.main(["--quick", "--steps", "2", "--eval-every", "1", "--prompts", "2", "--group", "2",
+                      "--methods", "reopold", "grpo", "--out", str(random_tiny / "out"), "--override", *SMALL_RUN])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert lines[-1].startswith("ratios samples-to-70%-gap vs REOPOLD (math): GRPO/REOPOLD "), lines[-1]
+    assert "DAPO/REOPOLD n/a (not run), OPD/REOPOLD n/a (not run)" in lines[-1]
+    assert any(ln.startswith("math: teacher ") and "50% of the gap" in ln and "4 held-out tasks" in ln for ln in lines), out
+    assert any("to 50%" in ln and "to 70%" in ln and "unstable" in ln for ln in lines), out
+    assert set(ratios) == {"grpo"} and isinstance(ratios["grpo"], float)
     assert (random_tiny / "out" / "sample_efficiency_quick.png").stat().st_size > 0
-    assert (random_tiny / "out" / "sample_efficiency_quick.json").exists()
-    assert isinstance(ratio, float)
+    saved = random_tiny / "out" / "sample_efficiency_quick.json"
+    curves, teachers, meta = se.load_json(str(saved))
+    assert [c.method for c in curves] == ["reopold", "grpo"] and len(curves[0].points) == 3
+    assert curves[0].teacher is not None and curves[1].teacher is None  # only the first run measured it
+    assert meta["math"]["heldout_tasks"] == 4 and meta["math"]["lr"] == pytest.approx(1e-4)  # the math preset's lr
+    se.main(["--from-json", str(saved), "--out", str(random_tiny / "again"), "--name", "again"])
+    assert _last_line(capsys) == lines[-1]  # re-summarising this version's JSON prints the same ratios
 
 
 def test_sample_efficiency_samples_to_target():
     se = _load("sample_efficiency")
     c = se.RunCurve("math", "reopold", 0, 16, [(0, 0.1), (16, 0.3), (32, 0.5), (48, 0.45)])
     assert c.samples_to(0.3) == 16 and c.samples_to(0.5) == 32 and c.samples_to(0.0) == 0
-    assert math.isinf(c.samples_to(0.51)) and c.final == 0.45
+    assert math.isinf(c.samples_to(0.51)) and c.final == 0.45 and c.best == 0.5 and not c.unstable
+    assert se.RunCurve("math", "grpo", 0, 16, [(0, 0.2), (16, 0.6), (32, 0.19)]).unstable
+
+
+def _curves(se):
+    """Hand-made math curves: start 0.2, teacher 0.8, so the 50 % / 70 % targets are 0.5 / 0.62."""
+    pts = lambda *ys: [(16 * i, y) for i, y in enumerate(ys)]  # noqa: E731
+    return [
+        se.RunCurve("math", "reopold", 0, 16, pts(0.2, 0.5, 0.7, 0.8)),    # 50%: 16, 70%: 32
+        se.RunCurve("math", "reopold", 1, 16, pts(0.2, 0.4, 0.6, 0.65)),   # 50%: 32, 70%: 48
+        se.RunCurve("math", "reopold", 2, 16, pts(0.2, 0.3, 0.55, 0.6)),   # 50%: 32, 70%: never
+        se.RunCurve("math", "grpo", 0, 16, pts(0.2, 0.1, 0.3, 0.62)),      # unstable; 70%: 48
+        se.RunCurve("math", "grpo", 1, 16, pts(0.2, 0.2, 0.5, 0.7)),       # 50%: 32, 70%: 48
+        se.RunCurve("math", "grpo", 2, 16, pts(0.2, 0.19, 0.2, 0.3)),      # unstable; never
+        se.RunCurve("math", "dapo", 0, 16, pts(0.2, 0.2, 0.2, 0.2)),       # never
+        se.RunCurve("math", "opd", 0, 16, pts(0.2, 0.62, 0.62, 0.62)),     # 70%: 16
+    ]
+
+
+def test_sample_efficiency_summary_targets_and_stability():
+    se = _load("sample_efficiency")
+    curves = _curves(se)
+    targets = {"math": se.gap_targets(curves, "math", 0.8, [0.5, 0.7], 256)}
+    assert targets == {"math": {"50%": 0.5, "70%": 0.62}}
+    s = se.summarize(curves, targets, {"math": 0.8})["math"]
+    ours, rl = s["reopold"], s["grpo"]
+    assert ours["samples_to"]["50%"] == {"target": 0.5, "median": 32, "min": 16, "max": 32, "reached": 3}
+    assert ours["samples_to"]["70%"]["median"] == 48 and math.isinf(ours["samples_to"]["70%"]["max"])
+    assert ours["samples_to"]["70%"]["reached"] == 2 and ours["unstable"] == 0
+    assert rl["unstable"] == 2 and rl["samples_to"]["70%"]["median"] == 48 and rl["samples_to"]["50%"]["median"] == 48
+    assert ours["final_median"] == 0.65 and ours["gap_closed_median"] == pytest.approx(0.45 / 0.6)
+    assert s["dapo"]["gap_closed_median"] == 0.0 and s["dapo"]["unstable"] == 0
+    lines: list[str] = []
+    ratios = se.report({"math": s}, {"math": {"teacher": 0.8, "lr": 1e-4, "heldout_tasks": 256}}, lines.append)
+    assert lines[-1] == ("ratios samples-to-70%-gap vs REOPOLD (math): GRPO/REOPOLD 1.00x, "
+                         "DAPO/REOPOLD >= 1.00x (DAPO did not reach it in 48 samples), OPD/REOPOLD 0.33x")
+    assert ratios == {"grpo": 1.0, "dapo": 1.0, "opd": pytest.approx(1 / 3)}
+    grpo_row = next(ln for ln in lines if ln.startswith("grpo "))
+    assert "48 [32, >48]" in grpo_row and " 2/3 " in grpo_row
+
+
+def test_sample_efficiency_ratio_not_reached():
+    se = _load("sample_efficiency")
+    never = {"samples_to": {"70%": {"median": math.inf}}, "budget": 2400}
+    at = lambda x: {"samples_to": {"70%": {"median": x}}, "budget": 2400}  # noqa: E731
+    assert se.ratio(at(1200), at(400), "70%", "GRPO") == (3.0, "3.00x")
+    assert se.ratio(never, at(400), "70%", "GRPO") == (6.0, ">= 6.00x (GRPO did not reach it in 2400 samples)")
+    assert se.ratio(at(1200), never, "70%", "GRPO") == (0.5, "<= 0.50x (REOPOLD did not reach it in 2400 samples)")
+    value, text = se.ratio(never, never, "70%", "GRPO")
+    assert math.isnan(value) and text.startswith("n/a")
+
+
+def test_sample_efficiency_teacher_not_above_start():
+    se = _load("sample_efficiency")
+    curves = [se.RunCurve("toolqa", "reopold", 0, 16, [(0, 0.0), (16, 0.0)])]
+    said: list[str] = []
+    assert se.gap_targets(curves, "toolqa", 0.0, [0.5, 0.7], 64, said.append) == {"50%": 0.0156, "70%": 0.0156}
+    assert "one more task solved" in said[0]
+
+
+def test_sweep_one_factor_design_and_ranking():
+    sw = _load("sweep")
+    base = {"clip_lambda": 0.2, "beta": 0.5, "stage_switch": 0.5, "lr": 1e-4}
+    levels = {"clip_lambda": [0.1, 0.2, 0.3], "beta": [0.2, 0.5], "stage_switch": [0.3, 0.5], "lr": [1e-4, 2e-4, 5e-5]}
+    design = sw.one_factor_configs(levels, base)
+    assert design[0] == base and len(design) == 7
+    assert [sw.label(c, base) for c in design] == [
+        "defaults", "clip_lambda=0.1", "clip_lambda=0.3", "beta=0.2", "stage_switch=0.3", "lr=0.0002", "lr=5e-05"]
+    assert all(sum(c[k] != base[k] for k in base) == 1 for c in design[1:])
+    grid = sw.grid_configs(levels)
+    assert len(grid) == 36 and len({tuple(c.values()) for c in grid}) == 36 and base in grid
+    assert sw.config_overrides(design[1]) == ("algo.clip_lambda=0.1", "algo.beta=0.5", "algo.stage_switch=0.5",
+                                              "trainer.lr=0.0001")
+    se = sys.modules["sample_efficiency"]  # the sweep's own import: the same RunCurve / targets
+    pts = lambda *ys: [(16 * i, y) for i, y in enumerate(ys)]  # noqa: E731
+    configs = {sw.label(c, base): c for c in design[:4]}
+    curves = [se.RunCurve("math", "defaults", 0, 16, pts(0.2, 0.5, 0.8)),        # gap 100 %, 70 % at 32
+              se.RunCurve("math", "clip_lambda=0.1", 0, 16, pts(0.2, 0.7, 0.8)),  # gap 100 %, 70 % at 16
+              se.RunCurve("math", "clip_lambda=0.3", 0, 16, pts(0.2, 0.9, 0.5)),  # best eval 0.9, gap 50 %
+              se.RunCurve("math", "beta=0.2", 0, 16, pts(0.2, 0.1, 0.2))]         # gap 0 %
+    targets = se.gap_targets(curves, "math", 0.8, [0.5, 0.7], 256)
+    rows = sw.rows_of(curves, configs, targets, 0.8)
+    assert [r["label"] for r in sw.rank(rows)] == ["clip_lambda=0.1", "defaults", "clip_lambda=0.3", "beta=0.2"]
+    r3 = next(r for r in rows if r["label"] == "clip_lambda=0.3")
+    assert r3["best_median"] == 0.9 and r3["final_median"] == 0.5 and r3["gap_closed_median"] == pytest.approx(0.5)
+    lines: list[str] = []
+    best = sw.report(rows, "math", targets, 0.8, 0.2, 256, lines.append)
+    assert best["label"] == "clip_lambda=0.1"
+    assert lines[-1] == ("best config (math): clip_lambda=0.1 beta=0.5 stage_switch=0.5 lr=0.0001 [clip_lambda=0.1]: "
+                         "gap closed 100%, samples to 70% 16")
+    assert "| clip_lambda=0.1 | 0.1 | 0.5 | 0.5 | 0.0001 | 0.800 | 0.800 | 16 | 16 | 100% |" in lines
+
+
+def test_sweep_smallest(random_tiny, capsys):
+    sw = _load("sweep")
+    best = sw.main(["--steps", "2", "--eval-every", "1", "--prompts", "2", "--group", "2", "--clip-lambdas", "0.2", "0.3",
+                    "--betas", "0.5", "--stage-switches", "0.5", "--lrs", "1e-4", "--out", str(random_tiny / "out"),
+                    "--override", *SMALL_RUN])
+    last = _last_line(capsys)
+    assert last.startswith("best config (math): clip_lambda=") and best["label"] in ("defaults", "clip_lambda=0.3"), last
+    assert (random_tiny / "out" / "sweep_math.png").stat().st_size > 0
+    assert len(json.loads((random_tiny / "out" / "sweep_math.json").read_text())["rows"]) == 2
 
 
 def test_tts_speedup_smallest(random_tiny, capsys):
