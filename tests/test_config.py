@@ -64,9 +64,10 @@ def test_cross_key_checks():
 
 
 def test_env_preset_sets_the_demo_knobs_and_the_command_line_wins():
-    # configs/experiment/vqa.yaml: the CPU demo runs the exploration stage only (docs/run.md)
+    # configs/experiment/vqa.yaml: the CPU demo's knobs (docs/run.md, "Test bed: vqa")
     vqa = compose(["env=vqa"])
-    assert (vqa.algo.stage_switch, vqa.trainer.lr, vqa.trainer.total_steps) == (1.0, 2e-4, 100)
+    assert (vqa.algo.stage_switch, vqa.trainer.lr, vqa.trainer.total_steps) == (0.5, 2e-4, 100)
+    assert compose(["env=vqa", "algo=grpo"]).algo.name == "grpo"  # the preset sets no objective-only key
     assert all(compose([f"env={e}"]).trainer.heldout_tasks == 256 for e in ("math", "toolqa", "vqa"))  # the test beds
-    assert compose(["env=vqa", "algo.stage_switch=0.5"]).algo.stage_switch == 0.5
+    assert compose(["env=vqa", "algo.stage_switch=1.0"]).algo.stage_switch == 1.0
     assert compose(["env=math"]).algo.stage_switch == 0.5  # the other presets keep both stages
