@@ -41,7 +41,8 @@ def distill(args: argparse.Namespace, work: Path) -> str:
     out = work / f"distill-{args.env}"
     cfg = compose([f"env={args.env}", "algo=reopold", "model=tiny", f"trainer.total_steps={args.steps}",
                    f"trainer.output_dir={out}", f"trainer.save_every={args.steps}", "trainer.keep_checkpoints=1",
-                   "trainer.eval_every=0", f"trainer.seed={args.seed}", f"trainer.lr={args.lr}", *args.override])
+                   "trainer.eval_every=0", f"trainer.seed={args.seed}",
+                   *([f"trainer.lr={args.lr}"] if args.lr is not None else []), *args.override])
     train(cfg, progress=True)
     from reopold_agents.checkpoint import latest_checkpoint
 
@@ -154,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="tasks per benchmark (default all; quick 8)")
     p.add_argument("--repeats", type=int, default=None, help="evaluations per model (default 3; quick 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-4, help="trainer.lr of the distillation run (pinned)")
+    p.add_argument("--lr", type=float, default=None, help="trainer.lr of the distillation run (default: the env preset's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="file stem (default tts_speedup[_quick])")
