@@ -197,13 +197,17 @@ class OursStep:
         return train_step(self, self, self.step_index, time.perf_counter()).metrics["loss"]
 
 
-def _trl_args(cls, outdir: str, batch: int, **extra):
-    return cls(
+def trl_args(cls, outdir: str, batch: int, **overrides):
+    """A TRL config (``GKDConfig``/``DistillationConfig``) with our optimiser: torch AdamW, constant lr
+    (1e-5 unless ``learning_rate`` is overridden), grad-norm clip 1.0, no weight decay, fp32 on CPU, no
+    logging or checkpoints; ``overrides`` replace any of these (shared with benchmarks/vs_trl_learning.py)."""
+    base: dict[str, Any] = dict(
         output_dir=outdir, per_device_train_batch_size=batch, gradient_accumulation_steps=1, learning_rate=1e-5,
         max_grad_norm=1.0, optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         report_to="none", logging_strategy="no", save_strategy="no", use_cpu=True, bf16=False, fp16=False,
-        disable_dropout=True, dataloader_num_workers=0, seed=0, **extra,
+        disable_dropout=True, dataloader_num_workers=0, seed=0,
     )
+    return cls(**{**base, **overrides})
 
 
 class _TRLStep:
@@ -237,7 +241,7 @@ class TRLGKDStep(_TRLStep):
         from datasets import Dataset
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-        cfg = _trl_args(GKDConfig, outdir, len(samples), lmbda=0.0, beta=1.0, seq_kd=False, temperature=1.0,
+        cfg = trl_args(GKDConfig, outdir, len(samples), lmbda=0.0, beta=1.0, seq_kd=False, temperature=1.0,
                         max_new_tokens=args.completion_tokens)
         dummy = Dataset.from_list([{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}])
         self.trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=dummy, processing_class=tok)
@@ -286,7 +290,7 @@ class TRLDistillStep(_TRLStep):
             def _generate_and_score_completions(self, inputs):  # noqa: ARG002
                 return {k: v.clone() for k, v in generated.items()}
 
-        cfg = _trl_args(DistillationConfig, outdir, len(samples), beta=1.0, temperature=1.0,
+        cfg = trl_args(DistillationConfig, outdir, len(samples), beta=1.0, temperature=1.0,
                         max_completion_length=args.completion_tokens)
         dummy = Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}]}] * len(samples))
         self.trainer = _Pregenerated(model=student, teacher_model=teacher, args=cfg, train_dataset=dummy,

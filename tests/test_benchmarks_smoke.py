@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -224,3 +225,116 @@ def test_vs_trl_trl_sides_compute_reverse_kl():
                 inputs = step.trainer._prepare_inputs(step.inputs())
                 loss = float(step.trainer.compute_loss(step.model, inputs))
             assert loss == pytest.approx(expected, rel=1e-4), side
+
+
+RATIO_LINE = re.compile(r"^ratio wall-clock to 70 % of the gap, ours/TRL: GKD (?:(?:<=|>=) )?\d+\.\d\dx.*|"
+                        r"^ratio wall-clock to 70 % of the gap, ours/TRL: GKD n/a")
+
+
+def test_vs_trl_learning_quick(random_tiny, capsys):
+    """--quick end to end: ours, TRL's GKD (lmbda=1) and DistillationTrainer each train 3 steps of 16 student
+    samples (TRL generating itself) and are evaluated by our held-out set at 0, 16, 32 and 48 samples."""
+    pytest.importorskip("trl", reason="TRL is the optional extra: pip install -e '.[trl]'")
+    vl = _load("vs_trl_learning")
+    ratios = vl.main(["--quick", "--out", str(random_tiny / "out")])
+    last = _last_line(capsys)
+    assert RATIO_LINE.match(last) and ", DistillationTrainer " in last and last.endswith("(goal <= 0.5x)"), last
+    assert set(ratios) == {"trl_gkd", "trl_distill"}
+    saved = json.loads((random_tiny / "out" / "vs_trl_learning_quick.json").read_text())
+    curves = {c["side"]: c for c in saved["curves"]}
+    assert set(curves) == {"reopold", "trl_gkd", "trl_distill"}
+    for side, c in curves.items():
+        assert c["error"] is None, (side, c["error"])
+        assert [p[0] for p in c["points"]] == [0, 16, 32, 48], side  # the budget's samples, evaluated every step
+        secs = [p[1] for p in c["points"]]
+        assert secs[0] == 0 and all(b > a for a, b in zip(secs, secs[1:])), (side, secs)
+        assert all(0.0 <= p[2] <= 1.0 for p in c["points"])
+    assert len({c["points"][0][2] for c in curves.values()}) == 1  # the same student at step 0 on every side
+    assert saved["meta"]["heldout_tasks"] == 8 and saved["meta"]["lr"] == pytest.approx(1e-4)
+    assert (random_tiny / "out" / "vs_trl_learning_quick.png").stat().st_size > 0
+
+
+def _side_curves(vl):
+    """Hand-made: start 0.2, teacher 0.8 (targets 0.5 / 0.62); (samples, training seconds, success)."""
+    SC = vl.SideCurve
+    return [
+        SC("reopold", 0, [(0, 0.0, 0.2), (16, 1.0, 0.5), (32, 2.0, 0.7)]),    # 50%: 16 / 1.0 s, 70%: 32 / 2.0 s
+        SC("reopold", 1, [(0, 0.0, 0.2), (16, 1.2, 0.4), (32, 2.4, 0.65)]),   # 50%, 70%: 32 / 2.4 s
+        SC("reopold", 2, [(0, 0.0, 0.2), (16, 1.1, 0.3), (32, 2.2, 0.55)]),   # 50%: 32 / 2.2 s, 70%: never
+        SC("trl_gkd", 0, [(0, 0.0, 0.2), (16, 2.0, 0.3), (32, 4.0, 0.62)]),   # 70%: 32 / 4 s
+        SC("trl_gkd", 1, [(0, 0.0, 0.2), (16, 2.0, 0.6), (32, 5.0, 0.7)]),    # 50%: 16 / 2 s, 70%: 32 / 5 s
+        SC("trl_gkd", 2, [(0, 0.0, 0.2), (16, 3.0, 0.5), (32, 6.0, 0.9)]),    # 50%: 16 / 3 s, 70%: 32 / 6 s
+        SC("trl_distill", 0, error="ImportError: no vllm"),
+    ]
+
+
+def test_vs_trl_learning_reach_and_summary():
+    vl = _load("vs_trl_learning")
+    curves = _side_curves(vl)
+    assert curves[0].reach(0.5) == (16, 1.0) and curves[0].reach(0.2) == (0, 0.0)
+    assert curves[2].reach(0.62) == (math.inf, math.inf) and curves[2].budget == (32, 2.2)
+    se = sys.modules["sample_efficiency"]  # vs_trl_learning's own import: the same gap targets
+    targets = se.gap_targets([c.run_curve(16) for c in curves if c.error is None], "math", 0.8, [0.5, 0.7], 256)
+    assert targets == {"50%": 0.5, "70%": 0.62}
+    s = vl.summarize(curves, targets)
+    ours, gkd = s["reopold"], s["trl_gkd"]
+    assert ours["samples_to"]["70%"] == {"target": 0.62, "median": 32, "min": 32, "max": math.inf, "reached": 2}
+    assert ours["seconds_to"]["70%"]["median"] == 2.4 and ours["seconds_to"]["50%"]["median"] == 2.2
+    assert gkd["seconds_to"]["70%"]["median"] == 5.0 and gkd["samples_to"]["50%"]["median"] == 16
+    assert ours["final"] == {"median": 0.65, "min": 0.55, "max": 0.7, "reached": 3}
+    assert gkd["train_seconds_median"] == 5.0
+    assert s["trl_distill"] == {"seeds": 0, "errors": ["seed 0: ImportError: no vllm"]}
+    lines: list[str] = []
+    meta = {"teacher": 0.8, "start": 0.2, "targets": targets, "heldout_tasks": 256, "lr": 1e-4, "per_step": 16}
+    ratios = vl.report(s, meta, lines.append)
+    assert lines[-1] == ("ratio wall-clock to 70 % of the gap, ours/TRL: GKD 0.48x, DistillationTrainer n/a "
+                         "(DistillationTrainer failed: seed 0: ImportError: no vllm) (goal <= 0.5x)")
+    assert ratios["trl_gkd"] == pytest.approx(0.48) and math.isnan(ratios["trl_distill"])
+    row = next(ln for ln in lines if ln.startswith("reopold "))
+    assert "32 [32, >32]" in row and "2.4s [2.0s, >2.2s]" in row, row
+    assert any(ln.startswith("trl_distill  FAILED: seed 0: ImportError") for ln in lines), lines
+
+
+def test_vs_trl_learning_ratio_bounds():
+    vl = _load("vs_trl_learning")
+
+    def side(secs: float, total: float) -> dict:
+        return {"seeds": 3, "seconds_to": {"70%": {"median": secs}}, "train_seconds_median": total,
+                "budget_samples": 320}
+
+    assert vl.time_ratio(side(2.0, 9.0), side(8.0, 20.0), "70%", "GKD") == (0.25, "0.25x")
+    assert vl.time_ratio(side(2.0, 9.0), side(math.inf, 20.0), "70%", "GKD") == (
+        0.1, "<= 0.10x (GKD did not reach it in 320 samples)")
+    assert vl.time_ratio(side(math.inf, 9.0), side(4.5, 20.0), "70%", "GKD") == (
+        2.0, ">= 2.00x (ours did not reach it in 320 samples)")
+    value, text = vl.time_ratio(side(math.inf, 9.0), side(math.inf, 20.0), "70%", "GKD")
+    assert math.isnan(value) and text == "n/a (neither reached it)"
+    value, text = vl.time_ratio(side(0.0, 9.0), side(0.0, 20.0), "70%", "GKD")
+    assert math.isnan(value) and text.startswith("n/a (GKD is at the target from the start")
+
+
+def test_vs_trl_learning_clock_excludes_evaluation():
+    """The TRL-side clock stops while our evaluation runs (each one takes 10 fake seconds here)."""
+    vl = _load("vs_trl_learning")
+    now = [0.0]
+
+    def evaluate() -> float:
+        now[0] += 10.0
+        return 0.5
+
+    curve = vl.SideCurve("trl_gkd", 0)
+    clock = vl.HeldoutClock(evaluate, every=2, total=3, per_step=16, curve=curve, clock=lambda: now[0])
+    clock.begin()                    # step-0 evaluation: 0 -> 10 s
+    for step, dt in ((1, 1.0), (2, 1.5), (3, 1.0)):
+        now[0] += dt                 # a training step
+        clock.step(step)             # evaluates after steps 2 (every) and 3 (the last)
+    assert curve.points == [(0, 0.0, 0.5), (32, 2.5, 0.5), (48, 3.5, 0.5)]
+
+
+def test_vs_trl_learning_checks_prompts():
+    vl = _load("vs_trl_learning")
+    vl.check_prompts("trl_gkd", [[1, 2], [3]], [[1, 2], [3]])
+    with pytest.raises(RuntimeError, match="1 of 2 prompts tokenised differently"):
+        vl.check_prompts("trl_gkd", [[1, 2], [3, 4]], [[1, 2], [3]])
+    with pytest.raises(SystemExit):
+        vl.parse_args(["--samples", "40"])  # not a multiple of a step's 16 samples
