@@ -36,8 +36,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from reopold_agents.config.schema import compose
-    from reopold_agents.engines.hf import HFEngine
-    from reopold_agents.evaluation.heldout import HeldoutSet
+    from reopold_agents.evaluation.heldout import model_success
     from reopold_agents.models import load_model
     from reopold_agents.tiny.load import tokenizer_and_processor
     from reopold_agents.tiny.recipes import RECIPES, _start_model, demonstration_examples, ensure_tiny
@@ -49,12 +48,7 @@ def main() -> None:
     tasks = cfg.trainer.heldout_tasks
 
     def success(model: torch.nn.Module, tokenizer, processor=None) -> float:
-        engine = HFEngine(model, tokenizer, processor=processor, max_batch_size=max(1, cfg.engine.max_batch_size))
-        heldout = HeldoutSet.from_config(cfg, engine, tokenizer, processor)
-        try:
-            return heldout.success()
-        finally:
-            heldout.close()
+        return model_success(cfg, model, tokenizer, processor)
 
     results: dict[str, float | int | str] = {"pair": args.pair, "env": env, "tasks": tasks}
     ensure_tiny(args.pair)

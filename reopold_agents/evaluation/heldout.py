@@ -57,22 +57,28 @@ class HeldoutSet:
         self.rollout.close()
 
 
-def teacher_success(cfg: Any) -> float:
-    """The teacher's greedy success on the run's held-out set: the target "gap closed" is measured
-    against. It is generated in this process with the HF engine (whatever ``engine.name`` the student
-    uses), so ``trainer.eval_teacher=false`` is for teachers too big to load here."""
+def model_success(cfg: Any, model: Any, tokenizer: Any, processor: Any = None) -> float:
+    """Greedy success of an in-process ``model`` on the run's held-out set (HF engine): the teacher's
+    target, a test-bed model, another framework's trained student."""
     from reopold_agents.engines.hf import HFEngine
-    from reopold_agents.models import load_teacher
 
-    loaded = load_teacher(cfg.model)
-    engine = HFEngine(loaded.model, loaded.tokenizer, processor=loaded.processor,
-                      max_batch_size=max(1, cfg.engine.max_batch_size))
-    heldout = HeldoutSet.from_config(cfg, engine, loaded.tokenizer, loaded.processor)
+    engine = HFEngine(model, tokenizer, processor=processor, max_batch_size=max(1, cfg.engine.max_batch_size))
+    heldout = HeldoutSet.from_config(cfg, engine, tokenizer, processor)
     try:
         return heldout.success()
     finally:
         heldout.close()
         engine.close()
+
+
+def teacher_success(cfg: Any) -> float:
+    """The teacher's greedy success on the run's held-out set: the target "gap closed" is measured
+    against. It is generated in this process with the HF engine (whatever ``engine.name`` the student
+    uses), so ``trainer.eval_teacher=false`` is for teachers too big to load here."""
+    from reopold_agents.models import load_teacher
+
+    loaded = load_teacher(cfg.model)
+    return model_success(cfg, loaded.model, loaded.tokenizer, loaded.processor)
 
 
 def gap_closed(before: float, after: float, teacher: float) -> float | None:
