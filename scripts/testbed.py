@@ -47,26 +47,23 @@ def main() -> None:
     cfg = compose([f"env={env}", f"model.student={args.pair}", f"model.teacher={args.pair}", *args.overrides])
     tasks = cfg.trainer.heldout_tasks
 
-    def success(model: torch.nn.Module, tokenizer, processor=None) -> float:
-        return model_success(cfg, model, tokenizer, processor)
-
     results: dict[str, float | int | str] = {"pair": args.pair, "env": env, "tasks": tasks}
     ensure_tiny(args.pair)
     for role in ("teacher", "student"):
         if role not in args.skip:
             loaded = load_model(args.pair, role)
-            results[role] = success(loaded.model, loaded.tokenizer, loaded.processor)
+            results[role] = model_success(cfg, loaded.model, loaded.tokenizer, loaded.processor)
             print(f"{role}: {results[role]:.3f}", flush=True)
     if "upper" not in args.skip:
         tokenizer, processor = tokenizer_and_processor(args.pair)
         sft = recipe.student if args.upper_steps is None else replace(recipe.student, steps=args.upper_steps)
         t0 = time.perf_counter()
         model = _start_model(recipe, "student", tokenizer)
-        results["upper_start"] = success(model, tokenizer, processor)
+        results["upper_start"] = model_success(cfg, model, tokenizer, processor)
         examples = [ex for name in recipe.envs
                     for ex in demonstration_examples(name, recipe.demos_per_env, tokenizer, processor)]
         sft_train(model, examples, sft, tokenizer.pad_token_id, desc="upper bound", progress=False)
-        results["upper"] = success(model, tokenizer, processor)
+        results["upper"] = model_success(cfg, model, tokenizer, processor)
         results["upper_steps"] = sft.steps
         print(f"upper bound (start {results['upper_start']:.3f}, then {sft.steps} SFT steps on {'+'.join(recipe.envs)}, "
               f"{time.perf_counter() - t0:.0f}s): {results['upper']:.3f}", flush=True)
