@@ -27,7 +27,8 @@ USAGE = """usage: python -m reopold_agents.evaluate [key=value ...]
   limit=N           at most N tasks per benchmark     out_dir=DIR   (default outputs/eval/<suite>)
   max_samples=N     stop after N new samples (re-run the same command to resume)
   eval.<key>=V      override a suite key, e.g. eval.benchmarks.gsm8k.env.tasks=/data/gsm8k.jsonl
-  engine.<key>=V    engine keys (engine=vllm for GPU generation)
+  engine.<key>=V    engine keys (engine=vllm for GPU generation); engine.sampling.<key>=V and
+                    engine.max_total_tokens=V apply to every benchmark (eval.benchmarks.<name>.* wins)
 suites: {suites}
 """
 

@@ -48,6 +48,45 @@ def test_bad_keys_fail_naming_the_key(override, key):
         compose_evaluate([override])
 
 
+def test_engine_sampling_and_token_limit_apply_to_every_benchmark():
+    cfg = compose_evaluate(["suite=rg_arith", "engine.sampling.temperature=0", "engine.max_total_tokens=512"])
+    assert len(cfg.eval.benchmarks) > 1
+    for bench in cfg.eval.benchmarks.values():
+        assert bench.sampling.temperature == 0.0 and bench.max_total_tokens == 512
+    # keys not named on the command line keep the suite's values
+    arith = compose_evaluate(["suite=math_tiny", "engine.sampling.top_k=5"]).eval.benchmarks["arith"]
+    assert (arith.sampling.top_k, arith.sampling.temperature, arith.sampling.max_new_tokens) == (5, 0.8, 48)
+    assert arith.max_total_tokens == 2048
+
+
+def test_engine_sampling_reaches_a_benchmark_added_on_the_command_line():
+    cfg = compose_evaluate(["suite=math_tiny", "eval.benchmarks.extra.env.name=math", "engine.sampling.temperature=0"])
+    assert {name: b.sampling.temperature for name, b in cfg.eval.benchmarks.items()} == {"arith": 0.0, "extra": 0.0}
+
+
+def test_a_benchmark_own_override_wins_over_engine_sampling():
+    for order in (1, -1):
+        overrides = ["engine.sampling.temperature=0", "eval.benchmarks.arith.sampling.temperature=0.3"][::order]
+        cfg = compose_evaluate(["suite=math_tiny", *overrides])
+        assert cfg.eval.benchmarks["arith"].sampling.temperature == 0.3
+
+
+def test_engine_group_file_does_not_change_suite_sampling():
+    # configs/engine/vllm.yaml sets max_new_tokens 512 / max_total_tokens 4096 for training; the suite keeps its own
+    arith = compose_evaluate(["suite=math_tiny", "engine=vllm"]).eval.benchmarks["arith"]
+    assert (arith.sampling.max_new_tokens, arith.max_total_tokens) == (48, 2048)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("engine.sampling.top_p=0", "engine.sampling.top_p"),
+    ("engine.sampling.tempreature=0", "engine.sampling.tempreature"),
+    ("engine.max_total_tokens=0", "engine.max_total_tokens"),
+])
+def test_bad_engine_sampling_keys_fail_naming_the_engine_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose_evaluate(["suite=math_tiny", override])
+
+
 def test_suite_from_a_path(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("name: mine\nbenchmarks:\n  a:\n    env: {name: math, size: 3}\n    n: 2\n")

@@ -87,7 +87,9 @@ class EvaluateConfig:
     max_samples: Optional[int] = None  # stop after this many new samples (a deliberate interruption)
     plots: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)  # the loaded suite (filled from `suite`)
-    engine: EngineConfig = field(default_factory=EngineConfig)  # engine name/batching; sampling from the suite
+    # engine name/batching; sampling comes from the suite, except engine.sampling.* / engine.max_total_tokens
+    # named on the command line, which evaluation.suite.compose_evaluate applies to every benchmark
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def check(self) -> None:
         if self.k is not None and self.k < 1:

@@ -1,8 +1,13 @@
 """Loading suites and composing the evaluate CLI's config.
 
 ``suite=<name>`` selects ``configs/eval/<name>.yaml`` through Hydra's ``eval`` group, so every key of the
-suite can be overridden on the command line (``eval.benchmarks.gsm8k.source=/data/gsm8k.jsonl``);
+suite can be overridden on the command line (``eval.benchmarks.gsm8k.env.tasks=/data/gsm8k.jsonl``);
 ``suite=<path.yaml>`` reads a suite file from anywhere. ``k=`` and ``limit=`` are applied afterwards.
+
+Sampling is per benchmark. ``engine.sampling.<key>=V`` / ``engine.max_total_tokens=V`` given on the
+evaluate command line set that key for every benchmark of the suite; a benchmark's own
+``eval.benchmarks.<name>.sampling.<key>`` on the command line wins over it, and both win over the suite file.
+An engine group's file (``engine=vllm``) does not change the suite's sampling: only explicit keys do.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from reopold_agents.config.engine import EngineConfig
 from reopold_agents.config.eval import BenchmarkConfig, EvalConfig, EvaluateConfig
 from reopold_agents.config.schema import CONFIG_DIR, ConfigError
 
@@ -47,16 +53,40 @@ def _structured(schema: type, cfg: Any, prefix: str) -> Any:
     return obj
 
 
-def load_suite(suite: str, overrides: list[str] | None = None) -> EvalConfig:
-    """A suite by name (configs/eval/<name>.yaml) or path, with dotted overrides (``benchmarks.x.n=2``)."""
+def load_suite(suite: str, overrides: list[str] | None = None,
+               every_benchmark: dict[str, Any] | None = None) -> EvalConfig:
+    """A suite by name (configs/eval/<name>.yaml) or path, with dotted overrides (``benchmarks.x.n=2``).
+
+    ``every_benchmark`` (``{"sampling": {"temperature": 0.0}}``) is merged into each benchmark above the
+    suite file and below ``overrides``, so a benchmark's own override still wins.
+    """
     path = Path(suite) if _is_path(suite) else SUITE_DIR / f"{suite}.yaml"
     if not path.exists():
         where = f"file {path}" if _is_path(suite) else f"suite {suite!r}; shipped suites: {', '.join(suite_names())}"
         raise ConfigError(f"suite: unknown {where}")
     data = OmegaConf.load(path)
-    if overrides:
-        data = OmegaConf.merge(data, OmegaConf.from_dotlist(list(overrides)))
+    dotted = OmegaConf.from_dotlist(list(overrides or []))
+    data = OmegaConf.merge(data, dotted)
+    if every_benchmark:
+        names = list((data.get("benchmarks") or {}).keys())  # includes benchmarks the overrides added
+        data = OmegaConf.merge(data, {"benchmarks": {name: every_benchmark for name in names}}, dotted)
     return _structured(EvalConfig, data, "eval.")
+
+
+# EngineConfig keys that are per-benchmark settings in a suite (BenchmarkConfig.sampling / .max_total_tokens)
+SUITE_ENGINE_KEYS = ("sampling", "max_total_tokens")
+
+
+def engine_keys_for_every_benchmark(engine_overrides: list[str], engine: EngineConfig) -> dict[str, Any]:
+    """The ``engine.sampling.*`` / ``engine.max_total_tokens`` keys named on the command line, with the
+    checked values of ``engine``, shaped as a benchmark's keys (``{"sampling": {"temperature": 0.0}}``)."""
+    named = OmegaConf.to_container(OmegaConf.from_dotlist(engine_overrides)).get("engine") or {}
+    out: dict[str, Any] = {}
+    if isinstance(named.get("sampling"), dict):
+        out["sampling"] = {key: getattr(engine.sampling, key) for key in named["sampling"]}
+    if "max_total_tokens" in named:
+        out["max_total_tokens"] = engine.max_total_tokens
+    return out
 
 
 def compose_evaluate(overrides: list[str] | None = None) -> EvaluateConfig:
@@ -91,7 +121,9 @@ def compose_evaluate(overrides: list[str] | None = None) -> EvaluateConfig:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # plain data: typed by _structured below
     if own_overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(own_overrides))
-    cfg.eval = OmegaConf.structured(load_suite(str(cfg.suite), eval_overrides))
+    engine = _structured(EngineConfig, cfg.engine, "engine.")  # checked first: its errors name engine.<key>
+    every = engine_keys_for_every_benchmark([o for o in own_overrides if o.startswith("engine.")], engine)
+    cfg.eval = OmegaConf.structured(load_suite(str(cfg.suite), eval_overrides, every))
     return _structured(EvaluateConfig, cfg, "")
 
 
