@@ -48,180 +48,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import re
 import statistics
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from reopold_agents.benchmarking.curve_plot import draw
+from reopold_agents.benchmarking.gap_targets import fmt_gap, fmt_samples, gap_targets, run_gap_closed
+from reopold_agents.benchmarking.learning_runs import (
+    METHODS, Job, RunCurve, add_run_args, env_config, finish_run_args, teachers_of, train_all,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-METHODS: dict[str, list[str]] = {
-    "reopold": ["algo=reopold"],
-    "opd": ["algo=opd"],
-    "grpo": ["algo=grpo"],
-    "gkd": ["algo=gkd"],
-    "dapo": ["algo=dapo"],
-    "dense_kl": ["algo=dense_kl"],
-    "reopold-noclip": ["algo=reopold", "algo.reward_clip=false"],
-    "reopold-noentropy": ["algo=reopold", "algo.stage2_rule=all"],
-    "reopold-1stage": ["algo=reopold", "algo.stage_switch=0"],
-}
 MAIN = ("reopold", "opd", "grpo", "dapo", "gkd", "dense_kl")
 DEFAULT_METHODS = ("reopold", "opd", "grpo", "dapo", "reopold-noclip", "reopold-noentropy", "reopold-1stage")
 QUICK_METHODS = ("reopold", "opd", "grpo", "dapo")
 RATIO_AGAINST = ("grpo", "dapo", "opd")  # the last line: each one's samples to the top target / REOPOLD's
 
 
-@dataclass
-class RunCurve:
-    """Held-out success of one training run, indexed by student samples consumed."""
-
-    env: str
-    method: str  # a METHODS key, or a sweep's config label
-    seed: int
-    samples_per_step: int
-    points: list[tuple[int, float]] = field(default_factory=list)  # (samples, held-out success)
-    seconds: float = 0.0
-    teacher: float | None = None  # the teacher's held-out success, when this run measured it
-
-    def samples_to(self, target: float) -> float:
-        """Samples at the first evaluation reaching ``target``; inf if it never does."""
-        for samples, success in self.points:
-            if success >= target - 1e-9:
-                return float(samples)
-        return math.inf
-
-    @property
-    def start(self) -> float:
-        return self.points[0][1] if self.points else float("nan")
-
-    @property
-    def final(self) -> float:
-        return self.points[-1][1] if self.points else float("nan")
-
-    @property
-    def best(self) -> float:
-        return max(s for _, s in self.points) if self.points else float("nan")
-
-    @property
-    def unstable(self) -> bool:
-        """Some evaluation after step 0 is below the step-0 success."""
-        return any(s < self.start - 1e-9 for _, s in self.points[1:])
-
-
-@dataclass
-class Job:
-    """One run to train: a METHODS entry plus extra overrides (a sweep's config), named ``label``."""
-
-    env: str
-    method: str
-    seed: int
-    label: str | None = None
-    extra: tuple[str, ...] = ()
-
-    @property
-    def name(self) -> str:
-        return self.label or self.method
-
-
-def overrides(env: str, method: str, seed: int, args: argparse.Namespace, out_dir: str) -> list[str]:
-    """The run's Hydra overrides; ``trainer.lr`` only when ``--lr`` is given (else the env preset's)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    return [
-        f"env={env}", *METHODS[method], "model=tiny",
-        f"trainer.seed={seed}", *([f"trainer.lr={args.lr}"] if args.lr is not None else []),
-        f"trainer.total_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
-        f"trainer.prompts_per_step={args.prompts}", f"trainer.group_size={args.group}",
-        f"trainer.output_dir={out_dir}", f"trainer.save_every={args.steps}", "trainer.keep_checkpoints=1",
-        *args.override,
-    ]
-
-
-def env_config(env: str, args: argparse.Namespace) -> Any:
-    """The composed config every run of ``env`` shares (held-out size, preset lr), before the method."""
-    from reopold_agents.config import compose
-
-    return compose(overrides(env, "reopold", 0, args, os.devnull))
-
-
-def train_one(job: Job, args: argparse.Namespace, out_root: str, eval_teacher: bool = False,
-              on_step: Callable[[int, dict], None] | None = None) -> RunCurve:
-    """One training run through the run CLI's loop; returns its held-out success curve (and the teacher's
-    success when ``eval_teacher``: ``trainer.eval_teacher`` comes last, so the benchmark decides it)."""
-    from reopold_agents.config import compose
-    from reopold_agents.run import train
-
-    out_dir = os.path.join(out_root, re.sub(r"[^\w.-]+", "_", f"{job.env}-{job.name}-s{job.seed}"))
-    cfg = compose([*overrides(job.env, job.method, job.seed, args, out_dir), *job.extra,
-                   f"trainer.eval_teacher={str(eval_teacher).lower()}"])
-    per_step = cfg.trainer.prompts_per_step * cfg.trainer.group_size
-    start = time.perf_counter()
-    result = train(cfg, progress=False, on_step=on_step)
-    return RunCurve(job.env, job.name, job.seed, per_step, [(step * per_step, float(s)) for step, s in result.evals],
-                    time.perf_counter() - start, result.teacher_success)
-
-
-def train_all(jobs: Sequence[Job], args: argparse.Namespace) -> list[RunCurve]:
-    """Train ``jobs`` in order under one progress bar; the first job of each env measures the teacher."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    curves: list[RunCurve] = []
-    measured: set[str] = set()
-    with tempfile.TemporaryDirectory() as tmp, Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    ) as bar:
-        task = bar.add_task("runs", total=len(jobs) * args.steps)
-        for job in jobs:
-            bar.update(task, description=f"{job.env}/{job.name}/seed {job.seed}")
-            curves.append(train_one(job, args, args.work_dir or tmp, eval_teacher=job.env not in measured,
-                                    on_step=lambda *_: bar.advance(task)))
-            measured.add(job.env)
-    return curves
-
-
-def teachers_of(curves: Sequence[RunCurve]) -> dict[str, float]:
-    """Per env, the teacher's held-out success some run measured; fails naming an env none did."""
-    out: dict[str, float] = {}
-    for c in curves:
-        if c.teacher is not None:
-            out.setdefault(c.env, float(c.teacher))
-    missing = sorted({c.env for c in curves} - set(out))
-    if missing:
-        raise SystemExit(f"no run measured the teacher's held-out success for {missing} "
-                         "(RunResult.teacher_success is None: a mix or http-teacher run?)")
-    return out
-
-
-def gap_key(k: float) -> str:
-    return f"{k:.0%}"
-
-
-def gap_targets(curves: Sequence[RunCurve], env: str, teacher: float, gaps: Sequence[float], heldout: int,
-                emit: Callable[[str], None] = print) -> dict[str, float]:
-    """``start + k * (teacher - start)`` per gap k, start = the median step-0 success of the env's runs.
-    A teacher not above the start leaves nothing to distil towards: every target is then "one more
-    held-out task solved" (said so)."""
-    start = statistics.median(c.start for c in curves if c.env == env and c.points)
-    if teacher <= start:
-        emit(f"{env}: teacher held-out success {teacher:.3f} <= student start {start:.3f}; "
-             f"every target = start + 1/{heldout} (one more task solved)")
-        return {gap_key(k): round(start + 1.0 / heldout, 4) for k in gaps}
-    return {gap_key(k): round(start + k * (teacher - start), 4) for k in gaps}
-
-
 def _median_or_none(xs: Sequence[float | None]) -> float | None:
     vals = [x for x in xs if x is not None]
     return statistics.median(vals) if vals else None
-
-
-def run_gap_closed(c: RunCurve, teacher: float) -> float | None:
-    from reopold_agents.evaluation.heldout import gap_closed
-
-    return gap_closed(c.start, c.final, teacher)
 
 
 def summarize(curves: Sequence[RunCurve], targets: dict[str, dict[str, float]],
@@ -256,18 +103,10 @@ def summarize(curves: Sequence[RunCurve], targets: dict[str, dict[str, float]],
     return out
 
 
-def fmt_samples(x: float, budget: float) -> str:
-    return f">{int(budget)}" if not math.isfinite(x) else str(int(x))
-
-
 def fmt_range(r: dict[str, float], budget: float) -> str:
     """Median [min, max] samples over seeds (one seed: just the value)."""
     med = fmt_samples(r["median"], budget)
     return med if r["min"] == r["max"] else f"{med} [{fmt_samples(r['min'], budget)}, {fmt_samples(r['max'], budget)}]"
-
-
-def fmt_gap(g: float | None) -> str:
-    return "n/a" if g is None else f"{g:.0%}"
 
 
 def ratio(other: dict[str, Any], ours: dict[str, Any], key: str, name: str) -> tuple[float, str]:
@@ -321,25 +160,6 @@ def report(summary: dict, meta: dict[str, dict[str, Any]], emit: Callable[[str],
     return first
 
 
-def draw(ax: Any, groups: dict[str, list[RunCurve]], targets: dict[str, float], teacher: float | None, title: str) -> None:
-    """Median success vs samples per group (range shaded over seeds), target and teacher lines."""
-    for label, cs in groups.items():
-        xs = [s for s, _ in cs[0].points]
-        ys = [[c.points[k][1] for c in cs if k < len(c.points)] for k in range(len(xs))]
-        ax.plot(xs, [statistics.median(y) for y in ys], marker="o", ms=3, label=label)
-        if len(cs) > 1:
-            ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.15)
-    for (key, target), ls in zip(targets.items(), (":", "-.", (0, (1, 3)))):
-        ax.axhline(target, color="grey", ls=ls, lw=1, label=f"{key} of the gap")
-    if teacher is not None:
-        ax.axhline(teacher, color="black", ls="--", lw=1, label="teacher")
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("student samples", fontsize=8)
-    ax.set_ylabel("held-out success (greedy)", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6)
-
-
 def plot(curves: Sequence[RunCurve], targets: dict[str, dict[str, float]], path: Path,
          teachers: dict[str, float]) -> None:
     """One column per env; rows: main methods and REOPOLD ablations (median + range over seeds)."""
@@ -377,29 +197,6 @@ def load_json(path: str) -> tuple[list[RunCurve], dict[str, float], dict[str, di
     return curves, {e: float(v) for e, v in saved["teacher_success"].items()}, meta
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """The run-shaping flags ``overrides`` reads (shared with benchmarks/sweep.py)."""
-    p.add_argument("--steps", type=int, default=None, help="learner steps per run (default 40; quick 8)")
-    p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default 1; quick 2)")
-    p.add_argument("--lr", type=float, default=None, help="trainer.lr (default: the env preset's, 1e-4 on math)")
-    p.add_argument("--prompts", type=int, default=8, help="trainer.prompts_per_step")
-    p.add_argument("--group", type=int, default=2, help="trainer.group_size")
-    p.add_argument("--gaps", type=float, nargs="+", default=[0.5, 0.7],
-                   help="targets as fractions of the start-to-teacher gap; the ratio line uses the largest")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="JSON + PNG go here")
-    p.add_argument("--work-dir", default=None, help="run outputs (default: a temporary folder)")
-    p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
-
-
-def finish_run_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    args.steps = args.steps or (8 if args.quick else 40)
-    args.eval_every = args.eval_every or (2 if args.quick else 1)
-    args.gaps = sorted(args.gaps)
-    if not all(0.0 < k <= 1.0 for k in args.gaps):
-        p.error("--gaps must lie in (0, 1]")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reopold/opd/grpo/dapo, 1 seed, 8 steps")
@@ -409,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
     p.add_argument("--from-json", default=None, help="re-summarise and re-plot the curves of an earlier run's JSON")
     p.add_argument("--name", default=None, help="file stem (default sample_efficiency[_quick])")
-    add_run_args(p)
+    add_run_args(p, str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     finish_run_args(p, args)
     q = args.quick

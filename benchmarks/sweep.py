@@ -2,7 +2,7 @@
 
 Every config is a full run of the run CLI's loop (``reopold_agents.run.train``) with ``algo=reopold`` and the
 env preset (``model=tiny``: the ``tiny_math`` test bed on math), trained and measured exactly as in
-benchmarks/sample_efficiency.py (its ``train_all``/``RunCurve``/targets are imported, not copied): greedy
+benchmarks/sample_efficiency.py (``reopold_agents.benchmarking``: the same ``train_all``/``RunCurve``/targets): greedy
 success on the preset's held-out set every ``--eval-every`` steps, targets at 50 % and 70 % of the
 start-to-teacher gap, the teacher measured once by the first run.
 
@@ -27,19 +27,17 @@ import itertools
 import json
 import math
 import statistics
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # imported by path (tests): find the sibling benchmark
-    sys.path.insert(0, str(HERE))
-
-from sample_efficiency import (  # noqa: E402
-    Job, RunCurve, add_run_args, env_config, finish_run_args, fmt_gap, fmt_samples, gap_targets, run_gap_closed,
-    teachers_of, train_all,
+from reopold_agents.benchmarking.curve_plot import draw
+from reopold_agents.benchmarking.gap_targets import fmt_gap, fmt_samples, gap_targets, run_gap_closed
+from reopold_agents.benchmarking.learning_runs import (
+    Job, RunCurve, add_run_args, env_config, finish_run_args, teachers_of, train_all,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = {"clip_lambda": "algo.clip_lambda", "beta": "algo.beta", "stage_switch": "algo.stage_switch", "lr": "trainer.lr"}
 Config = dict[str, float]
@@ -135,8 +133,6 @@ def plot(curves: Sequence[RunCurve], configs: dict[str, Config], targets: dict[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sample_efficiency import draw
-
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=80)
     draw(ax, {n: cs for n in configs if (cs := [c for c in curves if c.method == n])}, targets, teacher, title)
     fig.tight_layout()
@@ -158,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage-switches", type=float, nargs="+", default=[0.3, 0.5])
     p.add_argument("--lrs", type=float, nargs="+", default=None, help="default: the preset's lr, 2x and 0.5x of it")
     p.add_argument("--name", default=None, help="file stem (default sweep_<env>[_quick])")
-    add_run_args(p)
+    add_run_args(p, str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     finish_run_args(p, args)
     if args.lr is not None:

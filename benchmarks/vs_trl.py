@@ -51,6 +51,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from reopold_agents.benchmarking.trl_config import trl_args
+
 QWEN_VOCAB = 151_657
 SIDES = ("reopold", "trl_gkd", "trl_distill")
 TIME_GOAL, MEMORY_GOAL = 0.4, 0.5  # ours / trl_distill, time per sample and peak extra memory
@@ -195,19 +197,6 @@ class OursStep:
         from reopold_agents.step import train_step
 
         return train_step(self, self, self.step_index, time.perf_counter()).metrics["loss"]
-
-
-def trl_args(cls, outdir: str, batch: int, **overrides):
-    """A TRL config (``GKDConfig``/``DistillationConfig``) with our optimiser: torch AdamW, constant lr
-    (1e-5 unless ``learning_rate`` is overridden), grad-norm clip 1.0, no weight decay, fp32 on CPU, no
-    logging or checkpoints; ``overrides`` replace any of these (shared with benchmarks/vs_trl_learning.py)."""
-    base: dict[str, Any] = dict(
-        output_dir=outdir, per_device_train_batch_size=batch, gradient_accumulation_steps=1, learning_rate=1e-5,
-        max_grad_norm=1.0, optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        report_to="none", logging_strategy="no", save_strategy="no", use_cpu=True, bf16=False, fp16=False,
-        disable_dropout=True, dataloader_num_workers=0, seed=0,
-    )
-    return cls(**{**base, **overrides})
 
 
 class _TRLStep:
