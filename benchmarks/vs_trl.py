@@ -371,7 +371,7 @@ def report(res: dict[str, dict], args: argparse.Namespace, emit: Callable[[str],
         mem = ours["peak_mib"] / r["peak_mib"] if r["peak_mib"] > 0 else float("nan")
         emit(f"ratio reopold/{name}: time per sample {ours['per_sample_ms'] / r['per_sample_ms']:.3f}x, "
              f"peak memory {mem:.3f}x")
-    # The goal (issue 17) is against TRL's own on-policy distillation trainer; without it, the faster TRL side.
+    # The goal is against TRL's own on-policy distillation trainer; without it, the faster TRL side.
     goal = "trl_distill" if "trl_distill" in trl else min(trl, key=lambda k: trl[k]["per_sample_ms"])
     ratio = ours["per_sample_ms"] / trl[goal]["per_sample_ms"]
     mem = ours["peak_mib"] / trl[goal]["peak_mib"] if trl[goal]["peak_mib"] > 0 else float("nan")
