@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.loaders import TaskLoadError
+from tasks.errors import TaskLoadError
 from tasks.record import Task
 
 PACKAGE = "bfcl-eval==2026.3.23"

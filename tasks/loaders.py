@@ -29,7 +29,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.bfcl import load_bfcl
+from tasks.errors import TaskLoadError
+from tasks.reasoning_gym_tasks import load_reasoning_gym
 from tasks.record import Task
+from tasks.synthetic import generate
+
+__all__ = ["TaskLoadError", "last_boxed", "load_tasks", "row_to_task"]
 
 QUESTION_KEYS = ("question", "problem", "prompt", "query", "input", "Question", "Problem")
 ANSWER_KEYS = ("answer", "final_answer", "label", "target", "Answer")
@@ -37,10 +43,6 @@ ID_KEYS = ("id", "pid", "unique_id", "problem_id", "idx", "ID", "task_id")
 IMAGE_KEYS = ("images", "decoded_image", "image", "image_path")
 CHOICE_KEYS = ("choices", "options")
 _BOXED = re.compile(r"\\boxed\s*\{")
-
-
-class TaskLoadError(ValueError):
-    """A task file is missing, unreadable or has rows that do not map onto `Task`."""
 
 
 def last_boxed(text: str) -> str | None:
@@ -72,17 +74,11 @@ def load_tasks(
     """Tasks from a synthetic generator, a local file/directory or a name under ``$REOPOLD_DATA``."""
     source = str(path_or_name)
     if source.startswith("synthetic:"):
-        from tasks.synthetic import generate
-
         n = size if limit is None else min(size, limit)
         return generate(source.split(":", 1)[1], size=n, seed=seed, difficulty=difficulty)
     if source.startswith("bfcl:"):
-        from tasks.bfcl import load_bfcl
-
         return load_bfcl(source.split(":", 1)[1], limit=limit)
     if source.startswith("reasoning_gym:"):
-        from tasks.reasoning_gym_tasks import load_reasoning_gym
-
         return load_reasoning_gym(source.split(":", 1)[1], size=size if limit is None else min(size, limit), seed=seed)
     path = _resolve(source)
     rows, base = _read_rows(path, split)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tasks.loaders import TaskLoadError
+from tasks.errors import TaskLoadError
 from tasks.record import Task
 
 SCORER = "reasoning_gym"
