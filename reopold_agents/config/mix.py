@@ -15,6 +15,7 @@ run's ``model.teacher``), several teachers loaded once each by ``reopold_agents.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -61,6 +62,7 @@ def check_mix(mix: dict[str, MixEntry], env: EnvConfig) -> None:
             entry.check()
         except ValueError as exc:
             raise ValueError(f"mix.{name}.{exc}") from None
+    _check_weight_sum(mix)
     if env.name != MIX_ENV_NAME:
         raise ValueError(f"env: a mix run takes its envs from mix.<name>.env; select env=mix "
                          f"(got env.name={env.name!r}, which nothing would read)")
@@ -68,6 +70,21 @@ def check_mix(mix: dict[str, MixEntry], env: EnvConfig) -> None:
     for f in fields(EnvConfig):
         if getattr(env, f.name) != getattr(default, f.name):
             raise ValueError(f"env.{f.name}: not used in a mix run (set mix.<name>.env.{f.name} instead)")
+
+
+def _check_weight_sum(mix: dict[str, MixEntry]) -> None:
+    """Each weight is finite and > 0 (``MixEntry.check``, ``check_finite``), but ``mix_weights`` divides
+    by their sum: a sum that overflows (1e308 + 1e308) turns every share into 0 or NaN, and a share that
+    underflows to 0 (5e-324 beside 1.0) is an entry never drawn."""
+    total = sum(e.weight for e in mix.values())
+    if not math.isfinite(total):
+        weights = ", ".join(f"mix.{n}.weight={e.weight:g}" for n, e in mix.items())
+        raise ValueError(f"mix: the entries' weights sum to {total} ({weights}); scale them down "
+                         "(only their ratios matter)")
+    for name, share in mix_weights(mix).items():
+        if not share > 0:
+            raise ValueError(f"mix.{name}.weight: {mix[name].weight:g} is a share of 0 of the sum {total:g} "
+                             "(never drawn); raise it or scale the others down")
 
 
 def mix_weights(mix: dict[str, MixEntry]) -> dict[str, float]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from reopold_agents.config.teacher_context import check_teacher_context
+
 TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_math", "tiny_vl", "tiny_toolqa_bed", "tiny_vl_bed")
 SELF_TEACHER = "self"  # model.teacher=self: a frozen copy of the initial student (self-distillation)
 # `model=tiny` resolves to the pair made for the env (reopold_agents.run.resolve_tiny)
@@ -53,10 +55,7 @@ class ModelConfig:
             raise ValueError(f"teacher_engine: {self.teacher_engine!r}; use hf, vllm or http")
         self._check_http()
         if self.teacher_context is not None:
-            try:
-                self.teacher_context.format(answer="", question="", id="")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"teacher_context: fields are {{answer}}, {{question}}, {{id}}; got {exc!r}") from None
+            check_teacher_context(self.teacher_context)  # plain task fields only (config/teacher_context.py)
         if self.teacher == SELF_TEACHER:
             return
         if (self.student in TINY_NAMES or self.teacher in TINY_NAMES) and self.student != self.teacher:

@@ -19,6 +19,7 @@ from reopold_agents.config.mix import MixEntry, check_mix
 from reopold_agents.config.model import ModelConfig
 from reopold_agents.config.sandbox import SandboxConfig
 from reopold_agents.config.trainer import TrainerConfig
+from reopold_agents.config.vision import check_vision_student
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -97,6 +98,8 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
                 raise ConfigError(f"{name}.{exc}") from None
     try:
         check_mix(run_cfg.mix, run_cfg.env)
+        check_vision_student(run_cfg.model.student, run_cfg.env.name,
+                             {name: entry.env.name for name, entry in run_cfg.mix.items()})
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return run_cfg
