@@ -16,15 +16,14 @@ import pytest
 import torch
 
 import reopold_agents as ra
-from reopold_agents.cross_teacher import MASKED_KEY, Conversation, CrossTokenizerTeacher
-from reopold_agents.cross_tokenizer import AlignmentError, align_turn, common_segments
 from reopold_agents.engines.base import Engine, Generation, GenerationRequest, SamplingParams
 from reopold_agents.rollout import Rollout
-from reopold_agents.teacher import Teacher
-from reopold_agents.trajectory import collate
-from reopold_agents.teacher_render import render_teacher_view
+from reopold_agents.teacher import CrossTokenizerTeacher, Teacher, TeacherScores
+from reopold_agents.teacher.cross.align import AlignmentError, align_turn, common_segments
+from reopold_agents.teacher.cross.pieces import TokenPieces
+from reopold_agents.teacher.cross.render import render_teacher_view
 from reopold_agents.tiny import tiny_qwen2
-from reopold_agents.token_pieces import TokenPieces
+from reopold_agents.trajectory import Batch, Conversation, Trajectory, collate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _second_tokenizer import second_tokenizer  # noqa: E402
@@ -166,7 +165,7 @@ def _ids(tk, text: str, split: float = 0.0, seed: int = 0) -> list[int]:
 
 
 def _episode(tok, student, turns: list[list[int]]):
-    """One toolqa episode with scripted turns: (trajectory, conversation)."""
+    """One toolqa episode with scripted turns: (trajectory, the conversation as the env last showed it)."""
     envs = []
 
     def factory():
@@ -201,13 +200,26 @@ def _brute_teacher_turns(model, tk, conv: Conversation, closed: list[bool]) -> l
     return out
 
 
-def _turn_sums(traj) -> list[tuple[float, float]]:
+def _cross_scored(teacher: CrossTokenizerTeacher, traj: Trajectory, conv: Conversation) -> tuple[Batch, TeacherScores]:
+    """``traj`` collated and scored as the training step does (the scores written into the batch)."""
+    batch = collate([traj], teacher.student_tokenizer.pad_token_id)
+    (seen,) = batch.conversations
+    # The scorer reads the conversation the rollout kept, the one the env showed (the brute force's).
+    assert seen.messages == conv.messages and seen.tools == conv.tools
+    assert seen.turn_lengths == [t["num_generated"] for t in traj.turns]
+    scores = teacher.score(batch)
+    assert scores.apply_to(batch) is batch
+    return batch, scores
+
+
+def _turn_sums(traj, batch) -> list[tuple[float, float]]:
     """Per turn: (sum of rewards = teacher_logprobs - rollout_logprobs, sum of rollout log-probs)."""
     gen = [i for i, m in enumerate(traj.loss_mask) if m]
+    teacher = batch.teacher_logprobs[0].double().tolist()
     out, pos = [], 0
     for t in traj.turns:
         idx = gen[pos : pos + t["num_generated"]]
-        out.append((sum(traj.teacher_logprobs[i] - traj.rollout_logprobs[i] for i in idx), sum(traj.rollout_logprobs[i] for i in idx)))
+        out.append((sum(teacher[i] - traj.rollout_logprobs[i] for i in idx), sum(traj.rollout_logprobs[i] for i in idx)))
         pos += t["num_generated"]
     return out
 
@@ -227,20 +239,16 @@ def test_identical_tokenizers_match_same_tokenizer_path(tok, one_thread):
     turns, _ = _script(tok, split=0.0)
     turns[2] = [t for t in turns[2] if t != tok.convert_tokens_to_ids("<|endoftext|>")]  # canonical ids only
     traj, conv = _episode(tok, student, [list(t) for t in turns])
-    same = Teacher(tok, model=teacher).score(collate([_copy(traj)], tok.pad_token_id))
-    CrossTokenizerTeacher(tok, tok, teacher, chunk_size=5).score([traj], [conv])
-    assert traj.info[MASKED_KEY] == []
-    assert sum(traj.loss_mask) == sum(len(t) for t in turns)
-    assert traj.loss_mask[1:] == same.loss_mask[0, 1:].long().tolist()  # (collate never trains on position 0)
-    got, want = torch.tensor(traj.teacher_logprobs), same.teacher_logprobs[0]
+    same = collate([traj], tok.pad_token_id)
+    Teacher(tok, model=teacher).score(same).apply_to(same)
+    cross, scores = _cross_scored(CrossTokenizerTeacher(tok, tok, teacher, chunk_size=5), traj, conv)
+    assert scores.masked_turns == [[]]
+    assert int(cross.loss_mask.sum()) == sum(len(t) for t in turns)
+    assert cross.loss_mask[0, 1:].long().tolist() == traj.loss_mask[1:]  # (collate never trains on position 0)
+    assert torch.equal(cross.loss_mask, same.loss_mask)
+    got, want = cross.teacher_logprobs[0], same.teacher_logprobs[0]
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert (want != 0).sum() == sum(traj.loss_mask)
-
-
-def _copy(traj):
-    from dataclasses import replace
-
-    return replace(traj, token_ids=list(traj.token_ids), loss_mask=list(traj.loss_mask), rollout_logprobs=list(traj.rollout_logprobs))
 
 
 @pytest.mark.parametrize("teacher_tok", ["tiny-noncanonical", "second"])
@@ -250,10 +258,11 @@ def test_turn_sums_equal_full_sequence_logprobs(tok, tok2, teacher_tok, one_thre
     turns, closed = _script(tok, split=0.5)
     traj, conv = _episode(tok, student, turns)
     assert [m["content"] for m in conv.messages if m["role"] == "assistant"] == [CALL, TEXTS[0], TEXTS[1]]
-    CrossTokenizerTeacher(tok, tk, teacher).score([traj], [conv])
-    assert traj.info[MASKED_KEY] == []
+    batch, scores = _cross_scored(CrossTokenizerTeacher(tok, tk, teacher), traj, conv)
+    assert scores.masked_turns == [[]]
+    assert batch.loss_mask[0, 1:].long().tolist() == traj.loss_mask[1:]  # nothing masked
     brute = _brute_teacher_turns(teacher, tk, conv, closed)
-    for k, ((reward_sum, student_sum), t_sum) in enumerate(zip(_turn_sums(traj), brute)):
+    for k, ((reward_sum, student_sum), t_sum) in enumerate(zip(_turn_sums(traj, batch), brute)):
         assert reward_sum == pytest.approx(t_sum - student_sum, abs=1e-4), k
     # The tokenizations really differ: some segments hold several tokens on one side.
     view = render_teacher_view(tk, conv.messages, conv.tools)
@@ -271,14 +280,15 @@ def test_misaligned_turns_are_masked_and_reported(tok, tok2, one_thread):
     traj, conv = _episode(tok, student, turns)
     n0 = len(turns[0])
     gen = [i for i, m in enumerate(traj.loss_mask) if m]
-    CrossTokenizerTeacher(tok, tok2, teacher).score([traj], [conv])
-    (problem,) = traj.info[MASKED_KEY]
+    batch, scores = _cross_scored(CrossTokenizerTeacher(tok, tok2, teacher), traj, conv)
+    ((problem,),) = scores.masked_turns
     assert problem.startswith("turn 0:") and "UTF-8" in problem
-    assert all(traj.loss_mask[i] == 0 for i in gen[:n0])  # masked, reward 0
-    assert all(traj.teacher_logprobs[i] == traj.rollout_logprobs[i] for i in gen[:n0])
-    assert all(traj.loss_mask[i] == 1 for i in gen[n0:])  # the next turn is still scored
+    assert all(batch.loss_mask[0, i] == 0 for i in gen[:n0])  # masked: out of the loss, reward 0
+    assert all(batch.teacher_logprobs[0, i] == 0 for i in gen[:n0])  # no teacher value where nothing is trained
+    assert all(batch.loss_mask[0, i] == 1 for i in gen[n0:])  # the next turn is still scored
     brute = _brute_teacher_turns(teacher, tok2, conv, [True, True])
-    assert sum(traj.teacher_logprobs[i] - traj.rollout_logprobs[i] for i in gen[n0:]) == pytest.approx(
+    teacher_lps = batch.teacher_logprobs[0].double().tolist()
+    assert sum(teacher_lps[i] - traj.rollout_logprobs[i] for i in gen[n0:]) == pytest.approx(
         brute[1] - sum(traj.rollout_logprobs[i] for i in gen[n0:]), abs=1e-4
     )
 
@@ -294,13 +304,14 @@ def test_template_that_changes_text_is_masked(tok, tok2, one_thread):
     turns = [_ids(tok, "first answer  \n"), _ids(tok, TEXTS[2]) + [tok.eos_token_id]]
     traj, conv = _episode(tok, student, turns)
     gen = [i for i, m in enumerate(traj.loss_mask) if m]
-    CrossTokenizerTeacher(tok, trimming, teacher).score([traj], [conv])
-    (problem,) = traj.info[MASKED_KEY]
+    batch, scores = _cross_scored(CrossTokenizerTeacher(tok, trimming, teacher), traj, conv)
+    ((problem,),) = scores.masked_turns
     assert problem.startswith("turn 0:") and "changed the assistant text" in problem
-    assert sum(traj.loss_mask) == len(turns[1])
+    assert int(batch.loss_mask.sum()) == len(turns[1])
     brute = _brute_teacher_turns(teacher, trimming, conv, [False, True])
     second = gen[len(turns[0]) :]
-    assert sum(traj.teacher_logprobs[i] - traj.rollout_logprobs[i] for i in second) == pytest.approx(
+    teacher_lps = batch.teacher_logprobs[0].double().tolist()
+    assert sum(teacher_lps[i] - traj.rollout_logprobs[i] for i in second) == pytest.approx(
         brute[1] - sum(traj.rollout_logprobs[i] for i in second), abs=1e-4
     )
 
@@ -313,7 +324,7 @@ def test_sentencepiece_prefix_space_is_dropped(tok2):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from reopold_agents.token_pieces import pieces_of_text
+    from reopold_agents.teacher.cross.pieces import pieces_of_text
 
     spec = json.loads(tok2.backend_tokenizer.to_str())
     spec["pre_tokenizer"]["pretokenizers"][1]["prepend_scheme"] = "always"

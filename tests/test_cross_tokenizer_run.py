@@ -32,8 +32,8 @@ def test_run_with_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
     # (the preflight's chat-template check fails on it); a llama checkpoint keeps the saved tokenizer.
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import reopold_agents.step as step_mod
-    from reopold_agents.teacher import CrossTokenizerScorer
+    import reopold_agents.teacher.build as build_mod
+    from reopold_agents.teacher import CrossTokenizerTeacher, teacher_label
     from reopold_agents.tiny.load import load_tiny
 
     torch.set_num_threads(1)
@@ -46,25 +46,15 @@ def test_run_with_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
     student_dir, teacher_dir = _save(student, tok, tmp_path / "student"), _save(teacher, tok2, tmp_path / "teacher")
 
     seen = []
-    original = step_mod.train_step
-
-    def keep(*args, **kwargs):
-        result = original(*args, **kwargs)
-        seen.append(result)
-        return result
-
-    monkeypatch.setattr(step_mod, "train_step", keep)
     built = []
-    import reopold_agents.teacher as teacher_mod
-
-    original_build = teacher_mod.build_teacher
-    monkeypatch.setattr(teacher_mod, "build_teacher", lambda *a, **k: built.append(original_build(*a, **k)) or built[-1])
+    original_build = build_mod.build_teacher  # the router builds each teacher through it
+    monkeypatch.setattr(build_mod, "build_teacher", lambda *a, **k: built.append(original_build(*a, **k)) or built[-1])
     cfg = compose(["env=toolqa", f"model.student={student_dir}", f"model.teacher={teacher_dir}",
                    "trainer.total_steps=2", "trainer.prompts_per_step=2", "trainer.group_size=2",
                    "trainer.heldout_tasks=2", "trainer.eval_every=0", "trainer.save_every=0",
                    "engine.sampling.max_new_tokens=16", "env.max_turns=2", f"trainer.output_dir={tmp_path / 'run'}"])
-    result = run_mod.train(cfg, progress=False)
-    assert isinstance(built[0], CrossTokenizerScorer)
+    result = run_mod.train(cfg, progress=False, on_step=seen.append)
+    assert isinstance(built[0], CrossTokenizerTeacher)
     assert (Path(result.output_dir) / "checkpoints" / "step_00000002").is_dir()
     assert len(seen) == 2
     scored_turns = 0
@@ -72,9 +62,11 @@ def test_run_with_a_teacher_of_another_tokenizer(tmp_path, monkeypatch):
         batch = res.batch
         reward = (batch.teacher_logprobs - batch.old_logprobs) * batch.loss_mask
         assert torch.isfinite(reward).all()
-        for row, traj in enumerate(res.trajectories):
-            masked = traj.info.get("cross_tokenizer_masked", [])
-            assert isinstance(masked, list)
+        assert batch.teachers == [teacher_label(teacher_dir)] * len(batch)  # every row scored by the teacher
+        masked = res.metrics["teacher/masked_turns"]  # turns the teacher could not align (out of the loss)
+        assert masked == int(masked) and 0 <= masked <= sum(len(t.turns) for t in res.trajectories)
+        assert len(res.trajectories) == len(batch)
+        for row in range(len(batch)):
             if batch.loss_mask[row].sum() > 0:
                 scored_turns += 1
                 # off the student's (unmasked) tokens the teacher wrote nothing

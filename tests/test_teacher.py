@@ -30,6 +30,11 @@ def _trajectories(tok, n=5, seed=0):
     return out
 
 
+def _scored(teacher, batch):
+    """The teacher's scores written into ``batch`` (as the training step does)."""
+    return teacher.score(batch).apply_to(batch)
+
+
 def _naive(model, traj):
     x = torch.tensor([traj.token_ids])
     with torch.no_grad():
@@ -44,8 +49,8 @@ def test_teacher_equals_naive_forward(tok):
     batch = collate(trajs, tok.pad_token_id)
     ids_before, mask_before = batch.input_ids.clone(), batch.loss_mask.clone()
     assert len({len(t) for t in trajs}) > 1  # rows of different lengths: micro-batches sort and truncate
-    out = Teacher(tok, model=teacher_model, batch_size=2, chunk_size=7).score(batch)
-    assert out is batch  # filled in place
+    out = _scored(Teacher(tok, model=teacher_model, batch_size=2, chunk_size=7), batch)
+    assert out is batch  # written into the batch in place
     assert torch.equal(batch.input_ids, ids_before) and torch.equal(batch.loss_mask, mask_before)
     assert batch.teacher_logprobs.shape == batch.input_ids.shape and batch.teacher_logprobs.dtype == torch.float32
     assert batch.teacher_topk_ids is None and batch.teacher_topk_logprobs is None  # top_k=0
@@ -63,9 +68,9 @@ def test_teacher_scores_like_one_row_at_a_time(tok):
     """Micro-batching (sorted by length, padded to the longest row of each) changes nothing."""
     model = tiny_qwen2(tok, seed=3)
     trajs = _trajectories(tok, n=6, seed=1)
-    whole = Teacher(tok, model=model, batch_size=4).score(collate(trajs, tok.pad_token_id))
+    whole = _scored(Teacher(tok, model=model, batch_size=4), collate(trajs, tok.pad_token_id))
     for i, t in enumerate(trajs):
-        one = Teacher(tok, model=model, batch_size=1).score(collate([t], tok.pad_token_id))
+        one = _scored(Teacher(tok, model=model, batch_size=1), collate([t], tok.pad_token_id))
         assert torch.allclose(whole.teacher_logprobs[i, : len(t)], one.teacher_logprobs[0], atol=1e-5)
     empty = collate(trajs[:2], tok.pad_token_id)
     empty.attention_mask[1] = 0
@@ -76,7 +81,7 @@ def test_teacher_scores_like_one_row_at_a_time(tok):
 def test_teacher_topk_for_gkd(tok):
     model = tiny_qwen2(tok, seed=3)
     trajs = _trajectories(tok, n=2)
-    batch = Teacher(tok, model=model, top_k=4).score(collate(trajs, tok.pad_token_id))
+    batch = _scored(Teacher(tok, model=model, top_k=4), collate(trajs, tok.pad_token_id))
     bsz, length = batch.input_ids.shape
     assert batch.teacher_topk_ids.shape == (bsz, length, 4) and batch.teacher_topk_ids.dtype == torch.long
     assert batch.teacher_topk_logprobs.shape == (bsz, length, 4)
@@ -111,17 +116,17 @@ def test_build_teacher_from_config(tok):
     cfg = compose(["model=tiny"]).model
     teacher = build_teacher(cfg, tok)
     assert teacher.model is not None and not any(p.requires_grad for p in teacher.model.parameters())
-    batch = teacher.score(collate(_trajectories(tok, n=2), tok.pad_token_id))
+    batch = _scored(teacher, collate(_trajectories(tok, n=2), tok.pad_token_id))
     assert batch.teacher_logprobs is not None and bool((batch.teacher_logprobs[batch.loss_mask > 0] < 0).all())
     assert torch.all(batch.teacher_logprobs[batch.loss_mask == 0] == 0.0)
     assert teacher.chunk_size == cfg.logprob_chunk_size and teacher.batch_size == cfg.teacher_batch_size
     # another student tokenizer: detected, the teacher becomes the cross-tokenizer scorer (docs/cross_tokenizer.md)
-    from reopold_agents.teacher import CrossTokenizerScorer, check_same_tokenizer
+    from reopold_agents.teacher import CrossTokenizerTeacher
 
     other = train_tokenizer(vocab_size=900)
     with pytest.raises(TokenizerMismatchError):
         check_same_tokenizer(other, tok)
-    assert isinstance(build_teacher(cfg, other), CrossTokenizerScorer)
+    assert isinstance(build_teacher(cfg, other), CrossTokenizerTeacher)
     with pytest.raises(ValueError, match="top-k objective"):  # two vocabularies: no top-k distillation
         build_teacher(cfg, other, top_k=4)
 
