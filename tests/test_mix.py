@@ -16,11 +16,11 @@ from reopold_agents.config import compose
 from reopold_agents.config.schema import ConfigError
 from reopold_agents.learner import _Accumulator
 from reopold_agents.metrics import read_metrics
-from reopold_agents.mix import MixRollout, MixSampler
-from reopold_agents.mix_metrics import mix_metrics
+from reopold_agents.entries import EntryRollout, TaskSampler
+from reopold_agents.entry_metrics import entry_metrics
 from reopold_agents.seeding import mix_draw
 from reopold_agents.step import rollout_metrics
-from reopold_agents.teacher_router import TeacherRouter, teacher_label
+from reopold_agents.teacher import TeacherRouter, TeacherScores, teacher_label
 from reopold_agents.trajectory import Batch, Trajectory, collate
 
 MIX = ["experiment=mix_math_toolqa", "model=tiny_toolqa"]
@@ -38,12 +38,12 @@ def _one_thread():
 
 
 def test_mix_draw_is_seeded_resumable_and_follows_the_weights():
-    sampler = MixSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=3)
+    sampler = TaskSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=3)
     run = [sampler.tasks(s) for s in range(400)]
     # a fresh sampler asked for a late step first (a resume) gives the same tasks, and so does a re-ask
-    resumed = MixSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=3)
+    resumed = TaskSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=3)
     assert resumed.tasks(250) == run[250] and resumed.tasks(3) == run[3] and sampler.tasks(17) == run[17]
-    other = MixSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=4)
+    other = TaskSampler({"a": 50, "b": 7}, {"a": 0.75, "b": 0.25}, prompts_per_step=8, seed=4)
     assert [other.tasks(s) for s in range(5)] != run[:5]
     flat = [t for step in run for t in step]
     share_a = sum(t["env"] == "a" for t in flat) / len(flat)
@@ -57,9 +57,9 @@ def test_mix_draw_is_seeded_resumable_and_follows_the_weights():
 
 def test_mix_draw_needs_tasks_and_matching_entries():
     with pytest.raises(ValueError, match="no tasks"):
-        MixSampler({"a": 0}, {"a": 1.0}, 4, 0)
+        TaskSampler({"a": 0}, {"a": 1.0}, 4, 0)
     with pytest.raises(ValueError, match="entries differ"):
-        MixSampler({"a": 3}, {"b": 1.0}, 4, 0)
+        TaskSampler({"a": 3}, {"b": 1.0}, 4, 0)
 
 
 # ----------------------------------------------------------------------------- bad configs
@@ -72,17 +72,17 @@ def test_mix_draw_needs_tasks_and_matching_entries():
     (["mix.math.env.foo=1"], r"mix\.math\.env\.foo"),
     (["mix.math.tacher=tiny"], r"mix\.math\.tacher"),
     (["mix.math.teacher="], r"mix\.math\.teacher: empty"),
-    (["env.max_turns=4"], r"env\.max_turns: not used in a mix run"),
-    (["env=math"], r"env: a mix run takes its envs from mix"),
+    (["env.max_turns=4"], r"env\.max_turns: not used in a run with mix entries"),
+    (["env=math"], r"env\.name: not used in a run with mix entries"),
 ])
 def test_bad_mix_config_fails_naming_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
         compose([*MIX, *overrides])
 
 
-def test_env_mix_without_entries_fails():
-    with pytest.raises(ConfigError, match=r"mix: env=mix needs mix entries"):
-        compose(["env=mix"])
+def test_mix_without_entries_fails():
+    with pytest.raises(ConfigError, match=r"env\.name: choose an env .* or give mix entries"):
+        compose(["experiment=mix"])
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -93,15 +93,21 @@ def test_env_mix_without_entries_fails():
     (["mix.math.teacher={tmp}/a/b", "mix.toolqa.teacher={tmp}/a_b"], r"share the metric label '.*a_b'"),
 ])
 def test_bad_mix_entry_fails_at_startup(overrides, key, tmp_path):
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a_b").mkdir()
+    if any("{tmp}" in o for o in overrides):  # two real model folders (a model path must hold a whole model)
+        from reopold_agents.tiny import build_tokenizer, tiny_qwen2
+
+        tok = build_tokenizer()
+        model = tiny_qwen2(tok, seed=0)
+        for folder in (tmp_path / "a" / "b", tmp_path / "a_b"):
+            model.save_pretrained(str(folder))
+            tok.save_pretrained(str(folder))
     cfg = compose([*MIX, *(o.format(tmp=tmp_path) for o in overrides)])
     with pytest.raises(ConfigError, match=key):
         run_mod.check_startup(cfg)
 
 
 def test_mix_entries_from_the_command_line():
-    cfg = compose(["env=mix", "+env@mix.a.env=math", "+env@mix.b.env=toolqa", "mix.b.weight=3"])
+    cfg = compose(["experiment=mix", "+env@mix.a.env=math", "+env@mix.b.env=toolqa", "mix.b.weight=3"])
     assert {k: (e.env.name, e.weight, e.teacher) for k, e in cfg.mix.items()} == {
         "a": ("math", 1.0, None), "b": ("toolqa", 3.0, None)}
     run_mod.check_startup(cfg)
@@ -149,17 +155,21 @@ def test_each_row_is_scored_by_its_routed_teacher(algo, k):
     extra = [f"algo={algo}"] + ([f"algo.gkd_topk={k}"] if k else [])
     cfg = compose([*MIX, "mix.toolqa.teacher=self", *extra])
     student_tok = load_tokenizer_and_processor("tiny_toolqa", "student")[0]
-    router = TeacherRouter.from_config(cfg, student_tok, top_k=k)
+    router = TeacherRouter.from_config(cfg.entries, cfg.model, student_tok, top_k=k)
     assert sorted(router.teachers) == ["self", "tiny"]
+    assert router.routes == {"math": "tiny", "toolqa": "self"}
     trajs = _random_trajectories(student_tok, 7, seed=1)
     route = ["tiny", "self", "self", "tiny", "self", "tiny", "tiny"]
     for t, r in zip(trajs, route):
-        t.info["teacher"] = r
+        t.entry = "math" if r == "tiny" else "toolqa"
     batch = collate(trajs, student_tok.pad_token_id)
-    assert batch.teachers == route
+    assert batch.entries == [t.entry for t in trajs] and batch.teachers is None
     mask_before = batch.loss_mask.clone()
-    out = router.score(batch, trajs)
-    assert out is batch and torch.equal(batch.loss_mask, mask_before)
+    scores = router.score(batch)
+    assert scores.labels == route and sorted(scores.seconds) == ["self", "tiny"]
+    assert all(s > 0 for s in scores.seconds.values())
+    out = scores.apply_to(batch)
+    assert out is batch and torch.equal(batch.loss_mask, mask_before) and batch.teachers == route
     models = {"tiny": load_model("tiny", "teacher").model, "self": load_model("tiny_toolqa", "student").model}
     for i, (t, r) in enumerate(zip(trajs, route)):
         n = len(t)
@@ -169,7 +179,6 @@ def test_each_row_is_scored_by_its_routed_teacher(algo, k):
         assert torch.allclose(got, want, atol=1e-4), (i, r)
         assert not torch.allclose(got, other, atol=1e-2), (i, r)  # the two teachers disagree: the test can fail
         assert torch.all(batch.teacher_logprobs[i, n:] == 0)
-        assert t.info["teacher_score_s"] > 0
         if k:
             assert torch.allclose(batch.teacher_topk_logprobs[i, :n].double(), want_top, atol=1e-4)
     assert (batch.teacher_topk_ids is None) == (k == 0)
@@ -182,23 +191,27 @@ class _MaskingScorer:
     def __init__(self, value: float) -> None:
         self.value = value
 
-    def score(self, batch: Batch, trajectories=None) -> Batch:
+    def score(self, batch: Batch) -> TeacherScores:
         mask = batch.loss_mask.clone()
         for b in range(len(batch)):
             mask[b, int(mask[b].nonzero()[0])] = 0
-        batch.loss_mask = mask
-        batch.teacher_logprobs = torch.where(mask > 0, torch.full_like(mask, self.value), torch.zeros_like(mask))
-        return batch
+        return TeacherScores(torch.where(mask > 0, torch.full_like(mask, self.value), torch.zeros_like(mask)), mask,
+                             masked_turns=[[f"row {b}"] for b in range(len(batch))])
 
 
 def test_router_writes_back_each_teachers_loss_mask(tok):
     trajs = _random_trajectories(tok, 5, seed=2)
     route = ["b", "a", "b", "b", "a"]
     for t, r in zip(trajs, route):
-        t.info["teacher"] = r
+        t.entry = f"env_{r}"  # entry env_a -> teacher a, env_b -> teacher b
     batch = collate(trajs, tok.pad_token_id)
     before = batch.loss_mask.clone()
-    TeacherRouter({"a": _MaskingScorer(-1.0), "b": _MaskingScorer(-2.0)}).score(batch, trajs)
+    routes = {"env_a": "a", "env_b": "b"}
+    scores = TeacherRouter({"a": _MaskingScorer(-1.0), "b": _MaskingScorer(-2.0)}, routes).score(batch)
+    # each teacher saw its rows as a sub-batch (row numbers 0..); the reasons land on the batch's rows
+    assert scores.masked_turns == [["row 0"], ["row 0"], ["row 1"], ["row 2"], ["row 1"]]
+    scores.apply_to(batch)
+    assert batch.teachers == route
     for i, r in enumerate(route):
         first = int(before[i].nonzero()[0])
         want_mask = before[i].clone()
@@ -206,9 +219,11 @@ def test_router_writes_back_each_teachers_loss_mask(tok):
         assert torch.equal(batch.loss_mask[i], want_mask)
         value = -1.0 if r == "a" else -2.0
         assert torch.equal(batch.teacher_logprobs[i], torch.where(want_mask > 0, torch.tensor(value), torch.tensor(0.0)))
-    batch.teachers = ["a", "c", "a", "a", "a"]
-    with pytest.raises(ValueError, match=r"unknown teachers \['c'\]"):
-        TeacherRouter({"a": _MaskingScorer(-1.0)}).score(batch, trajs)
+    batch.entries = ["env_a", "env_c", "env_a", "env_a", "env_a"]
+    with pytest.raises(ValueError, match=r"unknown entries \['env_c'\]"):
+        TeacherRouter({"a": _MaskingScorer(-1.0)}, {"env_a": "a"}).score(batch)
+    with pytest.raises(ValueError, match=r"teachers \['b'\] that are not loaded"):
+        TeacherRouter({"a": _MaskingScorer(-1.0)}, routes)
 
 
 # ----------------------------------------------------------------------------- rollout + metrics
@@ -236,54 +251,59 @@ def test_mix_rollout_routes_tasks_and_keeps_task_order():
     from reopold_agents.engines.base import SamplingParams
 
     a, b = _FakeRollout(1), _FakeRollout(2)
-    mix = MixRollout({"a": a, "b": b}, teachers={"a": "ta", "b": "tb"})
+    mix = EntryRollout({"a": a, "b": b})
     tasks = [{"env": e, "options": {"task_index": i}} for e, i in [("b", 0), ("a", 1), ("b", 2), ("a", 3)]]
     out = mix.run(tasks, SamplingParams(seed=11), group_size=2)
     assert [t.reward for t in out] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [t.group_id for t in out] == [0, 0, 1, 1, 2, 2, 3, 3]  # the task's position, as one Rollout.run
-    assert [t.info["env"] for t in out] == ["b", "b", "a", "a", "b", "b", "a", "a"]
-    assert [t.info["teacher"] for t in out] == ["tb", "tb", "ta", "ta", "tb", "tb", "ta", "ta"]
+    assert [t.entry for t in out] == ["b", "b", "a", "a", "b", "b", "a", "a"]  # what teachers are routed by
     assert [t.info["k"] for t in out] == [0, 1] * 4
     assert a.calls[0][0] == [{"options": {"task_index": 1}}, {"options": {"task_index": 3}}]  # "env" stripped
     assert a.calls[0][1] != b.calls[0][1]  # each entry's own sampling seed
     assert mix.stats.episodes == 8 and mix.stats.generated_tokens == 30
-    with pytest.raises(ValueError, match="names mix entry 'c'"):
+    with pytest.raises(ValueError, match="names env entry 'c'"):
         mix.run([{"env": "c", "options": {}}], SamplingParams(seed=1))
 
 
-def _scored(trajs: list[Trajectory], seed: int = 0) -> Batch:
+def _scored(trajs: list[Trajectory], seed: int = 0, labels: list[str] | None = None,
+            seconds: dict[str, float] | None = None) -> tuple[Batch, TeacherScores]:
+    """``trajs`` collated, with random teacher log-probs on the trained tokens written in by ``apply_to``."""
     batch = collate(trajs, 0)
     g = torch.Generator().manual_seed(seed)
-    batch.teacher_logprobs = torch.where(batch.loss_mask > 0, -torch.rand(batch.loss_mask.shape, generator=g) * 3,
-                                         torch.zeros(()))
-    return batch
+    scores = TeacherScores(torch.where(batch.loss_mask > 0, -torch.rand(batch.loss_mask.shape, generator=g) * 3,
+                                       torch.zeros(())), batch.loss_mask.clone(), labels=labels,
+                           masked_turns=[[] for _ in trajs], seconds=dict(seconds or {}))
+    return scores.apply_to(batch), scores
 
 
 def test_per_env_and_per_teacher_metrics_match_brute_force():
     rng = random.Random(0)
     trajs = []
     for i in range(9):
-        t = Trajectory(group_id=i, reward=float(i % 3 == 0), info={"env": "ab"[i % 2], "teacher": ["x", "y", "y"][i % 3],
-                                                                   "teacher_score_s": 0.5})
+        t = Trajectory(group_id=i, reward=float(i % 3 == 0), entry="ab"[i % 2])
         t.append_env([1] * rng.randint(2, 5))
         k = rng.randint(2, 8)
         t.append_generated([2] * k, [-0.5] * k)
         trajs.append(t)
-    batch = _scored(trajs)
-    m = mix_metrics(trajs, batch)
+    labels = [["x", "y", "y"][i % 3] for i in range(len(trajs))]
+    seconds = {"x": 0.25, "y": 0.75}
+    batch, scores = _scored(trajs, labels=labels, seconds=seconds)
+    scores.masked_turns[4] = ["turn 0: a reason", "turn 2: another"]
+    m = entry_metrics(trajs, batch, scores)
+    assert m["teacher/masked_turns"] == 2
     ratio = (batch.teacher_logprobs - batch.old_logprobs).numpy()
     trained = batch.loss_mask.numpy() > 0
     for env in "ab":
-        rows = [i for i, t in enumerate(trajs) if t.info["env"] == env]
+        rows = [i for i, t in enumerate(trajs) if t.entry == env]
         assert m[f"env/{env}/episodes"] == len(rows)
         assert m[f"env/{env}/success"] == pytest.approx(np.mean([trajs[i].reward > 0 for i in rows]))
         assert m[f"env/{env}/response_tokens"] == pytest.approx(np.mean([trajs[i].num_generated for i in rows]))
         assert m[f"env/{env}/log_ratio_mean"] == pytest.approx(np.concatenate([ratio[i][trained[i]] for i in rows]).mean())
     for label in "xy":
-        rows = [i for i, t in enumerate(trajs) if t.info["teacher"] == label]
+        rows = [i for i, t in enumerate(labels) if t == label]
         vals = np.concatenate([ratio[i][trained[i]] for i in rows]).astype(np.float64)
         assert m[f"teacher/{label}/rows"] == len(rows) and m[f"teacher/{label}/tokens"] == len(vals)
-        assert m[f"teacher/{label}/score_s"] == pytest.approx(0.5 * len(rows))
+        assert m[f"teacher/{label}/score_s"] == pytest.approx(seconds[label])
         assert m[f"teacher/{label}/log_ratio/mean"] == pytest.approx(vals.mean(), abs=1e-6)
         assert m[f"teacher/{label}/log_ratio/std"] == pytest.approx(vals.std(), abs=1e-6)
         for q in (10, 50, 90):
@@ -304,7 +324,7 @@ def test_learner_splits_selected_and_clipped_counts_by_teacher():
                   rewards=torch.zeros(6), group_ids=torch.arange(6))
     from reopold_agents.objectives import TokenTerms
 
-    m = acc.metrics(batch, TokenTerms(torch.zeros(6, 10), None, clipped), 0, 1, 1e-3)
+    m = acc.metrics(acc.totals(batch, TokenTerms(torch.zeros(6, 10), None, clipped)), 0, 1, 1e-3)
     for label in "pq":
         rows = [i for i, t in enumerate(tags) if t == label]
         sel = int(select[rows].sum())
@@ -319,13 +339,15 @@ def test_single_env_batches_and_metrics_are_unchanged():
         t.append_env([1, 1, 1])
         t.append_generated([2, 2], [-0.1, -0.2])
         trajs.append(t)
-    batch = _scored(trajs)
-    assert batch.teachers is None and mix_metrics(trajs, batch) == {}
-    keys = set(rollout_metrics(trajs, batch))
+    batch, _ = _scored(trajs)  # no entry stamped, no teacher labels
+    assert batch.teachers is None and entry_metrics(trajs, batch, None) == {}
+    keys = set(rollout_metrics(trajs, batch, None))
     assert keys == {"rollout/reward", "rollout/success", "rollout/response_tokens", "rollout/turns", "rollout/seq_len",
                     "teacher/log_ratio/mean", "teacher/log_ratio/std", "teacher/log_ratio/min", "teacher/log_ratio/max"}
     cfg = compose(["env=math"])
     assert cfg.mix == {} and cfg.env.name == "math"
+    (entry,) = cfg.entries.values()  # a single-env run is a run of one entry, named after its env
+    assert list(cfg.entries) == ["math"] and entry.env == cfg.env and entry.teacher is None
 
 
 # ----------------------------------------------------------------------------- a mixed run
@@ -338,10 +360,10 @@ def test_mixed_run_with_two_routed_teachers(tmp_path):
     cfg = compose([*MIX, "mix.toolqa.teacher=self", f"trainer.output_dir={out}", "trainer.total_steps=1",
                    "trainer.prompts_per_step=4", "trainer.group_size=1", "trainer.heldout_tasks=2",
                    "trainer.save_every=0", "engine.sampling.max_new_tokens=24", "mix.toolqa.env.max_turns=2"])
-    draws = MixSampler.from_config(cfg).tasks(0)
+    draws = TaskSampler.from_config(cfg.entries, cfg.trainer.prompts_per_step, cfg.trainer.seed).tasks(0)
     assert {t["env"] for t in draws} == {"math", "toolqa"}  # this seed's first step has both
     seen: list[dict[str, float]] = []
-    result = run_mod.train(cfg, progress=False, on_step=lambda step, m: seen.append(m))
+    result = run_mod.train(cfg, progress=False, on_step=lambda r: seen.append(r.metrics))
     m = seen[0]
     for env in ("math", "toolqa"):
         for key in ("episodes", "reward", "success", "response_tokens", "turns", "log_ratio_mean"):
@@ -381,8 +403,8 @@ def test_mixed_run_resumed_after_a_crash_is_bit_identical(tmp_path):
     class Crash(RuntimeError):
         pass
 
-    def crash(step, metrics):
-        if step == 2:
+    def crash(result):
+        if result.step + 1 == 2:
             raise Crash("after step 2's evaluation, before its checkpoint (the last one: step 1)")
 
     with pytest.raises(Crash):
@@ -404,8 +426,7 @@ def test_mix_routes_one_env_to_a_teacher_of_another_tokenizer(tmp_path, monkeypa
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import reopold_agents.step as step_mod
-    from reopold_agents.teacher import CrossTokenizerScorer, Teacher
+    from reopold_agents.teacher import CrossTokenizerTeacher, Teacher
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _second_tokenizer import second_tokenizer
@@ -421,28 +442,29 @@ def test_mix_routes_one_env_to_a_teacher_of_another_tokenizer(tmp_path, monkeypa
     teacher.save_pretrained(str(teacher_dir))
     tok2.save_pretrained(str(teacher_dir))
     seen, routers = [], []
-    real_step, real_from = step_mod.train_step, TeacherRouter.from_config.__func__
-    monkeypatch.setattr(step_mod, "train_step", lambda *a, **k: seen.append(real_step(*a, **k)) or seen[-1])
+    real_from = TeacherRouter.from_config.__func__
     monkeypatch.setattr(TeacherRouter, "from_config",
                         classmethod(lambda cls, *a, **k: routers.append(real_from(cls, *a, **k)) or routers[-1]))
     cfg = compose([*MIX, f"mix.toolqa.teacher={teacher_dir}", f"trainer.output_dir={tmp_path / 'run'}",
                    "trainer.total_steps=1", "trainer.prompts_per_step=4", "trainer.group_size=1",
                    "trainer.heldout_tasks=1", "trainer.save_every=0", "engine.sampling.max_new_tokens=16",
                    "mix.toolqa.env.max_turns=2"])
-    run_mod.train(cfg, progress=False)
+    run_mod.train(cfg, progress=False, on_step=seen.append)
     cross = teacher_label(str(teacher_dir))
-    assert isinstance(routers[0].teachers[cross], CrossTokenizerScorer)
+    assert isinstance(routers[0].teachers[cross], CrossTokenizerTeacher)
     assert isinstance(routers[0].teachers["tiny"], Teacher)
     (result,) = seen
     batch, trajs = result.batch, result.trajectories
-    assert batch.teachers == ["tiny" if t.info["env"] == "math" else cross for t in trajs]
+    assert batch.teachers == ["tiny" if t.entry == "math" else cross for t in trajs]
     assert set(batch.teachers) == {"tiny", cross}
     for i, t in enumerate(trajs):
         if batch.teachers[i] != cross:
             continue
         n = len(t)
-        want_mask = torch.tensor([0] + t.loss_mask[1:], dtype=batch.loss_mask.dtype)  # as the scorer wrote it
-        assert torch.equal(batch.loss_mask[i, :n], want_mask)
-        want_lp = torch.where(want_mask > 0, torch.tensor(t.teacher_logprobs, dtype=torch.float32), torch.tensor(0.0))
-        assert torch.equal(batch.teacher_logprobs[i, :n], want_lp)
+        # what the cross-tokenizer teacher writes for this episode alone (its own loss mask and log-probs)
+        alone = collate([t], 0)
+        routers[0].teachers[cross].score(alone).apply_to(alone)
+        assert torch.equal(batch.loss_mask[i, :n], alone.loss_mask[0])
+        assert torch.allclose(batch.teacher_logprobs[i, :n], alone.teacher_logprobs[0], atol=1e-5)
+        assert torch.all(batch.teacher_logprobs[i, n:] == 0)
     assert f"teacher/{cross}/log_ratio/mean" in result.metrics and "teacher/tiny/log_ratio/mean" in result.metrics
