@@ -99,12 +99,20 @@ def packaged_gguf_path(name: str) -> Path:
 
 
 def gguf_file(name: str) -> Path:
-    """The ``.gguf`` file behind a GGUF model name."""
+    """The ``.gguf`` file behind a GGUF model name, checked (`check_gguf_file`: magic, version, header,
+    every tensor inside the file) before transformers reads it."""
+    from reopold_agents.model_files import ModelInputError, check_gguf_file, resolve_existing
+
     if name in PACKAGED:
-        return packaged_gguf_path(name)
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {name!r} does not exist")
+        path = packaged_gguf_path(name)
+    else:
+        path = Path(name).expanduser()
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"GGUF file {name!r} does not exist")
+        path = resolve_existing(name)
+        if not path.is_file():
+            raise ModelInputError(f"{name}: not a file (a GGUF model is one .gguf file)")
+    check_gguf_file(path, shown=str(name) if name not in PACKAGED else f"{path} ({name})")
     return path
 
 
@@ -138,10 +146,17 @@ def convert_gguf(path: Path, target: Path, dtype: torch.dtype | str) -> None:
     """Dequantise ``path`` into an HF folder at ``target`` (model in ``dtype`` + tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from reopold_agents.model_files import ModelInputError, require_complete_info
+
     torch_dtype = getattr(torch, _dtype_name(dtype)) if isinstance(dtype, str) else dtype
     folder, file = str(path.parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch_dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        loaded, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch_dtype,
+                                                            output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ModelInputError(f"{path}: transformers cannot read this GGUF ({type(exc).__name__}: {exc})") from exc
+    require_complete_info(str(path), info)  # a tensor the GGUF lacks would be initialised at random
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the tensors are plain floats now

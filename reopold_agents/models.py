@@ -3,6 +3,11 @@
 ``tiny`` / ``tiny_toolqa`` / ``tiny_math`` / ``tiny_vl`` name project-built Qwen2 / Qwen2.5-VL pairs that share the
 project tokenizer; they load through ``reopold_agents.tiny.load`` (imported only for those names).
 Any other name is an HF id or local path and goes through ``AutoModel*.from_pretrained``.
+
+Weights load whole or not at all: every name is checked before a library reads it (`check_model_name`:
+a local input must pass ``model_files.check_model_path``, a name that looks local is never sent to the
+hub) and a load with a missing or unexpected tensor is an error naming the source and the tensors
+(``model_files.from_pretrained_whole``), never a partly random model.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from reopold_agents.config.model import SELF_TEACHER, TINY_NAMES
+from reopold_agents.model_files import ModelInputError
 
 log = logging.getLogger(__name__)
 Role = Literal["student", "teacher"]
@@ -38,18 +45,88 @@ class LoadedModel:
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".pt", ".pth")
+HUB_PROBE_TIMEOUT_S = 10.0  # one look-up of a hub id that is not cached (instead of the loaders' ~30 s of retries)
 
 
 def check_model_name(name: str) -> None:
-    """Fail at once for a name that is neither a tiny pair, an existing path nor an ``owner/name`` hub
-    id: a relative path that does not exist would otherwise be tried as a hub id, with retries."""
-    from reopold_agents.gguf import is_gguf
+    """Fail at once, naming ``name``, unless it is a tiny pair, a packaged GGUF, a local model input that
+    passes `check_model_path`, or an ``owner/name`` hub id that is cached or known to the hub.
 
-    if name in TINY_NAMES or name == SELF_TEACHER or os.path.exists(name) or (is_gguf(name) and not name.endswith(".gguf")):
+    A name that looks local (`local_path_reason`) is never sent to the hub: a missing ``./ckpts/x`` or
+    ``ckpts/x`` next to an existing ``ckpts/`` fails here instead of after the loaders' hub retries.
+    """
+    from reopold_agents.gguf import PACKAGED
+    from reopold_agents.model_files import check_model_path
+
+    if name in TINY_NAMES or name == SELF_TEACHER or name in PACKAGED:
         return
-    if not _HUB_ID.match(name) or name.startswith("."):
-        raise ValueError(f"{name!r} is not a tiny pair ({', '.join(TINY_NAMES)}), not an existing path "
-                         "and not an HF id (owner/name)")
+    if os.path.lexists(os.path.expanduser(name)):  # lexists: a dangling link or a symlink loop is checked, not looked up
+        check_model_path(name)
+        return
+    why = local_path_reason(name)
+    if why == _NOT_HUB_ID:
+        raise ModelInputError(f"{name!r} is not a tiny pair ({', '.join(TINY_NAMES)}), not an existing path "
+                              "and not an HF id (owner/name)")
+    if why is not None:
+        raise ModelInputError(f"{name!r} is not an existing path ({why}, so it is a local path and is never "
+                              f"looked up on the hub){_deepest_existing_note(name)}")
+    _check_hub_id(name)
+
+
+_NOT_HUB_ID = "it is not an owner/name hub id"
+
+
+def local_path_reason(name: str) -> str | None:
+    """Why ``name`` can only be a local path, or None when it may be an ``owner/name`` hub id: it starts
+    with ``/``, ``.`` or ``~``, has a backslash, its first component exists here (``ckpts/missing`` with a
+    ``ckpts/`` folder in the working directory), it names a weights/GGUF/JSON file, or it is not of the
+    hub-id form."""
+    if name.startswith(("/", ".", "~")):
+        return f"it starts with {name[0]!r}"
+    if "\\" in name or (os.altsep is not None and os.altsep in name):
+        return "it contains a backslash"
+    first = name.split("/", 1)[0]
+    if "/" in name and os.path.lexists(first):
+        return f"{first}/ exists in the working directory {os.getcwd()}"
+    if name.lower().endswith(_FILE_SUFFIXES):
+        return f"it names a {Path(name).suffix} file"
+    if not _HUB_ID.match(name):
+        return _NOT_HUB_ID
+    return None
+
+
+def _deepest_existing_note(name: str) -> str:
+    for parent in Path(name).expanduser().parents:
+        if str(parent) not in ("", ".") and parent.is_dir():
+            return f"; {parent} exists, nothing below it by that name"
+    return ""
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _check_hub_id(name: str) -> None:
+    """A hub id loads when it is in the HF cache; otherwise one quick look-up (no retries) says whether
+    the hub has it, so an unknown id or an unreachable hub fails in seconds, naming the id."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if _offline():
+        raise ModelInputError(f"{name!r}: no such local path, and this hub id is not in the HF cache "
+                              "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set)")
+    try:
+        HfApi().model_info(name, timeout=HUB_PROBE_TIMEOUT_S)
+    except GatedRepoError:
+        return  # it exists; the loader uses the user's token
+    except RepositoryNotFoundError:
+        raise ModelInputError(f"{name!r}: no such local path, and no such model on the hub") from None
+    except Exception as exc:  # noqa: BLE001 - any transport error: the loaders could not fetch it either
+        raise ModelInputError(f"{name!r}: no such local path, not in the HF cache, and the hub cannot be reached "
+                              f"({type(exc).__name__}: {exc})") from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -88,6 +165,7 @@ def load_model(name: str, role: Role, dtype: str = "float32", device: str = "aut
         model, tokenizer, processor, path = load_tiny(name, role)
         loaded = LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=path)
     else:
+        check_model_name(name)  # before a GGUF is converted or anything reaches a loader
         loaded = _load_pretrained(_hf_name(name, torch_dtype), torch_dtype)
     loaded.model.to(device=dev, dtype=torch_dtype)
     loaded.model.eval()
@@ -103,19 +181,32 @@ def _hf_name(name: str, torch_dtype: torch.dtype | str = "float32") -> str:
 
 
 def _load_pretrained(name: str, torch_dtype: torch.dtype) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    """Config, tokenizer, processor and the weights -- all of them (`from_pretrained_whole`) -- of ``name``."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    check_model_name(name)
-    config = AutoConfig.from_pretrained(name)
-    is_vl = getattr(config, "vision_config", None) is not None
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    from reopold_agents.model_files import from_pretrained_whole
+
+    tokenizer, processor, is_vl = _tokenizer_processor(name)
     tokenizer.padding_side = "left"
     auto = AutoModelForImageTextToText if is_vl else AutoModelForCausalLM
-    model = auto.from_pretrained(name, dtype=torch_dtype)
-    processor = AutoProcessor.from_pretrained(name) if is_vl else None
+    model = from_pretrained_whole(auto.from_pretrained, name, dtype=torch_dtype)
     return LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name, path=name)
+
+
+def _tokenizer_processor(name: str) -> tuple[Any, Any, bool]:
+    """``(tokenizer, processor or None, is_vl)`` of a checked model name; a library error names ``name``."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    check_model_name(name)
+    try:
+        is_vl = getattr(AutoConfig.from_pretrained(name), "vision_config", None) is not None
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        processor = AutoProcessor.from_pretrained(name) if is_vl else None
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ModelInputError(f"{name}: cannot load its config, tokenizer or processor ({type(exc).__name__}: {exc})") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, processor, is_vl
 
 
 def load_tokenizer_and_processor(name: str, role: Role = "teacher") -> tuple[Any, Any, str | None]:
@@ -127,15 +218,10 @@ def load_tokenizer_and_processor(name: str, role: Role = "teacher") -> tuple[Any
         tok, processor = tokenizer_and_processor(name)
         folder = weights_dir(name, role)
         return tok, processor, (None if folder is None else str(folder))
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
-
     check_model_name(name)
     name = _hf_name(name)
-    tok = AutoTokenizer.from_pretrained(name)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    is_vl = getattr(AutoConfig.from_pretrained(name), "vision_config", None) is not None
-    return tok, (AutoProcessor.from_pretrained(name) if is_vl else None), name
+    tok, processor, _ = _tokenizer_processor(name)
+    return tok, processor, name
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:

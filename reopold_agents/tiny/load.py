@@ -4,7 +4,9 @@ wing the training path imports, and only when ``model=tiny*`` asks for it.
 Weights come from the package's shipped folder (``reopold_agents/tiny/assets/<name>-<role>/``, made by
 ``scripts/build_tiny_models.py --ship``), else from a local build in the cache
 (``tiny_model_dir``); when neither exists a randomly initialised model of the same architecture is
-built from config (with a warning), so everything still runs.
+built from config (with a warning), so everything still runs. A folder that exists loads whole or not
+at all: missing or unexpected tensors, or a config without weights, are an error naming the folder
+(``reopold_agents.model_files``), never a partly random model.
 """
 
 from __future__ import annotations
@@ -78,8 +80,11 @@ def load_tiny(name: str, role: str) -> tuple[Any, Any, Any, str | None]:
     if folder is not None:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+        from reopold_agents.model_files import check_model_path, from_pretrained_whole
+
+        check_model_path(folder, need_tokenizer=False)  # the pairs share the project tokenizer
         auto = AutoModelForImageTextToText if is_vl_pair(name) else AutoModelForCausalLM
-        return auto.from_pretrained(str(folder)), tokenizer, processor, str(folder)
+        return from_pretrained_whole(auto.from_pretrained, str(folder)), tokenizer, processor, str(folder)
     log.warning("no trained %s %s (shipped or built): using a randomly initialised model", name, role)
     from reopold_agents.tiny import tiny_qwen2
     from reopold_agents.tiny.vl import tiny_qwen2_5_vl
