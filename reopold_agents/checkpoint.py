@@ -4,19 +4,25 @@ Layout of one checkpoint ``<dir>/step_00000042/``::
 
     model/              save_pretrained (safetensors) + tokenizer files when a tokenizer is given
     trainer_state.pt    optimizer and scheduler state dicts, RNG states (python, numpy, torch, cuda)
-    state.json          {"step": 42, "data_state": {...}, "format": 1, "files": {path: size}} - written
-                        last: marks it complete and lists the size of every other file
+    state.json          {"step": 42, "data_state": {...}, "format": 1, "files": {path: size},
+                        "sha256": {path: hex digest}} - written last: marks it complete and lists the
+                        size and content checksum of every other file
 
 Each checkpoint is written into a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written ``step_*`` folder that ``latest_checkpoint`` would pick. Temporary folders of a
 writer that was killed mid-save are removed by the next `save_checkpoint` / `latest_checkpoint`.
-A checkpoint damaged after the fact (truncated or deleted files, unreadable state) is caught by
-`verify_checkpoint`: `latest_checkpoint` logs it and falls back to the newest one that verifies, and
-`load_checkpoint` names the damaged file (`CheckpointError`) instead of surfacing a library error.
+A checkpoint damaged after the fact (truncated or deleted files, unreadable state, or same-size damage
+such as NaN written over the weights, which only the sha256 finds) is caught by `verify_checkpoint`:
+`latest_checkpoint` logs which file and why and falls back to the newest one that verifies (and raises
+`CheckpointError` listing every reason when checkpoints exist but none verifies), and `load_checkpoint`
+names the damaged file instead of surfacing a library error. A checkpoint written before checksums
+existed (no ``sha256`` in state.json) is accepted with a warning: its sizes and headers are checked,
+its content cannot be.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +30,6 @@ import random
 import re
 import shutil
 import socket
-import struct
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -108,8 +113,11 @@ def save_checkpoint(
             },
             tmp / "trainer_state.pt",
         )
-        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
-        state = {"format": FORMAT, "step": int(step), "data_state": data_state or {}, "files": files}
+        saved = [f for f in sorted(tmp.rglob("*")) if f.is_file()]
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in saved}
+        digests = {str(f.relative_to(tmp)): file_sha256(f) for f in saved}
+        state = {"format": FORMAT, "step": int(step), "data_state": data_state or {}, "files": files,
+                 "sha256": digests}
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
         if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
             shutil.rmtree(final)
@@ -174,11 +182,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def file_sha256(f: Path) -> str:
+    with f.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def verify_checkpoint(path: str | os.PathLike) -> None:
-    """Raise `CheckpointError` naming the first damaged file of checkpoint ``path``; cheap (no tensor is read).
+    """Raise `CheckpointError` naming the first damaged file of checkpoint ``path`` and what was wrong.
 
     Checks: state.json parses and names this step and format; every file it lists exists with its
-    recorded size; each ``*.safetensors`` has a consistent header; trainer_state.pt is a readable zip.
+    recorded size and sha256 (reads every byte: about a second per GB); each ``*.safetensors`` has a
+    consistent header; trainer_state.pt is a readable zip. A checkpoint saved without checksums (older
+    versions) gets the other checks and a warning.
     """
     ckpt = Path(path)
     state_file = ckpt / "state.json"
@@ -199,6 +214,7 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
             raise CheckpointError(f"{f}: missing")
         if f.stat().st_size != size:
             raise CheckpointError(f"{f}: {f.stat().st_size} bytes, {size} were saved (truncated or overwritten)")
+    _check_digests(ckpt, state)
     weights = sorted((ckpt / "model").glob("*.safetensors"))
     if not weights:
         raise CheckpointError(f"{ckpt / 'model'}: no *.safetensors weights")
@@ -212,35 +228,55 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
         raise CheckpointError(f"{trainer}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
+def _check_digests(ckpt: Path, state: dict[str, Any]) -> None:
+    """Every file's sha256 against the one recorded at save (`CheckpointError`: file, expected, got)."""
+    digests = state.get("sha256")
+    if digests is None:
+        log.warning("checkpoint %s was saved without checksums (an older version): its sizes and headers are "
+                    "checked, its content is not", ckpt)
+        return
+    if not isinstance(digests, dict):
+        raise CheckpointError(f"{ckpt / 'state.json'}: 'sha256' is not a mapping")
+    for rel, expected in sorted(digests.items()):
+        f = ckpt / rel
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        got = file_sha256(f)
+        if got != expected:
+            raise CheckpointError(f"{f}: content differs from the save (sha256 now {got}, at save {expected})")
+
+
 def _check_safetensors(f: Path) -> None:
     """The header parses and the tensors' byte ranges end exactly at the end of the file."""
+    from reopold_agents.model_files import ModelInputError, safetensors_header
+
     try:
-        with f.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            if n > 100_000_000:
-                raise ValueError(f"header length {n}")
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{f}: damaged safetensors header ({type(exc).__name__}: {exc})") from None
-    if 8 + n + end != f.stat().st_size:
-        raise CheckpointError(f"{f}: {f.stat().st_size} bytes, the header describes {8 + n + end}")
+        safetensors_header(f)
+    except ModelInputError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint under ``directory`` that verifies, or None.
+    """The newest complete checkpoint under ``directory`` that verifies; None when there is none at all.
 
-    A newer one that fails `verify_checkpoint` is skipped with a warning naming the damaged file.
+    A newer one that fails `verify_checkpoint` is skipped with a warning naming the damaged file and
+    what was wrong. When complete checkpoints exist but none verifies, `CheckpointError` lists each
+    one's reason (rather than None, which a caller would take as "start from scratch").
     Temporary folders of interrupted saves are removed first.
     """
     remove_stale_temp_dirs(directory)
+    reasons: list[str] = []
     for ckpt in reversed(list_checkpoints(directory)):
         try:
             verify_checkpoint(ckpt)
         except CheckpointError as exc:
             log.warning("checkpoint %s is damaged, falling back to an older one: %s", ckpt, exc)
+            reasons.append(f"{ckpt.name}: {exc}")
             continue
         return ckpt
+    if reasons:
+        raise CheckpointError(f"{directory}: every checkpoint is damaged, none to resume from "
+                              f"(move them away to start from scratch): " + "; ".join(reasons))
     return None
 
 

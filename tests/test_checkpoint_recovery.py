@@ -86,11 +86,15 @@ def test_bit_flip_in_trainer_state_names_the_file(two_checkpoints):
         load_checkpoint(new, model, opt)
 
 
-def test_all_damaged_gives_none(two_checkpoints):
+def test_all_damaged_is_an_error_naming_each(two_checkpoints):
+    """Not None (which a run takes as "start from scratch"): an error with every checkpoint's reason."""
     root, old, new, *_ = two_checkpoints
     DAMAGE["weights_truncated"](old)
     DAMAGE["trainer_state_garbage"](new)
-    assert latest_checkpoint(root) is None
+    with pytest.raises(CheckpointError, match="every checkpoint is damaged") as info:
+        latest_checkpoint(root)
+    assert "step_00000001: " in str(info.value) and "model.safetensors" in str(info.value)
+    assert "step_00000002: " in str(info.value) and "trainer_state.pt" in str(info.value)
     with pytest.raises(CheckpointError, match="model.safetensors"):
         verify_checkpoint(old)
 
