@@ -53,6 +53,11 @@ def _probe(student, tok, temperature: float = 1.0) -> Batch:
     return collate(trajs, tok.pad_token_id)
 
 
+def _scored(teacher, batch: Batch) -> Batch:
+    """``batch`` with the teacher's scores written in (as the training step does)."""
+    return teacher.score(batch).apply_to(batch)
+
+
 def _learner_lp(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
     with torch.no_grad():
         return model_token_logprobs(model, batch.input_ids, batch.attention_mask, target_mask=batch.loss_mask,
@@ -65,16 +70,18 @@ def _learner_lp(model, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
 def test_tokenizers_with_another_eos_fail_without_the_cross_path(tok):
     other = copy.deepcopy(tok)
     other.eos_token = "<|endoftext|>"  # same vocabulary, another special token
-    blocked = pf.cross_tokenizer_blocker(ModelConfig(teacher_engine="vllm"), teacher_topk=0)
-    result = pf.check_tokenizers(tok, other, blocked)
+    hf = compose(["env=math"])
+    vllm = replace(hf, model=ModelConfig(teacher_engine="vllm"))  # vLLM scores the student's ids: no cross path
+    result = pf.check_tokenizers(vllm, tok, other, 0)
     assert result.status == "fail" and "eos_token differs" in result.detail and "teacher_engine=vllm" in result.detail
-    assert pf.cross_tokenizer_blocker(ModelConfig(), teacher_topk=4) is not None  # gkd cannot cross either
-    crossed = pf.check_tokenizers(tok, other, pf.cross_tokenizer_blocker(ModelConfig(), teacher_topk=0))
+    gkd = pf.check_tokenizers(hf, tok, other, 4)  # gkd cannot cross either
+    assert gkd.status == "fail" and "top-k" in gkd.detail
+    crossed = pf.check_tokenizers(hf, tok, other, 0)
     assert crossed.status == "ok" and "cross-tokenizer" in crossed.detail
     other.chat_template = None  # the cross path renders the conversation with the teacher's own template
-    assert pf.check_tokenizers(tok, other, None).status == "fail"
-    assert pf.check_tokenizers(tok, copy.deepcopy(tok), blocked).status == "ok"
-    assert pf.check_tokenizers(tok, None, blocked).status == "skip"  # no teacher (grpo)
+    assert pf.check_tokenizers(hf, tok, other, 0).status == "fail"
+    assert pf.check_tokenizers(vllm, tok, copy.deepcopy(tok), 0).status == "ok"
+    assert pf.check_tokenizers(vllm, tok, None, 0).status == "skip"  # no teacher (grpo)
 
 
 # ---------------------------------------------------------------------------------- chat template
@@ -148,7 +155,7 @@ def test_noisy_teacher_fails_determinism(pair):
     batch = _probe(student, tok)
     teacher = Teacher(tok, model=teacher_model)
     tol = pf.TEACHER_TOL["full"]
-    same = pf.check_teacher_determinism(teacher.score(copy.deepcopy(batch)), teacher.score(copy.deepcopy(batch)), tol)
+    same = pf.check_teacher_determinism(_scored(teacher, copy.deepcopy(batch)), _scored(teacher, copy.deepcopy(batch)), tol)
     assert same.status == "ok" and same.value == 0.0
 
     def noise(module, args, out):  # dropout left on, in effect: the hidden states differ call to call
@@ -157,7 +164,7 @@ def test_noisy_teacher_fails_determinism(pair):
 
     hook = teacher_model.model.register_forward_hook(noise)
     try:
-        first, second = teacher.score(copy.deepcopy(batch)), teacher.score(copy.deepcopy(batch))
+        first, second = _scored(teacher, copy.deepcopy(batch)), _scored(teacher, copy.deepcopy(batch))
         noisy = pf.check_teacher_determinism(first, second, tol)
     finally:
         hook.remove()
@@ -236,17 +243,19 @@ def test_tolerances_follow_the_precision_the_models_run_in():
 
 def test_tiny_pair_passes_through_the_local_backend(tmp_path, one_thread):
     from reopold_agents.distributed import make_backend
-    from reopold_agents.distributed.default_roles import default_factories
+    from reopold_agents.distributed.chunks import make_chunks
 
     cfg = run_mod.resolve_tiny(compose([*SMALL, "env=math", "engine.sampling.max_new_tokens=64",
                                         f"trainer.output_dir={tmp_path}"]))
-    backend = make_backend(cfg, default_factories())
+    backend = make_backend(cfg)
+    tasks = [{"env": "math", "options": {"task_index": 0}}]
     try:
-        probe = backend.probe_rollout([{"options": {"task_index": 0}}], 0, 5, 2)
+        chunk = make_chunks(tasks, len(tasks), cfg.trainer.seed, 0)[0]
+        probe, _ = backend.ask("rollout", "run", chunk, max_new_tokens=5, group_size=2)
         assert len(probe) == 2 and all(turn["num_generated"] <= 5 for t in probe for turn in t.turns)
         lines: list[str] = []
-        results = pf.run_preflight(cfg, backend, [{"options": {"task_index": 0}}], emit=lines.append)
-        engine = backend.worker.role.engine
+        results = pf.run_preflight(cfg, backend, tasks, emit=lines.append)
+        engine = backend.worker.engine
         assert not engine._kv.entries  # the probe left no cached key/values for step 0 to reuse
     finally:
         backend.shutdown()
