@@ -93,7 +93,8 @@ def test_dense_kl_trains_a_tiny_student_against_the_real_teacher(tok):
         t.append_env([5, 6, 7])
         t.append_generated([8 + i, 9, 10], [-2.0, -2.0, -2.0])
         trajs.append(t)
-    batch = Teacher(tok, model=teacher, top_k=10**9).score(collate(trajs, tok.pad_token_id))
+    batch = collate(trajs, tok.pad_token_id)
+    Teacher(tok, model=teacher, top_k=10**9).score(batch).apply_to(batch)
     assert batch.teacher_topk_logprobs.shape[-1] == student.config.vocab_size  # the whole vocabulary
     learner = Learner(student, AlgoConfig(name="dense_kl"), TrainerConfig(lr=1e-2, total_steps=2))
     first = learner.step(batch, 0)["dense_kl"]

@@ -96,7 +96,8 @@ def test_toolqa_multi_turn_masks_and_exact_ids(tok):
     # the teacher scores exactly these ids
     teacher_model = tiny_qwen2(tok, seed=5, hidden_size=96)
     before = [list(t.token_ids) for t in trajs]
-    batch = Teacher(tok, model=teacher_model).score(collate(trajs, tok.pad_token_id))
+    batch = collate(trajs, tok.pad_token_id)
+    Teacher(tok, model=teacher_model).score(batch).apply_to(batch)
     for row, (t, ids) in enumerate(zip(trajs, before)):
         assert t.token_ids == ids and batch.input_ids[row, : len(ids)].tolist() == ids
         teacher_lp = batch.teacher_logprobs[row, : len(ids)].tolist()

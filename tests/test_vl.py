@@ -136,7 +136,8 @@ def test_tool_returns_image_mid_episode(tok, proc, student):
     assert torch.allclose(got[mask], ref[mask], atol=1e-4)
     # a bigger VL teacher scores the same ids with the same image
     teacher = tiny_qwen2_5_vl(tok, seed=1, hidden_size=96, num_layers=3)
-    batch = Teacher(tok, model=teacher).score(collate([traj], tok.pad_token_id))
+    batch = collate([traj], tok.pad_token_id)
+    Teacher(tok, model=teacher).score(batch).apply_to(batch)
     tref = naive_logprobs(teacher, traj.token_ids, traj.model_inputs) * mask
     # (collate never trains on position 0, so the teacher does not score it either)
     assert torch.allclose(batch.teacher_logprobs[0].double(), tref * (torch.arange(len(tref)) > 0), atol=1e-4)
