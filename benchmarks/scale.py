@@ -19,7 +19,6 @@ import torch
 def measure(num_workers: int, args: argparse.Namespace) -> float:
     from reopold_agents.config import compose
     from reopold_agents.distributed import make_backend
-    from reopold_agents.distributed.default_roles import default_factories
 
     cfg = compose([
         f"env={args.env}",
@@ -31,9 +30,9 @@ def measure(num_workers: int, args: argparse.Namespace) -> float:
         "engine.sampling.temperature=1.0",
         f"trainer.group_size={args.group_size}",
     ])
-    backend = make_backend(cfg, default_factories())
+    backend = make_backend(cfg)
     try:
-        tasks = list(range(args.tasks))
+        tasks = [{"env": cfg.env.name, "options": {"task_index": i}} for i in range(args.tasks)]
         backend.rollout(tasks, step=0)  # warm-up: first generate call, env construction
         best = 0.0
         for rep in range(args.repeats):

@@ -179,8 +179,8 @@ class OursStep:
         self.step_index = 9  # stage 2 of 10 steps: entropy selection active (the heavier rule)
 
     # the three backend calls the step makes, all in this process
-    def score(self, batch, trajectories):
-        return self.teacher.score(batch, trajectories)
+    def score(self, batch):
+        return self.teacher.score(batch)
 
     def update(self, batch, step: int):
         return self.learner.step(batch, step), 0

@@ -133,7 +133,7 @@ def run_namespace(args: argparse.Namespace) -> argparse.Namespace:
 
 def shared_config(args: argparse.Namespace) -> Any:
     """The resolved run config every side reads (env, tiny_math pair, lr, sampling, held-out size)."""
-    from reopold_agents.run import resolve_tiny
+    from reopold_agents.config.schema import resolve_tiny
 
     return resolve_tiny(env_config(ENV, run_namespace(args)))
 
@@ -233,7 +233,7 @@ def _heldout_evaluator(cfg: Any, model: Any, tok: Any) -> tuple[Callable[[], flo
     from reopold_agents.evaluation.heldout import HeldoutSet
 
     engine = HFEngine(model, tok, max_batch_size=max(1, cfg.engine.max_batch_size))
-    heldout = HeldoutSet.from_config(cfg, engine, tok)
+    heldout = HeldoutSet.from_config(cfg.env, cfg.engine, cfg.sandbox, cfg.trainer.heldout_tasks, engine, tok)
 
     def evaluate() -> float:
         was_training = model.training

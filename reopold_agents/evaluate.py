@@ -35,7 +35,7 @@ suites: {suites}
 
 def model_label(name: str, role: str) -> str:
     """Directory/report name of a model: ``tiny-student``, ``Qwen2.5-1.5B-Instruct``, ``ckpt-100``."""
-    from reopold_agents.config.model import TINY_NAMES
+    from reopold_agents.config.tiny_pairs import TINY_NAMES
 
     if name in TINY_NAMES:
         return f"{name}-{role}"

@@ -22,7 +22,7 @@ from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.logprobs import model_token_logprobs
 from reopold_agents.models import freeze_vision_tower
-from reopold_agents.objectives import Forward, Objective, TokenTerms, make_objective
+from reopold_agents.objectives import Forward, Objective, TokenTerms, check_algo, make_objective
 from reopold_agents.trajectory import Batch
 
 
@@ -68,6 +68,7 @@ class Learner:
     def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig,
                  logprob_chunk_size: int = 1024, recompute_old_logprobs: bool = False) -> None:
         algo.check()
+        check_algo(algo)
         trainer.check()
         self.model = model
         self.algo = algo
@@ -77,8 +78,7 @@ class Learner:
         # enter the truncated importance weight, trainer.tis_cap).
         self.recompute_old_logprobs = recompute_old_logprobs
         self.objective: Objective = make_objective(algo, trainer.total_steps)
-        if trainer.freeze_vision:
-            freeze_vision_tower(model)
+        self.model = model = self._prepare_model(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model has no trainable parameters")
@@ -87,6 +87,18 @@ class Learner:
         )
         self.lr_lambda = LRLambda(trainer.warmup_steps, trainer.total_steps, trainer.lr_schedule, trainer.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        """The student as this learner trains it: the vision tower frozen here, the one place
+        (``trainer.freeze_vision``); a subclass adds its wrapping (FSDP) after it."""
+        if self.trainer.freeze_vision:
+            freeze_vision_tower(model)
+        return model
+
+    def _ranks_in_forward(self, single_pass: bool) -> bool:
+        """Whether the entropy rule may rank tokens from the update's own forward: only when that forward
+        sees the whole batch at once (one epoch, one minibatch, no micro-batches)."""
+        return single_pass
 
     # ------------------------------------------------------------------ public
     def step(self, batch: Batch, step: int) -> dict[str, float]:
@@ -108,13 +120,13 @@ class Learner:
             acc.skip(empty=False)  # NaN guard: a non-finite reward or log-prob never reaches the optimiser
             return self._finish(acc, batch, terms, step)
         single_pass = self.trainer.ppo_epochs == 1 and len(slices) == 1
-        # The token mask is fixed for the whole step. The entropy rule ranks the batch's tokens by the
-        # pre-update student entropy: taken from the forward itself when the batch is used once, else
-        # from one no-grad pass over the whole batch first (so every pass trains on the same tokens).
+        # The token mask is fixed for the whole step, decided here once. The entropy rule ranks the batch's
+        # tokens by the pre-update student entropy: taken from the forward itself when that forward sees the
+        # whole batch, else from one no-grad pass over the whole batch first (every pass trains on the same tokens).
         select = None
         if not obj.needs_entropy(step):
             select = obj.select(step, batch.loss_mask, terms, None)
-        elif not single_pass:
+        elif not self._ranks_in_forward(single_pass):
             select = obj.select(step, batch.loss_mask, terms, self._entropy(batch, slices))
         token_norm = float(select.sum()) if select is not None else None
         plan = StepPlan(batch, step, terms, select, _teacher_topk(batch, obj.teacher_topk), weights, token_norm)
@@ -184,7 +196,12 @@ class Learner:
         with warnings.catch_warnings():  # LambdaLR warns when every optimizer step of the step was skipped
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
-        return acc.metrics(batch, terms, step, self.objective.stage(step), self.optimizer.param_groups[0]["lr"])
+        totals = self._reduce(acc.totals(batch, terms))
+        return acc.metrics(totals, step, self.objective.stage(step), self.optimizer.param_groups[0]["lr"])
+
+    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        """The step's token totals over every learner rank (one process: as they are)."""
+        return totals
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -290,8 +307,13 @@ def _finite_inputs(batch: Batch, terms: TokenTerms) -> bool:
     return all(bool(torch.isfinite(v[trained]).all()) for v in values)
 
 
+MIN_KEYS = ("reward_min",)  # totals reduced with min over ranks; max for MAX_KEYS; every other total is summed
+MAX_KEYS = ("reward_max",)
+
+
 class _Accumulator:
-    """Averages per-minibatch numbers into the step's metrics."""
+    """Collects a step's minibatch numbers; ``totals`` are sums (and a min/max) that add over learner ranks,
+    so a multi-rank step reduces one dict and reports what one process would on the whole batch."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
@@ -299,23 +321,20 @@ class _Accumulator:
         self.stats: dict[str, list[float]] = {}
         self.nonfinite = 0
         self.empty = 0
-        self.trainable = 0
-        self.selected = 0
-        self.clipped = 0
-        self.entropy_sum = 0.0
-        self.by_teacher: dict[str, list[int]] = {}  # routed teacher label -> [trainable, selected, clipped]
+        self.tokens: dict[str, float] = {"num_tokens": 0.0, "num_selected": 0.0, "num_clipped": 0.0, "entropy_sum": 0.0}
 
-    def observe_tokens(self, loss_mask, select, entropy, clipped, teachers: list[str] | None = None) -> None:
+    def observe_tokens(self, loss_mask: torch.Tensor, select: torch.Tensor, entropy: torch.Tensor,
+                       clipped: torch.Tensor, teachers: list[str] | None = None) -> None:
         trainable = loss_mask > 0
-        self.trainable += int(trainable.sum())
-        self.selected += int(select.sum())
-        self.clipped += int((clipped & select).sum())
-        self.entropy_sum += float((entropy * trainable).sum())
-        for row, label in enumerate(teachers or ()):  # multi-teacher runs: the same counts per teacher
-            counts = self.by_teacher.setdefault(label, [0, 0, 0])
-            counts[0] += int(trainable[row].sum())
-            counts[1] += int(select[row].sum())
-            counts[2] += int((clipped[row] & select[row]).sum())
+        counts = {"num_tokens": trainable.sum(-1), "num_selected": select.sum(-1),
+                  "num_clipped": (clipped & select).sum(-1)}
+        for key, per_row in counts.items():
+            self.tokens[key] += float(per_row.sum())
+        self.tokens["entropy_sum"] += float((entropy * trainable).sum())
+        for row, label in enumerate(teachers or ()):  # the same counts per teacher that scored the row
+            for key, per_row in counts.items():
+                name = f"teacher/{label}/{key}"
+                self.tokens[name] = self.tokens.get(name, 0.0) + float(per_row[row])
 
     def update(self, loss: float, grad_norm: float, stats: dict[str, float]) -> None:
         self.losses.append(loss)
@@ -336,9 +355,21 @@ class _Accumulator:
         else:
             self.nonfinite += 1
 
-    def metrics(self, batch: Batch, terms: TokenTerms, step: int, stage: int, lr: float) -> dict[str, float]:
-        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    def totals(self, batch: Batch, terms: TokenTerms) -> dict[str, float]:
+        """This rank's token totals: counts, entropy sum, reward moments and extremes (on trained tokens)."""
+        out = dict(self.tokens)
         trainable = batch.loss_mask > 0
+        r = terms.reward[trainable].double() if terms.reward is not None else torch.zeros(0, dtype=torch.float64)
+        out.update(reward_n=float(r.numel()), reward_sum=float(r.sum()), reward_sumsq=float((r * r).sum()),
+                   reward_min=float(r.min()) if r.numel() else math.inf,
+                   reward_max=float(r.max()) if r.numel() else -math.inf)
+        return out
+
+    def metrics(self, totals: dict[str, float], step: int, stage: int, lr: float) -> dict[str, float]:
+        """The step's metrics from (reduced) ``totals`` and this accumulator's losses, norms and stats."""
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        ratio = lambda a, b: a / b if b else 0.0  # noqa: E731
+        tok, sel = totals["num_tokens"], totals["num_selected"]
         out = {
             "step": float(step),
             "stage": float(stage),
@@ -348,25 +379,25 @@ class _Accumulator:
             "skipped": float(not self.losses),
             "skipped_nonfinite": float(self.nonfinite),
             "skipped_empty": float(self.empty),
-            "num_tokens": float(self.trainable),
-            "num_selected": float(self.selected),
-            "frac_selected": self.selected / self.trainable if self.trainable else 0.0,
-            "frac_clipped": self.clipped / self.selected if self.selected else 0.0,
-            "entropy_mean": self.entropy_sum / self.trainable if self.trainable else 0.0,
+            "num_tokens": tok,
+            "num_selected": sel,
+            "frac_selected": ratio(sel, tok),
+            "frac_clipped": ratio(totals["num_clipped"], sel),
+            "entropy_mean": ratio(totals["entropy_sum"], tok),
         }
         for k, v in self.stats.items():
             out[k] = mean(v)
-        for label, (trainable_n, selected_n, clipped_n) in self.by_teacher.items():
-            out[f"teacher/{label}/frac_selected"] = selected_n / trainable_n if trainable_n else 0.0
-            out[f"teacher/{label}/frac_clipped"] = clipped_n / selected_n if selected_n else 0.0
-        if terms.reward is not None and bool(trainable.any()):
-            r = terms.reward[trainable]
-            out.update(
-                reward_mean=float(r.mean()),
-                reward_std=float(r.std(correction=0)),
-                reward_min=float(r.min()),
-                reward_max=float(r.max()),
-            )
+        for key in totals:
+            if key.startswith("teacher/") and key.endswith("/num_tokens"):
+                label = key[len("teacher/"):-len("/num_tokens")]
+                t_tok, t_sel = totals[key], totals[f"teacher/{label}/num_selected"]
+                out[f"teacher/{label}/frac_selected"] = ratio(t_sel, t_tok)
+                out[f"teacher/{label}/frac_clipped"] = ratio(totals[f"teacher/{label}/num_clipped"], t_sel)
+        n = totals["reward_n"]
+        if n:
+            r_mean = totals["reward_sum"] / n
+            out.update(reward_mean=r_mean, reward_std=max(totals["reward_sumsq"] / n - r_mean * r_mean, 0.0) ** 0.5,
+                       reward_min=totals["reward_min"], reward_max=totals["reward_max"])
         else:
             out.update(reward_mean=0.0, reward_std=0.0, reward_min=0.0, reward_max=0.0)
         return out

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import torch
 
-from reopold_agents.config.model import SELF_TEACHER, TINY_NAMES
+from reopold_agents.config.model import SELF_TEACHER, ModelConfig
+from reopold_agents.config.tiny_pairs import TINY_NAMES
 from reopold_agents.model_files import ModelInputError
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_student(cfg: Any) -> LoadedModel:
+def load_student(cfg: ModelConfig) -> LoadedModel:
     """The student named by ``cfg.student`` (a ``ModelConfig``), on ``cfg.device`` in ``cfg.dtype``."""
     return load_model(cfg.student, "student", cfg.dtype, cfg.device)
 
 
-def load_teacher(cfg: Any) -> LoadedModel:
+def load_teacher(cfg: ModelConfig) -> LoadedModel:
     """The teacher named by ``cfg.teacher`` (``self``: the initial student's weights); frozen (eval, no grad)."""
     if cfg.teacher == SELF_TEACHER:
         loaded = load_model(cfg.student, "student", cfg.dtype, cfg.device)

@@ -21,7 +21,11 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from reopold_agents.trajectory import Batch, collate
+from reopold_agents.config.schema import RunConfig
+from reopold_agents.distributed.backend import Backend
+from reopold_agents.distributed.chunks import make_chunks
+from reopold_agents.teacher.tokenizers import Tokenizer
+from reopold_agents.trajectory import Batch, Trajectory, collate
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -70,55 +74,37 @@ def probe_conversation() -> tuple[list[dict], list[dict], str, dict]:
     return prompt, _PROBE_TOOLS, reply, {"role": "tool", "content": "84"}
 
 
-def _render(tok: Any, messages: list[dict], tools: list[dict] | None, gen_prompt: bool) -> str:
+def _render(tok: Tokenizer, messages: list[dict], tools: list[dict] | None, gen_prompt: bool) -> str:
     return tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=gen_prompt)
 
 
-def _decode(tok: Any, ids: list[int]) -> str:
+def _decode(tok: Tokenizer, ids: list[int]) -> str:
     return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def _names(tok: Any, ids: list[int]) -> str:
+def _names(tok: Tokenizer, ids: list[int]) -> str:
     return ", ".join(f"{tok.convert_ids_to_tokens(int(i))!r}={int(i)}" for i in ids)
 
 
-def cross_tokenizer_blocker(model_cfg: Any, teacher_topk: int) -> str | None:
-    """Why a teacher with another tokenizer could not take the cross-tokenizer path (``build_teacher``'s
-    rules), or None when it would."""
-    if model_cfg.teacher_engine != "hf":
-        return f"model.teacher_engine={model_cfg.teacher_engine} scores the student's ids (no cross-tokenizer path)"
-    if model_cfg.teacher_context is not None:
-        return "model.teacher_context needs the student's tokenizer"
-    if teacher_topk:
-        return "a top-k objective (gkd, dense_kl) compares distributions over one vocabulary"
-    return None
-
-
-def check_tokenizers(student: Any, teacher: Any | None, cross_blocker: str | None) -> CheckResult:
-    """Same vocabulary and special tokens, or a teacher that takes the cross-tokenizer path."""
-    from reopold_agents.teacher import TokenizerMismatchError, check_same_tokenizer
+def check_tokenizers(cfg: RunConfig, student: Tokenizer, teacher: Tokenizer | None, top_k: int) -> CheckResult:
+    """Same vocabulary and special tokens, or a teacher that takes the cross-tokenizer path (``teacher_path``,
+    the rule ``build_teacher`` applies)."""
+    from reopold_agents.teacher.build import TeacherPathError, teacher_path
 
     name = "tokenizers"
     if teacher is None:
         return CheckResult(name, "skip", "no teacher (the objective learns without one)")
     try:
-        check_same_tokenizer(student, teacher)
-    except TokenizerMismatchError as exc:
-        if cross_blocker is not None:
-            return CheckResult(name, "fail", f"{exc}; and {cross_blocker}",
-                               fix="a teacher with the student's tokenizer, or the cross-tokenizer path "
-                                   "(model.teacher_engine=hf, no model.teacher_context, algo reopold/opd)")
-        if not getattr(teacher, "chat_template", None):
-            return CheckResult(name, "fail", "tokenizers differ and the teacher has no chat template to render "
-                                             "the conversation with (cross-tokenizer path)",
-                               fix="a teacher tokenizer with a chat template")
-        return CheckResult(name, "ok", f"differ (student vocab {len(student)}, teacher {len(teacher)}): "
-                                       "cross-tokenizer scorer (docs/cross_tokenizer.md)")
-    return CheckResult(name, "ok", f"same vocabulary ({len(student)}) and special tokens "
-                                   f"(eos {student.eos_token!r}, pad {student.pad_token!r})")
+        path = teacher_path(cfg.model, top_k, student, teacher)
+    except TeacherPathError as exc:
+        return CheckResult(name, "fail", str(exc),
+                           fix="a teacher with the student's tokenizer, or the cross-tokenizer path "
+                               "(model.teacher_engine=hf, no model.teacher_context, algo reopold/opd) with a teacher "
+                               "chat template")
+    return CheckResult(name, "ok", path.detail)
 
 
-def check_chat_template(student: Any, teacher: Any | None = None) -> CheckResult:
+def check_chat_template(student: Tokenizer, teacher: Tokenizer | None = None) -> CheckResult:
     """A probe conversation with a tool call, encoded turn by turn as the rollout does (prompt, sampled
     reply, env turn), reads back exactly as the template renders it whole; with a cross-tokenizer
     ``teacher``, its own template keeps the tool-call turn verbatim (else the turn is never scored)."""
@@ -147,7 +133,7 @@ def check_chat_template(student: Any, teacher: Any | None = None) -> CheckResult
                                "(the rollout never re-renders it)")
     detail = f"a tool-call conversation round-trips ({len(ids)} tokens)"
     if teacher is not None:
-        from reopold_agents.teacher_render import render_teacher_view
+        from reopold_agents.teacher.cross.render import render_teacher_view
 
         try:
             view = render_teacher_view(teacher, prompt + [{"role": "assistant", "content": reply}, tool_msg], tools)
@@ -161,7 +147,7 @@ def check_chat_template(student: Any, teacher: Any | None = None) -> CheckResult
     return CheckResult(name, "ok", detail)
 
 
-def check_stop_tokens(tok: Any, stop_token_ids: list[int]) -> CheckResult:
+def check_stop_tokens(tok: Tokenizer, stop_token_ids: list[int]) -> CheckResult:
     """The engine stops at EOS and ``stop_token_ids``: EOS must be the token the template closes an
     assistant turn with, and every other stop id must occur in the template's render of a tool call."""
     name = "stop tokens"
@@ -193,7 +179,7 @@ def check_stop_tokens(tok: Any, stop_token_ids: list[int]) -> CheckResult:
 # ----------------------------------------------------------------------------- model-level checks
 
 
-def check_tool_schemas(tok: Any, trajectory: Any) -> CheckResult:
+def check_tool_schemas(tok: Tokenizer, trajectory: Trajectory) -> CheckResult:
     """Every tool the env offers (``Trajectory.tools``) is named in the prompt the student actually read: a
     template that ignores ``tools`` (and an env prompt that does not list them) hides them from the model."""
     name = "tool schemas"
@@ -276,7 +262,7 @@ def check_temperature(batch: Batch, learner_lp: torch.Tensor, learner_lp_t: torc
 # ------------------------------------------------------------------------------------- the run
 
 
-def half_precision(cfg: Any, learner: bool) -> bool:
+def half_precision(cfg: RunConfig, learner: bool) -> bool:
     """Whether the models run in 16 bits (the looser tolerances): ``model.dtype`` says so, the learner
     autocasts (``distributed.mixed_precision``), or ``dtype=auto`` meets a GPU, here or on Ray's GPU roles
     (the driver of a Ray run may have none)."""
@@ -292,63 +278,62 @@ def half_precision(cfg: Any, learner: bool) -> bool:
     return torch.cuda.is_available() or ray_gpus
 
 
-def run_routes(cfg: Any) -> list[tuple[str, str]]:
-    """The (env, teacher) pairs a run scores: one per ``mix`` entry (its routed teacher), else the run's own."""
-    if cfg.mix:
-        from reopold_agents.config.mix import entry_teacher
+def run_routes(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The distinct (env, teacher) pairs a run scores: each entry's env with its routed teacher."""
+    from reopold_agents.config.mix import entry_teacher
 
-        return list(dict.fromkeys((e.env.name, entry_teacher(e, cfg.model)) for e in cfg.mix.values()))
-    return [(cfg.env.name, cfg.model.teacher)]
+    return list(dict.fromkeys((e.env.name, entry_teacher(e, cfg.model)) for e in cfg.entries.values()))
 
 
-def load_tokenizers(cfg: Any, teacher_name: str) -> tuple[Any, Any | None]:
+def load_tokenizers(cfg: RunConfig, teacher_name: str) -> tuple[Tokenizer, Tokenizer | None]:
     """The student's tokenizer and ``teacher_name``'s (None when the objective learns without a teacher)."""
     from reopold_agents.config.model import SELF_TEACHER
     from reopold_agents.models import load_tokenizer_and_processor
-    from reopold_agents.objectives import make_objective
+    from reopold_agents.roles import objective_needs
 
     student = load_tokenizer_and_processor(cfg.model.student, "student")[0]
-    if not make_objective(cfg.algo, cfg.trainer.total_steps).needs_teacher:
+    if not objective_needs(cfg)[0]:
         return student, None
     if teacher_name == SELF_TEACHER:
         return student, student
     return student, load_tokenizer_and_processor(teacher_name, "teacher")[0]
 
 
-def tokenizer_checks(cfg: Any, student: Any, teacher: Any | None, env_name: str) -> list[CheckResult]:
+def tokenizer_checks(cfg: RunConfig, student: Tokenizer, teacher: Tokenizer | None, env_name: str) -> list[CheckResult]:
     """Tokenizers, chat template and stop tokens (of env ``env_name``), from the tokenizers alone."""
-    from reopold_agents.objectives import make_objective
+    from reopold_agents.roles import objective_needs
     from reopold_agents.rollout import env_stop_token_ids, tool_call_stop_ids
+    from reopold_agents.teacher.build import teacher_path
 
-    blocker = cross_tokenizer_blocker(cfg.model, make_objective(cfg.algo, cfg.trainer.total_steps).teacher_topk)
-    tokens = check_tokenizers(student, teacher, blocker)
+    top_k = objective_needs(cfg)[1]
+    tokens = check_tokenizers(cfg, student, teacher, top_k)
     cross = None  # a teacher that renders the conversation with its own template
-    if tokens.status == "ok" and teacher is not None and teacher is not student:
-        from reopold_agents.teacher import TokenizerMismatchError, check_same_tokenizer
-
-        try:
-            check_same_tokenizer(student, teacher)
-        except TokenizerMismatchError:
-            cross = teacher
+    if tokens.status == "ok" and teacher is not None and teacher_path(cfg.model, top_k, student, teacher).kind == "cross_tokenizer":
+        cross = teacher
     stops = env_stop_token_ids(env_name)
     stops = tool_call_stop_ids(student) if stops is None else stops
     return [tokens, check_chat_template(student, cross), check_stop_tokens(student, stops)]
 
 
-def model_checks(cfg: Any, backend: Any, tasks: list[Any], student: Any, step: int = 0) -> list[CheckResult]:
+def model_checks(cfg: RunConfig, backend: Backend, tasks: list[Any], student: Tokenizer, step: int = 0) -> list[CheckResult]:
     """Tool schemas, teacher determinism, learner vs engine log-probs and the temperature, on a probe
     rollout of ``tasks[0]`` (step ``step``'s seeds) through ``backend``; ``student`` is its tokenizer."""
-    probe = backend.probe_rollout(tasks[:1], step, PROBE_MAX_NEW_TOKENS, min(PROBE_GROUP, cfg.trainer.group_size))
+    chunk = make_chunks(tasks[:1], 1, cfg.trainer.seed, step)[0]  # step ``step``'s seeds, as its first chunk
+    probe, _ = backend.ask("rollout", "run", chunk, max_new_tokens=PROBE_MAX_NEW_TOKENS,
+                           group_size=min(PROBE_GROUP, cfg.trainer.group_size))
     batch = collate(probe, backend.pad_token_id)
     one = batch.select(torch.tensor([0]))  # one episode is enough to see noise, and halves the teacher's cost
-    first = backend.score(copy.deepcopy(one), copy.deepcopy(probe[:1]))
-    second = backend.score(copy.deepcopy(one), copy.deepcopy(probe[:1]))
+    first, second = copy.deepcopy(one), copy.deepcopy(one)
+    for scored in (first, second):
+        scores = backend.score(scored)
+        if scores is not None:
+            scores.apply_to(scored)
     half = half_precision(cfg, learner=True)  # the engine takes over the learner's dtype
     teacher_half = half_precision(cfg, learner=False) or cfg.model.teacher_engine == "vllm"  # vLLM: the saved dtype
     recompute = cfg.recomputes_old_logprobs
     temperature = float(cfg.engine.sampling.temperature)
-    learner_lp = backend.learner_logprobs(batch)
-    learner_lp_t = backend.learner_logprobs(batch, temperature) if temperature not in (0.0, 1.0) else None
+    learner_lp = backend.ask("learner", "logprobs", batch)
+    learner_lp_t = backend.ask("learner", "logprobs", batch, temperature) if temperature not in (0.0, 1.0) else None
     return [
         check_tool_schemas(student, probe[0]),
         check_teacher_determinism(first, second, TEACHER_TOL["half" if teacher_half else "full"]),
@@ -370,7 +355,7 @@ def format_table(results: list[CheckResult], seconds: float | None = None) -> st
     return "\n".join(lines)
 
 
-def run_preflight(cfg: Any, backend: Any, tasks: list[Any], step: int = 0,
+def run_preflight(cfg: RunConfig, backend: Backend, tasks: list[Any], step: int = 0,
                   emit: Callable[[str], None] = print) -> list[CheckResult]:
     """Run every check (tokenizer-level first: a failure there stops before the probe), ``emit`` the table
     and raise PreflightError if any check failed."""

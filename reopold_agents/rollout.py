@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from reopold_agents.config.engine import EngineConfig
+from reopold_agents.config.env import EnvConfig
 from reopold_agents.chat import count_images, encode_env_turn, encode_prompt
 from reopold_agents.engines.base import Engine, GenerationRequest, SamplingParams
 from reopold_agents.seeding import turn_seed
@@ -112,7 +114,7 @@ class Rollout:
         self.stats = RolloutStats()
 
     @classmethod
-    def from_config(cls, engine_cfg: Any, env_cfg: Any, engine: Engine, tokenizer: Any, env_factory: Callable[[], Any],
+    def from_config(cls, engine_cfg: EngineConfig, env_cfg: EnvConfig, engine: Engine, tokenizer: Any, env_factory: Callable[[], Any],
                     processor: Any = None) -> "Rollout":
         """The turn limit from the ``EnvConfig`` (``env.max_turns``), the token budget and worker count from
         the ``EngineConfig``; the stop at ``</tool_call>`` unless the env says it takes several calls per reply."""

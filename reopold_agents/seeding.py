@@ -52,9 +52,11 @@ def mix_task_index(position: int, num_tasks: int, seed: int, entry: str) -> int:
     return perm[offset]
 
 
-def mix_rollout_seed(seed: int, entry_index: int) -> int:
-    """The sampling seed of mix entry ``entry_index``'s episodes within a chunk sampled from ``seed``
-    (each entry's envs run as their own lock-step batch)."""
+def entry_rollout_seed(seed: int, entry_index: int, num_entries: int) -> int:
+    """The sampling seed of entry ``entry_index``'s episodes within a chunk sampled from ``seed`` (each
+    entry's envs run as their own lock-step batch); a run of one entry samples from ``seed`` itself."""
+    if num_entries == 1:
+        return int(seed)
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(entry_index), _MIX_TAG]).generate_state(1)[0] >> 1)
 
 

@@ -21,7 +21,6 @@ class Trajectory:
     token_ids: list[int] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)
     rollout_logprobs: list[float] = field(default_factory=list)  # 0.0 on env tokens
-    teacher_logprobs: list[float] | None = None  # filled by teacher scoring, 0.0 on env tokens
     images: list[Any] = field(default_factory=list)  # PIL images, in order of appearance
     reward: float = 0.0  # outcome reward from the environment (sum over the episode)
     group_id: int = 0  # episodes sharing a prompt (GRPO groups) share a group_id
@@ -29,9 +28,10 @@ class Trajectory:
     info: dict[str, Any] = field(default_factory=dict)  # final env info (success, why, ...)
     model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. pixel_values, image_grid_thw
     # The conversation as the env last showed it (and its tool schemas): what a teacher with another
-    # tokenizer renders under its own chat template (reopold_agents/cross_teacher.py).
+    # tokenizer renders under its own chat template (reopold_agents/teacher/cross/).
     messages: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
+    entry: str = ""  # the run's env entry this episode came from (teachers are routed by it)
 
     def append_env(self, ids: list[int]) -> None:
         """Append environment/prompt tokens: context only, never trained on."""
@@ -60,6 +60,24 @@ class Trajectory:
 
 
 @dataclass
+class Conversation:
+    """A row's text side, for teachers that read text rather than the student's ids: a teacher with
+    another tokenizer renders ``messages``/``tools`` under its own template and needs each assistant
+    turn's token count; a teacher with privileged context reads the task record (``answer``, ``task_id``)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    turn_lengths: list[int] = field(default_factory=list)  # generated tokens of each assistant turn
+    answer: str = ""
+    task_id: str = ""
+
+    @classmethod
+    def of(cls, traj: Trajectory) -> "Conversation":
+        return cls(traj.messages, traj.tools, [int(t.get("num_generated", 0)) for t in traj.turns],
+                   str(traj.info.get("answer", "")), str(traj.info.get("task_id", "")))
+
+
+@dataclass
 class Batch:
     """Right-padded tensors for a list of trajectories, aligned for next-token prediction: the one
     format that travels after the rollout (teacher scoring fills ``teacher_logprobs`` in place, the
@@ -82,8 +100,11 @@ class Batch:
     # Qwen-VL layout of model_inputs: images of row b are grid rows [sum(images_per_row[:b]), ...).
     images_per_row: torch.Tensor | None = None  # [B] long; None for text-only batches
     images: list[list[Any]] | None = None  # per row, the PIL images (engines that take raw images, e.g. vLLM)
-    # Multi-teacher runs: each row's routed teacher label (its trajectory's info["teacher"]); the teacher
-    # router scores by it and the learner splits its selected/clipped counts by it. None: one teacher.
+    # Each row's env entry (teachers are routed by it) and its text side (teachers that read text).
+    entries: list[str] | None = None
+    conversations: list[Conversation] | None = None
+    # The label of the teacher that scored each row (written with the scores); the learner splits its
+    # selected/clipped counts by it. None: not scored.
     teachers: list[str] | None = None
 
     @property
@@ -161,8 +182,6 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
     attention = torch.zeros((bsz, length), dtype=torch.long)
     loss_mask = torch.zeros((bsz, length), dtype=torch.float32)
     old_lp = torch.zeros((bsz, length), dtype=torch.float32)
-    have_teacher = all(t.teacher_logprobs is not None for t in trajectories)
-    teacher_lp = torch.zeros((bsz, length), dtype=torch.float32) if have_teacher else None
     for i, traj in enumerate(trajectories):
         n = len(traj)
         if not (len(traj.loss_mask) == len(traj.rollout_logprobs) == n):
@@ -171,11 +190,6 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
         attention[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(traj.loss_mask, dtype=torch.float32)
         old_lp[i, :n] = torch.tensor(traj.rollout_logprobs, dtype=torch.float32)
-        if teacher_lp is not None:
-            assert traj.teacher_logprobs is not None
-            if len(traj.teacher_logprobs) != n:
-                raise ValueError(f"trajectory {i}: teacher_logprobs has wrong length")
-            teacher_lp[i, :n] = torch.tensor(traj.teacher_logprobs, dtype=torch.float32)
     # The first token has no predecessor, so it can never be a training target.
     loss_mask[:, 0] = 0.0
     keys = set().union(*(t.model_inputs.keys() for t in trajectories))
@@ -186,19 +200,18 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
     images_per_row = (torch.tensor([0 if g is None else g.shape[0] for g in grids], dtype=torch.long)
                       if any(g is not None for g in grids) else None)
     images = [list(t.images) for t in trajectories] if any(t.images for t in trajectories) else None
-    routed = [t.info.get("teacher") for t in trajectories]
-    teachers = None if all(r is None for r in routed) else [str(r) for r in routed]
     return Batch(
         input_ids=input_ids,
         attention_mask=attention,
         loss_mask=loss_mask,
         old_logprobs=old_lp,
-        teacher_logprobs=teacher_lp,
+        teacher_logprobs=None,
         rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
         group_ids=torch.tensor([t.group_id for t in trajectories], dtype=torch.long),
         model_inputs=model_inputs,
         images_per_row=images_per_row,
         images=images,
-        teachers=teachers,
+        entries=[t.entry for t in trajectories],
+        conversations=[Conversation.of(t) for t in trajectories],
     )
 

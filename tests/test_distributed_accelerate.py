@@ -8,7 +8,7 @@ import torch
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.trainer import TrainerConfig
-from reopold_agents.distributed.accelerate_learner import AccelerateLearner, learner_strategy
+from reopold_agents.accelerate_learner import AccelerateLearner, learner_strategy
 from reopold_agents.learner import Learner
 from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 from reopold_agents.trajectory import Trajectory, collate

@@ -176,4 +176,4 @@ def test_engine_config_validation():
     with pytest.raises(ConfigError):
         compose(["+engine.not_a_key=1"])
     cfg = compose(["engine=vllm"]).engine
-    assert cfg.name == "vllm" and cfg.sampling.params(stop_token_ids=[5]).stop_token_ids == [5]
+    assert cfg.name == "vllm" and SamplingParams.from_config(cfg.sampling, stop_token_ids=[5]).stop_token_ids == [5]

@@ -154,7 +154,7 @@ def _configs():
 def fsdp_rank_main(out: str) -> None:
     """The one FSDP rank (run with RANK/WORLD_SIZE/MASTER_* set, as torchrun would)."""
     from reopold_agents.config.distributed import DistributedConfig
-    from reopold_agents.distributed.accelerate_learner import AccelerateLearner
+    from reopold_agents.accelerate_learner import AccelerateLearner
 
     tok = build_tokenizer()
     learner = AccelerateLearner(tiny_qwen2(tok, seed=1, num_heads=2, num_kv_heads=1).to(CUDA), *_configs(),

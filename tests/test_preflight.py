@@ -17,6 +17,7 @@ import torch
 
 import reopold_agents.preflight as pf
 import reopold_agents.run as run_mod
+from reopold_agents.config.schema import resolve_tiny
 from reopold_agents.chat import encode_prompt
 from reopold_agents.config import compose
 from reopold_agents.config.model import ModelConfig
@@ -245,7 +246,7 @@ def test_tiny_pair_passes_through_the_local_backend(tmp_path, one_thread):
     from reopold_agents.distributed import make_backend
     from reopold_agents.distributed.chunks import make_chunks
 
-    cfg = run_mod.resolve_tiny(compose([*SMALL, "env=math", "engine.sampling.max_new_tokens=64",
+    cfg = resolve_tiny(compose([*SMALL, "env=math", "engine.sampling.max_new_tokens=64",
                                         f"trainer.output_dir={tmp_path}"]))
     backend = make_backend(cfg)
     tasks = [{"env": "math", "options": {"task_index": 0}}]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import reopold_agents.run as run_mod
+from reopold_agents.config.schema import resolve_tiny
 from reopold_agents.config import compose
 from reopold_agents.config.schema import ConfigError
 from reopold_agents.evaluation.heldout import gap_closed
@@ -62,9 +63,9 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
     assert summary["gap_closed"] == gap_closed(result.success_before, result.success_after, summary["teacher_success"])
     # model=tiny resolves to the pair made for the env (the VL pair for images, the guessing students for toolqa and math)
     want = {"math": "tiny_math", "toolqa": "tiny_toolqa_bed", "vqa": "tiny_vl_bed"}[env]
-    resolved = run_mod.resolve_tiny(_cfg(env, tmp_path)).model
+    resolved = resolve_tiny(_cfg(env, tmp_path)).model
     assert (resolved.student, resolved.teacher) == (want, want)
-    assert run_mod.resolve_tiny(_cfg(env, tmp_path, "model=tiny_vl")).model.student == "tiny_vl"  # explicit wins
+    assert resolve_tiny(_cfg(env, tmp_path, "model=tiny_vl")).model.student == "tiny_vl"  # explicit wins
 
 
 def test_eval_suite_is_logged_during_training(tmp_path):

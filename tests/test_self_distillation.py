@@ -40,7 +40,7 @@ def test_self_teacher_gives_zero_reward_without_context(tmp_path):
 
 
 def test_privileged_context_teacher_scores_with_the_answer_in_front(tmp_path):
-    from reopold_agents.config.model import ENV_TINY
+    from reopold_agents.config.tiny_pairs import ENV_TINY
     from reopold_agents.logprobs import model_token_logprobs
     from reopold_agents.tiny.load import load_tiny
 

@@ -98,7 +98,9 @@ def test_shipped_mix_and_large_finite_weights_pass():
 
 
 def test_vl_tiny_names_match_the_tiny_pairs():
-    from reopold_agents.tiny.load import VL_PAIRS
+    from reopold_agents.tiny.load import TINY_SIZES, is_vl_pair
+
+    VL_PAIRS = {name for name, _ in TINY_SIZES if is_vl_pair(name)}
 
     assert set(VL_TINY_NAMES) == set(VL_PAIRS)
 

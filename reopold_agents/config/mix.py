@@ -1,16 +1,17 @@
-"""Config section `mix`: a multi-task run, one entry per env, each with its weight and its teacher.
+"""Config section `mix`: a run over several envs, one entry per env, each with its weight and its teacher.
 
-``mix`` maps an entry name (``math``, ``toolqa``, ... : the label of its metrics, ``env/<name>/*`` and
-``eval/<name>/success``) to a ``MixEntry``. Empty (the default) is today's single-env run, where the
-top-level ``env`` section is the run's env. Non-empty, each entry's ``env`` is a full env section (its
-own task source, turn limit and tools), usually filled from the env group YAMLs by an experiment
-config's defaults list (``/env@mix.math.env: math``, see ``configs/experiment/mix_math_toolqa.yaml``),
-and the top-level ``env`` must be ``env=mix`` (``name: mix`` and every other key at its default):
-nothing reads it, so a key set there fails instead of being silently ignored.
+A run is a list of env entries (``RunConfig.entries``). ``mix`` maps an entry name (``math``, ``toolqa``,
+... : the label of its metrics, ``env/<name>/*`` and ``eval/<name>/success``) to a ``MixEntry``. Empty
+(the default), the run's one entry is the top-level ``env`` section, named after its env. Non-empty, each
+entry's ``env`` is a full env section (its own task source, turn limit and tools), usually filled from
+the env group YAMLs by an experiment config's defaults list (``/env@mix.math.env: math``, see
+``configs/experiment/mix_math_toolqa.yaml``, which also drops the top-level env group with
+``override /env: null``); the top-level ``env`` must then stay at its defaults: nothing reads it, so a
+key set there fails instead of being silently ignored.
 
-Each prompt of a step draws its entry by ``weight`` (``reopold_agents.mix``, seeds in
+Each prompt of a step draws its entry by ``weight`` (``reopold_agents.entries``, seeds in
 ``reopold_agents.seeding.mix_draw``); each trajectory is scored by its entry's ``teacher`` (None: the
-run's ``model.teacher``), several teachers loaded once each by ``reopold_agents.teacher_router``.
+run's ``model.teacher``), several teachers loaded once each by ``reopold_agents.teacher.router``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Optional
 
 from reopold_agents.config.env import EnvConfig
+from reopold_agents.config.model import ModelConfig
 
-MIX_ENV_NAME = "mix"  # the top-level env of a mix run (configs/env/mix.yaml): a placeholder, read by nothing
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -44,16 +45,17 @@ class MixEntry:
             self.env.check()
         except ValueError as exc:
             raise ValueError(f"env.{exc}") from None
-        if self.env.name == MIX_ENV_NAME:
-            raise ValueError(f"env.name: {MIX_ENV_NAME!r} is the placeholder of the top-level env; name a real env")
 
 
 def check_mix(mix: dict[str, MixEntry], env: EnvConfig) -> None:
-    """The mix entries, and the top-level env they replace; raise ValueError('<key>: why') with the key
-    relative to the root (``mix.toolqa.weight``, ``env.max_turns``)."""
+    """The run's entries: the top-level env (no mix entries), or the mix entries and a top-level env left
+    unselected; raise ValueError('<key>: why') with the key relative to the root (``mix.toolqa.weight``,
+    ``env.max_turns``)."""
     if not mix:
-        if env.name == MIX_ENV_NAME:
-            raise ValueError("mix: env=mix needs mix entries (e.g. experiment=mix_math_toolqa)")
+        try:
+            env.check()
+        except ValueError as exc:
+            raise ValueError(f"env.{exc}") from None
         return
     for name, entry in mix.items():
         if not _ENTRY_NAME.match(str(name)):
@@ -63,13 +65,12 @@ def check_mix(mix: dict[str, MixEntry], env: EnvConfig) -> None:
         except ValueError as exc:
             raise ValueError(f"mix.{name}.{exc}") from None
     _check_weight_sum(mix)
-    if env.name != MIX_ENV_NAME:
-        raise ValueError(f"env: a mix run takes its envs from mix.<name>.env; select env=mix "
-                         f"(got env.name={env.name!r}, which nothing would read)")
-    default = EnvConfig(name=MIX_ENV_NAME)
+    default = EnvConfig()
     for f in fields(EnvConfig):
         if getattr(env, f.name) != getattr(default, f.name):
-            raise ValueError(f"env.{f.name}: not used in a mix run (set mix.<name>.env.{f.name} instead)")
+            raise ValueError(f"env.{f.name}: not used in a run with mix entries (set mix.<name>.env.{f.name} "
+                             "instead; leave the top-level env unselected, as experiment configs do with "
+                             "`override /env: null`)")
 
 
 def _check_weight_sum(mix: dict[str, MixEntry]) -> None:
@@ -93,6 +94,6 @@ def mix_weights(mix: dict[str, MixEntry]) -> dict[str, float]:
     return {name: e.weight / total for name, e in mix.items()}
 
 
-def entry_teacher(entry: MixEntry, model_cfg: Any) -> str:
+def entry_teacher(entry: MixEntry, model_cfg: ModelConfig) -> str:
     """The teacher name that scores ``entry``'s trajectories."""
     return entry.teacher if entry.teacher is not None else model_cfg.teacher

@@ -17,12 +17,13 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
 
     def check(self) -> None:
-        """Range checks; raise ValueError('key: why') so the loader can name the key."""
-        self.params().check()
-
-    def params(self, stop_token_ids: list[int] | None = None, seed: int | None = None):
-        """The engine's ``SamplingParams`` (stop ids come from the tokenizer, seeds from reopold_agents.seeding)."""
-        from reopold_agents.engines.base import SamplingParams
-
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k, stop_token_ids=list(stop_token_ids or []), seed=seed)
+        """Range checks; raise ValueError('key: why') so the loader can name the key (the engines'
+        ``SamplingParams.check`` applies the same rules)."""
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0 (0 disables), got {self.top_k}")

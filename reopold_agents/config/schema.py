@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from reopold_agents.config.eval import EvalConfig
 from reopold_agents.config.mix import MixEntry, check_mix
 from reopold_agents.config.model import ModelConfig
 from reopold_agents.config.sandbox import SandboxConfig
+from reopold_agents.config.tiny_pairs import tiny_for_env
 from reopold_agents.config.trainer import TrainerConfig
 from reopold_agents.config.vision import check_vision_student
 
@@ -41,11 +42,30 @@ class RunConfig:
     mix: dict[str, MixEntry] = field(default_factory=dict)  # multi-task run (config/mix.py); empty: one env
 
     @property
+    def entries(self) -> dict[str, MixEntry]:
+        """The run's envs: the ``mix`` entries, or the one ``env`` as an entry named after it (weight 1,
+        ``model.teacher``). Every path of a run (task draw, rollout, teacher routing, held-out) reads this."""
+        return dict(self.mix) if self.mix else {self.env.name: MixEntry(env=self.env)}
+
+    def entry_env_key(self, name: str) -> str:
+        """The config key of entry ``name``'s env section, for error messages (``env`` or ``mix.<name>.env``)."""
+        return f"mix.{name}.env" if self.mix else "env"
+
+    @property
     def recomputes_old_logprobs(self) -> bool:
         """``trainer.recompute_old_logprobs`` resolved (None: whenever the engine is not the learner's own
         module, i.e. not ``hf``); read by the learner and the preflight."""
         rec = self.trainer.recompute_old_logprobs
         return self.engine.name != "hf" if rec is None else bool(rec)
+
+
+def resolve_tiny(cfg: RunConfig) -> RunConfig:
+    """``model=tiny`` names the env's test-bed pair (``ENV_TINY``): math boxes a guess; toolqa guesses
+    instead of calling a tool; vqa answers the question's prior without looking. A run over several envs
+    takes its tiny names as they are (``teacher=self`` stays self)."""
+    env = next(iter(cfg.entries.values())).env.name if len(cfg.entries) == 1 else ""
+    model = replace(cfg.model, student=tiny_for_env(cfg.model.student, env), teacher=tiny_for_env(cfg.model.teacher, env))
+    return replace(cfg, model=model)
 
 
 def register_schemas() -> None:
@@ -88,7 +108,7 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
     check_finite(run_cfg)
-    for name in ("env", "algo", "model", "engine", "sandbox", "trainer", "eval", "distributed"):
+    for name in ("algo", "model", "engine", "sandbox", "trainer", "eval", "distributed"):
         section = getattr(run_cfg, name)
         check = getattr(section, "check", None)
         if check is not None:

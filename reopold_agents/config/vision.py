@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from reopold_agents.config.model import ENV_TINY, TINY_NAMES
+from reopold_agents.config.tiny_pairs import TINY_NAMES, VL_TINY_NAMES, tiny_for_env
 
 VISION_ENVS = ("vqa",)  # envs whose prompts carry images (envs/vqa.py)
-VL_TINY_NAMES = ("tiny_vl", "tiny_vl_bed")  # the Qwen2.5-VL tiny pairs (== reopold_agents.tiny.load.VL_PAIRS)
 _TINY_TEXT = tuple(n for n in TINY_NAMES if n not in VL_TINY_NAMES)  # the Qwen2 pairs
 _HINT = f"use a vision-language student ({', '.join(VL_TINY_NAMES)} or a VL checkpoint)"
 
@@ -69,7 +68,7 @@ def model_is_vl(name: str) -> Optional[bool]:
 
 def student_name(student: str, env_name: str) -> str:
     """``model.student`` as the run resolves it (``model=tiny`` is the env's test-bed pair, ``ENV_TINY``)."""
-    return ENV_TINY.get(env_name, "tiny") if student == "tiny" else student
+    return tiny_for_env(student, env_name)
 
 
 def check_vision_student(student: str, env_name: str, mix_envs: dict[str, str]) -> None:

@@ -1,19 +1,24 @@
 """The placement interface the run CLI drives: the same calls whether the roles are in-process or Ray actors.
 
-A ``Backend`` says only *where* the rollout, teacher and learner roles run and how data and weights
-move between them. The training step itself is ``reopold_agents.step.train_step``, written once and
-driven by ``reopold_agents.step.run_steps`` for every backend.
+A ``Backend`` says only *where* the rollout, teacher and learner roles (``reopold_agents.roles``) run and
+how data and weights move between them. The training step itself is ``reopold_agents.step.train_step``,
+written once and driven by ``reopold_agents.step.run_steps`` for every backend. Anything else a caller
+needs from a role (the preflight's probe, the learner's log-probs, the teacher's held-out success) goes
+through ``ask``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import torch
-
+from reopold_agents.config.schema import RunConfig
+from reopold_agents.rollout import RolloutStats
+from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory
+
+RoleName = Literal["rollout", "teacher", "learner"]
 
 
 @dataclass
@@ -29,8 +34,8 @@ class ChunkedRolloutStats:
     generate_s: float = 0.0  # summed over chunks: time inside engine.generate
     generated_tokens: int = 0
 
-    def add_chunk(self, chunk_stats: Any) -> None:
-        """Fold in one chunk's ``reopold_agents.rollout.RolloutStats``."""
+    def add_chunk(self, chunk_stats: RolloutStats) -> None:
+        """Fold in one chunk's ``RolloutStats``."""
         self.busy_seconds += chunk_stats.total_s
         self.generate_s += chunk_stats.generate_s
         self.generated_tokens += chunk_stats.generated_tokens
@@ -50,7 +55,7 @@ class Backend(ABC):
 
     pad_token_id: int  # the student tokenizer's pad id (the driver collates the batch)
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.dcfg = cfg.distributed
         self.seed = int(cfg.trainer.seed)
@@ -60,9 +65,8 @@ class Backend(ABC):
         """Start episodes for ``tasks`` with the latest synced weights; may return before they finish."""
 
     @abstractmethod
-    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
-        """The batch with the teacher's log-probs filled in (the same object when scored in-process); the
-        trajectories (row order) carry the conversations a teacher with another tokenizer renders."""
+    def score(self, batch: Batch) -> TeacherScores | None:
+        """The teachers' scores of ``batch``'s rows (None: the objective learns without a teacher)."""
 
     @abstractmethod
     def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:
@@ -74,7 +78,7 @@ class Backend(ABC):
 
     @abstractmethod
     def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out greedy success (``eval/success``) and any configured suite, with the synced weights."""
+        """Held-out greedy success (``eval/success``, per entry) and any configured suite, with the synced weights."""
 
     @abstractmethod
     def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
@@ -86,15 +90,10 @@ class Backend(ABC):
         the next rollout's; return the role's resume state (``checkpoint.ResumeState``: step, data_state)."""
 
     @abstractmethod
-    def probe_rollout(self, tasks: list[Any], step: int, max_new_tokens: int, group_size: int) -> list[Trajectory]:
-        """The preflight's probe: episodes of ``tasks`` sampled as step ``step``'s would be, with the synced
-        weights, but at most ``max_new_tokens`` per turn and ``group_size`` per task. Leaves no cached
-        state behind (engine key/value caches are dropped), so the run's own steps are unchanged."""
-
-    @abstractmethod
-    def learner_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
-        """The learner's log-probs ``[B, T]`` (CPU) of the batch's trained tokens, 0 elsewhere, as its update
-        computes them; ``temperature`` T: under ``softmax(logits / T)`` (the preflight's temperature check)."""
+    def ask(self, role: RoleName, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` on one copy of ``role`` and return its answer: the rollout role runs it with the
+        synced weights and keeps no cached state from it (no rollout may be in flight); every learner rank
+        runs it (collectives need all of them) and rank 0 answers."""
 
     @abstractmethod
     def shutdown(self) -> None: ...

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from reopold_agents.config.distributed import RayConfig
+
 
 def import_ray() -> Any:
     try:
@@ -32,7 +34,7 @@ def _loopback_only() -> None:
         pass
 
 
-def connect(dcfg: Any) -> bool:
+def connect(dcfg: RayConfig) -> bool:
     """Connect to ``dcfg.address`` or start a local cluster; return True when this call started Ray
     (so the backend also stops it). An already initialised Ray (tests, notebooks) is reused as is."""
     ray = import_ray()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
-from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RolloutHandle
+from reopold_agents.config.schema import RunConfig
+from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RoleName, RolloutHandle
 from reopold_agents.distributed.chunks import join_chunks, make_chunks
-from reopold_agents.distributed.roles import RoleFactories
-from reopold_agents.distributed.workers import LearnerWorker, RolloutWorker, TeacherWorker
+from reopold_agents.roles import LearnerRole, RolloutRole, TeacherRole
+from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory
 
 
@@ -32,11 +31,11 @@ class _DoneHandle(RolloutHandle):
 class LocalBackend(Backend):
     """One rollout worker, one teacher, one learner, all in-process."""
 
-    def __init__(self, cfg: Any, factories: RoleFactories) -> None:
+    def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
-        self.learner = LearnerWorker(factories, cfg)
-        self.teacher = TeacherWorker(factories, cfg)
-        self.worker = RolloutWorker(factories, cfg, 0, student=self.learner.role.model)
+        self.learner = LearnerRole(cfg)
+        self.teacher = TeacherRole(cfg)
+        self.worker = RolloutRole(cfg, 0, student=self.learner.model)
         self.pad_token_id = self.worker.pad_token_id()
         self.sync_weights()
 
@@ -53,8 +52,8 @@ class LocalBackend(Backend):
         stats.seconds = time.perf_counter() - start
         return _DoneHandle(trajectories, stats)
 
-    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
-        return self.teacher.score(batch, trajectories)[0]
+    def score(self, batch: Batch) -> TeacherScores | None:
+        return self.teacher.score(batch)
 
     def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:
         return self.learner.update(batch, step)
@@ -62,7 +61,7 @@ class LocalBackend(Backend):
     def sync_weights(self) -> int:
         # The HF engine runs the learner's own module (nothing is copied; its cached key/values are
         # dropped); an engine with weights of its own (vLLM) copies them in.
-        return self.worker.load_weights(self.learner.role.model, self.learner.version)
+        return self.worker.load_weights(self.learner.model, self.learner.version)
 
     def evaluate(self, step: int) -> dict[str, float]:
         return self.worker.evaluate(step)
@@ -75,17 +74,13 @@ class LocalBackend(Backend):
         self.sync_weights()
         return state
 
-    def probe_rollout(self, tasks: list[Any], step: int, max_new_tokens: int, group_size: int) -> list[Trajectory]:
-        chunk = make_chunks(tasks, len(tasks), self.seed, step)[0]
-        trajectories, _ = self.worker.run(chunk, max_new_tokens=max_new_tokens, group_size=group_size)
-        self.sync_weights()  # same weights and version; drops the engine's cached key/values of the probe
-        return trajectories
-
-    def learner_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
-        return self.learner.logprobs(batch, temperature)
+    def ask(self, role: RoleName, method: str, *args: Any, **kwargs: Any) -> Any:
+        target = {"rollout": self.worker, "teacher": self.teacher, "learner": self.learner}[role]
+        answer = getattr(target, method)(*args, **kwargs)
+        if role == "rollout":
+            self.sync_weights()  # same weights and version; drops the engine's cached key/values of the call
+        return answer
 
     def shutdown(self) -> None:
-        for role in (self.worker.role, self.learner.role):
-            close = getattr(role, "close", None)
-            if callable(close):
-                close()
+        for role in (self.worker, self.teacher, self.learner):
+            role.close()

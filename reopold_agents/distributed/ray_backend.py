@@ -14,14 +14,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RolloutHandle
-from reopold_agents.distributed.chunks import join_chunks, make_chunks, shard_by_group
-from reopold_agents.distributed.cluster import connect, import_ray
-from reopold_agents.distributed.roles import RoleFactories
-from reopold_agents.distributed.supervisor import ChunkSupervisor
-from reopold_agents.distributed.workers import LearnerWorker, RolloutWorker, TeacherWorker
 import torch
 
+from reopold_agents.config.schema import RunConfig
+from reopold_agents.distributed.backend import Backend, ChunkedRolloutStats, RoleName, RolloutHandle
+from reopold_agents.distributed.chunks import join_chunks, make_chunks, shard_by_group
+from reopold_agents.distributed.cluster import connect, import_ray
+from reopold_agents.distributed.supervisor import ChunkSupervisor
+from reopold_agents.roles import LearnerRole, RolloutRole, TeacherRole
+from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory
 
 
@@ -51,34 +52,34 @@ class _RayRolloutHandle(RolloutHandle):
 
 
 class RayBackend(Backend):
-    """Actors: ``num_rollout_workers`` RolloutWorkers (restartable), ``num_teacher_workers`` TeacherWorkers
-    (restartable, calls retried), ``num_learner_workers`` LearnerWorker ranks (not restarted: a job
+    """Actors: ``num_rollout_workers`` RolloutRoles (restartable), ``num_teacher_workers`` TeacherRoles
+    (restartable, calls retried), ``num_learner_workers`` LearnerRole ranks (not restarted: a job
     resumes from its checkpoint)."""
 
-    def __init__(self, cfg: Any, factories: RoleFactories) -> None:
+    def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         d = self.rcfg = cfg.distributed.ray
         self.ray = ray = import_ray()
         self._started_ray = connect(d)
         self.learners = [
-            ray.remote(LearnerWorker)
+            ray.remote(LearnerRole)
             .options(num_cpus=d.cpus_per_learner, num_gpus=d.gpus_per_learner, max_restarts=0)
-            .remote(factories, cfg, threads=_threads(d.cpus_per_learner), defer=True)
+            .remote(cfg, threads=_threads(d.cpus_per_learner), defer=True)
             for _ in range(d.num_learner_workers)
         ]
         self.learner = self.learners[0]  # rank 0: metrics, weights, checkpoints
         self.teachers = [
-            ray.remote(TeacherWorker)
+            ray.remote(TeacherRole)
             .options(num_cpus=d.cpus_per_teacher, num_gpus=d.gpus_per_teacher, max_restarts=d.max_restarts,
                      max_task_retries=d.max_chunk_retries)
-            .remote(factories, cfg, threads=_threads(d.cpus_per_teacher))
+            .remote(cfg, threads=_threads(d.cpus_per_teacher))
             for _ in range(d.num_teacher_workers)
         ]
         self.workers = [
-            ray.remote(RolloutWorker)
+            ray.remote(RolloutRole)
             .options(num_cpus=d.cpus_per_rollout_worker, num_gpus=d.gpus_per_rollout_worker,
                      max_restarts=d.max_restarts, max_task_retries=0)  # redo is ours: weights must be re-sent
-            .remote(factories, cfg, i, threads=_threads(d.cpus_per_rollout_worker))
+            .remote(cfg, i, threads=_threads(d.cpus_per_rollout_worker))
             for i in range(d.num_rollout_workers)
         ]
         self.alive = [True] * len(self.workers)
@@ -109,9 +110,9 @@ class RayBackend(Backend):
         ]
         self.ray.get([a.build.remote(env) for a, env in zip(self.learners, envs)])  # all at once: they rendezvous
 
-    def _on_learners(self, method: str, *args: Any) -> list[Any]:
+    def _on_learners(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Call ``method`` on every learner rank (collectives need all of them); results in rank order."""
-        return self.ray.get([getattr(a, method).remote(*args) for a in self.learners])
+        return self.ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.learners])
 
     # --- weights -----------------------------------------------------------------------------
     def sync_weights(self) -> int:
@@ -170,21 +171,19 @@ class RayBackend(Backend):
         self._active = _RayRolloutHandle(supervisor, self._executor.submit(supervisor.run), len(chunks), started)
         return self._active
 
-    def score(self, batch: Batch, trajectories: list[Trajectory]) -> Batch:
-        """Each teacher worker scores a contiguous block of rows; the log-probs are put back by row."""
+    def score(self, batch: Batch) -> TeacherScores | None:
+        """Each teacher actor scores a contiguous block of rows; the blocks are gathered by row."""
         n = min(len(self.teachers), len(batch))
         bounds = [round(i * len(batch) / n) for i in range(n + 1)]
-        rows = [torch.arange(bounds[i], bounds[i + 1]) for i in range(n)]
-        results = self.ray.get([self.teachers[i].score.remote(batch.select(r), trajectories[bounds[i] : bounds[i + 1]])
-                                for i, r in enumerate(rows)])
-        scored = [part for part, _ in results]
-        for i, (_, trajs) in enumerate(results):  # a cross-tokenizer teacher records masked turns in them
-            trajectories[bounds[i] : bounds[i + 1]] = trajs
-        fields = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs", "loss_mask")
-        for name in fields:
-            parts = [getattr(part, name) for part in scored]
-            setattr(batch, name, None if any(p is None for p in parts) else torch.cat(parts, dim=0))
-        return batch
+        blocks = [list(range(bounds[i], bounds[i + 1])) for i in range(n)]
+        parts = self.ray.get([self.teachers[i].score.remote(batch.select(torch.tensor(rows)))
+                              for i, rows in enumerate(blocks)])
+        if parts[0] is None:
+            return None
+        scores = TeacherScores.empty(batch.loss_mask)
+        for rows, part in zip(blocks, parts):
+            scores.put(rows, part)
+        return scores
 
     def update(self, batch: Batch, step: int) -> tuple[dict[str, float], int]:
         """Each learner rank takes a shard of whole groups; metrics are rank 0's, which the accelerate
@@ -200,21 +199,18 @@ class RayBackend(Backend):
         self._ensure_weights(0, self._weights)
         return self.ray.get(self.workers[0].evaluate.remote(step))
 
-    def probe_rollout(self, tasks: list[Any], step: int, max_new_tokens: int, group_size: int) -> list[Trajectory]:
-        """On rollout worker 0 with the last synced weights (no rollout may be in flight)."""
+    def ask(self, role: RoleName, method: str, *args: Any, **kwargs: Any) -> Any:
+        if role == "learner":
+            return self._on_learners(method, *args, **kwargs)[0]
+        if role == "teacher":
+            return self.ray.get(getattr(self.teachers[0], method).remote(*args, **kwargs))
         if self._active is not None and self._active._trajectories is None:
-            raise RuntimeError("probe_rollout: a submitted rollout was not collected (call result() first)")
+            raise RuntimeError(f"ask(rollout, {method}): a submitted rollout was not collected (call result() first)")
         assert self._weights is not None
         self._ensure_weights(0, self._weights)
-        chunk = make_chunks(tasks, len(tasks), self.seed, step)[0]
-        trajectories, _ = self.ray.get(self.workers[0].run.remote(chunk, max_new_tokens=max_new_tokens,
-                                                                  group_size=group_size))
-        self._forget_weights(0)  # worker 0 reloads before its next chunk, dropping the probe's cached states
-        return trajectories
-
-    def learner_logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
-        """Rank 0's answer; every rank runs the forward (FSDP gathers its shards collectively)."""
-        return self._on_learners("logprobs", batch, temperature)[0]
+        answer = self.ray.get(getattr(self.workers[0], method).remote(*args, **kwargs))
+        self._forget_weights(0)  # worker 0 reloads before its next chunk, dropping the call's cached states
+        return answer
 
     def save(self, directory: str, step: int, data_state: dict[str, Any] | None = None) -> None:
         self._on_learners("save", directory, step, data_state)  # rank 0 writes; FSDP gathers on all

@@ -30,7 +30,7 @@ class _Recovery:
 
 
 class ChunkSupervisor:
-    """Runs ``chunks`` on ``workers`` (Ray actor handles of RolloutWorker) until all are back."""
+    """Runs ``chunks`` on ``workers`` (Ray actor handles of RolloutRole) until all are back."""
 
     def __init__(
         self,

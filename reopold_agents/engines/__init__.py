@@ -9,13 +9,15 @@ from typing import Any
 
 import torch
 
+from reopold_agents.config.engine import EngineConfig
+
 from reopold_agents.engines.base import Engine, Generation, GenerationRequest, SamplingParams
 
 ENGINE_NAMES = ("hf", "vllm")
 
 
 def make_engine(
-    cfg: Any,
+    cfg: EngineConfig,
     *,
     model: torch.nn.Module | None,
     tokenizer: Any,

@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from reopold_agents.config.sampling import SamplingConfig
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -33,14 +35,15 @@ class SamplingParams:
     seed: int | None = None
 
     def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k: must be >= 0 (0 disables), got {self.top_k}")
+        SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.top_k).check()
+
+    @classmethod
+    def from_config(cls, cfg: SamplingConfig, seed: int | None = None,
+                    stop_token_ids: list[int] | None = None) -> "SamplingParams":
+        """A turn's sampling from ``engine.sampling.*`` (stop ids come from the tokenizer, seeds from
+        ``reopold_agents.seeding``)."""
+        return cls(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                   stop_token_ids=list(stop_token_ids or []), seed=seed)
 
 
 @dataclass

@@ -34,6 +34,8 @@ from typing import Any, Iterator
 
 import torch
 
+from reopold_agents.config.engine import EngineConfig
+
 from reopold_agents.engines.base import Engine, Generation, GenerationRequest, SamplingParams
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -92,7 +94,7 @@ class VLLMEngine(Engine):
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: EngineConfig,
         *,
         model: torch.nn.Module | None = None,
         tokenizer: Any = None,

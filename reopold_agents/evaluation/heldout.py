@@ -8,19 +8,33 @@ from training (``env.seed + HELDOUT_SEED_OFFSET``), or the first rows of a file 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from reopold_agents.config.engine import EngineConfig
+from reopold_agents.config.env import EnvConfig
+from reopold_agents.config.sandbox import SandboxConfig
+
+if TYPE_CHECKING:
+    from reopold_agents.config.schema import RunConfig
+    from reopold_agents.engines.base import Engine
+    from reopold_agents.rollout import Rollout
+    from reopold_agents.teacher.tokenizers import Tokenizer
+
+    Processor = Any  # a transformers processor (VL models)
 
 HELDOUT_SEED_OFFSET = 100_003  # held-out synthetic tasks use env.seed + this (never the training seed)
 
 
-def heldout_env_config(env_cfg: Any, size: int) -> Any:
+def heldout_env_config(env_cfg: EnvConfig, size: int) -> EnvConfig:
     """The held-out set's env config: synthetic tasks from a disjoint seed, or the first tasks of a file."""
     if env_cfg.tasks.startswith("synthetic"):
         return replace(env_cfg, seed=env_cfg.seed + HELDOUT_SEED_OFFSET, size=size)
     return replace(env_cfg, size=size)
 
 
-def greedy_success(rollout: Any, task_indices: Sequence[int], max_new_tokens: int, batch_size: int) -> float:
+def greedy_success(rollout: Rollout, task_indices: Sequence[int], max_new_tokens: int, batch_size: int) -> float:
     """Fraction of ``task_indices`` a ``Rollout``'s student solves with greedy decoding."""
     from reopold_agents.engines.base import SamplingParams
 
@@ -35,20 +49,22 @@ def greedy_success(rollout: Any, task_indices: Sequence[int], max_new_tokens: in
 class HeldoutSet:
     """The run's held-out tasks behind their own env pool, evaluated with the run's engine."""
 
-    def __init__(self, rollout: Any, num_tasks: int, max_new_tokens: int, batch_size: int) -> None:
+    def __init__(self, rollout: Rollout, num_tasks: int, max_new_tokens: int, batch_size: int) -> None:
         self.rollout, self.num_tasks = rollout, num_tasks
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
     @classmethod
-    def from_config(cls, cfg: Any, engine: Any, tokenizer: Any, processor: Any = None) -> "HeldoutSet":
+    def from_config(cls, env_cfg: EnvConfig, engine_cfg: EngineConfig, sandbox_cfg: SandboxConfig, size: int,
+                    engine: Engine, tokenizer: Tokenizer, processor: Processor | None = None) -> "HeldoutSet":
+        """``size`` held-out tasks of ``env_cfg`` behind their own envs, greedy with ``engine``."""
         from envs.factory import build_env, load_env_tasks
         from reopold_agents.rollout import Rollout
 
-        env_cfg = heldout_env_config(cfg.env, cfg.trainer.heldout_tasks)
-        tasks = load_env_tasks(env_cfg)
-        rollout = Rollout.from_config(cfg.engine, env_cfg, engine, tokenizer,
-                                      lambda: build_env(env_cfg, tasks=tasks, sandbox=cfg.sandbox), processor=processor)
-        return cls(rollout, len(tasks), cfg.engine.sampling.max_new_tokens, max(1, cfg.engine.max_batch_size))
+        held = heldout_env_config(env_cfg, size)
+        tasks = load_env_tasks(held)
+        rollout = Rollout.from_config(engine_cfg, held, engine, tokenizer,
+                                      lambda: build_env(held, tasks=tasks, sandbox=sandbox_cfg), processor=processor)
+        return cls(rollout, len(tasks), engine_cfg.sampling.max_new_tokens, max(1, engine_cfg.max_batch_size))
 
     def success(self) -> float:
         return greedy_success(self.rollout, range(self.num_tasks), self.max_new_tokens, self.batch_size)
@@ -57,13 +73,14 @@ class HeldoutSet:
         self.rollout.close()
 
 
-def model_success(cfg: Any, model: Any, tokenizer: Any, processor: Any = None) -> float:
+def model_success(cfg: RunConfig, model: torch.nn.Module, tokenizer: Tokenizer, processor: Processor | None = None) -> float:
     """Greedy success of an in-process ``model`` on the run's held-out set (HF engine): the teacher's
     target, a test-bed model, another framework's trained student."""
     from reopold_agents.engines.hf import HFEngine
 
     engine = HFEngine(model, tokenizer, processor=processor, max_batch_size=max(1, cfg.engine.max_batch_size))
-    heldout = HeldoutSet.from_config(cfg, engine, tokenizer, processor)
+    heldout = HeldoutSet.from_config(cfg.env, cfg.engine, cfg.sandbox, cfg.trainer.heldout_tasks, engine, tokenizer,
+                                     processor)
     try:
         return heldout.success()
     finally:
@@ -71,10 +88,9 @@ def model_success(cfg: Any, model: Any, tokenizer: Any, processor: Any = None) -
         engine.close()
 
 
-def teacher_success(cfg: Any) -> float:
-    """The teacher's greedy success on the run's held-out set: the target "gap closed" is measured
-    against. It is generated in this process with the HF engine (whatever ``engine.name`` the student
-    uses), so ``trainer.eval_teacher=false`` is for teachers too big to load here."""
+def teacher_success(cfg: RunConfig) -> float:
+    """The teacher's greedy success on the run's held-out set, loaded and generated in this process with
+    the HF engine (benchmarks and scripts; a training run asks its teacher role instead)."""
     from reopold_agents.models import load_teacher
 
     loaded = load_teacher(cfg.model)

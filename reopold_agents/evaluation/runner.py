@@ -21,6 +21,7 @@ import torch
 
 from reopold_agents.config.engine import EngineConfig
 from reopold_agents.config.eval import BenchmarkConfig, EvalConfig
+from reopold_agents.engines.base import SamplingParams
 from reopold_agents.evaluation.aggregate import benchmark_metrics, overall_metrics
 from reopold_agents.evaluation.answers import extract_answer, vote_key
 from reopold_agents.evaluation.records import SAMPLES_FILE, RecordStore, SampleRecord
@@ -115,7 +116,7 @@ class BenchmarkRunner:
 
     def run(self, chunk: Chunk, suite_seed: int) -> list[Trajectory]:
         prompts = [{"seed": eval_reset_seed(suite_seed, t, s), "options": {"task_index": t}} for t, s in chunk.pairs]
-        return self.rollout.run(prompts, self.bench.sampling.params(seed=chunk.seed))
+        return self.rollout.run(prompts, SamplingParams.from_config(self.bench.sampling, seed=chunk.seed))
 
     def close(self) -> None:
         self.rollout.close()

@@ -7,6 +7,9 @@ surrogate); its siblings are small modules that reuse its pieces. Add an objecti
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms
 from reopold_agents.objectives.dapo import DAPO
 from reopold_agents.objectives.gkd import GKD, DenseKL
@@ -26,13 +29,31 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
-def make_objective(cfg, total_steps: int) -> Objective:
-    """The objective ``cfg.name`` names (an ``AlgoConfig``), for a run of ``total_steps`` learner steps."""
+def objective_class(name: str) -> type[Objective]:
+    """The class ``algo.name`` names: its class-level facts (``keys``, ``needs_teacher``) without building it."""
     try:
-        cls = OBJECTIVES[cfg.name]
+        return OBJECTIVES[name]
     except KeyError:
-        raise ValueError(f"algo.name: {cfg.name!r} is not one of {sorted(OBJECTIVES)}") from None
-    return cls(cfg, total_steps)
+        raise ValueError(f"algo.name: {name!r} is not one of {sorted(OBJECTIVES)}") from None
 
 
-__all__ = ["OBJECTIVES", "Forward", "Objective", "TokenTerms", "make_objective"]
+def check_algo(cfg: AlgoConfig) -> None:
+    """The objective exists, every ``algo.*`` key it does not read keeps its default (it would otherwise be
+    silently ignored), and its own checks pass; raise ValueError('key: why') (run start-up, the learner)."""
+    if cfg.name not in OBJECTIVES:
+        raise ValueError(f"name: {cfg.name!r} is not one of {sorted(OBJECTIVES)}")
+    cls = OBJECTIVES[cfg.name]
+    reads = set(cls.keys) | {"name"}
+    default = AlgoConfig()
+    for f in fields(cfg):
+        if f.name not in reads and getattr(cfg, f.name) != getattr(default, f.name):
+            raise ValueError(f"{f.name}: algo={cfg.name} does not read it (it reads {', '.join(sorted(reads - {'name'}))})")
+    cls.check_config(cfg)
+
+
+def make_objective(cfg: AlgoConfig, total_steps: int) -> Objective:
+    """The objective ``cfg.name`` names, for a run of ``total_steps`` learner steps."""
+    return objective_class(cfg.name)(cfg, total_steps)
+
+
+__all__ = ["OBJECTIVES", "Forward", "Objective", "TokenTerms", "check_algo", "make_objective", "objective_class"]

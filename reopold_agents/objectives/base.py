@@ -26,11 +26,12 @@ class TokenTerms:
     advantages: torch.Tensor  # [B, T] A_t, 0 on non-trainable tokens, no grad
     reward: torch.Tensor | None  # [B, T] raw token reward r_t; None without teacher log-probs
     clipped: torch.Tensor  # [B, T] bool: tokens whose reward was raised to the clip floor
+    kept: torch.Tensor | None = None  # [B] bool: sequences the objective keeps (DAPO's dynamic sampling); None: all
 
     def rows(self, idx: torch.Tensor) -> "TokenTerms":
         """The terms of sequences ``idx`` (a minibatch)."""
-        pick = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731
-        return TokenTerms(pick(self.advantages), pick(self.reward), pick(self.clipped))
+        pick = lambda t: None if t is None else t.index_select(0, idx.to(t.device))  # noqa: E731
+        return TokenTerms(pick(self.advantages), pick(self.reward), pick(self.clipped), pick(self.kept))
 
 
 @dataclass
@@ -74,6 +75,19 @@ class Objective(ABC):
     def needs_entropy(self, step: int) -> bool:
         """Whether ``select`` at ``step`` ranks tokens by the student's entropy."""
         return False
+
+    def normaliser(self, mask: torch.Tensor) -> float:
+        """What the loss divides by over ``mask`` (``algo.aggregation``): the selected tokens (token_mean) or
+        the sequences with any (seq_mean). A learner that splits a batch weights each part by its share."""
+        if self.cfg.aggregation == "seq_mean":
+            return float((mask.sum(-1) > 0).sum())
+        return float(mask.sum())
+
+    @property
+    def batch_normalised(self) -> bool:
+        """Whether a minibatch's loss is normalised by the whole batch's selected tokens (token_mean: the
+        minibatch gradients add up to the batch mean's), not by its own."""
+        return self.cfg.aggregation == "token_mean"
 
     @abstractmethod
     def token_terms(self, batch: Batch) -> TokenTerms:

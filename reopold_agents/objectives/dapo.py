@@ -53,15 +53,17 @@ class DAPO(Objective):
         mask = batch.loss_mask
         rewards = batch.rewards.float() + overlong_penalty(mask.sum(dim=-1), self.cfg.overlong_max_tokens,
                                                           self.cfg.overlong_buffer)
-        self.kept = mixed_groups(rewards, batch.group_ids)
         adv = group_advantages(rewards, batch.group_ids, self.cfg.grpo_std_norm)[:, None] * mask
-        return TokenTerms(advantages=adv.detach(), reward=None, clipped=torch.zeros_like(mask, dtype=torch.bool))
+        return TokenTerms(advantages=adv.detach(), reward=None, clipped=torch.zeros_like(mask, dtype=torch.bool),
+                          kept=mixed_groups(rewards, batch.group_ids))
 
     def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
                entropy: torch.Tensor | None) -> torch.Tensor:
-        return (loss_mask > 0) & self.kept.to(loss_mask.device)[:, None]
+        assert terms.kept is not None
+        return (loss_mask > 0) & terms.kept.to(loss_mask.device)[:, None]
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
         loss, stats = surrogate_loss(fwd, self.cfg)
-        stats["dapo_kept_groups"] = float(self.kept.float().mean())
+        assert fwd.terms.kept is not None
+        stats["dapo_kept_groups"] = float(fwd.terms.kept.float().mean())  # of this minibatch's sequences
         return loss, stats

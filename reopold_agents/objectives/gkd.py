@@ -52,30 +52,32 @@ class GKD(Objective):
         zeros = torch.zeros_like(batch.loss_mask)
         return TokenTerms(advantages=zeros, reward=None, clipped=zeros.bool())
 
+    direction_stat: ClassVar[str] = "topk_kl"  # the logged stat
+
+    @property
+    def direction(self) -> str:
+        return self.cfg.gkd_direction
+
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
         if fwd.student_topk is None or fwd.teacher_topk is None:
-            raise ValueError("algo 'gkd' needs student and teacher top-k log-probs")
-        kl = topk_kl(fwd.student_topk, fwd.teacher_topk, self.cfg.gkd_direction)
+            raise ValueError(f"algo {self.cfg.name!r} needs the student's and the teacher's top-k log-probs")
+        kl = topk_kl(fwd.student_topk, fwd.teacher_topk, self.direction)
         n = max(int(fwd.mask.sum()), 1)
         weighted = kl if fwd.weights is None else kl * fwd.weights.detach()
         return (aggregate(weighted, fwd.mask, self.cfg.aggregation, fwd.token_norm),
-                {"topk_kl": float((kl.detach() * fwd.mask).sum()) / n})
+                {self.direction_stat: float((kl.detach() * fwd.mask).sum()) / n})
 
 
 class DenseKL(GKD):
     """``algo=dense_kl``: reverse KL(student || teacher) over the full vocabulary at every student token."""
 
     keys: ClassVar[tuple[str, ...]] = ("aggregation",)
+    direction_stat: ClassVar[str] = "dense_kl"
 
     @property
     def teacher_topk(self) -> int:
         return FULL_VOCAB
 
-    def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
-        if fwd.student_topk is None or fwd.teacher_topk is None:
-            raise ValueError("algo 'dense_kl' needs the student's and the teacher's full-vocabulary log-probs")
-        kl = topk_kl(fwd.student_topk, fwd.teacher_topk, "reverse")
-        n = max(int(fwd.mask.sum()), 1)
-        weighted = kl if fwd.weights is None else kl * fwd.weights.detach()
-        return (aggregate(weighted, fwd.mask, self.cfg.aggregation, fwd.token_norm),
-                {"dense_kl": float((kl.detach() * fwd.mask).sum()) / n})
+    @property
+    def direction(self) -> str:
+        return "reverse"

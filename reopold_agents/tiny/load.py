@@ -15,32 +15,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from reopold_agents.config.tiny_pairs import TINY_PAIRS
+
 log = logging.getLogger(__name__)
 
 BUILD_INFO = "build_info.json"
 SHIPPED_DIR = Path(__file__).parent / "assets"
 
 # Architecture of each role (the SFT recipes in recipes.py train models of these sizes).
-VL_PAIRS = ("tiny_vl", "tiny_vl_bed")  # the Qwen2.5-VL pairs (image processor, vision tower); the rest are Qwen2
-
-
 def is_vl_pair(name: str) -> bool:
-    return name in VL_PAIRS
+    """A Qwen2.5-VL pair (image processor, vision tower); the rest are Qwen2 (``config/tiny_pairs.py``)."""
+    return TINY_PAIRS[name].vl
 
 
 TINY_SIZES: dict[tuple[str, str], dict[str, int]] = {
-    ("tiny", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
-    ("tiny", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
-    ("tiny_toolqa", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
-    ("tiny_toolqa", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
-    ("tiny_math", "student"): dict(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=192),
-    ("tiny_math", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
-    ("tiny_toolqa_bed", "student"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
-    ("tiny_toolqa_bed", "teacher"): dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256),
-    ("tiny_vl_bed", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
-    ("tiny_vl_bed", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),
-    ("tiny_vl", "student"): dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
-    ("tiny_vl", "teacher"): dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192),
+    (name, role): pair.sizes(role) for name, pair in TINY_PAIRS.items() for role in ("student", "teacher")
 }
 
 

@@ -33,8 +33,7 @@ from torch import nn
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.config.distributed import DistributedConfig
 from reopold_agents.config.trainer import TrainerConfig
-from reopold_agents.learner import Learner, StepPlan, _Accumulator
-from reopold_agents.models import freeze_vision_tower
+from reopold_agents.learner import MAX_KEYS, MIN_KEYS, Learner, StepPlan, _Accumulator
 from reopold_agents.trajectory import Batch
 
 try:
@@ -79,18 +78,21 @@ class AccelerateLearner(Learner):
         self.dcfg = dcfg
         self.accelerator = accelerator if accelerator is not None else make_accelerator(dcfg)
         self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
-        if trainer.freeze_vision:
-            freeze_vision_tower(model)  # before FSDP flattens the parameters
-        if self.fsdp:
-            # FSDP shards parameters in place: wrap the model before the optimizer sees its parameters.
-            model = self.accelerator.prepare_model(model)
-        else:
-            # No DDP wrapper: the memory-lean log-prob path calls the base model and the LM head
-            # directly (bypassing a wrapper's forward), so gradients are averaged by `_sync_grads`.
-            model = model.to(self.accelerator.device)
         super().__init__(model, algo, trainer, logprob_chunk_size=logprob_chunk_size,
                          recompute_old_logprobs=recompute_old_logprobs)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        model = super()._prepare_model(model)  # the vision tower frozen before FSDP flattens the parameters
+        if self.fsdp:
+            # FSDP shards parameters in place: wrap the model before the optimizer sees its parameters.
+            return self.accelerator.prepare_model(model)
+        # No DDP wrapper: the memory-lean log-prob path calls the base model and the LM head directly
+        # (bypassing a wrapper's forward), so gradients are averaged by `_sync_grads`.
+        return model.to(self.accelerator.device)
+
+    def _ranks_in_forward(self, single_pass: bool) -> bool:
+        return False  # micro-batches never see the whole batch: rank from one pre-pass (Learner.step)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -113,47 +115,37 @@ class AccelerateLearner(Learner):
     def step(self, batch: Batch, step: int) -> dict[str, float]:
         with self.accelerator.autocast():
             metrics = super().step(batch, step)
-        if self.accelerator.num_processes > 1:
-            metrics = self._global_metrics(metrics)
         metrics["grad_accumulation"] = float(self.dcfg.grad_accumulation)
         metrics["learner_ranks"] = float(self.accelerator.num_processes)
         return metrics
 
-    def _global_metrics(self, m: dict[str, float]) -> dict[str, float]:
-        """Token statistics over every rank's shard (loss and grad norm are global already), so a
-        multi-rank step reports what one process would on the whole batch."""
+    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        """Every rank's token totals, gathered once and combined (sums; min/max for the reward extremes), so
+        a multi-rank step reports what one process would on the whole batch, per-teacher counts included
+        (ranks may have seen different teachers). Loss and grad norm are global already."""
+        if self.accelerator.num_processes == 1:
+            return totals
         import torch.distributed as dist
 
-        tok, sel = m["num_tokens"], m["num_selected"]
-        mean, std = m["reward_mean"], m["reward_std"]
-        sums = torch.tensor([tok, sel, m["frac_clipped"] * sel, m["entropy_mean"] * tok, mean * tok,
-                             (std * std + mean * mean) * tok], dtype=torch.float64)
-        tok, sel, clipped, ent, r1, r2 = self._all_sum(sums).tolist()
-        dev = self.accelerator.device  # NCCL reduces CUDA tensors only
-        lo = torch.tensor([m["reward_min"] if m["num_tokens"] else float("inf")], dtype=torch.float64, device=dev)
-        hi = torch.tensor([m["reward_max"] if m["num_tokens"] else float("-inf")], dtype=torch.float64, device=dev)
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        out = dict(m)
-        out.update(
-            num_tokens=tok,
-            num_selected=sel,
-            frac_selected=sel / tok if tok else 0.0,
-            frac_clipped=clipped / sel if sel else 0.0,
-            entropy_mean=ent / tok if tok else 0.0,
-        )
-        if tok:
-            r_mean = r1 / tok
-            out.update(reward_mean=r_mean, reward_std=max(r2 / tok - r_mean * r_mean, 0.0) ** 0.5,
-                       reward_min=float(lo.item()), reward_max=float(hi.item()))
+        gathered: list[dict[str, float] | None] = [None] * self.accelerator.num_processes
+        dist.all_gather_object(gathered, totals)
+        out: dict[str, float] = {}
+        for part in gathered:
+            assert part is not None
+            for key, value in part.items():
+                if key not in out:
+                    out[key] = value
+                elif key in MIN_KEYS:
+                    out[key] = min(out[key], value)
+                elif key in MAX_KEYS:
+                    out[key] = max(out[key], value)
+                else:
+                    out[key] += value
         return out
 
     def _minibatch(self, plan: StepPlan, idx: torch.Tensor, acc: _Accumulator, first_epoch: bool) -> None:
-        batch = plan.batch
         select = plan.select
-        if select is None:
-            # The entropy rule ranks tokens over the whole minibatch, not per micro-batch.
-            select = self.objective.select(plan.step, batch.loss_mask, plan.terms, self._entropy(batch, [idx]))
+        assert select is not None  # decided once in Learner.step (``_ranks_in_forward`` is False here)
         batch_norm = plan.token_norm  # this rank's selected tokens of the whole batch (None: one pass)
         # Micro-batch losses are micro-batch means; the shares below carry the normaliser instead.
         plan = dataclasses.replace(plan, select=select, token_norm=None)
@@ -162,17 +154,17 @@ class AccelerateLearner(Learner):
         # The loss normaliser of the minibatch over *all* ranks (selected tokens, or sequences with one):
         # each micro-batch's loss is weighted by its share, times `world` because DDP/FSDP average
         # gradients over ranks; so any split over ranks and micro-batches gives the one-pass gradient.
-        global_norm = self._all_sum(torch.tensor([self._norm(mask)]))[0].item()
+        global_norm = self._all_sum(torch.tensor([self.objective.normaliser(mask)]))[0].item()
         if global_norm == 0:
             acc.skip(empty=True)  # every rank agrees (same reduced number), so no rank waits in a collective
             return
         # token_mean over several minibatches: normalised by the whole batch's selected tokens (all ranks),
         # as the plain Learner does, so minibatch gradients add up to the batch mean's.
         denom = global_norm
-        if self.algo.aggregation == "token_mean" and batch_norm is not None:
+        if self.objective.batch_normalised and batch_norm is not None:
             denom = self._all_sum(torch.tensor([batch_norm]))[0].item()
         micro = [m for m in idx.tensor_split(min(self.dcfg.grad_accumulation, idx.numel())) if m.numel()]
-        shares = [self._norm(select.index_select(0, m)) / denom for m in micro]
+        shares = [self.objective.normaliser(select.index_select(0, m)) / denom for m in micro]
         stat_keys: list[str] = []
         contrib: list[float] = [0.0]  # [loss, *stats], each weighted by its micro-batch's share
         for j, (m, share) in enumerate(zip(micro, shares)):
@@ -218,12 +210,6 @@ class AccelerateLearner(Learner):
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
-
-    def _norm(self, mask: torch.Tensor) -> float:
-        """The aggregation's normaliser: selected tokens (token_mean) or sequences with one (seq_mean)."""
-        if self.algo.aggregation == "seq_mean":
-            return float((mask.sum(-1) > 0).sum())
-        return float(mask.sum())
 
     def _all_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum over learner ranks (identity in one process)."""

@@ -19,7 +19,7 @@ one token and ``v_t`` is the teacher's own token log-prob (the same-tokenizer pa
 than crediting one token keeps every token's reward a real log-ratio (REOPOLD's clipping and entropy
 selection see no artificial ``-log pi_old`` rewards on uncredited tokens).
 
-Offsets are *byte* offsets into ``text.encode("utf-8")`` (see ``token_pieces``): a byte-level token
+Offsets are *byte* offsets into ``text.encode("utf-8")`` (see ``pieces``): a byte-level token
 holding half an emoji and three byte-fallback tokens of one CJK character both have exact spans, and a
 cut inside a character is allowed only where both sides cut. Zero-width tokens (special tokens the
 decoded text skips) join the segment that starts where they sit. An end-of-turn token (student EOS,

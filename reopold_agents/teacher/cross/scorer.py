@@ -1,62 +1,68 @@
-"""Cross-tokenizer teacher scoring: fills ``Trajectory.teacher_logprobs`` when the teacher tokenizes differently.
+"""Cross-tokenizer teacher scoring: log pi_T of the student's tokens when the teacher tokenizes differently.
 
-Per trajectory: the teacher reads the conversation under its own chat template (``teacher_render``),
-one forward pass gives its log-prob of every token of every assistant text (and of its end-of-turn
-token), and ``cross_tokenizer.align_turn`` re-expresses them on the student's tokens so that per turn
+Per row: the teacher reads the conversation under its own chat template (``render``), one forward pass
+gives its log-prob of every token of every assistant text (and of its end-of-turn token), and
+``align.align_turn`` re-expresses them on the student's tokens so that per turn
 ``sum(teacher_logprobs - rollout_logprobs) == log pi_T(text) - log pi_old(text)`` exactly.
 
 What is scored: only the assistant text the student generated, plus its closing EOS when the student
 generated one (credited with the teacher's own end-of-turn token). Prompts, tool schemas and tool/env
 text are context only. A turn that cannot be aligned (the teacher's template changed its text, the
 student's ids do not spell the text the env received, e.g. a sampled half of a UTF-8 character) is
-*masked*: its tokens get ``loss_mask`` 0 and reward 0 (teacher_logprobs = rollout_logprobs), and the
-reason is listed in ``Trajectory.info["cross_tokenizer_masked"]``. Never silently mis-scored.
+*masked*: its tokens leave the loss mask, and the reason is listed in ``TeacherScores.masked_turns``.
+Never silently mis-scored.
 
-Not supported here (raise): GKD top-k (the teacher's top-k ids live in another vocabulary) and images.
+Not supported here (raise): top-k objectives (the teacher's top-k ids live in another vocabulary) and images.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from reopold_agents.cross_tokenizer import AlignmentError, align_turn
-from reopold_agents.teacher_render import TeacherView, assistant_text, render_teacher_view
-from reopold_agents.token_pieces import TokenPieces, byte_spans, pieces_of_text
-from reopold_agents.trajectory import Trajectory
-
-MASKED_KEY = "cross_tokenizer_masked"
-
-
-@dataclass
-class Conversation:
-    """What the teacher renders: the env's whole conversation (final observation) and its tool schemas."""
-
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None = None
+from reopold_agents.teacher.cross.align import AlignmentError, align_turn
+from reopold_agents.teacher.cross.pieces import TokenPieces, byte_spans, pieces_of_text
+from reopold_agents.teacher.cross.render import TeacherTurn, TeacherView, assistant_text, render_teacher_view
+from reopold_agents.teacher.scores import TeacherScores
+from reopold_agents.teacher.tokenizers import Tokenizer
+from reopold_agents.trajectory import Batch, Conversation
 
 
 @dataclass
 class StudentTurn:
-    """One assistant turn's generated tokens: their trajectory positions and whether it ended with EOS."""
+    """One assistant turn's generated tokens: their row positions and whether it ended with EOS."""
 
     positions: list[int]
     ids: list[int]
     closed: bool
 
 
-def student_turns(traj: Trajectory, eos_id: int) -> list[StudentTurn]:
-    """Split a trajectory's generated tokens into turns (``Trajectory.turns[k]["num_generated"]``)."""
-    generated = [i for i, m in enumerate(traj.loss_mask) if m]
-    counts = [int(t["num_generated"]) for t in traj.turns]
-    if sum(counts) != len(generated):
-        raise ValueError(f"trajectory turns account for {sum(counts)} generated tokens, loss_mask has {len(generated)}")
+@dataclass
+class StudentRow:
+    """One batch row as the student wrote it: ids, which of them it generated, their rollout log-probs."""
+
+    ids: list[int]
+    generated: list[int]  # positions of the student's tokens
+    rollout_logprobs: list[float]
+
+    @classmethod
+    def of(cls, batch: Batch, row: int) -> "StudentRow":
+        n = int(batch.lengths()[row])
+        mask = batch.loss_mask[row, :n].tolist()
+        return cls(batch.input_ids[row, :n].tolist(), [i for i, m in enumerate(mask) if m],
+                   batch.old_logprobs[row, :n].double().tolist())
+
+
+def student_turns(row: StudentRow, turn_lengths: list[int], eos_id: int) -> list[StudentTurn]:
+    """Split a row's generated tokens into its assistant turns (``Conversation.turn_lengths``)."""
+    if sum(turn_lengths) != len(row.generated):
+        raise ValueError(f"the row's turns account for {sum(turn_lengths)} generated tokens, its loss mask has "
+                         f"{len(row.generated)}")
     out, pos = [], 0
-    for n in counts:
-        positions = generated[pos : pos + n]
-        ids = [traj.token_ids[i] for i in positions]
+    for n in turn_lengths:
+        positions = row.generated[pos : pos + n]
+        ids = [row.ids[i] for i in positions]
         out.append(StudentTurn(positions=positions, ids=ids, closed=bool(ids) and ids[-1] == eos_id))
         pos += n
     return out
@@ -67,10 +73,10 @@ class CrossTokenizerTeacher:
 
     def __init__(
         self,
-        student_tokenizer: Any,
-        teacher_tokenizer: Any,
+        student_tokenizer: Tokenizer,
+        teacher_tokenizer: Tokenizer,
         model: torch.nn.Module,
-        template_kwargs: dict[str, Any] | None = None,
+        template_kwargs: dict[str, object] | None = None,
         chunk_size: int = 1024,
         batch_size: int = 8,
     ) -> None:
@@ -85,18 +91,23 @@ class CrossTokenizerTeacher:
         self.student_pieces = TokenPieces(student_tokenizer)
         self.teacher_pieces = TokenPieces(teacher_tokenizer)
 
-    def score(self, trajectories: list[Trajectory], conversations: list[Conversation]) -> list[Trajectory]:
-        """Fill ``teacher_logprobs`` of every trajectory in place (masking unalignable turns); return them."""
-        if len(trajectories) != len(conversations):
-            raise ValueError(f"{len(trajectories)} trajectories but {len(conversations)} conversations")
+    def score(self, batch: Batch) -> TeacherScores:
+        """The teacher's log-probs credited to each row's student tokens; unalignable turns leave the loss mask."""
+        conversations = batch.conversations
+        if conversations is None or len(conversations) != len(batch):
+            raise ValueError("cross-tokenizer scoring needs each row's conversation (Batch.conversations)")
+        if batch.model_inputs:
+            raise ValueError("cross-tokenizer scoring of conversations with images is not supported")
         for conv in conversations:
             if any(isinstance(m.get("content"), list) and any(p.get("type") == "image" for p in m["content"]) for m in conv.messages):
                 raise ValueError("cross-tokenizer scoring of conversations with images is not supported")
         views = [render_teacher_view(self.tokenizer, c.messages, c.tools, self.template_kwargs, self.teacher_pieces) for c in conversations]
         logprobs = self._teacher_logprobs(views)
-        for traj, conv, view, lps in zip(trajectories, conversations, views, logprobs):
-            self._credit(traj, conv, view, lps)
-        return trajectories
+        scores = TeacherScores.empty(batch.loss_mask)
+        for row, (conv, view, lps) in enumerate(zip(conversations, views, logprobs)):
+            self._credit(scores, row, StudentRow.of(batch, row), conv, view, lps)
+        scores.loss_mask[:, 0] = 0  # as collate: the first token is never a target
+        return scores
 
     @torch.no_grad()
     def _teacher_logprobs(self, views: list[TeacherView]) -> list[list[float]]:
@@ -135,25 +146,28 @@ class CrossTokenizerTeacher:
             self.model.train(was_training)
         return out
 
-    def _credit(self, traj: Trajectory, conv: Conversation, view: TeacherView, teacher_lps: list[float]) -> None:
-        turns = student_turns(traj, self.student_tokenizer.eos_token_id)
+    def _credit(self, scores: TeacherScores, row: int, student: StudentRow, conv: Conversation, view: TeacherView,
+                teacher_lps: list[float]) -> None:
+        """Write row ``row``'s credited teacher log-probs into ``scores``; mask (and list) turns that fail."""
+        turns = student_turns(student, conv.turn_lengths, self.student_tokenizer.eos_token_id)
         texts = [assistant_text(m) for m in conv.messages if m.get("role") == "assistant"]
         if len(texts) != len(turns):
-            raise ValueError(f"the conversation has {len(texts)} assistant turns, the trajectory {len(turns)}")
-        values = [0.0] * len(traj)
+            raise ValueError(f"the conversation has {len(texts)} assistant turns, the row {len(turns)}")
         problems: list[str] = []
         for k, (st, text, tt) in enumerate(zip(turns, texts, view.turns)):
-            problem = tt.problem or self._credit_turn(traj, st, text, tt, teacher_lps, values)
+            values: dict[int, float] = {}
+            problem = tt.problem or self._credit_turn(student, st, text, tt, teacher_lps, values)
             if problem:
                 problems.append(f"turn {k}: {problem}")
-                for i in st.positions:
-                    traj.loss_mask[i] = 0
-                    values[i] = traj.rollout_logprobs[i]
-        traj.teacher_logprobs = values
-        traj.info[MASKED_KEY] = problems
+                scores.loss_mask[row, st.positions] = 0
+                continue
+            for i, v in values.items():
+                scores.logprobs[row, i] = v
+        scores.masked_turns[row] = problems
 
-    def _credit_turn(self, traj: Trajectory, st: StudentTurn, text: str, tt: Any, teacher_lps: list[float], values: list[float]) -> str:
-        """Write the turn's credited values into ``values``; return a problem (masks the turn) or ""."""
+    def _credit_turn(self, student: StudentRow, st: StudentTurn, text: str, tt: TeacherTurn, teacher_lps: list[float],
+                     values: dict[int, float]) -> str:
+        """Put the turn's credited values into ``values`` (position -> log-prob); return a problem (masks the turn) or ""."""
         if not st.ids:
             return ""
         content = st.ids[:-1] if st.closed else st.ids
@@ -173,7 +187,7 @@ class CrossTokenizerTeacher:
             length += 1
         if not t_spans:
             return "the teacher has no tokens for a non-empty turn"
-        s_lps = [traj.rollout_logprobs[i] for i in st.positions]
+        s_lps = [student.rollout_logprobs[i] for i in st.positions]
         try:
             credit = align_turn(s_spans, s_lps, t_spans, t_lps, length)
         except AlignmentError as e:

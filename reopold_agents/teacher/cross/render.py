@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reopold_agents.token_pieces import TokenPieces, byte_spans, pieces_of_text
+from reopold_agents.teacher.cross.pieces import TokenPieces, byte_spans, pieces_of_text
 
 _SENTINEL = "\u2063reopold-assistant-turn-{}\u2063"  # invisible separators: no template rewrites them
 

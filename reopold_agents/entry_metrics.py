@@ -1,7 +1,8 @@
-"""Per-env and per-teacher metrics of a multi-task step (nothing for a single-env run).
+"""Per-entry and per-teacher metrics of a step.
 
-``env/<entry>/*`` groups the step's episodes by ``Trajectory.info["env"]``; ``teacher/<label>/*`` groups
-the batch rows by ``Batch.teachers`` (the routed teacher's label). The learner adds
+``env/<entry>/*`` groups the step's episodes by ``Trajectory.entry``; ``teacher/<label>/*`` groups the
+batch rows by ``Batch.teachers`` (the label of the teacher that scored them, written with the scores)
+and reads each teacher's scoring time from ``TeacherScores.seconds``. The learner adds
 ``teacher/<label>/frac_selected`` and ``frac_clipped`` (``learner._Accumulator``), from its own token
 masks, since only it knows which tokens the objective selected.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from reopold_agents.metrics import summarize
+from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -42,9 +44,8 @@ def env_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float
     """``env/<entry>/{episodes,reward,success,response_tokens,turns,log_ratio_mean}`` per mix entry."""
     groups: dict[str, list[int]] = {}
     for row, traj in enumerate(trajectories):
-        name = traj.info.get("env")
-        if name is not None:
-            groups.setdefault(str(name), []).append(row)
+        if traj.entry:
+            groups.setdefault(traj.entry, []).append(row)
     out: dict[str, float] = {}
     for name, rows in groups.items():
         key = f"env/{name}"
@@ -56,7 +57,7 @@ def env_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float
     return out
 
 
-def teacher_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
+def teacher_metrics(batch: Batch, scores: TeacherScores | None) -> dict[str, float]:
     """``teacher/<label>/{rows,tokens,score_s,log_ratio/{mean,std,min,max,p10,p50,p90}}`` per routed teacher."""
     if batch.teachers is None:
         return {}
@@ -69,7 +70,7 @@ def teacher_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, f
         ratios = log_ratios(batch, rows)
         out[f"{key}/rows"] = float(len(rows))
         out[f"{key}/tokens"] = float(ratios.numel())
-        out[f"{key}/score_s"] = sum(float(trajectories[r].info.get("teacher_score_s", 0.0)) for r in rows)
+        out[f"{key}/score_s"] = 0.0 if scores is None else float(scores.seconds.get(label, 0.0))
         out.update(summarize(f"{key}/log_ratio", ratios.tolist()))
         if ratios.numel():
             qs = torch.quantile(ratios.double(), torch.tensor(QUANTILES, dtype=torch.float64))
@@ -78,6 +79,9 @@ def teacher_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, f
     return out
 
 
-def mix_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
-    """Both groups; ``{}`` when no trajectory names an entry and no row a teacher (single-env runs)."""
-    return {**env_metrics(trajectories, batch), **teacher_metrics(trajectories, batch)}
+def entry_metrics(trajectories: list[Trajectory], batch: Batch, scores: TeacherScores | None) -> dict[str, float]:
+    """Both groups, and ``teacher/masked_turns`` (turns a teacher could not score, e.g. unalignable text)."""
+    out = {**env_metrics(trajectories, batch), **teacher_metrics(batch, scores)}
+    if scores is not None:
+        out["teacher/masked_turns"] = float(sum(len(m) for m in scores.masked_turns))
+    return out
