@@ -50,7 +50,7 @@ def _need_real():
 
 
 def _toolqa_conversation():
-    from reopold_agents.cross_teacher import Conversation
+    from reopold_agents.trajectory import Conversation
 
     env = ra.make_env("toolqa", seed=0)
     env.reset(seed=0)
@@ -64,10 +64,10 @@ def test_packaged_real_models_load_generate_and_cross_score():
     _need_real()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reopold_agents.cross_teacher import CrossTokenizerTeacher
     from reopold_agents.gguf import resolve_gguf
-    from reopold_agents.teacher_render import render_teacher_view
-    from reopold_agents.trajectory import Trajectory
+    from reopold_agents.teacher import CrossTokenizerTeacher
+    from reopold_agents.teacher.cross.render import render_teacher_view
+    from reopold_agents.trajectory import Trajectory, collate
 
     loaded = {}
     for name, vocab in [("smollm2-135m-instruct", 49_152), ("qwen2.5-coder-0.5b-instruct", 151_936)]:
@@ -102,7 +102,8 @@ def test_packaged_real_models_load_generate_and_cross_score():
 
     # A SmolLM2 student trajectory of the same conversation (its own template and ids), scored by Qwen.
     smol = loaded["smollm2-135m-instruct"][0]
-    traj, texts = Trajectory(), [m["content"] for m in conv.messages if m["role"] == "assistant"]
+    traj = Trajectory(messages=conv.messages, tools=conv.tools)  # what the scorer renders for the teacher
+    texts = [m["content"] for m in conv.messages if m["role"] == "assistant"]
     from reopold_agents.chat import encode_env_turn, encode_prompt
 
     first = next(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
@@ -118,9 +119,12 @@ def test_packaged_real_models_load_generate_and_cross_score():
         if k == 0:
             traj.append_env(encode_env_turn(smol_tok, conv.messages[first + 1 : first + 2], False, conv.tools).ids)
     t0 = time.perf_counter()
-    CrossTokenizerTeacher(smol_tok, qwen_tok, qwen).score([traj], [conv])
+    batch = collate([traj], smol_tok.pad_token_id if smol_tok.pad_token_id is not None else 0)
+    scores = CrossTokenizerTeacher(smol_tok, qwen_tok, qwen).score(batch)
+    scores.apply_to(batch)
     print(f"cross-tokenizer scoring of {len(traj)} student tokens: {time.perf_counter() - t0:.1f} s")
-    assert traj.info["cross_tokenizer_masked"] == []
+    assert scores.masked_turns == [[]]
+    teacher_lps = batch.teacher_logprobs[0].double().tolist()
     gen = [i for i, m in enumerate(traj.loss_mask) if m]
     pos = 0
     for k, m_idx in enumerate(i for i, m in enumerate(conv.messages) if m["role"] == "assistant"):
@@ -131,7 +135,7 @@ def test_packaged_real_models_load_generate_and_cross_score():
         teacher_sum = sum(float(lps[len(ctx) - 1 + j, t]) for j, t in enumerate(tgt))
         idx = gen[pos : pos + traj.turns[k]["num_generated"]]
         pos += len(idx)
-        reward_sum = sum(traj.teacher_logprobs[i] - traj.rollout_logprobs[i] for i in idx)
+        reward_sum = sum(teacher_lps[i] - traj.rollout_logprobs[i] for i in idx)
         student_sum = sum(traj.rollout_logprobs[i] for i in idx)
         assert math.isfinite(teacher_sum)
         assert reward_sum == pytest.approx(teacher_sum - student_sum, abs=2e-3), k
