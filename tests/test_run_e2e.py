@@ -79,37 +79,31 @@ def test_eval_suite_is_logged_during_training(tmp_path):
 
 def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
     """No env token (prompt, tool output, nudges) has loss_mask 1; the teacher scores the student's ids."""
-    import reopold_agents.logprobs as logprobs
+    from collections import Counter
 
-    import reopold_agents.step as step_mod
+    import reopold_agents.logprobs as logprobs
 
     seen: list = []
     teacher_rows: list = []
-    scored: list[list[int]] = []
-    original_step = step_mod.train_step
-    in_step = [False]  # the preflight's probe is scored too, outside the steps
+    scored: list[tuple[int, ...]] = []  # every sequence the frozen teacher read since the last step
+    windows: list[tuple[Counter, Counter]] = []  # per step: (what the teacher read, the step's episodes)
 
-    def keep(*args, **kwargs):
-        in_step[0] = True
-        try:
-            result = original_step(*args, **kwargs)
-        finally:
-            in_step[0] = False
+    def on_step(result):
         seen.extend(result.trajectories)
         teacher_rows.extend(result.batch.teacher_logprobs.tolist())
-        return result
+        windows.append((Counter(scored), Counter(tuple(t.token_ids) for t in result.trajectories)))
+        scored.clear()
 
-    monkeypatch.setattr(step_mod, "train_step", keep)
     original_logprobs = logprobs.model_token_logprobs
 
     def spy(model, input_ids, attention_mask, *args, **kwargs):
-        if in_step[0] and not any(p.requires_grad for p in model.parameters()):  # the frozen teacher
-            scored.extend(row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), attention_mask.cpu()))
+        if not any(p.requires_grad for p in model.parameters()):  # the frozen teacher
+            scored.extend(tuple(row[m.bool()].tolist()) for row, m in zip(input_ids.cpu(), attention_mask.cpu()))
         return original_logprobs(model, input_ids, attention_mask, *args, **kwargs)
 
-    monkeypatch.setattr(logprobs, "model_token_logprobs", spy)  # teacher.py imports it at call time
+    monkeypatch.setattr(logprobs, "model_token_logprobs", spy)  # the teacher imports it at call time
     cfg = _cfg("toolqa", tmp_path / "run", "env.max_turns=3", "engine.sampling.max_new_tokens=20")
-    run_mod.train(cfg, progress=False)
+    run_mod.train(cfg, progress=False, on_step=on_step)
     from reopold_agents.tiny import build_tokenizer
 
     tok = build_tokenizer()
@@ -133,7 +127,13 @@ def test_masks_and_teacher_ids_at_run_level(tmp_path, monkeypatch):
         assert all(lp == 0.0 for lp, m in zip(teacher_lp, t.loss_mask) if not m)
         assert any(lp != 0.0 for lp, m in zip(teacher_lp, t.loss_mask) if m)
     # The teacher saw exactly the student's token ids (as a multiset of sequences: it batches by length).
-    assert sorted(map(tuple, scored)) == sorted(tuple(t.token_ids) for t in seen)
+    assert len(windows) == 2
+    (read0, episodes0), (read1, episodes1) = windows
+    assert read1 == episodes1
+    # Before step 0 the preflight scored one probe episode twice (teacher determinism); nothing else extra.
+    assert not episodes0 - read0
+    ((_, twice),) = (read0 - episodes0).items()
+    assert twice == 2
 
 
 def _params(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -172,8 +172,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
     class Crash(RuntimeError):
         pass
 
-    def crash(step, metrics):
-        if step == 3:
+    def crash(result):
+        if result.step + 1 == 3:
             raise Crash("simulated crash after step 3 (last checkpoint: step 2)")
 
     with pytest.raises(Crash):
@@ -182,7 +182,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
     a = _params(Path(full.output_dir) / "checkpoints" / "step_00000004" / "model")
     b = _params(Path(resumed.output_dir) / "checkpoints" / "step_00000004" / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in recs]  # noqa: E731
+    timing = lambda k: k.startswith("perf/") or k.endswith("/score_s")  # noqa: E731  (teacher/<label>/score_s)
+    strip = lambda recs: [{k: v for k, v in r.items() if not timing(k)} for r in recs]  # noqa: E731
     assert strip(read_metrics(full.output_dir)) == strip(read_metrics(resumed.output_dir))
     assert resumed.success_before == full.success_before and resumed.evals == full.evals
     assert resumed.teacher_success == full.teacher_success is not None  # kept in the checkpoint, not re-measured
