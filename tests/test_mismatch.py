@@ -118,12 +118,12 @@ def test_two_minibatch_loss_adds_up_to_the_batch_loss(tok):
 
 def test_recompute_defaults_on_when_the_engine_is_not_the_learners_module():
     from reopold_agents.config import compose
-    from reopold_agents.distributed.default_roles import DefaultLearner
+    from reopold_agents.roles import LearnerRole
 
     assert compose([]).trainer.recompute_old_logprobs is None  # auto
-    assert DefaultLearner(compose(["env=math"])).learner.recompute_old_logprobs is False  # hf shares the module
-    assert DefaultLearner(compose(["env=math", "engine=vllm"])).learner.recompute_old_logprobs is True
-    assert DefaultLearner(compose(["env=math", "engine=vllm", "trainer.recompute_old_logprobs=false"])
+    assert LearnerRole(compose(["env=math"])).learner.recompute_old_logprobs is False  # hf shares the module
+    assert LearnerRole(compose(["env=math", "engine=vllm"])).learner.recompute_old_logprobs is True
+    assert LearnerRole(compose(["env=math", "engine=vllm", "trainer.recompute_old_logprobs=false"])
                           ).learner.recompute_old_logprobs is False
     with pytest.raises(Exception, match="tis_cap"):
         compose(["trainer.tis_cap=-1"])
