@@ -329,7 +329,7 @@ def model_checks(cfg: RunConfig, backend: Backend, tasks: list[Any], student: To
         if scores is not None:
             scores.apply_to(scored)
     half = half_precision(cfg, learner=True)  # the engine takes over the learner's dtype
-    teacher_half = half_precision(cfg, learner=False) or cfg.model.teacher_engine == "vllm"  # vLLM: the saved dtype
+    teacher_half = half_precision(cfg, learner=False) or cfg.model.teacher_in_vllm  # vLLM: the saved dtype
     recompute = cfg.recomputes_old_logprobs
     temperature = float(cfg.engine.sampling.temperature)
     learner_lp = backend.ask("learner", "logprobs", batch)

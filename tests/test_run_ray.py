@@ -53,13 +53,35 @@ def private_cache(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def test_run_cli_on_ray_trains_checkpoints_and_resumes(private_cache, tmp_path):
+def test_run_cli_on_ray_trains_checkpoints_and_resumes(private_cache, tmp_path, monkeypatch):
     import ray
+    import transformers
+
+    import reopold_agents.models as models_mod
+    import reopold_agents.tiny.load as tiny_load
+
+    loads: list[str] = []  # every model load in this (the driver's) process; the actors are other processes
+
+    def counting(module, name):
+        inner = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            loads.append(f"{module.__name__}.{name}")
+            return inner(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counting(models_mod, "load_model")
+    counting(tiny_load, "load_tiny")
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModelForImageTextToText):
+        monkeypatch.setattr(auto, "from_pretrained", lambda *a, **k: loads.append("from_pretrained"))
 
     out = tmp_path / "run"
     run_mod.train(compose([*OVERRIDES, "trainer.total_steps=2", f"trainer.output_dir={out}"]), progress=False)
     assert not ray.is_initialized(), "the run must stop the local cluster it started"
+    assert loads == [], f"the driver loaded models: {loads}"  # the teacher's held-out success too came from its role
     records = read_metrics(out)
+    assert 0.0 <= records[0]["eval/teacher_success"] <= 1.0 and records[0]["eval/teacher/math/success"] == \
+        records[0]["eval/teacher_success"]
     assert [r["step"] for r in records] == [0, 1, 2]  # the final evaluation joins step 2's record
     step1, step2 = records[1], records[2]
     for key in ("loss", "policy_lag", "rollout/success", "teacher/log_ratio/mean", "frac_selected", "rollout/episodes"):

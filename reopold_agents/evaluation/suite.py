@@ -36,7 +36,7 @@ def _is_path(suite: str) -> bool:
     return suite.endswith((".yaml", ".yml")) or "/" in suite
 
 
-def _structured(schema: type, cfg: Any, prefix: str) -> Any:
+def _structured(schema: type, cfg: DictConfig | dict[str, Any], prefix: str) -> Any:
     try:
         if isinstance(cfg, DictConfig):  # plain data first: a key forced into a typed node must still fail
             cfg = OmegaConf.to_container(cfg, resolve=True)

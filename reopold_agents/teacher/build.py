@@ -67,7 +67,7 @@ def build_teacher(model_cfg: ModelConfig, student_tokenizer: Tokenizer, top_k: i
         from reopold_agents.engines.http_teacher import build_http_teacher
 
         return build_http_teacher(model_cfg, student_tokenizer, top_k=top_k)
-    if not model_cfg.teacher_in_process:  # vLLM prompt log-probs, same tokenizer only
+    if model_cfg.teacher_in_vllm:  # vLLM prompt log-probs, same tokenizer only
         from reopold_agents.engines import make_engine
 
         if engine_cfg is None:

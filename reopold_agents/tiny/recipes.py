@@ -460,7 +460,7 @@ def _start_model(recipe: TinyRecipe, role: str, tokenizer: Any) -> torch.nn.Modu
 
 
 @torch.no_grad()
-def _greedy_success(model: torch.nn.Module, tokenizer: Any, processor: Any, env_factory: Any, env_cfg: Any,
+def _greedy_success(model: torch.nn.Module, tokenizer: Any, processor: Any, env_factory: Any, env_cfg: EnvConfig,
                     num_tasks: int, max_new_tokens: int, batch_size: int = 32) -> float:
     """Greedy success of a freshly built model on held-out tasks, through the real rollout path."""
     from reopold_agents.engines.hf import HFEngine
