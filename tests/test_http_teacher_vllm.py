@@ -130,24 +130,26 @@ def _one_thread():
 
 @pytest.mark.parametrize("env", ["math", "toolqa"])
 def test_http_teacher_equals_the_in_process_teacher(server, env):
-    from reopold_agents.distributed.default_roles import DefaultRollout
-    from reopold_agents.engines.http_teacher import HTTPTeacherClient
     from reopold_agents.config.schema import resolve_tiny
+    from reopold_agents.distributed.chunks import Chunk
+    from reopold_agents.engines.http_teacher import HTTPTeacherClient
+    from reopold_agents.roles import RolloutRole
     from reopold_agents.teacher import build_teacher
     from reopold_agents.trajectory import collate
 
     cfg = resolve_tiny(compose([f"env={env}", "trainer.group_size=2", "engine.sampling.max_new_tokens=24"]))
-    rollout = DefaultRollout(cfg, 0)
-    trajs = rollout.run([{"options": {"task_index": i}} for i in range(4)], seed=1)
+    rollout = RolloutRole(cfg, 0)
+    tasks = [{"env": env, "options": {"task_index": i}} for i in range(4)]
+    trajs, _ = rollout.run(Chunk(index=0, start=0, tasks=tasks, seed=1))
     tok = rollout.tokenizer
     hf_batch, http_batch = collate(trajs, tok.pad_token_id), collate(trajs, tok.pad_token_id)
-    build_teacher(cfg.model, tok).score(hf_batch, trajs)
+    build_teacher(cfg.model, tok).score(hf_batch).apply_to(hf_batch)
     http_cfg = replace(cfg.model, teacher_engine="http", teacher_url=server.url, teacher_batch_size=3,
                        teacher_concurrency=2)
     teacher = build_teacher(http_cfg, tok)
     assert isinstance(teacher.engine, HTTPTeacherClient) and teacher.engine.model == SERVED
     assert teacher.engine.check_tokenizer(tok) is True  # the server's /tokenize agrees with ours
-    teacher.score(http_batch, trajs)
+    teacher.score(http_batch).apply_to(http_batch)
     mask = hf_batch.loss_mask > 0
     assert int(mask.sum()) > 50 and bool((hf_batch.teacher_logprobs[mask] < -1e-3).any())
     diff = (hf_batch.teacher_logprobs - http_batch.teacher_logprobs).abs()
