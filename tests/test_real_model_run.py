@@ -20,12 +20,12 @@ def test_one_smol_qwen_step_trains_the_real_student(tmp_path):
         pytest.fail("the real checkpoints are not installed: run bash scripts/setup.sh --real")
     import torch
 
-    from reopold_agents.teacher import CrossTokenizerScorer
-    import reopold_agents.teacher as teacher_mod
+    import reopold_agents.teacher.build as build_mod
+    from reopold_agents.teacher import CrossTokenizerTeacher
 
     built = []
-    original = teacher_mod.build_teacher
-    teacher_mod.build_teacher = lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    original = build_mod.build_teacher  # the teacher router builds each teacher through it
+    build_mod.build_teacher = lambda *a, **k: built.append(original(*a, **k)) or built[-1]
     try:
         cfg = compose(["env=math", "model=smol_qwen", "trainer.total_steps=1", "trainer.prompts_per_step=1",
                        "trainer.group_size=2", "trainer.heldout_tasks=1", "trainer.eval_every=0",
@@ -34,8 +34,8 @@ def test_one_smol_qwen_step_trains_the_real_student(tmp_path):
         torch.set_num_threads(2)
         run_mod.train(cfg, progress=False)
     finally:
-        teacher_mod.build_teacher = original
-    assert isinstance(built[0], CrossTokenizerScorer)  # the tokenizers differ: detected, no flag
+        build_mod.build_teacher = original
+    assert isinstance(built[0], CrossTokenizerTeacher)  # the tokenizers differ: detected, no flag
     step = [r for r in read_metrics(tmp_path) if "loss" in r][0]
     assert step["num_tokens"] > 0 and step["skipped"] == 0.0
     assert torch.isfinite(torch.tensor(step["teacher/log_ratio/mean"]))

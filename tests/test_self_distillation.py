@@ -10,25 +10,15 @@ from reopold_agents.config import compose
 
 
 def _run(tmp_path, name, *extra):
-    import reopold_agents.step as step_mod
-
+    """The run's one step (its episodes and scored batch)."""
     seen = []
-    original = step_mod.train_step
-
-    def keep(*args, **kwargs):
-        seen.append(original(*args, **kwargs))
-        return seen[-1]
-
-    step_mod.train_step = keep
-    try:
-        cfg = compose(["env=math", "model.teacher=self", "trainer.total_steps=1", "trainer.prompts_per_step=4",
-                       "trainer.group_size=2", "trainer.heldout_tasks=2", "trainer.eval_every=0",
-                       "trainer.save_every=0", "engine.sampling.max_new_tokens=16", "env.max_turns=1",
-                       f"trainer.output_dir={tmp_path / name}", *extra])
-        run_mod.train(cfg, progress=False)
-    finally:
-        step_mod.train_step = original
-    return seen[0]
+    cfg = compose(["env=math", "model.teacher=self", "trainer.total_steps=1", "trainer.prompts_per_step=4",
+                   "trainer.group_size=2", "trainer.heldout_tasks=2", "trainer.eval_every=0",
+                   "trainer.save_every=0", "engine.sampling.max_new_tokens=16", "env.max_turns=1",
+                   f"trainer.output_dir={tmp_path / name}", *extra])
+    run_mod.train(cfg, progress=False, on_step=seen.append)
+    (result,) = seen
+    return result
 
 
 def test_self_teacher_gives_zero_reward_without_context(tmp_path):
