@@ -244,7 +244,7 @@ def mismatch_checks(results: dict[str, Any], workdir: str) -> None:
         t.append_generated(gen.token_ids, gen.logprobs)
         trajs.append(t)
     batch = collate(trajs, tok.pad_token_id)
-    Teacher(tok, model=teacher.eval(), chunk_size=16).score(batch, trajs)
+    Teacher(tok, model=teacher.eval(), chunk_size=16).score(batch).apply_to(batch)
 
     # brute force: the learner model's own log-probs from a plain forward, vs the engine's
     trained = batch.loss_mask > 0
