@@ -66,6 +66,11 @@ class Match:
 OK = Match(True)
 
 
+def _digits(value: int) -> int:
+    """Decimal digits of ``value`` without converting it to text (past 4300 digits that raises)."""
+    return max(1, int(abs(value).bit_length() * 0.30103) + 1)
+
+
 def _fail(error_type: str, error: str) -> Match:
     return Match(False, error, error_type)
 
@@ -181,7 +186,11 @@ def check_call(function: Mapping[str, Any], call: ToolCall, expected: GroundTrut
         if type_name in NESTED_TYPES and "items" in props[param]:
             nested = PY_TYPES.get(props[param]["items"].get("type", "any"))
         if type_name == "float" and type(value) is int:
-            value = float(value)  # Python would convert an int argument; BFCL accepts it
+            try:
+                value = float(value)  # Python would convert an int argument; BFCL accepts it
+            except OverflowError:  # past ~1.8e308: a clear verdict here, not a crash of the episode
+                return _fail("type_error", f"parameter {param!r}: an integer of about {_digits(value)} digits is "
+                                           "too large for a float")
         verdict, is_variable = _type_check(param, value, allowed, type_name, expected_type, nested)
         if not verdict.valid:
             return verdict

@@ -137,6 +137,9 @@ def parse_json_calls(text: str) -> ParsedCalls:
         obj = json.loads(body)
     except (json.JSONDecodeError, RecursionError):
         return ParsedCalls()  # prose that happens to start with a bracket
+    except (ValueError, MemoryError) as exc:  # JSON all right, but an integer past the int-string limit, or absurd size
+        return ParsedCalls(error=f"the JSON call cannot be parsed ({str(exc)[:120] or type(exc).__name__}). {FORMAT_HINT}",
+                           has_markup=True)
     items = obj if isinstance(obj, list) else [obj]
     calls: list[ToolCall] = []
     for i, item in enumerate(items):
