@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 Message = dict[str, Any]
 NUDGE = "Give your final answer as \\boxed{...}."
 MAX_ENV_MESSAGE_CHARS = 4000  # bound of the env's own replies (nudges, errors) in answer-only envs
+# Longest assistant message an env reads (``max_action_chars``). Sized for long reasoning replies: a
+# thinking model's 32K-token reply is ~130K characters, 64K tokens ~260K; the engine's token budget is the
+# real bound on length, this one only guards the env's parsers (all linear) against absurd input.
+DEFAULT_MAX_ACTION_CHARS = 262_144
 
 
 @dataclass
@@ -71,9 +75,10 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         system_prompt: the system message (class default when None; "" for none).
         seed: seeds the synthetic tasks and the first ``reset()`` without a seed.
         size, difficulty: synthetic task set size and difficulty (1-3).
-        max_action_chars: the action space's length bound; a longer action is answered with an error, unread.
-        scoring_timeout_s: the most time one answer's scoring may take (math-verify runs in a worker
-            process killed at this bound; a timed-out answer scores 0).
+        max_action_chars: the action space's length bound; a longer action is answered with an error, unread
+            (None: the class's ``default_max_action_chars``, `DEFAULT_MAX_ACTION_CHARS` unless a subclass sets it).
+        scoring_timeout_s: the most time one answer's scoring may take (third-party scorers run in a contained
+            worker process, the answer's process killed at this bound; a timed-out answer scores 0).
         render_mode: None or "ansi" (``render()`` returns the conversation as text).
     """
 
@@ -82,6 +87,7 @@ class TextEnv(gym.Env[dict[str, Any], str]):
     default_max_turns: int = 2
     default_system_prompt: str = "You are a helpful assistant. Give your final answer as \\boxed{...}."
     default_answer_type: str = "auto"
+    default_max_action_chars: int = DEFAULT_MAX_ACTION_CHARS
     # True: generation may stop at ``</tool_call>`` (one call per turn, the env answers it); False: a turn
     # runs to the end of the message so it can hold several calls (bfcl's parallel categories).
     stop_at_tool_call: bool = True
@@ -95,7 +101,7 @@ class TextEnv(gym.Env[dict[str, Any], str]):
         seed: int | None = None,
         size: int = 1000,
         difficulty: int = 1,
-        max_action_chars: int = 32768,
+        max_action_chars: int | None = None,
         scoring_timeout_s: float = SCORING_TIMEOUT_S,
         answer_format: str = "boxed",
         render_mode: str | None = None,
@@ -123,7 +129,10 @@ class TextEnv(gym.Env[dict[str, Any], str]):
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
         self.render_mode = render_mode
         self.observation_space = chat_observation_space()
-        self.action_space = AssistantText(max_length=max_action_chars)
+        limit = self.default_max_action_chars if max_action_chars is None else max_action_chars
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_action_chars must be an integer >= 1, got {limit!r}")
+        self.action_space = AssistantText(max_length=limit)
         self._init_seed = seed
         self._task: Task | None = None
         self._messages: list[Message] = []

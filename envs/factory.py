@@ -1,7 +1,7 @@
 """Build envs from the `env` config section (what the run and evaluate CLIs call).
 
 Keys every env takes (tasks, max_turns, seed) are always passed; the optional keys (system_prompt,
-max_pixels, min_pixels, tools, max_tool_chars, and the sandbox) only when set, and setting one the
+max_pixels, min_pixels, tools, max_tool_chars, max_action_chars, and the sandbox) only when set, and setting one the
 chosen env's constructor does not accept is an error naming the key, never silently dropped.
 """
 
@@ -29,7 +29,7 @@ def load_env_tasks(cfg: EnvConfig) -> Sequence[Task]:
 
 
 OPTIONAL_KEYS = ("system_prompt", "max_pixels", "min_pixels", "tools", "max_tool_chars", "scoring_timeout_s",
-                 "answer_format")
+                 "answer_format", "max_action_chars")
 
 
 def _accepted_params(cls: Any) -> set[str]:

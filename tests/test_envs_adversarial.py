@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from envs.base import MAX_ENV_MESSAGE_CHARS
+from envs.base import DEFAULT_MAX_ACTION_CHARS, MAX_ENV_MESSAGE_CHARS
 from envs.math_env import MathEnv
 from envs.toolqa import ToolQAEnv
 
@@ -74,7 +74,7 @@ TOOL_INPUTS: dict[str, str] = {
     "boxed_repeated_unclosed": "\\boxed{" * 5000,
     "tool_call_open_repeated": "<tool_call>" * 2900,
     "null_bytes_everywhere": "\x00" * 1000 + call("calculator", expression="2*3") + "\x00",
-    "over_max_action_chars": call("search", query="q" * 40000),
+    "over_max_action_chars": call("search", query="q" * DEFAULT_MAX_ACTION_CHARS),
 }
 
 MATH_INPUTS: dict[str, str] = {

@@ -21,13 +21,15 @@ class EnvConfig:
     max_pixels, min_pixels: image size bounds for vqa (qwen-vl-utils smart_resize).
     tools: tool names for toolqa.
     max_tool_chars: toolqa cuts longer tool output.
+    max_action_chars: the longest assistant message the env reads; a longer one is answered with an error,
+        unread (None: the env's default, 262144 characters, room for a 64K-token reasoning reply).
 
     scoring_timeout_s: seconds an answer may take to score (the env's default: 10).
     answer_format: ``boxed`` (the env's default: the last ``\\boxed{}`` or ``<answer>`` tag) or ``flexible``
         (else the last number of the reply, lm-eval's GSM8K "flexible-extract"; for real instruct models).
 
     Keys an env may not take (system_prompt, max_pixels, min_pixels, tools, max_tool_chars,
-    scoring_timeout_s, answer_format) default to
+    scoring_timeout_s, answer_format, max_action_chars) default to
     None, meaning "the env's own default"; setting one the chosen env's constructor does not accept fails
     at start-up naming it (``envs.factory.env_kwargs``).
     """
@@ -44,6 +46,7 @@ class EnvConfig:
     min_pixels: Optional[int] = None
     tools: Optional[list[str]] = None
     max_tool_chars: Optional[int] = None
+    max_action_chars: Optional[int] = None  # longest assistant message read; None: the env's default (262144)
     scoring_timeout_s: Optional[float] = None  # answer scoring in a killable worker; a timed-out answer scores 0
     answer_format: Optional[str] = None  # boxed | flexible (envs/answers.py)
 
@@ -71,3 +74,5 @@ class EnvConfig:
             raise ValueError(f"answer_format: {self.answer_format!r}; use boxed or flexible")
         if self.max_tool_chars is not None and self.max_tool_chars < 1:
             raise ValueError(f"max_tool_chars: must be >= 1, got {self.max_tool_chars}")
+        if self.max_action_chars is not None and self.max_action_chars < 1:
+            raise ValueError(f"max_action_chars: must be >= 1, got {self.max_action_chars}")
