@@ -33,7 +33,8 @@ class AlgoConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean
     outcome_coef: float = 0.0  # opd_outcome: A_t = r_hat_t + outcome_coef * A_group(outcome)
     grpo_std_norm: bool = True  # GRPO advantage (R - mean_group) / (std_group + eps); false: mean-centred only
-    gkd_topk: int = 8  # teacher top-k support size for gkd (teacher scoring fills k ids per position)
+    gkd_topk: int = 8  # the teacher's top-k support size (gkd, reopold_topk; teacher scoring fills k ids per position)
+    topk_coef: float = 1.0  # reopold_topk: weight of the dense top-k term next to the sampled-token term
     gkd_direction: str = "reverse"  # gkd: reverse KL(student || teacher) or forward KL(teacher || student)
     overlong_max_tokens: int = 0  # dapo: soft overlong punishment beyond this many generated tokens (0: off)
     overlong_buffer: int = 0  # dapo: the ramp length before overlong_max_tokens
@@ -62,6 +63,8 @@ class AlgoConfig:
             raise ValueError(f"aggregation: {self.aggregation!r} is not one of {AGGREGATIONS}")
         if self.outcome_coef < 0.0:
             raise ValueError(f"outcome_coef: must be >= 0, got {self.outcome_coef}")
+        if self.topk_coef < 0.0:
+            raise ValueError(f"topk_coef: must be >= 0, got {self.topk_coef}")
         if self.gkd_topk < 1:
             raise ValueError(f"gkd_topk: must be >= 1, got {self.gkd_topk}")
         if self.overlong_max_tokens < 0 or not 0 <= self.overlong_buffer <= self.overlong_max_tokens:

@@ -17,9 +17,11 @@ from reopold_agents.objectives.grpo import GRPO
 from reopold_agents.objectives.opd import OPD
 from reopold_agents.objectives.opd_outcome import OPDOutcome
 from reopold_agents.objectives.reopold import Reopold
+from reopold_agents.objectives.reopold_topk import ReopoldTopK
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "reopold": Reopold,
+    "reopold_topk": ReopoldTopK,
     "opd": OPD,
     "opd_outcome": OPDOutcome,
     "grpo": GRPO,
