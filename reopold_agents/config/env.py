@@ -34,7 +34,7 @@ class EnvConfig:
     at start-up naming it (``envs.factory.env_kwargs``).
     """
 
-    name: str = "math"
+    name: str = ""  # the env=<group> choice sets it; empty only in a run whose envs are mix entries
     tasks: str = "synthetic"
     split: str | None = None
     size: int = 1000
@@ -53,7 +53,8 @@ class EnvConfig:
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
         if not self.name:
-            raise ValueError("name: must name a registered env (math, vqa, toolqa or a plugin)")
+            raise ValueError("name: choose an env (env=math, vqa, toolqa, bfcl or a plugin), or give mix entries "
+                             "(experiment=mix +env@mix.<name>.env=...)")
         if not self.tasks:
             raise ValueError("tasks: must be 'synthetic', 'synthetic:<kind>' or a task file/name")
         if self.size < 0:
