@@ -6,17 +6,22 @@
 ``meta["scorer"]`` is ``reasoning_gym`` are scored by that dataset's own scorer instead (`score` in [0, 1]).
 
 Scoring time is bounded for any answer, on any thread: a prediction longer than `answer_char_limit`
-scores 0 unread, and math-verify runs in a worker process (`envs.scoring_worker`) killed after
-``timeout_s`` (default `SCORING_TIMEOUT_S`); a timed-out answer scores 0 with ``timed_out`` set.
-The cheap matchers (exact, choice, numeric) run inline: they are linear in the capped answer.
+scores 0 unread, and every third-party scorer (math-verify, reasoning-gym's) runs in a contained worker
+process (`envs.scoring_worker`, `envs.scoring_sandbox`) killed after ``timeout_s`` (default
+`SCORING_TIMEOUT_S`); a timed-out answer scores 0 with ``timed_out`` set. No model text is evaluated in
+this process: answers a scorer would evaluate are first checked by `envs.answer_guard` (a refused answer
+scores 0, saying which rule), and where no containment is available they score 0 with the reason.
+The cheap matchers (exact, choice, numeric) run inline: they are our own code, linear in the capped answer.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 
+from envs import answer_guard
 from envs.scoring_kernel import TEXT_WRAP as _TEXT_WRAP
 from envs.scoring_kernel import exact_match, normalize_text
 from tasks.record import Task
@@ -45,9 +50,14 @@ def verify_math(pred: str, gold: str, timeout_s: float = SCORING_TIMEOUT_S) -> V
     from envs import scoring_kernel
     from envs.scoring_worker import shared_pool
 
+    refused = answer_guard.check_math(pred)
+    if refused is not None:
+        return Verdict(False, f"the answer {_short(pred)} was refused before scoring: {refused}; scored 0")
     ok, out = shared_pool().call(scoring_kernel.__file__, "verify_math_here", pred, gold, timeout_s=timeout_s)
+    if ok and isinstance(out, list) and len(out) == 2 and isinstance(out[0], bool) and isinstance(out[1], str):
+        return Verdict(out[0], out[1])
     if ok:
-        return Verdict(*out)
+        return Verdict(False, f"math-verify on {_short(pred)}: a malformed result; scored 0")
     timed_out = out.startswith("timed out")
     return Verdict(False, f"math-verify on {_short(pred)}: {out}; scored 0", timed_out=timed_out)
 
@@ -117,7 +127,7 @@ def score_answer(pred: str, task: Task, default_type: str = "auto", timeout_s: f
     if len(pred) > limit:
         return Verdict(False, f"the answer is {len(pred)} characters long, over the scoring limit of {limit}; scored 0")
     if task.meta.get("scorer") == "reasoning_gym":
-        return score_reasoning_gym(pred, task)
+        return score_reasoning_gym(pred, task, timeout_s)
     kind = resolve_answer_type(task, default_type)
     if kind == "choice":
         if not task.choices:
@@ -130,13 +140,23 @@ def score_answer(pred: str, task: Task, default_type: str = "auto", timeout_s: f
     return match_exact(pred, task.answer)
 
 
-def score_reasoning_gym(pred: str, task: Task) -> Verdict:
-    """reasoning-gym's ``score_answer`` for the task's dataset; solved only at a full score of 1.0."""
-    from tasks.reasoning_gym_tasks import score
+def score_reasoning_gym(pred: str, task: Task, timeout_s: float = SCORING_TIMEOUT_S) -> Verdict:
+    """reasoning-gym's ``score_answer`` for the task's dataset, run in the contained scoring worker after
+    `answer_guard.check_reasoning_gym`; solved only at a full score of 1.0."""
+    from envs import scoring_kernel
+    from envs.scoring_worker import shared_pool
 
-    try:
-        value = score(pred, task)
-    except Exception as exc:  # noqa: BLE001 - a dataset's scorer crashing on odd text must not crash the episode
-        return Verdict(False, f"reasoning-gym scorer failed on {pred!r}: {type(exc).__name__}: {exc}", score=0.0)
-    ok = value >= 1.0
-    return Verdict(ok, f"{pred!r} scores {value:.3g} against {task.answer!r} (reasoning-gym {task.meta['rg_dataset']})", score=value)
+    name, entry = task.meta["rg_dataset"], task.meta["rg_entry"]
+    refused = answer_guard.check_reasoning_gym(pred, name, entry)
+    if refused is not None:
+        return Verdict(False, f"the answer {_short(pred)} was refused before scoring: {refused}; scored 0", score=0.0)
+    config_json = json.dumps(task.meta["rg_config"], sort_keys=True)
+    ok, out = shared_pool().call(scoring_kernel.__file__, "score_reasoning_gym_here", name, config_json, entry, pred,
+                                 timeout_s=timeout_s, prepare=("prepare_reasoning_gym", (name, config_json)))
+    if not ok or not isinstance(out, (int, float)) or isinstance(out, bool) or not 0.0 <= out <= 1.0:
+        reason = out if not ok else f"the scorer returned {out!r}, not a score in [0, 1]"
+        timed_out = not ok and out.startswith("timed out")
+        return Verdict(False, f"reasoning-gym {name} scorer on {_short(pred)}: {reason}; scored 0", timed_out=timed_out,
+                       score=0.0)
+    value = float(out)
+    return Verdict(value >= 1.0, f"{pred!r} scores {value:.3g} against {task.answer!r} (reasoning-gym {name})", score=value)

@@ -1,15 +1,20 @@
-"""The scoring code that runs inside the scoring worker process: stdlib and math-verify only.
+"""The scoring code that runs inside the contained scoring worker: stdlib, math-verify and reasoning-gym only.
 
 The worker loads this file by path (`envs.scoring_worker`), not as part of the ``envs`` package, so a
-worker start costs the math-verify/sympy import and nothing else (the package would pull in torch).
-Results are plain ``(success, why)`` tuples, which need no class to unpickle.
+worker start costs the math-verify/sympy (and reasoning-gym) import and nothing else (the package would
+pull in torch). Results are plain data (``(success, why)``, a float): they travel back as JSON.
+Everything here that sees model text runs in a forked child of the worker; `prepare_reasoning_gym` and
+`warm_up` run in the worker itself and see trusted input only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import string
+from typing import Any
 
 TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 
@@ -54,3 +59,32 @@ def verify_math_here(pred: str, gold: str) -> tuple[bool, str]:
     except Exception as exc:  # noqa: BLE001 - a verifier crash must not crash the episode
         return False, f"math-verify failed on {pred!r}: {type(exc).__name__}"
     return bool(ok), f"{pred!r} {'is' if ok else 'is not'} equivalent to {gold!r} (math-verify)"
+
+
+_RG_DATASETS: dict[tuple[str, str], Any] = {}  # (name, config as JSON) -> the reasoning-gym dataset object
+_RG_CACHE_SIZE = 64
+
+
+def prepare_reasoning_gym(name: str, config_json: str) -> None:
+    """Build (once per worker) the dataset object that scores ``name``'s entries; trusted input only."""
+    key = (name, config_json)
+    if key not in _RG_DATASETS:
+        from reasoning_gym import create_dataset
+
+        if len(_RG_DATASETS) >= _RG_CACHE_SIZE:
+            _RG_DATASETS.pop(next(iter(_RG_DATASETS)))
+        _RG_DATASETS[key] = create_dataset(name, **json.loads(config_json))
+
+
+def score_reasoning_gym_here(name: str, config_json: str, entry: dict[str, Any], answer: str) -> float:
+    """reasoning-gym's own ``score_answer`` for one entry, clamped to [0, 1] (NaN -> 0)."""
+    prepare_reasoning_gym(name, config_json)
+    value = float(_RG_DATASETS[(name, config_json)].score_answer(answer, entry))
+    return 0.0 if math.isnan(value) else min(1.0, max(0.0, value))
+
+
+def warm_up() -> None:
+    """Run once in the worker when it loads this file: pays math-verify's lazy imports and first-call
+    costs there, so the forked children that score answers do not each pay them."""
+    verify_math_here("\\frac{1}{2}", "0.5")
+    verify_math_here("x^2+1", "1+x^2")

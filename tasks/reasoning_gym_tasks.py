@@ -7,9 +7,13 @@
 (``"env.tasks='reasoning_gym:countdown?min_numbers=3'"``): Hydra does not accept a bare ``=`` in it.
 
 Each task keeps the generated entry and the dataset config in ``meta`` (``scorer: reasoning_gym``), so
-`envs.scoring.score_answer` hands the extracted final answer to `score`, i.e. to the same dataset's
+`envs.scoring.score_answer` hands the extracted final answer to the same dataset's
 ``score_answer(answer, entry)``: the reward is its score in [0, 1] (some datasets give partial credit),
 and an episode counts as solved at 1.0. Generation is offline and deterministic for a seed.
+
+Scoring never happens in this process: several of these scorers ``eval`` the answer (``sympy.parse_expr``),
+so `envs.scoring.score_reasoning_gym` refuses answers outside the dataset's answer grammar
+(`envs.answer_guard`) and runs the scorer in the contained scoring worker (`envs.scoring_kernel`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def _registry() -> dict[str, Any]:
 
 @lru_cache(maxsize=64)
 def _dataset(name: str, config_json: str) -> Any:
-    """The dataset object for (name, config); cached because scoring needs the same object per episode."""
+    """The dataset object for (name, config), cached: every load of the same source reuses it."""
     from reasoning_gym import create_dataset
 
     return create_dataset(name, **json.loads(config_json))
@@ -101,10 +105,3 @@ def load_reasoning_gym(spec: str, *, size: int, seed: int) -> list[Task]:
         ))
     return tasks
 
-
-def score(answer: str | None, task: Task) -> float:
-    """reasoning-gym's own score of ``answer`` for the task's entry, in [0, 1]."""
-    meta = task.meta
-    dataset = dataset_for(meta["rg_dataset"], meta["rg_config"])
-    value = float(dataset.score_answer(answer, meta["rg_entry"]))
-    return min(1.0, max(0.0, value))
