@@ -20,7 +20,6 @@ pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install
 
 from reopold_agents.config import compose  # noqa: E402
 from reopold_agents.distributed import make_backend  # noqa: E402
-from reopold_agents.distributed.default_roles import default_factories  # noqa: E402
 from reopold_agents.step import run_steps  # noqa: E402
 
 OVERRIDES = [
@@ -36,9 +35,14 @@ OVERRIDES = [
 METRIC_KEYS = ("loss", "grad_norm", "num_tokens", "num_selected", "reward_mean", "entropy_mean", "lr")
 
 
-def tasks_for_step(step: int) -> list[int]:
+def _tasks(seeds: list[int]) -> list[dict]:
+    """Tasks of the run's one entry (math), each an env reset seed."""
+    return [{"env": "math", "seed": s} for s in seeds]
+
+
+def tasks_for_step(step: int) -> list[dict]:
     """Env reset seeds: deterministic in the step, as run_steps requires."""
-    return [1000 * step + i for i in range(4)]
+    return _tasks([1000 * step + i for i in range(4)])
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +62,11 @@ def backends(tmp_path_factory):
             shutil.copytree(entry, private / entry.name)
     old = os.environ.get("REOPOLD_CACHE")
     os.environ["REOPOLD_CACHE"] = str(private)  # read by this process and passed to the Ray workers
-    factories = default_factories()
-    local = make_backend(compose(OVERRIDES + ["distributed=single"]), factories)
+    local = make_backend(compose(OVERRIDES + ["distributed=single"]))
     ray_keys = ["distributed.ray.local_num_cpus=2", "distributed.ray.num_rollout_workers=2",
                 "distributed.ray.restart_timeout_s=180"]  # a restart reloads models: slow on a loaded 2-core box
     # two rollout workers and two learner ranks (data parallel over gloo) against one process
-    remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.ray.num_learner_workers=2", *ray_keys]),
-                          factories)
+    remote = make_backend(compose(OVERRIDES + ["distributed=ray", "distributed.ray.num_learner_workers=2", *ray_keys]))
     yield local, remote
     remote.shutdown()
     local.shutdown()
@@ -134,7 +136,7 @@ def test_learner_checkpoint_resumes_the_job(backends, tmp_path):
 
 def test_sigkill_rollout_worker_mid_rollout_is_redone(backends):
     _, remote = backends
-    tasks = [7000 + i for i in range(8)]  # 8 chunks of 1 prompt x 2 samples
+    tasks = _tasks([7000 + i for i in range(8)])  # 8 chunks of 1 prompt x 2 samples
     expected = remote.rollout(tasks, step=7)  # undisturbed reference with the same weights and seeds
     expected_next = remote.rollout(tasks[:2], step=8)
     for attempt in range(3):  # a chunk can finish between choosing the victim and the kill: try again
