@@ -37,6 +37,7 @@ from functools import lru_cache
 
 SYSTEM_RO_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/sbin")
 NOBODY = 65534
+STAGE_PREFIX = "reopold-scoring-"  # + pid of the process that started the worker
 _MB = 1024 * 1024
 _CLONE_NEWNS, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x00020000, 4096, 16384, 1 << 18
 
@@ -78,6 +79,21 @@ class Launch:
         if self.stage_dir is not None:
             shutil.rmtree(self.stage_dir, ignore_errors=True)
         return survivors
+
+
+def _remove_stale_stages() -> None:
+    """Remove the (empty) staging folders of processes that ended without stopping their workers."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(STAGE_PREFIX):].split("-", 1)[0]
+        if not (name.startswith(STAGE_PREFIX) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _is_under(path: str, parents: Sequence[str]) -> bool:
@@ -168,7 +184,8 @@ def _build(program: Sequence[str], files: Sequence[str], limits: ScoringLimits) 
         if root:
             # The ephemeral uid may not traverse to these paths (e.g. /root is 0700): bind them, as root and
             # in a mount namespace of the child's own, onto targets it can reach.
-            stage_dir = tempfile.mkdtemp(prefix="reopold-scoring-")
+            _remove_stale_stages()
+            stage_dir = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-")
             os.chmod(stage_dir, 0o755)
             sources = []
             for i, path in enumerate(binds):
