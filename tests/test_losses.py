@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reopold_agents.config.algo import AlgoConfig
-from reopold_agents.objectives import OBJECTIVES, Forward, TokenTerms, make_objective
+from reopold_agents.objectives import OBJECTIVES, Forward, TokenTerms, check_algo, make_objective
 from reopold_agents.objectives.gkd import GKD, topk_kl
 from reopold_agents.objectives.grpo import GRPO, group_advantages
 from reopold_agents.objectives.opd import OPD
@@ -233,8 +233,8 @@ def test_registry_and_make_objective():
     assert all(_objective(name=n).teacher_topk == 0 for n in ("reopold", "opd", "grpo"))
     with pytest.raises(ValueError, match="algo.name"):
         make_objective(AlgoConfig(name="ppo"), 4)
-    with pytest.raises(ValueError, match="name"):
-        AlgoConfig(name="ppo").check()
+    with pytest.raises(ValueError, match="name"):  # the objective registry checks the name (config imports none)
+        check_algo(AlgoConfig(name="ppo"))
 
 
 def test_only_reopold_has_stage_rules():
@@ -261,7 +261,7 @@ def test_only_reopold_has_stage_rules():
 
 def test_keys_an_objective_does_not_read_must_keep_their_defaults():
     with pytest.raises(ValueError, match="gkd_topk") as err:
-        AlgoConfig(name="reopold", gkd_topk=4).check()
+        check_algo(AlgoConfig(name="reopold", gkd_topk=4))
     assert str(err.value).startswith("gkd_topk:")
     for algo, key in [(dict(name="opd", reward_clip=False), "reward_clip"),
                       (dict(name="opd", stage1_rule="all"), "stage1_rule"),
@@ -271,13 +271,13 @@ def test_keys_an_objective_does_not_read_must_keep_their_defaults():
                       (dict(name="reopold", outcome_coef=0.5), "outcome_coef"),
                       (dict(name="opd_outcome", outcome_coef=0.5, clip_lambda=0.3), "clip_lambda")]:
         with pytest.raises(ValueError, match=rf"^{key}:"):
-            AlgoConfig(**algo).check()
+            check_algo(AlgoConfig(**algo))
     for name, cls in OBJECTIVES.items():  # every key an objective declares it reads is accepted
         assert set(cls.keys) <= {f for f in AlgoConfig.__dataclass_fields__}
-    AlgoConfig(name="reopold", reward_clip=False, stage1_rule="all", stage2_rule="all", beta=0.3).check()
-    AlgoConfig(name="gkd", gkd_topk=4, gkd_direction="forward", aggregation="seq_mean").check()
+    check_algo(AlgoConfig(name="reopold", reward_clip=False, stage1_rule="all", stage2_rule="all", beta=0.3))
+    check_algo(AlgoConfig(name="gkd", gkd_topk=4, gkd_direction="forward", aggregation="seq_mean"))
     with pytest.raises(ValueError, match="outcome_coef"):
-        AlgoConfig(name="opd_outcome").check()  # 0 would be plain OPD
+        check_algo(AlgoConfig(name="opd_outcome"))  # 0 would be plain OPD
 
 
 def test_opd_objective_equals_reopold_without_clip_or_selection():
