@@ -53,14 +53,24 @@ def test_unknown_key_fails_naming_it(override, key):
 )
 def test_bad_values_fail_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        compose([override])
+        _started(override)
+
+
+def _started(*overrides: str):
+    """``compose`` (the schema) then the run's start-up checks (objective names and keys live with the
+    objectives, not in ``config/``)."""
+    import reopold_agents.run as run_mod
+
+    cfg = compose(list(overrides))
+    run_mod.check_startup(cfg)
+    return cfg
 
 
 def test_cross_key_checks():
     with pytest.raises(ConfigError, match="algo.stage1_rule"):
-        compose(["algo=grpo", "algo.stage1_rule=entropy"])  # grpo has no stage rules: the key is not read
+        _started("algo=grpo", "algo.stage1_rule=entropy")  # grpo has no stage rules: the key is not read
     with pytest.raises(ConfigError, match="algo.outcome_coef"):
-        compose(["algo=opd_outcome", "algo.outcome_coef=0"])
+        _started("algo=opd_outcome", "algo.outcome_coef=0")
 
 
 def test_env_preset_sets_the_demo_knobs_and_the_command_line_wins():

@@ -72,7 +72,7 @@ def test_missing_relative_model_path_fails_at_once(tmp_path):
 
 def test_objective_keys_it_does_not_read_fail():
     with pytest.raises(ConfigError, match=r"algo\.gkd_topk: algo=reopold does not read it"):
-        compose(["algo.gkd_topk=4"])
+        run_mod.check_startup(compose(["algo.gkd_topk=4"]))
     with pytest.raises(ConfigError, match=r"algo\.clip_lambda: algo=grpo does not read it"):
-        compose(["algo=grpo", "algo.clip_lambda=0.3"])
-    compose(["algo=dapo", "algo.overlong_max_tokens=64", "algo.overlong_buffer=16"])
+        run_mod.check_startup(compose(["algo=grpo", "algo.clip_lambda=0.3"]))
+    run_mod.check_startup(compose(["algo=dapo", "algo.overlong_max_tokens=64", "algo.overlong_buffer=16"]))
