@@ -167,10 +167,12 @@ def prompt_messages(cfg: Any, seed: int, steps: int) -> tuple[list[list[dict]], 
 # ------------------------------------------------------------------------------------------- ours
 def train_ours(args: argparse.Namespace, seed: int, out_root: str) -> SideCurve:
     """One run of the run CLI's loop; training seconds = cumulative ``perf/step_time_s``."""
+    from reopold_agents.step import StepResult
+
     step_s: dict[int, float] = {}
 
-    def on_step(done: int, metrics: dict) -> None:
-        step_s[done] = float(metrics["perf/step_time_s"])
+    def on_step(result: StepResult) -> None:
+        step_s[result.step + 1] = float(result.metrics["perf/step_time_s"])
 
     wall = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own before/after lines and preflight table
