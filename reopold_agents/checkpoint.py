@@ -2,7 +2,9 @@
 
 Layout of one checkpoint ``<dir>/step_00000042/``::
 
-    model/              save_pretrained (safetensors) + tokenizer files when a tokenizer is given
+    model/              save_pretrained (safetensors) + tokenizer files when a tokenizer is given; a LoRA
+                        student (``model.lora``) saves peft's adapter files only (adapter_config.json,
+                        adapter_model.safetensors): its base is the unchanged ``model.student``
     trainer_state.pt    optimizer and scheduler state dicts, RNG states (python, numpy, torch, cuda)
     state.json          {"step": 42, "data_state": {...}, "format": 1, "files": {path: size},
                         "sha256": {path: hex digest}} - written last: marks it complete and lists the
@@ -45,6 +47,11 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_DIR = re.compile(r"^\.tmp-step_\d+-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
 STALE_FOREIGN_TMP_S = 24 * 3600  # a temp folder of another host is removed once this old
 log = logging.getLogger(__name__)
+# a LoRA student's checkpoint (model.lora): peft's adapter files, written by PeftModel.save_pretrained
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_ADAPTER_KEYS = (("r", "model.lora.rank"), ("lora_alpha", "model.lora.alpha"),
+                 ("target_modules", "model.lora.target_modules"))
 
 
 class CheckpointError(ValueError):
@@ -90,6 +97,8 @@ def save_checkpoint(
     keep_last: int = 2,
 ) -> Path:
     """Write checkpoint ``step`` under ``directory`` atomically and prune to the newest ``keep_last``."""
+    from reopold_agents.lora import is_peft
+
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     root = Path(directory)
@@ -102,7 +111,10 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         target = model.module if hasattr(model, "module") else model  # DDP/accelerate wrappers
-        target.save_pretrained(str(tmp / "model"), safe_serialization=True)
+        if is_peft(target):  # the adapters only; embeddings are never adapted (and peft would ask the hub)
+            target.save_pretrained(str(tmp / "model"), safe_serialization=True, save_embedding_layers=False)
+        else:
+            target.save_pretrained(str(tmp / "model"), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "model"))
         torch.save(
@@ -327,10 +339,21 @@ def load_model_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
 
     Keys missing from the files are allowed only for tied parameters (``lm_head`` tied to the
     embeddings is not written by save_pretrained); anything else missing or unexpected is an error.
+    A LoRA student (a peft ``PeftModel``) loads its adapters (`load_adapter_weights`).
     """
     from safetensors.torch import load_file
 
+    from reopold_agents.lora import is_peft
+
     target = model.module if hasattr(model, "module") else model
+    adapters = Path(model_dir) / ADAPTER_CONFIG
+    if is_peft(target):
+        load_adapter_weights(target, model_dir)
+        return
+    if adapters.is_file():
+        raise CheckpointError(f"{adapters}: this checkpoint holds LoRA adapters, not full weights; resume with "
+                              "model.lora.enabled=true (and the run's model.lora.*), or export a merged model "
+                              "first: python -m reopold_agents.export_lora <checkpoint> <out>")
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {model_dir}")
@@ -345,3 +368,34 @@ def load_model_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
     untied = [k for k in result.missing_keys if k not in params or params[k].data_ptr() not in loaded_ptrs]
     if untied:
         raise ValueError(f"weights missing from {model_dir}: {untied[:5]}")
+
+
+def load_adapter_weights(model: nn.Module, model_dir: str | os.PathLike) -> None:
+    """Load the LoRA adapters a checkpoint holds into ``model`` (a ``PeftModel``) in place.
+
+    The checkpoint's adapter shape and scaling (rank, alpha, target modules) must be the run's: a
+    different alpha would load without complaint and scale every update differently. Every adapter
+    tensor of the model must come from the file and every tensor of the file must land.
+    """
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(model_dir)
+    config_file, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not config_file.is_file() or not weights.is_file():
+        raise CheckpointError(f"{folder}: no LoRA adapters ({ADAPTER_CONFIG}, {ADAPTER_WEIGHTS}); it holds full "
+                              "weights (a run without model.lora), so resume with model.lora.enabled=false")
+    saved = json.loads(config_file.read_text())
+    current = model.peft_config["default"]  # type: ignore[index]
+    for key, name in _ADAPTER_KEYS:
+        want, got = getattr(current, key), saved.get(key)
+        if key == "target_modules":
+            want, got = sorted(want or []), sorted(got or [])
+        if want != got:
+            raise CheckpointError(f"{config_file}: {name} is {got!r} in the checkpoint, {want!r} in this run")
+    result = set_peft_model_state_dict(model, load_file(str(weights)))
+    if result.unexpected_keys:
+        raise CheckpointError(f"{weights}: unexpected adapter weights {result.unexpected_keys[:5]}")
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if missing:
+        raise CheckpointError(f"{weights}: adapter weights missing {missing[:5]}")

@@ -234,8 +234,12 @@ def _hidden_and_head(
     """Last hidden states of the base model (no logits) and the LM head that maps them to the vocab.
 
     Works for Qwen2ForCausalLM and Qwen2.5-VL (``model_inputs`` carries ``pixel_values`` and
-    ``image_grid_thw``; the base model builds the multimodal rope positions itself).
+    ``image_grid_thw``; the base model builds the multimodal rope positions itself). A LoRA student (peft
+    ``PeftModel``) is read through its transformers model, whose layers carry the adapters.
     """
+    from reopold_agents.lora import hf_module
+
+    model = hf_module(model)  # a PeftModel's own ``model.model`` is the transformers model, not its body
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if base is None or not isinstance(head, nn.Linear):

@@ -229,8 +229,12 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
     """The image encoder (patch embedding, vision blocks and merger) of a VL model; None for text models.
 
     transformers puts it at ``model.model.visual`` (Qwen2-VL / Qwen2.5-VL) or ``model.visual`` (older
-    layouts); other VL families use ``vision_tower``.
+    layouts); other VL families use ``vision_tower``. A LoRA student (peft) is looked into, so
+    ``trainer.freeze_vision`` also freezes the adapters peft put into the tower's projections.
     """
+    from reopold_agents.lora import hf_module
+
+    model = hf_module(model)
     for owner in (getattr(model, "model", None), model):
         for attr in ("visual", "vision_tower"):
             module = getattr(owner, attr, None) if owner is not None else None

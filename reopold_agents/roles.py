@@ -15,6 +15,7 @@ code either way. ``threads`` caps an actor's torch threads to the CPUs it reserv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -50,11 +51,12 @@ def objective_needs(cfg: RunConfig) -> tuple[bool, int]:
 
 class RolloutRole:
     """One student engine with its own envs; ``student`` shares an in-process learner's module instead of
-    loading a copy."""
+    loading a copy (a LoRA student's transformers model, adapters active: ``lora.hf_module``)."""
 
     def __init__(self, cfg: RunConfig, index: int, threads: int | None = None,
                  student: torch.nn.Module | None = None) -> None:
         from reopold_agents.engines import make_engine
+        from reopold_agents.lora import hf_module
         from reopold_agents.models import load_student, load_tokenizer_and_processor
 
         _limit_threads(threads)
@@ -63,7 +65,7 @@ class RolloutRole:
             loaded = load_student(cfg.model)
             model, tok, processor, path = loaded.model, loaded.tokenizer, loaded.processor, loaded.path
         else:
-            model = student
+            model = hf_module(student)
             tok, processor, path = load_tokenizer_and_processor(cfg.model.student, "student")
         self.tokenizer, self.processor = tok, processor
         self.engine = make_engine(cfg.engine, model=model, tokenizer=tok, processor=processor, model_path=path)
@@ -79,7 +81,11 @@ class RolloutRole:
         return os.getpid()
 
     def load_weights(self, state_dict: StateDict | torch.nn.Module, version: int) -> int:
-        self.engine.load_weights(state_dict)
+        """A state dict (plain names; a LoRA learner ships its adapters merged) or the learner's module
+        (the one this engine shares: nothing to copy; vLLM merges a LoRA module's adapters itself)."""
+        from reopold_agents.lora import hf_module
+
+        self.engine.load_weights(hf_module(state_dict) if isinstance(state_dict, torch.nn.Module) else state_dict)
         self.version = int(version)
         return self.version
 
@@ -137,9 +143,15 @@ class RolloutRole:
 
 
 class TeacherRole:
-    """The run's teachers (one per distinct name, routed by entry); stateless between calls, so a retry is safe."""
+    """The run's teachers (one per distinct name, routed by entry); stateless between calls, so a retry is safe.
 
-    def __init__(self, cfg: RunConfig, threads: int | None = None) -> None:
+    ``student``: the in-process learner's module. With a LoRA student (``model.lora.enabled``) its frozen
+    base *is* the initial student, so ``model.teacher=self`` scores with that module, adapters disabled
+    for the call, instead of loading a second copy. Anywhere else (no LoRA, or a teacher actor of its
+    own under Ray) ``self`` loads a frozen copy of the initial student."""
+
+    def __init__(self, cfg: RunConfig, threads: int | None = None, student: torch.nn.Module | None = None) -> None:
+        from reopold_agents.lora import hf_module, is_peft
         from reopold_agents.models import load_tokenizer_and_processor
         from reopold_agents.teacher.router import TeacherRouter
 
@@ -147,24 +159,36 @@ class TeacherRole:
         self.cfg = cfg
         needs_teacher, top_k = objective_needs(cfg)
         self.router: TeacherRouter | None = None
+        # the LoRA student whose base scores for teacher=self (its adapters are off during each call)
+        self.frozen_base_of: torch.nn.Module | None = (
+            student if student is not None and cfg.model.lora.enabled and is_peft(student) else None)
         if needs_teacher:
             student_tok = load_tokenizer_and_processor(cfg.model.student, "student")[0]
-            self.router = TeacherRouter.from_config(cfg.entries, cfg.model, student_tok, top_k=top_k, engine_cfg=cfg.engine)
+            base = None if self.frozen_base_of is None else hf_module(self.frozen_base_of)
+            self.router = TeacherRouter.from_config(cfg.entries, cfg.model, student_tok, top_k=top_k,
+                                                    engine_cfg=cfg.engine, self_model=base)
+
+    def _teacher_weights(self) -> contextlib.AbstractContextManager[None]:
+        """While scoring: a shared LoRA student computes its frozen base (adapters disabled)."""
+        from reopold_agents.lora import adapters_disabled
+
+        return contextlib.nullcontext() if self.frozen_base_of is None else adapters_disabled(self.frozen_base_of)
 
     def ready(self) -> int:
         return os.getpid()
 
     def score(self, batch: Batch) -> TeacherScores | None:
         """The teachers' scores of ``batch`` (None: the objective learns without a teacher)."""
-        return None if self.router is None else self.router.score(batch)
+        if self.router is None:
+            return None
+        with self._teacher_weights():
+            return self.router.score(batch)
 
     def heldout_success(self) -> dict[str, float] | None:
         """Each entry's teacher on that entry's held-out set, greedy through the HF engine, as
         ``eval/teacher/<entry>/success`` and their weighted ``eval/teacher/success``; None where a teacher has
         no weights in this process (served over HTTP, or run by vLLM) or no objective reads one."""
         from reopold_agents.config.mix import mix_weights
-        from reopold_agents.engines.hf import HFEngine
-        from reopold_agents.evaluation.heldout import HeldoutSet
         from reopold_agents.teacher.router import teacher_routes
 
         if self.router is None:
@@ -175,6 +199,17 @@ class TeacherRole:
             return None
         found: dict[str, float] = {}
         weights = mix_weights(self.cfg.entries)
+        with self._teacher_weights():
+            found.update(self._heldout(scorers))
+        found["eval/teacher/success"] = sum(weights[e] * found[f"eval/teacher/{e}/success"] for e in scorers)
+        return found
+
+    def _heldout(self, scorers: dict[str, Any]) -> dict[str, float]:
+        """Each entry's teacher's greedy held-out success, ``eval/teacher/<entry>/success``."""
+        from reopold_agents.engines.hf import HFEngine
+        from reopold_agents.evaluation.heldout import HeldoutSet
+
+        found: dict[str, float] = {}
         for entry, scorer in scorers.items():
             model, tok = scorer.model, scorer.tokenizer  # type: ignore[union-attr]
             processor = getattr(scorer, "processor", None)
@@ -186,7 +221,6 @@ class TeacherRole:
             finally:
                 held.close()
                 engine.close()
-        found["eval/teacher/success"] = sum(weights[e] * found[f"eval/teacher/{e}/success"] for e in scorers)
         return found
 
     def close(self) -> None:
@@ -222,7 +256,8 @@ class LearnerRole:
             return host, int(sock.getsockname()[1])
 
     def build(self, env: dict[str, str] | None) -> int:
-        """Set the rank's torch.distributed env (RANK, WORLD_SIZE, MASTER_ADDR, ...) and build the learner."""
+        """Set the rank's torch.distributed env (RANK, WORLD_SIZE, MASTER_ADDR, ...) and build the learner.
+        With ``model.lora.enabled`` the student is wrapped here (the one place): only its adapters train."""
         from reopold_agents.learner import Learner
         from reopold_agents.models import load_student
 
@@ -230,22 +265,31 @@ class LearnerRole:
         cfg = self.cfg
         loaded = load_student(cfg.model)
         self.tokenizer = loaded.tokenizer
+        student = loaded.model
+        if cfg.model.lora.enabled:
+            from reopold_agents.lora import apply_lora
+
+            student = apply_lora(student, cfg.model.lora, cfg.model.student)
         chunk = cfg.model.logprob_chunk_size
         recompute = cfg.recomputes_old_logprobs
         if cfg.distributed.uses_accelerate:
             from reopold_agents.accelerate_learner import AccelerateLearner
 
-            self.learner = AccelerateLearner(loaded.model, cfg.algo, cfg.trainer, cfg.distributed,
+            self.learner = AccelerateLearner(student, cfg.algo, cfg.trainer, cfg.distributed,
                                              logprob_chunk_size=chunk, recompute_old_logprobs=recompute)
             self.is_main = bool(self.learner.accelerator.is_main_process)
+            if cfg.model.lora.enabled and self.learner.fsdp:
+                raise ValueError("model.lora.enabled: LoRA students are not supported by the FSDP learner (its "
+                                 "flattened shards hide the adapters); use distributed.learner_strategy=ddp")
         else:
-            self.learner = Learner(loaded.model, cfg.algo, cfg.trainer, logprob_chunk_size=chunk,
+            self.learner = Learner(student, cfg.algo, cfg.trainer, logprob_chunk_size=chunk,
                                    recompute_old_logprobs=recompute)
         return os.getpid()
 
     @property
     def model(self) -> torch.nn.Module:
-        """The student as the learner trains it (an in-process rollout shares it)."""
+        """The student as the learner trains it (an in-process rollout shares it; with LoRA a peft
+        ``PeftModel``, and an in-process ``model.teacher=self`` scores its base)."""
         return self.learner.unwrapped
 
     def ready(self) -> int:
@@ -265,9 +309,15 @@ class LearnerRole:
 
     def weights(self, ship: bool = True) -> tuple[StateDict | None, int]:
         """Full CPU weights for broadcast, with their version. Every rank must call it (FSDP gathers the full
-        state collectively); only the shipping rank returns the tensors."""
+        state collectively); only the shipping rank returns the tensors. A LoRA student ships its adapters
+        merged into plain HF-named weights (what a rollout worker's own plain student or vLLM loads)."""
         full = getattr(self.learner, "full_state_dict", None)
-        state = full() if callable(full) else self.learner.model.state_dict()
+        if self.cfg.model.lora.enabled:
+            from reopold_agents.lora import merged_state_dict
+
+            state = merged_state_dict(self.learner.unwrapped)
+        else:
+            state = full() if callable(full) else self.learner.model.state_dict()
         if not ship:
             return None, self.version
         return {k: v.detach().to("cpu") for k, v in state.items()}, self.version

@@ -10,6 +10,7 @@
 #   vllm_text        tests/test_gpu.py: vLLM toolqa rollouts = transformers; learner step + load_weights
 #   vllm_vl          tests/test_gpu.py: tiny Qwen2.5-VL student/teacher in vLLM with images
 #   fsdp_bf16        tests/test_gpu.py: accelerate FSDP2 learner on one GPU in bf16 vs the fp32 learner
+#   vllm_lora        tests/test_lora.py: vLLM load_weights of a LoRA student (adapters merged) = transformers
 #   ray_gpu_rollout  python -m reopold_agents.run ... engine=vllm distributed=ray with a GPU rollout worker
 #
 # Environment variables:
@@ -133,6 +134,7 @@ if [ "${RESULTS[0]}" = PASS ]; then
   pytest_check vllm_text 150 tests/test_gpu.py::test_vllm_text_generation_and_reload_after_learner_step
   pytest_check vllm_vl 150 tests/test_gpu.py::test_vllm_vl_pair_with_images
   pytest_check fsdp_bf16 120 tests/test_gpu.py::test_fsdp_learner_one_gpu_bf16
+  pytest_check vllm_lora 120 tests/test_lora.py::test_vllm_engine_loads_lora_adapters_merged
   RUN_DIR="$LOGS/ray_run"
   rm -rf "$RUN_DIR"
   if run_check ray_gpu_rollout 240 "$PY" -m reopold_agents.run env=toolqa engine=vllm distributed=ray \
@@ -148,7 +150,7 @@ if [ "${RESULTS[0]}" = PASS ]; then
     fi
   fi
 else
-  for name in vllm_text vllm_vl fsdp_bf16 ray_gpu_rollout; do
+  for name in vllm_text vllm_vl fsdp_bf16 vllm_lora ray_gpu_rollout; do
     record "$name" FAIL 0 "not run: no environment"
   done
 fi

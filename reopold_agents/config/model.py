@@ -7,9 +7,10 @@ Read by ``reopold_agents.models`` (student, teacher, dtype, device) and ``reopol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
+from reopold_agents.config.lora import LoraConfig
 from reopold_agents.config.teacher_context import check_teacher_context
 
 TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_math", "tiny_vl", "tiny_toolqa_bed", "tiny_vl_bed")
@@ -41,6 +42,8 @@ class ModelConfig:
     # Privileged context (self-distillation): a system turn put in front of the conversation the teacher
     # scores, formatted from the task record, e.g. "The correct final answer is {answer}." (None: off)
     teacher_context: Optional[str] = None
+    # LoRA student (config/lora.py): model.lora.enabled=true trains peft adapters only (docs/run.md, "LoRA students")
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -54,6 +57,7 @@ class ModelConfig:
         if self.teacher_engine not in ("hf", "vllm", "http"):
             raise ValueError(f"teacher_engine: {self.teacher_engine!r}; use hf, vllm or http")
         self._check_http()
+        self.lora.check()
         if self.teacher_context is not None:
             check_teacher_context(self.teacher_context)  # plain task fields only (config/teacher_context.py)
         if self.teacher == SELF_TEACHER:

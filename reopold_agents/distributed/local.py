@@ -4,6 +4,7 @@ It runs the same chunks with the same seeds as RayBackend, one after another, so
 and a Ray run with the same seed train on the same episodes. The rollout engine shares the learner's
 student module (no copy: a sync only drops the engine's cached key/values). That is exact in async mode too: a submitted
 rollout runs at once, so step k+1 is sampled with the weights of step k, before step k's update.
+With a LoRA student (``model.lora``) ``model.teacher=self`` scores with that module too, adapters disabled.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class LocalBackend(Backend):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.learner = LearnerRole(cfg)
-        self.teacher = TeacherRole(cfg)
+        # a LoRA student's frozen base is model.teacher=self's teacher: shared, not loaded twice
+        self.teacher = TeacherRole(cfg, student=self.learner.model)
         self.worker = RolloutRole(cfg, 0, student=self.learner.model)
         self.pad_token_id = self.worker.pad_token_id()
         self.sync_weights()

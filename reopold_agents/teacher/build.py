@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import torch
+
 from reopold_agents.config.engine import EngineConfig
-from reopold_agents.config.model import ModelConfig
+from reopold_agents.config.model import SELF_TEACHER, ModelConfig
 from reopold_agents.teacher.cross.scorer import CrossTokenizerTeacher
 from reopold_agents.teacher.scorer import Teacher
 from reopold_agents.teacher.tokenizers import Tokenizer, TokenizerMismatchError, check_same_tokenizer
@@ -58,10 +60,15 @@ def teacher_path(model_cfg: ModelConfig, top_k: int, student: Tokenizer, teacher
 
 
 def build_teacher(model_cfg: ModelConfig, student_tokenizer: Tokenizer, top_k: int = 0,
-                  engine_cfg: EngineConfig | None = None) -> Teacher | CrossTokenizerTeacher:
+                  engine_cfg: EngineConfig | None = None,
+                  self_model: torch.nn.Module | None = None) -> Teacher | CrossTokenizerTeacher:
     """Load the teacher named by ``model_cfg.teacher`` behind ``model_cfg.teacher_engine`` and return the
-    scorer ``teacher_path`` picks. ``top_k`` > 0 also gives the teacher's top-k (``algo.gkd_topk``)."""
-    from reopold_agents.models import load_teacher, load_tokenizer_and_processor
+    scorer ``teacher_path`` picks. ``top_k`` > 0 also gives the teacher's top-k (``algo.gkd_topk``).
+
+    ``self_model``: a module already holding the initial student's weights (a LoRA student's transformers
+    model, whose adapters the caller disables while it scores: ``roles.TeacherRole``); an in-process
+    ``model.teacher=self`` scores with it and loads nothing."""
+    from reopold_agents.models import LoadedModel, load_teacher, load_tokenizer_and_processor
 
     if model_cfg.teacher_served:
         from reopold_agents.engines.http_teacher import build_http_teacher
@@ -78,7 +85,11 @@ def build_teacher(model_cfg: ModelConfig, student_tokenizer: Tokenizer, top_k: i
             raise ValueError(f"teacher {model_cfg.teacher!r} has no saved weights for vLLM to load; train/save it first")
         engine = make_engine(replace(engine_cfg, name="vllm"), model=None, tokenizer=tok, processor=processor, model_path=path)
         return Teacher(tok, engine=engine, chunk_size=model_cfg.logprob_chunk_size, batch_size=model_cfg.teacher_batch_size)
-    loaded = load_teacher(model_cfg)
+    if self_model is not None and model_cfg.teacher == SELF_TEACHER:
+        tok, processor, path = load_tokenizer_and_processor(model_cfg.student, "student")
+        loaded = LoadedModel(model=self_model, tokenizer=tok, processor=processor, name=model_cfg.student, path=path)
+    else:
+        loaded = load_teacher(model_cfg)
     if teacher_path(model_cfg, top_k, student_tokenizer, loaded.tokenizer).kind == "cross_tokenizer":
         return CrossTokenizerTeacher(student_tokenizer, loaded.tokenizer, loaded.model,
                                      chunk_size=model_cfg.logprob_chunk_size, batch_size=model_cfg.teacher_batch_size)

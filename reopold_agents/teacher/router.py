@@ -65,12 +65,14 @@ class TeacherRouter:
 
     @classmethod
     def from_config(cls, entries: dict[str, MixEntry], model_cfg: ModelConfig, student_tokenizer: object,
-                    top_k: int = 0, engine_cfg: object = None) -> "TeacherRouter":
-        """One ``build_teacher`` per distinct teacher of ``entries`` (``model.*`` settings shared, the name swapped in)."""
+                    top_k: int = 0, engine_cfg: object = None,
+                    self_model: torch.nn.Module | None = None) -> "TeacherRouter":
+        """One ``build_teacher`` per distinct teacher of ``entries`` (``model.*`` settings shared, the name swapped in);
+        ``self_model``: the module a ``self`` teacher scores with instead of loading a copy (``build_teacher``)."""
         from reopold_agents.teacher.build import build_teacher
 
         teachers = {label: build_teacher(replace(model_cfg, teacher=name), student_tokenizer, top_k=top_k,
-                                         engine_cfg=engine_cfg)  # type: ignore[arg-type]
+                                         engine_cfg=engine_cfg, self_model=self_model)  # type: ignore[arg-type]
                     for label, name in routed_teachers(entries, model_cfg).items()}
         return cls(teachers, teacher_routes(entries, model_cfg))
 
