@@ -77,11 +77,10 @@ def test_vllm_text_generation_and_reload_after_learner_step():
 
         # A real learner step (REOPOLD token reward from a teacher that scores the same ids).
         seqs = [GenerationRequest(t.token_ids) for t in trajs]
-        for t, scores in zip(trajs, HFEngine(teacher, tok).score(seqs)):
-            t.teacher_logprobs = [s if m else 0.0 for s, m in zip(scores, t.loss_mask)]
+        batch = _with_teacher(collate(trajs, tok.pad_token_id), HFEngine(teacher, tok).score(seqs))
         old_scores = HFEngine(model, tok).score(seqs)
         learner = Learner(model, AlgoConfig(stage_switch=0.0, stage2_rule="all"), TrainerConfig(lr=3e-2, total_steps=1))
-        metrics = learner.step(collate(trajs, tok.pad_token_id), 0)
+        metrics = learner.step(batch, 0)
         assert metrics["num_selected"] > 0
         new_scores = HFEngine(model, tok).score(seqs)
         moved = _score_diff(old_scores, new_scores)
@@ -133,15 +132,24 @@ def test_vllm_vl_pair_with_images():
 def _learner_batch(tok):
     """Eight trajectories: random prompt ids (mask 0), generated ids with rollout and teacher log-probs."""
     g = torch.Generator().manual_seed(0)
-    trajs = []
+    trajs, teacher = [], []
     for i in range(8):
         t = Trajectory(group_id=i // 2, reward=float(i % 2))
         t.append_env(torch.randint(10, len(tok), (6 + i,), generator=g).tolist())
         n = 8 + 2 * i
         t.append_generated(torch.randint(10, len(tok), (n,), generator=g).tolist(), (-torch.rand(n, generator=g) - 6).tolist())
-        t.teacher_logprobs = [float(-torch.rand(1, generator=g) * 8) if m else 0.0 for m in t.loss_mask]
+        teacher.append([float(-torch.rand(1, generator=g) * 8) if m else 0.0 for m in t.loss_mask])
         trajs.append(t)
-    return collate(trajs, tok.pad_token_id)
+    return _with_teacher(collate(trajs, tok.pad_token_id), teacher)
+
+
+def _with_teacher(batch, rows: list[list[float]]):
+    """``batch`` with per-row teacher log-probs (0 off the student's tokens), as a teacher's scores write them."""
+    lp = torch.zeros(batch.loss_mask.shape, dtype=torch.float32)
+    for b, row in enumerate(rows):
+        lp[b, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    batch.teacher_logprobs = torch.where(batch.loss_mask.cpu() > 0, lp, torch.zeros(()))
+    return batch
 
 
 def _configs():
