@@ -161,7 +161,8 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
             env_evals.setdefault(name, []).append(found[f"eval/{name}/success"])
         return found
 
-    steps = run_steps(backend, tasks_for_step, start_step, tc.total_steps, cfg.distributed.async_rollout)
+    steps = run_steps(backend, tasks_for_step, start_step, tc.total_steps, cfg.distributed.async_rollout,
+                      max_skipped_steps=tc.max_skipped_steps)  # raises NonFiniteStepsError at the limit
     try:
         from reopold_agents.preflight import run_preflight
 

@@ -5,7 +5,7 @@ warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, freeze_vis
 total_steps.
 Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
 seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every, heldout_tasks,
-eval_teacher.
+eval_teacher, max_skipped_steps (reopold_agents/step.py).
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class TrainerConfig:
     eval_every: int = 0  # 0 disables periodic evaluation
     heldout_tasks: int = 64  # size of the fixed held-out success set (greedy, measured at every evaluation)
     eval_teacher: bool = True  # also measure the teacher on it once (the "gap closed" target); not for mix/http
+    # stop the run after this many steps in a row skipped for non-finite inputs (NaN/inf teacher scores,
+    # log-probs, rewards, loss); each skipped step is logged as a warning. 0: never stop
+    max_skipped_steps: int = 3
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
@@ -71,6 +74,6 @@ class TrainerConfig:
                     "group_size", "keep_checkpoints", "log_every", "heldout_tasks"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "save_every", "eval_every"):
+        for key in ("warmup_steps", "save_every", "eval_every", "max_skipped_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
