@@ -2,8 +2,8 @@
 
 A tiny ``http.server`` plays the vLLM OpenAI server: it answers ``/v1/models``, ``/tokenize`` and
 ``/v1/completions`` (``prompt_logprobs`` computed by a formula the test also knows), or fails as told
-(500, 400, a hang past the client's timeout, a dropped connection). No vLLM here: these run in the
-default suite. The real vLLM server (parity with the in-process teacher, a killed server mid-run) is
+(500, 400, a hang past the client's timeout, a dropped connection, a trickled or oversize reply, a
+malformed one). No vLLM here: these run in the default suite (loopback only). The real vLLM server (parity with the in-process teacher, a killed server mid-run) is
 tests/test_http_teacher_vllm.py.
 """
 
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import socket
 import threading
 import time
+import tracemalloc
+from pathlib import Path
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -25,7 +28,9 @@ from reopold_agents.config import compose
 from reopold_agents.config.schema import ConfigError
 from reopold_agents.engines.base import GenerationRequest
 from reopold_agents.engines.http_teacher import (
+    MIB,
     HTTPTeacherClient,
+    MalformedReplyError,
     TeacherRequestError,
     TeacherServerError,
     parse_teacher_urls,
@@ -44,20 +49,25 @@ def fake_logprob(ids: list[int], t: int) -> float:
 
 @dataclass
 class FakeVLLM:
-    """The server's script: ``actions`` are consumed one per /v1/completions request (then ``ok``)."""
+    """The server's script: ``actions`` are consumed one per /v1/completions request (then ``default``). An
+    action is a name (see ``do_POST``) or a function of the request body giving the raw 200 reply body."""
 
-    actions: list[str] = field(default_factory=list)
-    tokenize: Callable[[str], list[int]] | None = None
+    actions: list[str | Callable[[dict[str, Any]], bytes]] = field(default_factory=list)
+    default: str = "ok"
+    tokenize: Callable[[str], Any] | None = None
+    models_reply: bytes | None = None  # raw /v1/models body (None: the one served model)
     hang_s: float = 2.0
+    trickle_s: float = 0.05  # between two trickled bytes
+    sent: list[int] = field(default_factory=list)  # body bytes written per streamed reply
     seen: list[tuple[float, str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_action(self) -> str:
+    def next_action(self) -> str | Callable[[dict[str, Any]], bytes]:
         with self.lock:
-            return self.actions.pop(0) if self.actions else "ok"
+            return self.actions.pop(0) if self.actions else self.default
 
 
-def completion_reply(body: dict[str, Any]) -> dict[str, Any]:
+def completion_reply(body: dict[str, Any], value: Callable[[list[int], int], float] = fake_logprob) -> dict[str, Any]:
     prompts = body["prompt"]
     choices = []
     for i, ids in enumerate(prompts):
@@ -65,7 +75,7 @@ def completion_reply(body: dict[str, Any]) -> dict[str, Any]:
         for t in range(1, len(ids)):
             decoy = (ids[t] + 1) % 1000  # vLLM also lists the top-ranked token when it is not the prompt's
             plp.append({str(decoy): {"logprob": -0.0001, "rank": 1, "decoded_token": "x"},
-                        str(ids[t]): {"logprob": fake_logprob(ids, t), "rank": 5, "decoded_token": "y"}})
+                        str(ids[t]): {"logprob": value(ids, t), "rank": 5, "decoded_token": "y"}})
         choices.append({"index": i, "text": "a", "logprobs": None, "finish_reason": "length", "prompt_logprobs": plp})
     choices.reverse()  # order comes from "index", not position
     return {"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices}
@@ -77,7 +87,7 @@ def make_handler(state: FakeVLLM) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, code: int, data: Any) -> None:
-            raw = json.dumps(data).encode()
+            raw = data if isinstance(data, bytes) else json.dumps(data).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))
@@ -90,7 +100,8 @@ def make_handler(state: FakeVLLM) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             state.seen.append((time.monotonic(), self.path, None))
             if self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": SERVED, "object": "model", "max_model_len": 512}]})
+                self._send(200, state.models_reply or {"object": "list",
+                                                       "data": [{"id": SERVED, "object": "model", "max_model_len": 512}]})
             else:
                 self._send(404, {"detail": "Not Found"})
 
@@ -107,7 +118,15 @@ def make_handler(state: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"detail": "Not Found"})
                 return
             action = state.next_action()
-            if action == "500":
+            if callable(action):
+                self._send(200, action(body))
+            elif action == "neginf":  # a teacher that finds every token impossible
+                self._send(200, completion_reply(body, lambda ids, t: float("-inf")))
+            elif action in ("trickle", "trickle_headers"):
+                self._trickle(completion_reply(body), headers_too=action == "trickle_headers")
+            elif action in ("huge", "huge_declared"):
+                self._stream(100 * MIB, declare=action == "huge_declared")
+            elif action == "500":
                 self._send(500, {"error": {"message": "EngineCore died", "type": "InternalServerError", "code": 500}})
             elif action == "400":
                 self._send(400, {"error": {"message": "This model's maximum context length is 512 tokens",
@@ -121,6 +140,38 @@ def make_handler(state: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 self._send(200, {"choices": [{"index": 0, "text": "a"}] * len(body["prompt"])})
             else:
                 self._send(200, completion_reply(body))
+
+        def _trickle(self, data: dict[str, Any], headers_too: bool) -> None:
+            """A valid reply, one byte every ``trickle_s`` (each socket wait is short; the whole is not)."""
+            raw = json.dumps(data).encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+            out = (head + raw) if headers_too else raw
+            try:
+                if not headers_too:
+                    self.wfile.write(head)
+                for i in range(len(out)):
+                    self.wfile.write(out[i : i + 1])
+                    time.sleep(state.trickle_s)
+            except OSError:  # the client gave up: fine
+                pass
+
+        def _stream(self, size: int, declare: bool) -> None:
+            """``size`` bytes of a JSON string, with or without a Content-Length; counts what got out."""
+            piece = b"x" * (1 << 16)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if declare:
+                self.send_header("Content-Length", str(size))
+            sent = 0
+            try:
+                self.end_headers()
+                self.wfile.write(b'"')
+                while sent < size:
+                    self.wfile.write(piece)
+                    sent += len(piece)
+            except OSError:  # the client refused the rest: fine
+                pass
+            state.sent.append(sent)
 
     return Handler
 
@@ -170,14 +221,15 @@ def test_prompt_logprobs_row_checks_the_ids():
     ids = [5, 6, 7]
     entries = [None, {"6": {"logprob": -1.5}, "9": {"logprob": -0.1}}, {"7": {"logprob": -0.25}}]
     assert prompt_logprobs_row(ids, entries) == [0.0, -1.5, -0.25]
-    with pytest.raises(TeacherRequestError, match="no entry for the prompt's token 7"):
+    with pytest.raises(MalformedReplyError, match="no entry for the prompt's token 7"):
         prompt_logprobs_row(ids, [None, entries[1], {"8": {"logprob": -0.25}}])
-    with pytest.raises(TeacherRequestError, match="3-token prompt: got 2 positions"):
+    with pytest.raises(MalformedReplyError, match="3-token prompt: got 2 positions"):
         prompt_logprobs_row(ids, entries[:2])
-    with pytest.raises(TeacherRequestError, match="got none"):
+    with pytest.raises(MalformedReplyError, match="got none"):
         prompt_logprobs_row(ids, None)
-    with pytest.raises(TeacherRequestError, match="3.5 is not a log-probability.*logprobs-mode"):
+    with pytest.raises(MalformedReplyError, match="3.5 is not a log-probability.*logprobs-mode"):
         prompt_logprobs_row(ids, [None, entries[1], {"7": {"logprob": 3.5}}])
+    assert prompt_logprobs_row(ids, [None, entries[1], {"7": {"logprob": float("-inf")}}])[2] == float("-inf")
 
 
 def test_batched_concurrent_scores_equal_the_server_values(fake):
@@ -255,9 +307,124 @@ def test_client_errors_are_not_retried(fake):
     with pytest.raises(TeacherRequestError, match="HTTP 400: This model's maximum context length is 512"):
         client.score(requests_of([4]))
     assert len(completions(state)) == 1
+
+
+def test_a_malformed_reply_is_the_servers_failure_retried_then_named(fake):
+    """A reply without usable prompt_logprobs fails that attempt like a 5xx: resent (on the next server),
+    and when every attempt got one, TeacherServerError names the URL and what was wrong."""
+    state, url = fake
+    client = HTTPTeacherClient([url], SERVED, retries=1, backoff_s=0.0)
     state.actions = ["garbled"]
-    with pytest.raises(TeacherRequestError, match="got none.*is it a vLLM server"):
+    reqs = requests_of([4])
+    assert client.score(reqs) == [expected(reqs[0])]
+    assert len(completions(state)) == 2
+    state.actions = ["garbled", "garbled"]
+    with pytest.raises(TeacherServerError, match=f"attempt 2: {url}/v1/completions: malformed reply: prompt_logprobs "
+                                                 "for a 4-token prompt: got none.*is it a vLLM server"):
+        client.score(reqs)
+
+
+def _choice_with(plp: Any, **extra: Any) -> Callable[[dict[str, Any]], bytes]:
+    """A reply whose one choice carries ``plp(ids)`` as its prompt_logprobs (and ``extra`` keys)."""
+    return lambda body: json.dumps({"choices": [{"index": 0, "prompt_logprobs": plp(body["prompt"][0]), **extra}]}).encode()
+
+
+def _entry(value: Any) -> Callable[[list[int]], list[Any]]:
+    """prompt_logprobs whose position 1 holds ``value`` for the prompt's token (the others are valid)."""
+    def plp(ids: list[int]) -> list[Any]:
+        out: list[Any] = [None] + [{str(ids[t]): {"logprob": -0.5}} for t in range(1, len(ids))]
+        out[1] = {str(ids[1]): value}
+        return out
+    return plp
+
+
+MALFORMED = {  # each reply form a broken or foreign server may send -> what the error must say
+    "html": (lambda body: b"<html><body>502 Bad Gateway</body></html>", "reply is not JSON"),
+    "deep nesting": (lambda body: b"[" * 200_000, "reply is not JSON"),
+    "a JSON list": (lambda body: b"[1, 2]", "the reply \\(a JSON list\\) has no 'choices' list"),
+    "choices not a list": (lambda body: b'{"choices": "x"}', "has no 'choices' list"),
+    "0 choices": (lambda body: b'{"choices": []}', "0 choices for 1 prompts"),
+    "a choice not an object": (lambda body: b'{"choices": [1]}', "a choice is not an object"),
+    "index a string": (_choice_with(_entry({"logprob": -0.5}), index="0"), "choice indices \\['0'\\]"),
+    "index out of range": (_choice_with(_entry({"logprob": -0.5}), index=1), "do not number the 1 prompts"),
+    "no prompt_logprobs": (lambda body: b'{"choices": [{"index": 0, "text": "a"}]}', "got none"),
+    "prompt_logprobs a string": (_choice_with(lambda ids: "abc"), "got str"),
+    "one position short": (_choice_with(lambda ids: _entry({"logprob": -0.5})(ids)[:-1]), "got 3 positions"),
+    "a position a list": (_choice_with(lambda ids: [None, [1, 2], *_entry(-0.5)(ids)[2:]]), "position 1 is a list"),
+    "no logprob key": (_choice_with(_entry({"rank": 1})), "logprob is null"),
+    "logprob a string": (_choice_with(_entry({"logprob": "high"})), "logprob is str 'high'"),
+    "logprob a list": (_choice_with(_entry([0.5])), "logprob is list"),
+    "logprob overflows": (_choice_with(_entry({"logprob": -(10**400)})), "overflows a float"),
+    "logprob NaN": (_choice_with(_entry({"logprob": float("nan")})), "nan is not a log-probability"),
+    "a logit": (_choice_with(_entry({"logprob": 7.5})), "7.5 is not a log-probability"),
+}
+
+
+@pytest.mark.parametrize("form", list(MALFORMED))
+def test_every_malformed_reply_is_a_server_error_naming_the_url(fake, form):
+    state, url = fake
+    reply, says = MALFORMED[form]
+    state.actions = [reply]
+    client = HTTPTeacherClient([url], SERVED, timeout_s=5, retries=0)
+    with pytest.raises(TeacherServerError, match=f"attempt 1: {url}/v1/completions: .*{says}"):
         client.score(requests_of([4]))
+
+
+def test_malformed_model_list_and_tokenize_replies_name_the_url(fake, tok):
+    state, url = fake
+    for raw in (b'{"data": [1]}', b'{"data": "abc"}', b'{"object": "list"}', b"null"):
+        state.models_reply = raw
+        with pytest.raises(TeacherServerError, match=f"{url}/v1/models: malformed reply: the reply is not an OpenAI"):
+            HTTPTeacherClient([url], timeout_s=5, retries=0)
+    state.models_reply = None
+    state.tokenize = lambda text: "abc"
+    with pytest.raises(TeacherServerError, match=f"{url}/tokenize: malformed reply: the reply has no 'tokens' list"):
+        HTTPTeacherClient([url], SERVED, retries=0).check_tokenizer(tok)
+
+
+@pytest.mark.parametrize("action", ["trickle", "trickle_headers"])
+def test_a_trickling_server_fails_at_the_deadline(fake, action):
+    """Each byte comes well within the 5 s socket timeout, the whole reply would take ~20 s: each attempt
+    ends at its 1 s deadline (also while the status line and headers trickle), naming the URL and the key."""
+    state, url = fake
+    state.trickle_s = 0.02
+    state.actions = [action] * 2
+    client = HTTPTeacherClient([url], SERVED, timeout_s=5, deadline_s=1.0, retries=1, backoff_s=0.0)
+    t0 = time.monotonic()
+    with pytest.raises(TeacherServerError) as info:
+        client.score(requests_of([8]))  # a reply of ~1 kB: ~20 s trickled (the headers alone: ~1.6 s)
+    took = time.monotonic() - t0
+    assert 2 * 1.0 <= took < 2 * 1.0 + 1.5, took  # two attempts, each cut at its deadline
+    msg = str(info.value)
+    assert f"attempt 2: {url}/v1/completions: no complete reply within the 1 s deadline (model.teacher_deadline_s)" in msg
+    reqs = requests_of([5])
+    assert client.score(reqs) == [expected(reqs[0])]  # a server that answers in time still does
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_an_oversize_reply_is_refused_while_read(fake, declared):
+    """A 100 MB reply against a 1 MiB cap: refused after about the cap (undeclared length) or before its
+    body (declared), never buffered whole: the client's memory peak and the bytes the server got out stay
+    far below 100 MB."""
+    state, url = fake
+    state.actions = ["huge_declared" if declared else "huge"]
+    client = HTTPTeacherClient([url], SERVED, timeout_s=5, max_reply_bytes=MIB, retries=0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TeacherServerError) as info:
+            client.score(requests_of([4]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    msg = str(info.value)
+    assert f"attempt 1: {url}/v1/completions: reply" in msg and "over the 1 MiB cap (model.teacher_max_reply_mb)" in msg
+    assert ("not read" in msg) == declared
+    assert peak < 16 * MIB, peak
+    for _ in range(100):  # the server notices the closed connection
+        if state.sent:
+            break
+        time.sleep(0.05)
+    assert state.sent and state.sent[0] < 40 * MIB, state.sent
 
 
 def test_one_failed_request_fails_the_call_without_waiting_for_the_rest(fake):
@@ -314,7 +481,7 @@ def test_teacher_fills_the_batch_through_the_server(fake, tok):
     _, url = fake
     trajs = _trajectories()
     batch = collate(trajs, tok.pad_token_id)
-    Teacher(tok, engine=HTTPTeacherClient([url], SERVED, batch_size=3)).score(batch)
+    Teacher(tok, engine=HTTPTeacherClient([url], SERVED, batch_size=3)).score(batch).apply_to(batch)
     for b, t in enumerate(trajs):
         want = torch.tensor([lp * m for lp, m in zip(expected(GenerationRequest(t.token_ids)), batch.loss_mask[b].tolist())])
         assert torch.allclose(batch.teacher_logprobs[b, : len(t)], want.float())
@@ -356,3 +523,48 @@ def test_vision_teacher_is_refused(fake, tok):
     cfg = compose(["env=vqa", "model=tiny_vl", "model.teacher_engine=http", f"model.teacher_url={url}"])
     with pytest.raises(ValueError, match="scores text only"):
         build_teacher(cfg.model, tok)
+
+
+def test_a_teacher_answering_minus_inf_stops_the_run_keeping_the_last_good_weights(fake, tmp_path, caplog):
+    """A served teacher that starts answering -inf after step 1: steps 2 and 3 are skipped (a warning each,
+    naming the step and the -inf teacher log-probs), the 3rd skipped step in a row (step 4) stops the run
+    with NonFiniteStepsError; the checkpoints of the skipped steps hold step 1's weights."""
+    from safetensors.torch import load_file
+
+    import reopold_agents.run as run_mod
+    from reopold_agents.metrics import read_metrics
+    from reopold_agents.step import NonFiniteStepsError, StepResult
+
+    state, url = fake
+    out = tmp_path / "run"
+    cfg = compose(["env=math", f"trainer.output_dir={out}", "trainer.total_steps=6", "trainer.prompts_per_step=2",
+                   "trainer.group_size=2", "trainer.save_every=1", "trainer.keep_checkpoints=6",
+                   "engine.sampling.max_new_tokens=12", "env.max_turns=2", "trainer.heldout_tasks=4", "trainer.lr=1e-3",
+                   "model.teacher_engine=http", f"model.teacher_url={url}", "trainer.max_skipped_steps=3"])
+
+    def go_bad(result: StepResult) -> None:
+        if result.step == 0:  # after step 1 (0-based 0) trained: every later scoring is -inf
+            state.default = "neginf"
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="reopold_agents.step"), \
+                pytest.raises(NonFiniteStepsError) as info:
+            run_mod.train(cfg, progress=False, on_step=go_bad)
+    finally:
+        torch.set_num_threads(threads)
+    msg = str(info.value)
+    assert "steps 2..4: 3 steps in a row were skipped for non-finite inputs (trainer.max_skipped_steps=3)" in msg
+    assert "non-finite teacher log-probs on" in msg and "(-inf)" in msg and "since step 1" in msg
+    warned = [r.getMessage() for r in caplog.records if r.name == "reopold_agents.step" and r.levelno == logging.WARNING]
+    assert [w.split(" skipped")[0] for w in warned] == ["step 2", "step 3", "step 4"], warned
+    assert all("non-finite teacher log-probs" in w and "(-inf)" in w for w in warned)
+    assert "(3 in a row of trainer.max_skipped_steps=3)" in warned[-1]
+    records = {r["step"]: r for r in read_metrics(out)}
+    assert sorted(records) == [0, 1, 2, 3]  # the step that hit the limit is neither logged nor saved
+    assert records[1]["skipped_nonfinite"] == 0.0 and records[2]["skipped_nonfinite"] == records[3]["skipped_nonfinite"] == 1.0
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step_00000001", "step_00000002", "step_00000003"]
+    weights = [load_file(str(next((out / "checkpoints" / c / "model").glob("*.safetensors")))) for c in ckpts]
+    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])

@@ -12,6 +12,7 @@ from typing import Optional
 
 from reopold_agents.config.lora import LoraConfig
 from reopold_agents.config.teacher_context import check_teacher_context
+from reopold_agents.config.teacher_url import parse_teacher_urls
 
 TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_math", "tiny_vl", "tiny_toolqa_bed", "tiny_vl_bed")
 SELF_TEACHER = "self"  # model.teacher=self: a frozen copy of the initial student (self-distillation)
@@ -37,7 +38,9 @@ class ModelConfig:
     teacher_served_model: Optional[str] = None  # the server's model name (None: the one it lists at /v1/models)
     teacher_concurrency: int = 4  # requests in flight at once (over all servers)
     teacher_timeout_s: float = 120.0  # to connect, and for each wait on the server's reply
-    teacher_retries: int = 3  # resends of a failed request (connection error, timeout, 5xx), on the next server
+    teacher_deadline_s: float = 600.0  # for one whole request (connect to last byte), however the bytes trickle
+    teacher_max_reply_mb: float = 64.0  # a larger reply is refused while read (vLLM: ~75 bytes per position)
+    teacher_retries: int = 3  # resends of a request the server failed (anything but a 4xx), on the next server
     teacher_backoff_s: float = 1.0  # sleep before the first resend; doubles each time (at most 30 s)
     # Privileged context (self-distillation): a system turn put in front of the conversation the teacher
     # scores, formatted from the task record, e.g. "The correct final answer is {answer}." (None: off)
@@ -80,8 +83,6 @@ class ModelConfig:
             return
         if not self.teacher_url:
             raise ValueError("teacher_url: teacher_engine=http needs the teacher server's URL, e.g. http://127.0.0.1:8000")
-        from reopold_agents.engines.http_teacher import parse_teacher_urls
-
         try:
             parse_teacher_urls(self.teacher_url)
         except ValueError as exc:
@@ -93,6 +94,8 @@ class ModelConfig:
             raise ValueError("teacher_served_model: empty; leave it unset to use the model the server lists")
         for key, ok, why in (("teacher_concurrency", self.teacher_concurrency >= 1, ">= 1"),
                              ("teacher_timeout_s", self.teacher_timeout_s > 0, "> 0"),
+                             ("teacher_deadline_s", self.teacher_deadline_s > 0, "> 0"),
+                             ("teacher_max_reply_mb", self.teacher_max_reply_mb * 2**20 >= 1, ">= 1e-6 (a byte)"),
                              ("teacher_retries", self.teacher_retries >= 0, ">= 0"),
                              ("teacher_backoff_s", self.teacher_backoff_s >= 0, ">= 0")):
             if not ok:

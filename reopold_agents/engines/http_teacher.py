@@ -9,91 +9,141 @@ Why it works the way it does (docs/distributed.md, "Serving teachers"):
 * Rows travel ``batch_size`` per request (one prompt list per request), ``concurrency`` requests are
   in flight at once (a thread pool; the work is waiting on sockets), spread round-robin over the
   servers of a comma-separated ``model.teacher_url``.
-* Scoring is stateless and deterministic, so a failed request is simply sent again: connection errors,
-  timeouts, 5xx, 408 and 429 are retried ``retries`` times with exponential back-off
-  (``backoff_s * 2**attempt``, at most ``MAX_BACKOFF_S``), each retry on the next server. Requests
-  that already succeeded are kept. Other 4xx answers (a prompt too long for the server's
-  ``max_model_len``, a wrong model name) are the caller's mistake and fail at once.
-* When every attempt failed, ``TeacherServerError`` (a ``ConnectionError``) names the URLs and what
-  was tried; the training step fails, and nothing of a completed step is lost (its checkpoint was
-  written before this step started).
+* Every attempt is bounded three ways: ``timeout_s`` for connecting and for each wait on a socket read,
+  ``deadline_s`` for the whole attempt (connect, send, headers and body: a watchdog shuts the socket
+  down when it passes, so a server that trickles bytes cannot hold ``score`` past it), and
+  ``max_reply_bytes`` for the reply, counted while it is read (a declared ``Content-Length`` over the
+  cap is refused before the body is read).
+* Scoring is stateless and deterministic, so a failed attempt is simply sent again: connection errors,
+  timeouts, a passed deadline, an oversize, cut-short or malformed reply (not JSON, the wrong shape, the
+  wrong number of choices or positions, a value that is not a log-probability), 5xx, 408 and 429 are
+  the server's failure, retried ``retries`` times with exponential back-off (``backoff_s * 2**attempt``,
+  at most ``MAX_BACKOFF_S``), each retry on the next server. Requests that already succeeded are kept.
+  Other 4xx answers (a prompt too long for the server's ``max_model_len``, a wrong model name) are the
+  caller's mistake and fail at once (``TeacherRequestError``).
+* When every attempt failed, ``TeacherServerError`` (a ``ConnectionError``) names the URLs and each
+  attempt's URL and what was wrong; the training step fails, and nothing of a completed step is lost
+  (its checkpoint was written before this step started).
 
-Standard library only (``urllib``): no client dependency for the trainer, the Ray workers or CI.
+Standard library only (``http.client``, engines/http_transport.py): no client dependency for the trainer,
+the Ray workers or CI.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
-import socket
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
+from reopold_agents.config.model import ModelConfig
+from reopold_agents.config.teacher_url import parse_teacher_urls
 from reopold_agents.engines.base import GenerationRequest
+from reopold_agents.engines.http_transport import ExchangeFailed, ExchangeRefused, Limits, exchange_json
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0  # cap of one back-off sleep
-RETRY_STATUS = (408, 429)  # besides 5xx: the server is busy or gave up waiting, a resend may succeed
+MIB = 2**20
 PROBE_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
                   {"role": "user", "content": "What is 12 + 30? Use the calculator tool."}]
+T = TypeVar("T")
+__all__ = ["MIB", "HTTPTeacherClient", "MalformedReplyError", "TeacherRequestError", "TeacherServerError",
+           "build_http_teacher", "completion_rows", "parse_teacher_urls", "prompt_logprobs_row"]
 
 
 class TeacherServerError(ConnectionError):
-    """The teacher server(s) could not be reached or kept failing after every retry."""
+    """The teacher server(s) failed every attempt: unreachable, too slow, too large or malformed replies."""
 
 
 class TeacherRequestError(RuntimeError):
-    """The server answered, but not with usable prompt log-probs (a 4xx, or a reply of the wrong shape)."""
+    """The server refused the request (a 4xx) or the set-up does not fit it (models, tokenizer)."""
 
 
-class _Retryable(Exception):
-    """One failed attempt that a resend may fix (connection, timeout, 5xx)."""
+class MalformedReplyError(ValueError):
+    """The server answered, but not with what was asked (wrong shape, count, or values): that server's failure."""
 
 
-def parse_teacher_urls(value: str) -> list[str]:
-    """``model.teacher_url``: one or more comma-separated server base URLs (``http://host:port``; a
-    trailing ``/`` or ``/v1`` as in OpenAI client base URLs is dropped). Raises ValueError saying why."""
-    urls = []
-    for part in value.split(","):
-        url = part.strip().rstrip("/")
-        url = url[: -len("/v1")] if url.endswith("/v1") else url
-        parsed = urllib.parse.urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"{part.strip()!r} is not an http(s)://host:port URL")
-        urls.append(url)
-    return urls
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
 
 
-def prompt_logprobs_row(ids: list[int], entries: Any) -> list[float]:
+def prompt_logprobs_row(ids: list[int], entries: object) -> list[float]:
     """vLLM's ``prompt_logprobs`` of one prompt -> target-aligned log-probs of ``ids`` (entry 0 is 0.0).
 
     ``entries[t]`` (t >= 1) maps token ids (JSON string keys) to ``{"logprob": float, ...}``; with
     ``prompt_logprobs: 0`` it holds the prompt's own token, which must be there: a missing id means
-    the server scored other ids than the ones sent."""
+    the server scored other ids than the ones sent. -inf (probability 0) is a log-probability; NaN and
+    values above 0 are not. Raises MalformedReplyError saying what is wrong."""
     if not isinstance(entries, list) or len(entries) != len(ids):
-        got = "none" if entries is None else f"{len(entries)} positions" if isinstance(entries, list) else type(entries).__name__
-        raise TeacherRequestError(f"prompt_logprobs for a {len(ids)}-token prompt: got {got}")
+        got = (f"{len(entries)} positions" if isinstance(entries, list)
+               else "none" if entries is None else _kind(entries))
+        raise MalformedReplyError(f"prompt_logprobs for a {len(ids)}-token prompt: got {got}")
     row = [0.0]
     for t in range(1, len(ids)):
         step = entries[t]
-        hit = step.get(str(ids[t])) if isinstance(step, dict) else None
+        if not isinstance(step, dict):
+            raise MalformedReplyError(f"prompt_logprobs position {t} is a {_kind(step)}, not an object")
+        hit = step.get(str(ids[t]))
         if hit is None:
-            shown = sorted(step)[:5] if isinstance(step, dict) else step
-            raise TeacherRequestError(f"prompt_logprobs position {t}: no entry for the prompt's token {ids[t]} (got {shown})")
-        lp = float(hit["logprob"] if isinstance(hit, dict) else hit)
-        if not lp <= 1e-4:  # a log-prob is <= 0: this is a logit (`--logprobs-mode raw_logits`) or garbage
-            raise TeacherRequestError(f"prompt_logprobs position {t}: {lp} is not a log-probability (start the "
+            raise MalformedReplyError(f"prompt_logprobs position {t}: no entry for the prompt's token {ids[t]} "
+                                      f"(got {sorted(step)[:5]})")
+        value = hit.get("logprob") if isinstance(hit, dict) else hit
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MalformedReplyError(f"prompt_logprobs position {t}: logprob is {_kind(value)} {str(value)[:40]!r}, "
+                                      "not a number")
+        try:
+            lp = float(value)
+        except OverflowError:
+            raise MalformedReplyError(f"prompt_logprobs position {t}: logprob {str(value)[:40]}... "
+                                      "overflows a float") from None
+        if not lp <= 1e-4:  # a log-prob is <= 0: this is a logit (`--logprobs-mode raw_logits`), NaN or garbage
+            raise MalformedReplyError(f"prompt_logprobs position {t}: {lp} is not a log-probability (start the "
                                       "server with the default --logprobs-mode raw_logprobs)")
         row.append(lp)
     return row
+
+
+def completion_rows(prompts: list[list[int]], reply: object) -> list[list[float]]:
+    """A ``/v1/completions`` reply -> each prompt's target-aligned log-probs, in prompt order (choices are
+    matched by their ``index``, which must number the prompts once each). Raises MalformedReplyError."""
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list):
+        where = "the reply" if isinstance(reply, dict) else f"the reply (a JSON {_kind(reply)})"
+        raise MalformedReplyError(f"{where} has no 'choices' list")
+    if len(choices) != len(prompts):
+        raise MalformedReplyError(f"{len(choices)} choices for {len(prompts)} prompts")
+    if not all(isinstance(c, dict) for c in choices):
+        raise MalformedReplyError(f"a choice is not an object ({[_kind(c) for c in choices][:5]})")
+    indices = [c.get("index") for c in choices]
+    if all(i is None for i in indices):
+        indices = list(range(len(choices)))  # no index: in prompt order
+    numbered = sorted(i if isinstance(i, int) and not isinstance(i, bool) else -1 for i in indices)
+    if numbered != list(range(len(prompts))):
+        raise MalformedReplyError(f"choice indices {indices[:8]} do not number the {len(prompts)} prompts once each")
+    ordered = [c for _, c in sorted(zip(indices, choices), key=lambda pair: pair[0])]
+    try:
+        return [prompt_logprobs_row(ids, c.get("prompt_logprobs")) for ids, c in zip(prompts, ordered)]
+    except MalformedReplyError as exc:
+        raise MalformedReplyError(f"{exc} (is it a vLLM server? prompt_logprobs is a vLLM extension)") from None
+
+
+def served_model_names(reply: object) -> list[str]:
+    """The model ids of a ``/v1/models`` reply. Raises MalformedReplyError."""
+    data = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+        raise MalformedReplyError("the reply is not an OpenAI model list ({'data': [{'id': ...}, ...]})")
+    return [m["id"] for m in data]
+
+
+def tokenize_ids(reply: object) -> list[int]:
+    """The token ids of a vLLM ``/tokenize`` reply. Raises MalformedReplyError."""
+    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise MalformedReplyError("the reply has no 'tokens' list of ids")
+    return tokens
 
 
 @dataclass
@@ -109,68 +159,54 @@ class HTTPTeacherClient:
     each server lists at ``/v1/models``, asked once here)."""
 
     def __init__(self, urls: list[str], model: str | None = None, *, batch_size: int = 8, concurrency: int = 4,
-                 timeout_s: float = 120.0, retries: int = 3, backoff_s: float = 1.0) -> None:
+                 timeout_s: float = 120.0, deadline_s: float = 600.0, max_reply_bytes: int = 64 * MIB,
+                 retries: int = 3, backoff_s: float = 1.0) -> None:
         if not urls:
             raise ValueError("HTTPTeacherClient needs at least one server URL")
-        if batch_size < 1 or concurrency < 1 or timeout_s <= 0 or retries < 0 or backoff_s < 0:
-            raise ValueError(f"batch_size/concurrency >= 1, timeout_s > 0, retries/backoff_s >= 0; got "
-                             f"{batch_size}/{concurrency}/{timeout_s}/{retries}/{backoff_s}")
+        if (batch_size < 1 or concurrency < 1 or timeout_s <= 0 or deadline_s <= 0 or max_reply_bytes < 1
+                or retries < 0 or backoff_s < 0):
+            raise ValueError(f"batch_size/concurrency/max_reply_bytes >= 1, timeout_s/deadline_s > 0, retries/"
+                             f"backoff_s >= 0; got {batch_size}/{concurrency}/{max_reply_bytes}, {timeout_s}/"
+                             f"{deadline_s}, {retries}/{backoff_s}")
         self.urls = list(urls)
         self.batch_size, self.concurrency = batch_size, concurrency
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.limits = Limits(timeout_s, deadline_s, int(max_reply_bytes))
+        self.retries, self.backoff_s = retries, backoff_s
         self.model = model if model is not None else self._served_model()
 
+    @property
+    def timeout_s(self) -> float:
+        return self.limits.timeout_s
+
     @classmethod
-    def from_config(cls, model_cfg: Any) -> "HTTPTeacherClient":
+    def from_config(cls, model_cfg: ModelConfig) -> "HTTPTeacherClient":
         """From the ``model.teacher_*`` keys (``reopold_agents/config/model.py``)."""
         return cls(parse_teacher_urls(model_cfg.teacher_url), model_cfg.teacher_served_model,
                    batch_size=model_cfg.teacher_batch_size, concurrency=model_cfg.teacher_concurrency,
-                   timeout_s=model_cfg.teacher_timeout_s, retries=model_cfg.teacher_retries,
+                   timeout_s=model_cfg.teacher_timeout_s, deadline_s=model_cfg.teacher_deadline_s,
+                   max_reply_bytes=int(model_cfg.teacher_max_reply_mb * MIB), retries=model_cfg.teacher_retries,
                    backoff_s=model_cfg.teacher_backoff_s)
 
     # -- transport ----------------------------------------------------------------------------------
 
-    def _request(self, url: str, body: dict[str, Any] | None) -> Any:
-        """One attempt: GET (``body`` None) or POST JSON; the decoded reply. Raises _Retryable or
-        TeacherRequestError."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if body is None else "POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = _error_detail(exc)
-            if exc.code >= 500 or exc.code in RETRY_STATUS:
-                raise _Retryable(f"HTTP {exc.code}: {detail}") from None
-            raise TeacherRequestError(f"{url} answered HTTP {exc.code}: {detail}") from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise _Retryable(f"no answer within {self.timeout_s:g} s (model.teacher_timeout_s)") from None
-            raise _Retryable(f"cannot connect ({reason})") from None
-        except (TimeoutError, socket.timeout):
-            raise _Retryable(f"no answer within {self.timeout_s:g} s (model.teacher_timeout_s)") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as exc:
-            raise _Retryable(f"connection broke ({type(exc).__name__}: {exc})") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise _Retryable(f"reply is not JSON ({len(raw)} bytes: {raw[:80]!r})") from None
-
-    def _with_retries(self, path: str, body: dict[str, Any] | None, first: int = 0,
-                      abort: threading.Event | None = None) -> Any:
-        """``_request`` on ``urls[first]``, retried with back-off on the next servers; TeacherServerError
-        naming every attempt when none succeeds (or as soon as ``abort`` is set by a failed sibling)."""
+    def _with_retries(self, path: str, body: dict[str, Any] | None, parse: Callable[[Any], T], first: int = 0,
+                      abort: threading.Event | None = None) -> T:
+        """One exchange with ``urls[first] + path`` and ``parse`` of its reply, retried with back-off on the
+        next servers while the server is at fault (ExchangeFailed, MalformedReplyError); TeacherServerError
+        naming every attempt when none succeeds (or as soon as ``abort`` is set by a failed sibling). A
+        refusal (4xx) is TeacherRequestError at once."""
         errors: list[str] = []
         t0 = time.monotonic()
         for attempt in range(self.retries + 1):
             url = self.urls[(first + attempt) % len(self.urls)] + path
             try:
-                return self._request(url, body)
-            except _Retryable as exc:
-                errors.append(f"attempt {attempt + 1}: {url}: {exc}")
-                log.warning("teacher server %s failed (attempt %d of %d): %s", url, attempt + 1, self.retries + 1, exc)
+                return parse(exchange_json(url, body, self.limits))
+            except ExchangeRefused as exc:
+                raise TeacherRequestError(f"{url} answered {exc}") from None
+            except (ExchangeFailed, MalformedReplyError) as exc:
+                what = f"malformed reply: {exc}" if isinstance(exc, MalformedReplyError) else str(exc)
+                errors.append(f"attempt {attempt + 1}: {url}: {what}")
+                log.warning("teacher server %s failed (attempt %d of %d): %s", url, attempt + 1, self.retries + 1, what)
             if attempt == self.retries or (abort is not None and abort.is_set()):
                 break
             delay = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
@@ -179,11 +215,13 @@ class HTTPTeacherClient:
                     break
             else:
                 time.sleep(delay)
+        lim = self.limits
         raise TeacherServerError(
             f"teacher server {', '.join(self.urls)} did not answer {path}: {len(errors)} attempt(s) over "
-            f"{time.monotonic() - t0:.1f} s (model.teacher_url; timeout {self.timeout_s:g} s each, "
-            f"model.teacher_retries={self.retries}, back-off from {self.backoff_s:g} s); is the teacher "
-            f"server (`vllm serve`) running there? " + "; ".join(errors)
+            f"{time.monotonic() - t0:.1f} s (model.teacher_url; per attempt: timeout {lim.timeout_s:g} s per wait, "
+            f"deadline {lim.deadline_s:g} s, reply cap {lim.max_reply_bytes / MIB:g} MiB; "
+            f"model.teacher_retries={self.retries}, back-off from {self.backoff_s:g} s); is a vLLM server "
+            f"(`vllm serve`) running there? " + "; ".join(errors)
         )
 
     # -- set-up -------------------------------------------------------------------------------------
@@ -192,12 +230,11 @@ class HTTPTeacherClient:
         """The model name every server lists at /v1/models (they must agree: one teacher)."""
         names: set[str] = set()
         for i, url in enumerate(self.urls):
-            reply = self._with_retries("/v1/models", None, first=i)
-            listed = [m.get("id") for m in reply.get("data", [])] if isinstance(reply, dict) else []
+            listed = self._with_retries("/v1/models", None, served_model_names, first=i)
             if len(listed) != 1:
                 raise TeacherRequestError(f"{url}/v1/models lists {listed or 'no models'}; name the teacher with "
                                           "model.teacher_served_model")
-            names.add(str(listed[0]))
+            names.add(listed[0])
         if len(names) != 1:
             raise TeacherRequestError(f"the teacher servers serve different models {sorted(names)}; "
                                       "they must serve one teacher (model.teacher_url)")
@@ -216,17 +253,16 @@ class HTTPTeacherClient:
         for i, url in enumerate(self.urls):
             body = {"model": self.model, "prompt": text, "add_special_tokens": False}
             try:
-                reply = self._with_retries("/tokenize", body, first=i)
+                got = self._with_retries("/tokenize", body, tokenize_ids, first=i)
             except TeacherRequestError as exc:
                 log.warning("could not check the teacher server's tokenizer (%s); make sure it serves a model "
                             "with the student's tokenizer", exc)
                 return False
-            got = reply.get("tokens") if isinstance(reply, dict) else None
             if got != want:
-                diff = next((t for t, (a, b) in enumerate(zip(got or [], want)) if a != b), min(len(got or []), len(want)))
+                diff = next((t for t, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
                 raise TeacherRequestError(
                     f"{url} tokenises differently from model.teacher's tokenizer (first difference at token "
-                    f"{diff} of {len(want)}: server {(got or [])[diff:diff + 5]} vs local {want[diff:diff + 5]}); the "
+                    f"{diff} of {len(want)}: server {got[diff:diff + 5]} vs local {want[diff:diff + 5]}); the "
                     "teacher server must serve a model with the student's tokenizer")
         return True
 
@@ -235,17 +271,8 @@ class HTTPTeacherClient:
     def _score_chunk(self, chunk: _Chunk, abort: threading.Event) -> list[list[float]]:
         body = {"model": self.model, "prompt": chunk.prompts, "max_tokens": 1, "temperature": 0.0,
                 "prompt_logprobs": 0}
-        reply = self._with_retries("/v1/completions", body, first=chunk.index, abort=abort)
-        choices = reply.get("choices") if isinstance(reply, dict) else None
-        if not isinstance(choices, list) or len(choices) != len(chunk.prompts):
-            n = len(choices) if isinstance(choices, list) else 0
-            raise TeacherRequestError(f"/v1/completions answered {n} choices for {len(chunk.prompts)} prompts")
-        choices = sorted(choices, key=lambda c: c.get("index", 0))
-        try:
-            return [prompt_logprobs_row(ids, c.get("prompt_logprobs")) for ids, c in zip(chunk.prompts, choices)]
-        except TeacherRequestError as exc:
-            raise TeacherRequestError(f"{self.urls[chunk.index % len(self.urls)]}: {exc} (is it a vLLM server? "
-                                      "prompt_logprobs is a vLLM extension)") from None
+        return self._with_retries("/v1/completions", body, lambda reply: completion_rows(chunk.prompts, reply),
+                                  first=chunk.index, abort=abort)
 
     def score(self, requests: list[GenerationRequest]) -> list[list[float]]:
         """Target-aligned log-probs of each request's ``prompt_ids``, in order (text only)."""
@@ -279,12 +306,13 @@ class HTTPTeacherClient:
         """Nothing to release: connections and threads live only inside ``score``."""
 
 
-def build_http_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0) -> Any:
+def build_http_teacher(model_cfg: ModelConfig, student_tokenizer: Any, top_k: int = 0) -> Any:
     """The ``Teacher`` for ``model.teacher_engine=http``: ``model.teacher`` names the served model's
     tokenizer (a tiny name, HF id or local path; its weights are not loaded), which must be the
     student's (the server scores the student's ids, it cannot re-tokenise) and the server's own."""
     from reopold_agents.models import load_tokenizer_and_processor
-    from reopold_agents.teacher import Teacher, check_same_tokenizer
+    from reopold_agents.teacher.scorer import Teacher
+    from reopold_agents.teacher.tokenizers import check_same_tokenizer
 
     tok, processor, _ = load_tokenizer_and_processor(model_cfg.teacher, "teacher")
     if processor is not None:
@@ -296,17 +324,3 @@ def build_http_teacher(model_cfg: Any, student_tokenizer: Any, top_k: int = 0) -
     return Teacher(tok, engine=client, chunk_size=model_cfg.logprob_chunk_size,
                    batch_size=model_cfg.teacher_batch_size, top_k=top_k)
 
-
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    """The server's error message (vLLM: ``{"error": {"message": ...}}`` or ``{"message": ...}``), short."""
-    try:
-        raw = exc.read()
-    except Exception:  # noqa: BLE001 - the body is only decoration of the error
-        return exc.reason or ""
-    try:
-        data = json.loads(raw)
-        err = data.get("error", data) if isinstance(data, dict) else data
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        return str(msg)[:500]
-    except ValueError:
-        return raw[:300].decode(errors="replace")
