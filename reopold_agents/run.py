@@ -26,11 +26,11 @@ import torch
 from omegaconf import DictConfig
 
 from reopold_agents.config import RunConfig, validate
-from reopold_agents.config.model import ENV_TINY
+from reopold_agents.config.schema import resolve_tiny
 from reopold_agents.config.schema import ConfigError
 from reopold_agents.evaluation.heldout import gap_closed
 from reopold_agents.metrics import MetricsLogger
-from reopold_agents.seeding import step_prompts
+from reopold_agents.step import StepResult, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +54,22 @@ class RunResult:
     gap_closed: float | None = None  # (after - before) / (teacher - before)
 
 
-def resolve_tiny(cfg: RunConfig) -> RunConfig:
-    """``model=tiny`` names the env's test-bed pair (``ENV_TINY``): a student with a bad habit the teacher's
-    scores can correct (math: boxes a guess; toolqa: guesses instead of calling a tool; vqa: answers the
-    question's prior without looking), the plain pair otherwise (a mix run, ``env=mix``, has several envs:
-    its tiny names are taken as they are)."""
-    want = ENV_TINY.get(cfg.env.name, "tiny")
-    pick = lambda name: want if name == "tiny" else name  # noqa: E731  (teacher=self stays self)
-    return replace(cfg, model=replace(cfg.model, student=pick(cfg.model.student), teacher=pick(cfg.model.teacher)))
-
-
 def check_startup(cfg: RunConfig) -> None:
-    """What the schema cannot see, checked before any model loads: env keys the chosen env does not
-    take, and model paths that do not exist (raise ConfigError naming the key)."""
-    from envs.factory import env_kwargs
+    """What the schema cannot see, checked before any model loads: each entry's env keys its env does not
+    take, teacher names that do not exist or that no objective reads, and model paths that do not exist
+    (raise ConfigError naming the key)."""
     from reopold_agents.models import check_model_name
+    from reopold_agents.objectives import check_algo
+    from reopold_agents.startup import check_entries
 
-    if cfg.mix:  # the entries' envs and teachers (the top-level env is the placeholder env=mix)
-        from reopold_agents.mix import check_mix_startup
-
-        try:
-            check_mix_startup(cfg)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    else:
-        try:
-            env_kwargs(cfg.env, tasks=None, sandbox=None)
-        except ValueError as exc:
-            raise ConfigError(f"env.{exc}") from None
+    try:
+        check_algo(cfg.algo)
+    except ValueError as exc:
+        raise ConfigError(f"algo.{exc}") from None
+    try:
+        check_entries(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for role in ("student", "teacher"):
         try:
             check_model_name(getattr(cfg.model, role))
@@ -89,26 +77,15 @@ def check_startup(cfg: RunConfig) -> None:
             raise ConfigError(f"model.{role}: {exc}") from None
 
 
-def _teacher_success(cfg: RunConfig) -> float | None:
-    """The teacher's held-out success (``trainer.eval_teacher``); None for a mix run (one teacher per env)
-    and a served teacher (``model.teacher_engine=http``: the model may not load here)."""
-    if not cfg.trainer.eval_teacher or cfg.mix or cfg.model.teacher_engine == "http":
-        return None
-    from reopold_agents.evaluation.heldout import teacher_success
-
-    return teacher_success(cfg)
-
-
-StepCallback = Callable[[int, dict[str, float]], None]
+StepCallback = Callable[[StepResult], None]
 
 
 def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = None) -> RunResult:
-    """Run (or resume) training as configured; ``on_step(step, metrics)`` runs after every step."""
-    from envs.factory import load_env_tasks
+    """Run (or resume) training as configured; ``on_step(result)`` runs after every step with the step's
+    episodes, scored batch and metrics (``StepResult``; ``result.metrics`` as logged)."""
     from reopold_agents.checkpoint import latest_checkpoint
     from reopold_agents.distributed import make_backend
-    from reopold_agents.distributed.default_roles import default_factories
-    from reopold_agents.step import run_steps
+    from reopold_agents.entries import TaskSampler
 
     t_start = time.perf_counter()
     cfg = resolve_tiny(cfg)
@@ -118,13 +95,9 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     ckpt_dir = out / "checkpoints"
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
-    if cfg.mix:  # multi-task: each prompt's env drawn by the weights (reopold_agents/mix.py)
-        from reopold_agents.mix import MixSampler
-
-        mix_tasks: Callable[[int], list[dict[str, Any]]] | None = MixSampler.from_config(cfg).tasks
-    else:
-        mix_tasks, num_tasks = None, len(load_env_tasks(cfg.env))
-    backend = make_backend(cfg, default_factories())
+    entries = cfg.entries
+    tasks_for_step = TaskSampler.from_config(entries, tc.prompts_per_step, tc.seed).tasks
+    backend = make_backend(cfg)
 
     start_step = 0
     data_state: dict[str, Any] = {}
@@ -139,14 +112,8 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
             print(f"resumed from {latest} at step {start_step}")
     logger = MetricsLogger(out, resume_step=start_step if start_step else None)
     evals: list[tuple[int, float]] = [tuple(e) for e in data_state.get("evals", [])]  # type: ignore[misc]
-    # mix runs: entry -> held-out success at each evaluation (kept in checkpoints, as evals is)
+    # entry -> held-out success at each evaluation (kept in checkpoints, as evals is)
     env_evals: dict[str, list[float]] = {k: list(v) for k, v in data_state.get("env_evals", {}).items()}
-
-    def tasks_for_step(step: int) -> list[dict[str, Any]]:
-        if mix_tasks is not None:
-            return mix_tasks(step)
-        return [{"options": {"task_index": i}} for i in step_prompts(step, tc.prompts_per_step, num_tasks, tc.seed)]
-
     teacher: float | None = data_state.get("teacher_success")
 
     def save(step: int) -> None:
@@ -157,7 +124,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     def evaluate(step: int) -> dict[str, float]:
         found = backend.evaluate(step)
         evals.append((step, found["eval/success"]))
-        for name in cfg.mix:
+        for name in entries:
             env_evals.setdefault(name, []).append(found[f"eval/{name}/success"])
         return found
 
@@ -169,8 +136,10 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         run_preflight(cfg, backend, tasks_for_step(start_step), start_step)  # prints its table; raises on a fail
         if start_step == 0:
             first = evaluate(0)
-            teacher = _teacher_success(cfg)
-            if teacher is not None:
+            found = backend.ask("teacher", "heldout_success") if tc.eval_teacher else None
+            if found is not None:  # measured by the teacher role: the driver holds no model
+                teacher = found["eval/teacher/success"]
+                first.update(found)
                 first["eval/teacher_success"] = teacher
             logger.log(0, first)
         before = evals[0][1]
@@ -185,7 +154,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
                     logger.log(done, metrics)
                 bar.update(metrics)
                 if on_step is not None:
-                    on_step(done, metrics)
+                    on_step(replace(result, metrics=metrics))
                 if tc.save_every and done % tc.save_every == 0 and done < tc.total_steps:
                     save(done)
         if not evals or evals[-1][0] != tc.total_steps:
@@ -201,10 +170,10 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     try:
         from reopold_agents.plots import plot_metrics
 
-        plot = str(plot_metrics(out, out / PLOT_FILE, title=f"{cfg.env.name} / {cfg.algo.name}"))
+        plot = str(plot_metrics(out, out / PLOT_FILE, title=f"{'+'.join(entries)} / {cfg.algo.name}"))
     except Exception as exc:  # a broken plot must not lose a finished run
         log.warning("could not draw the curves: %s", exc)
-    by_env = {name: (vals[0], vals[-1]) for name, vals in env_evals.items()}
+    by_env = {name: (vals[0], vals[-1]) for name, vals in env_evals.items()} if len(entries) > 1 else {}
     closed = None if teacher is None else gap_closed(before, after, teacher)
     result = RunResult(str(out), tc.total_steps, before, after, time.perf_counter() - t_start, evals, plot, by_env,
                        teacher, closed)
@@ -214,7 +183,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     if teacher is not None:
         target = f" (teacher {teacher:.3f}, gap closed " + ("n/a: the teacher is not above the start" if closed is None
                                                         else f"{closed:.0%}") + ")"
-    print(f"held-out success ({cfg.env.name}, {tc.heldout_tasks} tasks{' per env' if by_env else ''}, greedy): "
+    print(f"held-out success ({'+'.join(entries)}, {tc.heldout_tasks} tasks{' per env' if by_env else ''}, greedy): "
           f"before {before:.3f} -> after {after:.3f}{target}{envs}   [{tc.total_steps} steps, {result.seconds:.0f}s]")
     print(f"metrics: {out / 'metrics.jsonl'}  tensorboard: {out / 'tensorboard'}  plot: {plot}  checkpoints: {ckpt_dir}")
     return result

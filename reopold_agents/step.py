@@ -26,7 +26,9 @@ from typing import Any, Callable, Iterator
 import torch
 
 from reopold_agents.metrics import summarize
-from reopold_agents.mix_metrics import episode_means, log_ratios, mix_metrics
+from reopold_agents.distributed.backend import Backend, RolloutHandle
+from reopold_agents.entry_metrics import entry_metrics, episode_means, log_ratios
+from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory, collate
 
 log = logging.getLogger(__name__)
@@ -59,21 +61,23 @@ def check_batch(batch: Batch) -> None:
         raise RuntimeError(f"teacher log-probs on env tokens in rows {rows[:5]}")
 
 
-def rollout_metrics(trajectories: list[Trajectory], batch: Batch) -> dict[str, float]:
+def rollout_metrics(trajectories: list[Trajectory], batch: Batch, scores: TeacherScores | None) -> dict[str, float]:
     """Outcome reward/success, lengths, and the teacher log-ratio r_t = log pi_T - log pi_old on student tokens."""
     out = episode_means("rollout", trajectories)
     out["rollout/seq_len"] = sum(len(t) for t in trajectories) / len(trajectories)
     out.update(summarize("teacher/log_ratio", log_ratios(batch).tolist()))
-    out.update(mix_metrics(trajectories, batch))  # env/<entry>/*, teacher/<label>/*: mix runs only
+    out.update(entry_metrics(trajectories, batch, scores))  # env/<entry>/*, teacher/<label>/*
     return out
 
 
-def train_step(backend: Any, handle: Any, step: int, t_submit: float) -> StepResult:
+def train_step(backend: Backend, handle: RolloutHandle, step: int, t_submit: float) -> StepResult:
     """Finish the rollout ``handle`` of ``step`` and train on it; weights are synced when this returns."""
     trajectories = handle.result()
     t_rollout = time.perf_counter()
     batch = collate(trajectories, backend.pad_token_id)
-    batch = backend.score(batch, trajectories)
+    scores = backend.score(batch)
+    if scores is not None:
+        scores.apply_to(batch)
     check_batch(batch)
     t_score = time.perf_counter()
     learner_metrics, learner_version = backend.update(batch, step)
@@ -81,7 +85,7 @@ def train_step(backend: Any, handle: Any, step: int, t_submit: float) -> StepRes
     t_update = time.perf_counter()
     versions = [int(t.info.get("policy_version", learner_version)) for t in trajectories]
     metrics = {k: v for k, v in learner_metrics.items() if k != "step"}
-    metrics.update(rollout_metrics(trajectories, batch))
+    metrics.update(rollout_metrics(trajectories, batch, scores))
     stats = handle.stats
     metrics.update({
         "policy_lag": float(learner_version - min(versions)),
@@ -152,7 +156,7 @@ class SkipGuard:
                 f"(e.g. a served teacher answering -inf) and the rewards")
 
 
-def run_steps(backend: Any, tasks_for_step: Callable[[int], list[Any]], start_step: int, end_step: int,
+def run_steps(backend: Backend, tasks_for_step: Callable[[int], list[Any]], start_step: int, end_step: int,
               async_rollout: bool = False, max_skipped_steps: int = 0) -> Iterator[StepResult]:
     """Steps ``start_step..end_step-1``; ``tasks_for_step(step)`` must be deterministic in ``step`` (resume
     and the async look-ahead both rely on it). Yields after each update with weights synced, so the

@@ -13,11 +13,9 @@ from typing import Optional
 from reopold_agents.config.lora import LoraConfig
 from reopold_agents.config.teacher_context import check_teacher_context
 from reopold_agents.config.teacher_url import parse_teacher_urls
+from reopold_agents.config.tiny_pairs import TINY_NAMES
 
-TINY_NAMES = ("tiny", "tiny_toolqa", "tiny_math", "tiny_vl", "tiny_toolqa_bed", "tiny_vl_bed")
 SELF_TEACHER = "self"  # model.teacher=self: a frozen copy of the initial student (self-distillation)
-# `model=tiny` resolves to the pair made for the env (reopold_agents.run.resolve_tiny)
-ENV_TINY = {"math": "tiny_math", "toolqa": "tiny_toolqa_bed", "vqa": "tiny_vl_bed"}  # the test beds (docs/run.md)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -31,6 +29,9 @@ class ModelConfig:
     # hf: in-process forward | vllm: prompt log-probs through the vLLM engine | http: a vLLM server (teacher_url)
     teacher_engine: str = "hf"
     logprob_chunk_size: int = 1024  # tokens per chunk of the memory-lean log-prob pass (learner and teacher)
+    # learner and in-process teacher forwards padding-free: packed rows, attention kept inside each sequence
+    # (docs/run.md, "Padding-free batches"; same log-probs and gradients as the padded pass)
+    pack_sequences: bool = True
     teacher_batch_size: int = 8  # sequences per teacher forward (http: per request)
     # teacher_engine=http (docs/distributed.md, "Serving teachers"); model.teacher still names the
     # teacher's tokenizer (checked against the student's and the server's)
@@ -47,6 +48,21 @@ class ModelConfig:
     teacher_context: Optional[str] = None
     # LoRA student (config/lora.py): model.lora.enabled=true trains peft adapters only (docs/run.md, "LoRA students")
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    @property
+    def teacher_in_process(self) -> bool:
+        """The teacher is an HF model in the scoring process (the one place ``teacher_engine`` is read)."""
+        return self.teacher_engine == "hf"
+
+    @property
+    def teacher_in_vllm(self) -> bool:
+        """The teacher is scored by a vLLM engine of this run (in the saved dtype)."""
+        return self.teacher_engine == "vllm"
+
+    @property
+    def teacher_served(self) -> bool:
+        """The teacher is a server reached over HTTP: no teacher weights load in any of this run's processes."""
+        return self.teacher_engine == "http"
 
     def check(self) -> None:
         """Range checks; raise ValueError('key: why') so the loader can name the key."""
