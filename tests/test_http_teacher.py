@@ -27,7 +27,7 @@ import torch
 from reopold_agents.config import compose
 from reopold_agents.config.schema import ConfigError
 from reopold_agents.engines.base import GenerationRequest
-from reopold_agents.engines.http_teacher import (
+from reopold_agents.teacher.http import (
     MIB,
     HTTPTeacherClient,
     MalformedReplyError,

@@ -132,7 +132,7 @@ def _one_thread():
 def test_http_teacher_equals_the_in_process_teacher(server, env):
     from reopold_agents.config.schema import resolve_tiny
     from reopold_agents.distributed.chunks import Chunk
-    from reopold_agents.engines.http_teacher import HTTPTeacherClient
+    from reopold_agents.teacher.http import HTTPTeacherClient
     from reopold_agents.roles import RolloutRole
     from reopold_agents.teacher import build_teacher
     from reopold_agents.trajectory import collate

@@ -2,7 +2,7 @@
 
 Read by ``reopold_agents.models`` (student, teacher, dtype, device) and ``reopold_agents.teacher``
 (teacher_engine, teacher_batch_size), the teacher and the learner (logprob_chunk_size); the
-``teacher_url`` .. ``teacher_backoff_s`` keys by ``reopold_agents.engines.http_teacher`` (teacher_engine=http).
+``teacher_url`` .. ``teacher_backoff_s`` keys by ``reopold_agents.teacher.http`` (teacher_engine=http).
 """
 
 from __future__ import annotations

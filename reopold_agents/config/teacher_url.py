@@ -1,6 +1,6 @@
 """``model.teacher_url``: the served teacher's base URLs, parsed once for the config check and the client.
 
-In the config package (not ``engines/http_teacher.py``) so that checking a config imports no behaviour.
+In the config package (not ``teacher/http.py``) so that checking a config imports no behaviour.
 """
 
 from __future__ import annotations

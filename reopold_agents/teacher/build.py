@@ -71,7 +71,7 @@ def build_teacher(model_cfg: ModelConfig, student_tokenizer: Tokenizer, top_k: i
     from reopold_agents.models import LoadedModel, load_teacher, load_tokenizer_and_processor
 
     if model_cfg.teacher_served:
-        from reopold_agents.engines.http_teacher import build_http_teacher
+        from reopold_agents.teacher.http import build_http_teacher
 
         return build_http_teacher(model_cfg, student_tokenizer, top_k=top_k)
     if model_cfg.teacher_in_vllm:  # vLLM prompt log-probs, same tokenizer only

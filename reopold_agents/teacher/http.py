@@ -25,7 +25,7 @@ Why it works the way it does (docs/distributed.md, "Serving teachers"):
   attempt's URL and what was wrong; the training step fails, and nothing of a completed step is lost
   (its checkpoint was written before this step started).
 
-Standard library only (``http.client``, engines/http_transport.py): no client dependency for the trainer,
+Standard library only (``http.client``, teacher/http_transport.py): no client dependency for the trainer,
 the Ray workers or CI.
 """
 
@@ -41,7 +41,7 @@ from typing import Any, Callable, TypeVar
 from reopold_agents.config.model import ModelConfig
 from reopold_agents.config.teacher_url import parse_teacher_urls
 from reopold_agents.engines.base import GenerationRequest
-from reopold_agents.engines.http_transport import ExchangeFailed, ExchangeRefused, Limits, exchange_json
+from reopold_agents.teacher.http_transport import ExchangeFailed, ExchangeRefused, Limits, exchange_json
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""One bounded HTTP exchange of the served teacher (``engines/http_teacher.py``): JSON out, JSON back.
+"""One bounded HTTP exchange of the served teacher (``teacher/http.py``): JSON out, JSON back.
 
 Why not ``urllib.request.urlopen(timeout=...)``: its timeout bounds each socket wait, not the exchange,
 so a server that trickles a byte per wait holds the caller indefinitely, and ``read()`` buffers a reply
