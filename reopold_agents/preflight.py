@@ -209,6 +209,12 @@ def check_teacher_determinism(first: Batch, second: Batch, tol: float) -> CheckR
     name = "teacher determinism"
     if first.teacher_logprobs is None or second.teacher_logprobs is None:
         return CheckResult(name, "skip", "no teacher scores (the objective learns without a teacher)")
+    trained = first.loss_mask.cpu() > 0
+    bad = int((~torch.isfinite(first.teacher_logprobs.cpu()) & trained).sum())
+    if bad:
+        return CheckResult(name, "fail", f"the teacher's log-probs are not finite on {bad} of {int(trained.sum())} "
+                                         "probe tokens (NaN or -inf)",
+                           fix="check the teacher's weights and dtype, or the served teacher's replies")
     fix = "score in eval mode (no dropout) and without sampling noise; on GPU, deterministic kernels"
     if not torch.equal(first.loss_mask.cpu(), second.loss_mask.cpu()):
         return CheckResult(name, "fail", "the teacher masked different tokens the second time", fix=fix)

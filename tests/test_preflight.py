@@ -173,6 +173,18 @@ def test_noisy_teacher_fails_determinism(pair):
     assert pf.check_teacher_determinism(batch, batch, tol).status == "skip"  # no teacher scores
 
 
+def test_non_finite_teacher_scores_fail_naming_it(pair):
+    from reopold_agents.teacher import Teacher
+
+    student, teacher_model, tok = pair
+    scored = _scored(Teacher(tok, model=teacher_model), _probe(student, tok))
+    trained = scored.loss_mask > 0
+    scored.teacher_logprobs = torch.where(trained, torch.full_like(scored.teacher_logprobs, float("-inf")),
+                                          scored.teacher_logprobs)
+    result = pf.check_teacher_determinism(scored, copy.deepcopy(scored), pf.TEACHER_TOL["full"])
+    assert result.status == "fail" and "not finite" in result.detail and str(int(trained.sum())) in result.detail
+
+
 # ------------------------------------------------------------------------------ learner vs engine
 
 
