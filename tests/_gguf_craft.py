@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_tiny_gguf(path: Path, drop: tuple[str, ...] = (), tie: bool = True) -> Path:
+def write_tiny_gguf(path: Path, drop: tuple[str, ...] = (), tie: bool = True, chat_template: str | None = None) -> Path:
     """A 1-layer Qwen2 (vocab 64, hidden 16) with a gpt2-style tokenizer; ``drop`` leaves tensors out,
-    ``tie=False`` adds an ``output.weight`` of its own."""
+    ``tie=False`` adds an ``output.weight`` of its own, ``chat_template`` is stored in the metadata."""
     import gguf
 
     vocab, hidden, ffn, heads, kv_heads = 64, 16, 32, 2, 1
@@ -32,6 +32,8 @@ def write_tiny_gguf(path: Path, drop: tuple[str, ...] = (), tie: bool = True) ->
     w.add_token_merges(["a a"])
     w.add_bos_token_id(vocab - 2)
     w.add_eos_token_id(vocab - 1)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     rng = np.random.default_rng(0)
 
     def rand(*shape: int) -> np.ndarray:
