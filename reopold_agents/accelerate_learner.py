@@ -73,13 +73,14 @@ class AccelerateLearner(Learner):
     """``Learner`` whose minibatch update runs through accelerate with gradient accumulation."""
 
     def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig, dcfg: DistributedConfig,
-                 accelerator: Any = None, logprob_chunk_size: int = 1024, recompute_old_logprobs: bool = False) -> None:
+                 accelerator: Any = None, logprob_chunk_size: int = 1024, recompute_old_logprobs: bool = False,
+                 pack_sequences: bool = True) -> None:
         dcfg.check()
         self.dcfg = dcfg
         self.accelerator = accelerator if accelerator is not None else make_accelerator(dcfg)
         self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         super().__init__(model, algo, trainer, logprob_chunk_size=logprob_chunk_size,
-                         recompute_old_logprobs=recompute_old_logprobs)
+                         recompute_old_logprobs=recompute_old_logprobs, pack_sequences=pack_sequences)
         self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:

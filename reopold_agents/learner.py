@@ -66,7 +66,8 @@ class Learner:
     """Owns the optimizer and LR scheduler of ``model``; ``step`` returns a flat metrics dict."""
 
     def __init__(self, model: nn.Module, algo: AlgoConfig, trainer: TrainerConfig,
-                 logprob_chunk_size: int = 1024, recompute_old_logprobs: bool = False) -> None:
+                 logprob_chunk_size: int = 1024, recompute_old_logprobs: bool = False,
+                 pack_sequences: bool = True) -> None:
         algo.check()
         check_algo(algo)
         trainer.check()
@@ -74,6 +75,7 @@ class Learner:
         self.algo = algo
         self.trainer = trainer
         self.chunk_size = logprob_chunk_size
+        self.pack_sequences = pack_sequences  # padding-free forwards (model.pack_sequences, docs/run.md)
         # Engine/learner mismatch: pi_old from the learner's own forward (the engine's log-probs then only
         # enter the truncated importance weight, trainer.tis_cap).
         self.recompute_old_logprobs = recompute_old_logprobs
@@ -187,7 +189,7 @@ class Learner:
         try:
             logps, _ = model_token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.model_inputs,
                                             False, self.chunk_size, target_mask=batch.loss_mask,
-                                            temperature=temperature)
+                                            temperature=temperature, pack=self.pack_sequences)
         finally:
             self.model.train(was_training)
         return logps
@@ -228,7 +230,7 @@ class Learner:
         for idx in slices:
             mb = batch.select(idx)
             _, ent = model_token_logprobs(self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True,
-                                          self.chunk_size, target_mask=mb.loss_mask)
+                                          self.chunk_size, target_mask=mb.loss_mask, pack=self.pack_sequences)
             parts.append(ent)
         return torch.cat(parts, dim=0)
 
@@ -252,6 +254,7 @@ class Learner:
         logp_all, entropy = model_token_logprobs(
             self.model, mb.input_ids, mb.attention_mask, mb.model_inputs, True, self.chunk_size,
             target_ids=target_ids, target_mask=mb.loss_mask,  # the LM head runs on trained tokens only
+            pack=self.pack_sequences,
         )
         logp = logp_all[..., 0] if topk is not None else logp_all
         assert entropy is not None

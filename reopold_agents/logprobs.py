@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reopold_agents.packed_forward import VARLEN, TokenStates, attention_layout, packed_text, packed_vl
+
 
 class _ChunkedGatherLogprobs(torch.autograd.Function):
     """``logp[n, k] = log_softmax(hidden[n] @ W.T + b)[targets[n, k]]`` (+ entropy), chunked over n.
@@ -229,13 +231,15 @@ def chunked_logprobs_from_logits(
 
 
 def _hidden_and_head(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any] | None
-) -> tuple[torch.Tensor, nn.Linear]:
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any] | None,
+    pack: bool = False,
+) -> tuple[TokenStates, nn.Linear]:
     """Last hidden states of the base model (no logits) and the LM head that maps them to the vocab.
 
     Works for Qwen2ForCausalLM and Qwen2.5-VL (``model_inputs`` carries ``pixel_values`` and
-    ``image_grid_thw``; the base model builds the multimodal rope positions itself). A LoRA student (peft
-    ``PeftModel``) is read through its transformers model, whose layers carry the adapters.
+    ``image_grid_thw``; the base model builds the multimodal rope positions itself). ``pack``: padding-free
+    (``reopold_agents/packed_forward.py``) where the model's attention allows it, else the padded pass.
+    A LoRA student (peft ``PeftModel``) is read through its transformers model, whose layers carry the adapters.
     """
     from reopold_agents.lora import hf_module
 
@@ -251,19 +255,74 @@ def _hidden_and_head(
     from reopold_agents.models import forward_inputs
 
     extra = forward_inputs(model, input_ids, model_inputs)
-    # VL models place rope positions by image layout (mrope); they always take the plain pass.
+    # VL models place rope positions by image layout (mrope): never the shared-prefix pass (packed, their rope
+    # positions are the padded batch's, packed_forward.packed_vl).
     is_vl = getattr(getattr(model, "config", None), "image_token_id", None) is not None
+    if pack:
+        states = _packed_states(base, input_ids, attention_mask, extra, is_vl)
+        if states is not None:
+            return states, head
     shared = 0 if (extra or is_vl) else _shared_prefix_len(input_ids, attention_mask)
     if shared:
         hidden = _shared_prefix_hidden(base, input_ids, attention_mask, shared)
         if hidden is not None:
-            return hidden, head
+            return TokenStates.padded(hidden), head
     groups = None if (extra or is_vl or shared) else _prefix_groups(input_ids, attention_mask)
     if groups is not None:
-        return _grouped_hidden(base, input_ids, attention_mask, groups), head
+        return TokenStates.padded(_grouped_hidden(base, input_ids, attention_mask, groups)), head
     out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    return hidden, head
+    return TokenStates.padded(hidden), head
+
+
+def _packed_states(base: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, extra: dict[str, Any],
+                   is_vl: bool) -> TokenStates | None:
+    """The padding-free pass, or None where the padded one must run (see ``packed_forward``): attention
+    other than sdpa/eager/flash-attn, rows that are not right-padded, unknown extra inputs, VL videos, and
+    under flash-attn a shared prefix that saves more tokens than packing (the two do not combine there)."""
+    layout = attention_layout(base, attention_mask)
+    if layout is None:
+        return None
+    if is_vl:
+        return packed_vl(base, input_ids, attention_mask, layout, extra)
+    if extra:
+        return None
+    if layout == VARLEN:
+        if _prefix_cost(input_ids, attention_mask) < int(attention_mask.sum()):
+            return None
+        return packed_text(base, input_ids, attention_mask, layout, [(list(range(input_ids.shape[0])), 0)])
+    return packed_text(base, input_ids, attention_mask, layout, _packed_groups(input_ids, attention_mask))
+
+
+def _packed_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[list[int], int]]:
+    """``(rows, shared)``: the rows that share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (all of
+    them, or each env's in a multi-task batch) with its length, and the other rows with 0. Packed, a
+    shared prefix always saves its ``(rows - 1) x shared`` tokens, so there is no cost threshold here."""
+    bsz = input_ids.shape[0]
+    shared = _shared_prefix_len(input_ids, attention_mask)
+    if shared:
+        return [(list(range(bsz)), shared)]
+    plan: list[tuple[list[int], int]] = []
+    for rows in _head_groups(input_ids, attention_mask):
+        idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+        n = _shared_prefix_len(input_ids.index_select(0, idx), attention_mask.index_select(0, idx))
+        if n:
+            plan.append((rows, n))
+    grouped = {b for rows, _ in plan for b in rows}
+    rest = [b for b in range(bsz) if b not in grouped]
+    return plan + ([(rest, 0)] if rest else [])
+
+
+def _prefix_cost(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """Tokens the padded pass computes with its shared-prefix plan (inf: no plan)."""
+    bsz, length = input_ids.shape
+    shared = _shared_prefix_len(input_ids, attention_mask)
+    if shared:
+        return float(shared + bsz * (length - shared))
+    plan = _prefix_groups(input_ids, attention_mask)
+    if plan is None:
+        return float("inf")
+    return float(sum(shared + len(rows) * (cut - shared) for rows, cut, shared in plan))
 
 
 MIN_SHARED_PREFIX = 64  # below this, running the prefix once saves too little to bother (SFT uses it too)
@@ -308,14 +367,7 @@ def _prefix_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> lis
     when no group exists or the plan would not process at most ``GROUPED_MAX_COST`` of the plain pass's
     ``B x T`` tokens (a batch of many small groups is faster in one call)."""
     bsz, length = input_ids.shape
-    if bsz < 2 or length <= MIN_SHARED_PREFIX:
-        return None
-    head_real = attention_mask[:, :MIN_SHARED_PREFIX].bool().all(dim=1).tolist()
-    keys: dict[tuple[int, ...], list[int]] = {}
-    for b in range(bsz):
-        if head_real[b]:
-            keys.setdefault(tuple(input_ids[b, :MIN_SHARED_PREFIX].tolist()), []).append(b)
-    groups = [rows for rows in keys.values() if len(rows) >= 2]
+    groups = _head_groups(input_ids, attention_mask)
     if not groups:
         return None
     grouped = {b for rows in groups for b in rows}
@@ -329,6 +381,19 @@ def _prefix_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> lis
         plan.append((rows, cut, shared))
         cost += shared + len(rows) * (cut - shared)
     return plan if cost <= GROUPED_MAX_COST * bsz * length else None
+
+
+def _head_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
+    """Groups of >= 2 rows whose first ``MIN_SHARED_PREFIX`` tokens are real and agree."""
+    bsz, length = input_ids.shape
+    if bsz < 2 or length <= MIN_SHARED_PREFIX:
+        return []
+    head_real = attention_mask[:, :MIN_SHARED_PREFIX].bool().all(dim=1).tolist()
+    keys: dict[tuple[int, ...], list[int]] = {}
+    for b in range(bsz):
+        if head_real[b]:
+            keys.setdefault(tuple(input_ids[b, :MIN_SHARED_PREFIX].tolist()), []).append(b)
+    return [rows for rows in keys.values() if len(rows) >= 2]
 
 
 def _grouped_hidden(base: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -363,6 +428,13 @@ def _valid_targets(attention_mask: torch.Tensor, target_mask: torch.Tensor | Non
     return valid
 
 
+def _predictors(rows: torch.Tensor, length: int) -> torch.Tensor:
+    """Flattened ``[B, T]`` positions ``b * T + t`` of the hidden states that predict target entries
+    ``rows`` of the ``[B, T - 1]`` layout (target ``t + 1`` is predicted from position ``t``)."""
+    width = max(length - 1, 1)
+    return rows // width * length + rows % width
+
+
 def model_token_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -373,6 +445,7 @@ def model_token_logprobs(
     target_ids: torch.Tensor | None = None,
     target_mask: torch.Tensor | None = None,
     temperature: float = 1.0,
+    pack: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Target-aligned log-probs ``[B, T]`` of ``input_ids`` (and student entropy ``[B, T]``) from ``model``.
 
@@ -383,18 +456,19 @@ def model_token_logprobs(
     ``target_mask`` ``[B, T]`` (e.g. the loss mask) restricts the LM head to the positions that are
     used: prompts and tool outputs, often most of an agent episode, never pay for the vocab-wide matmul;
     masked-out entries are 0. ``temperature`` T gives those of ``softmax(logits / T)`` (the preflight asks
-    which distribution an engine's log-probs are of); training always uses T = 1.
+    which distribution an engine's log-probs are of); training always uses T = 1. ``pack``: run the model
+    padding-free (``model.pack_sequences``; same values and gradients, docs/run.md "Padding-free batches").
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} / attention_mask {tuple(attention_mask.shape)} mismatch")
     bsz, length = input_ids.shape
-    hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs)
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs, pack)
     # Positions 1..T-1 whose token is real are predicted by hidden states 0..T-2.
     valid = _valid_targets(attention_mask, target_mask)
     rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    h = hidden.at(_predictors(rows, length))
     if target_ids is None:
         tgt = input_ids[:, 1:].reshape(-1).index_select(0, rows)
     else:
@@ -424,6 +498,7 @@ def model_topk_logprobs(
     model_inputs: dict[str, Any] | None = None,
     chunk_size: int = 1024,
     target_mask: torch.Tensor | None = None,
+    pack: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target-aligned top-``k`` log-probs and ids ``[B, T, k]`` of ``model``'s next-token distribution.
 
@@ -435,10 +510,10 @@ def model_topk_logprobs(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     bsz, length = input_ids.shape
-    hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs)
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask, model_inputs, pack)
     valid = _valid_targets(attention_mask, target_mask)
     rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    h = hidden.at(_predictors(rows, length))
     vals_l, ids_l = [], []
     for start in range(0, h.shape[0], chunk_size):
         logits = _chunk_logits(h[start : start + chunk_size], head.weight, head.bias)

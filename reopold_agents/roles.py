@@ -276,14 +276,15 @@ class LearnerRole:
             from reopold_agents.accelerate_learner import AccelerateLearner
 
             self.learner = AccelerateLearner(student, cfg.algo, cfg.trainer, cfg.distributed,
-                                             logprob_chunk_size=chunk, recompute_old_logprobs=recompute)
+                                             logprob_chunk_size=chunk, recompute_old_logprobs=recompute,
+                                             pack_sequences=cfg.model.pack_sequences)
             self.is_main = bool(self.learner.accelerator.is_main_process)
             if cfg.model.lora.enabled and self.learner.fsdp:
                 raise ValueError("model.lora.enabled: LoRA students are not supported by the FSDP learner (its "
                                  "flattened shards hide the adapters); use distributed.learner_strategy=ddp")
         else:
             self.learner = Learner(student, cfg.algo, cfg.trainer, logprob_chunk_size=chunk,
-                                   recompute_old_logprobs=recompute)
+                                   recompute_old_logprobs=recompute, pack_sequences=cfg.model.pack_sequences)
         return os.getpid()
 
     @property

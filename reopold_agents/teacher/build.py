@@ -95,4 +95,4 @@ def build_teacher(model_cfg: ModelConfig, student_tokenizer: Tokenizer, top_k: i
                                      chunk_size=model_cfg.logprob_chunk_size, batch_size=model_cfg.teacher_batch_size)
     return Teacher(loaded.tokenizer, model=loaded.model, chunk_size=model_cfg.logprob_chunk_size,
                    batch_size=model_cfg.teacher_batch_size, top_k=top_k, context=model_cfg.teacher_context,
-                   processor=loaded.processor)
+                   processor=loaded.processor, pack=model_cfg.pack_sequences)

@@ -2,9 +2,10 @@
 
 The teacher never sees text: it is handed the batch's token ids (and the same processed images), so the
 token reward ``log pi_T(y_t|s_t) - log pi_old(y_t|s_t)`` compares the two models on identical states.
-Two back ends behind one class: an in-process HF model (forward in length-sorted micro-batches,
-sampled-token log-probs gathered chunk by chunk by ``model_token_logprobs``, no [tokens x vocab] fp32
-tensor) or any ``Scorer`` (vLLM prompt log-probs on GPU, or a served teacher over HTTP,
+Two back ends behind one class: an in-process HF model (forward in length-sorted micro-batches, each
+packed padding-free unless ``model.pack_sequences=false``, sampled-token log-probs gathered chunk by
+chunk by ``model_token_logprobs``, no [tokens x vocab] fp32 tensor) or any ``Scorer`` (vLLM prompt
+log-probs on GPU, or a served teacher over HTTP,
 ``reopold_agents.teacher.http``). With a privileged ``context`` the teacher reads a system turn
 formatted from each row's task record in front of the student's ids (self-distillation).
 """
@@ -32,6 +33,7 @@ class Teacher:
         top_k: int = 0,
         context: str | None = None,
         processor: object | None = None,
+        pack: bool = True,
     ) -> None:
         if (model is None) == (engine is None):
             raise ValueError("Teacher needs exactly one of model (in-process) or engine (e.g. vLLM)")
@@ -47,6 +49,7 @@ class Teacher:
         self.top_k = top_k
         self.context = context  # privileged context: a system turn before the conversation (self-distillation)
         self.processor = processor  # a VL teacher's processor (its held-out evaluation generates with it)
+        self.pack = pack  # in-process forwards padding-free (model.pack_sequences, docs/run.md)
 
     def score(self, batch: Batch) -> TeacherScores:
         """The teacher's scores of ``batch``'s student tokens (0 on env tokens)."""
@@ -136,12 +139,12 @@ class Teacher:
         try:
             # Only the student's tokens are scored: the LM head skips prompts and tool outputs.
             logps, _ = model_token_logprobs(model, part.input_ids, part.attention_mask, model_inputs=part.model_inputs,
-                                            chunk_size=self.chunk_size, target_mask=used)
+                                            chunk_size=self.chunk_size, target_mask=used, pack=self.pack)
             out = TeacherScores(torch.where(keep > 0, logps.float().cpu(), torch.zeros(())), keep)
             if self.top_k:
                 top_lp, top_ids = model_topk_logprobs(model, part.input_ids, part.attention_mask, self.top_k,
                                                       model_inputs=part.model_inputs, chunk_size=self.chunk_size,
-                                                      target_mask=used)
+                                                      target_mask=used, pack=self.pack)
                 out.topk_logprobs = torch.where(keep[..., None] > 0, top_lp.float().cpu(), torch.zeros(()))
                 out.topk_ids = top_ids.cpu() * keep[..., None].long()
         finally:
