@@ -11,6 +11,9 @@
 #   vllm_vl          tests/test_gpu.py: tiny Qwen2.5-VL student/teacher in vLLM with images
 #   fsdp_bf16        tests/test_gpu.py: accelerate FSDP2 learner on one GPU in bf16 vs the fp32 learner
 #   vllm_lora        tests/test_lora.py: vLLM load_weights of a LoRA student (adapters merged) = transformers
+#   packing_gpu      tests/test_packing.py: padding-free learner forward on the GPU (sdpa bins) = the padded pass
+#   packing_flash    tests/test_packing.py: the same through flash-attn's varlen kernel (only where flash-attn
+#                    is installed in the check's python; otherwise a line says it was not run)
 #   ray_gpu_rollout  python -m reopold_agents.run ... engine=vllm distributed=ray with a GPU rollout worker
 #
 # Environment variables:
@@ -135,6 +138,12 @@ if [ "${RESULTS[0]}" = PASS ]; then
   pytest_check vllm_vl 150 tests/test_gpu.py::test_vllm_vl_pair_with_images
   pytest_check fsdp_bf16 120 tests/test_gpu.py::test_fsdp_learner_one_gpu_bf16
   pytest_check vllm_lora 120 tests/test_lora.py::test_vllm_engine_loads_lora_adapters_merged
+  pytest_check packing_gpu 120 tests/test_packing.py::test_gpu_packed_equals_padded_sdpa
+  if "$PY" -c "import flash_attn" >/dev/null 2>&1; then
+    pytest_check packing_flash 120 tests/test_packing.py::test_gpu_packed_flash_varlen_equals_padded
+  else
+    echo "gpu_check: packing_flash not run: flash-attn is not installed in $PY (pip install flash-attn)"
+  fi
   RUN_DIR="$LOGS/ray_run"
   rm -rf "$RUN_DIR"
   if run_check ray_gpu_rollout 240 "$PY" -m reopold_agents.run env=toolqa engine=vllm distributed=ray \
@@ -150,7 +159,7 @@ if [ "${RESULTS[0]}" = PASS ]; then
     fi
   fi
 else
-  for name in vllm_text vllm_vl fsdp_bf16 vllm_lora ray_gpu_rollout; do
+  for name in vllm_text vllm_vl fsdp_bf16 vllm_lora packing_gpu ray_gpu_rollout; do
     record "$name" FAIL 0 "not run: no environment"
   done
 fi

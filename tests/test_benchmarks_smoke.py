@@ -361,3 +361,19 @@ def test_vs_trl_learning_checks_prompts():
         vl.check_prompts("trl_gkd", [[1, 2], [3, 4]], [[1, 2], [3]])
     with pytest.raises(SystemExit):
         vl.parse_args(["--samples", "40"])  # not a multiple of a step's 16 samples
+
+
+def test_packing_smallest(random_tiny, capsys):
+    """benchmarks/packing.py: both batches run, packed and padded agree, the ratios end the output."""
+    bench = _load("packing")
+    out = random_tiny / "packing.json"
+    ratios = bench.main(["--rows", "4", "--repeats", "1", "--long", "60", "80", "--short", "5", "20",
+                         "--suffix-short", "2", "5", "--suffix-long", "10", "20", "--prompt-limit", "100",
+                         "--threads", "1", "--json", str(out)])
+    last = _last_line(capsys)
+    assert re.fullmatch(r"learner tokens/s packed/padded: mixed \d+\.\d\dx \(goal >= 1\.5x: (met|MISSED)\), "
+                        r"toolqa shared prompt \d+\.\d\dx", last), last
+    assert set(ratios) == {"mixed", "toolqa"} and all(r > 0 for r in ratios.values())
+    saved = json.loads(out.read_text())
+    assert saved["cases"]["toolqa"]["shape"][0] == 4 and saved["cases"]["mixed"]["max_diff"] <= 1e-4
+    assert len(saved["cases"]["mixed"]["times"]["packed"]) == 1
