@@ -25,10 +25,14 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _batch(tok, seed: int = 0):
-    """Six trajectories of varying lengths: prompt tokens (mask 0), generated tokens with log-probs."""
+LABELS = ("teacher_a", "teacher_b", "teacher_a", "teacher_b", "teacher_b", "teacher_a")  # routed teacher per row
+
+
+def _episodes(tok, seed: int = 0) -> tuple[list[Trajectory], list[list[float]]]:
+    """Six trajectories of varying lengths (prompt tokens with mask 0, generated tokens with log-probs) and
+    each one's teacher log-probs (0 off the student's tokens)."""
     g = torch.Generator().manual_seed(seed)
-    trajs = []
+    trajs, teacher = [], []
     vocab = len(tok)
     for i in range(6):
         t = Trajectory(group_id=i // 2)
@@ -36,10 +40,27 @@ def _batch(tok, seed: int = 0):
         n = 4 + (i * 3) % 5
         t.append_generated(torch.randint(10, vocab, (n,), generator=g).tolist(),
                            (-torch.rand(n, generator=g) * 3 - 4).tolist())
-        t.teacher_logprobs = [0.0 if m == 0 else float(-torch.rand(1, generator=g) * 8) for m in t.loss_mask]
+        teacher.append([0.0 if m == 0 else float(-torch.rand(1, generator=g) * 8) for m in t.loss_mask])
         t.reward = float(i % 2)
         trajs.append(t)
-    return collate(trajs, tok.pad_token_id)
+    return trajs, teacher
+
+
+def _scored(trajs: list[Trajectory], teacher: list[list[float]], labels: tuple[str, ...], pad: int):
+    """The collated batch with the teacher's scores written in, as a routed teacher's TeacherScores would."""
+    from reopold_agents.teacher import TeacherScores
+
+    batch = collate(trajs, pad)
+    scores = TeacherScores.empty(batch.loss_mask)
+    for b, row in enumerate(teacher):
+        scores.logprobs[b, : len(row)] = torch.tensor(row)
+    scores.labels = list(labels)
+    return scores.apply_to(batch)
+
+
+def _batch(tok, seed: int = 0):
+    trajs, teacher = _episodes(tok, seed)
+    return _scored(trajs, teacher, LABELS, tok.pad_token_id)
 
 
 def _params(model):
@@ -146,9 +167,10 @@ def _rank_main(out_dir: str) -> None:
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     tok = build_tokenizer()
-    trajs = _trajectories(tok)
+    trajs, teacher = _episodes(tok)
     per = len(trajs) // world
-    mine = collate(trajs[rank * per : (rank + 1) * per], tok.pad_token_id)
+    rows = slice(rank * per, (rank + 1) * per)
+    mine = _scored(trajs[rows], teacher[rows], LABELS[rows], tok.pad_token_id)
     learner = AccelerateLearner(tiny_qwen2(tok, seed=1), *_ddp_configs(), DistributedConfig(grad_accumulation=2))
     assert learner.accelerator.num_processes == world
     metrics = [learner.step(mine, s) for s in range(2)]
@@ -159,21 +181,6 @@ def _rank_main(out_dir: str) -> None:
 def _ddp_configs():
     # reward_floor selects per token (no batch-wide ranking), so a split over ranks changes nothing
     return AlgoConfig(stage_switch=0.0, stage2_rule="reward_floor"), TrainerConfig(lr=1e-2, total_steps=4)
-
-
-def _trajectories(tok):
-    b = _batch(tok)  # rebuild the same six trajectories from the padded batch
-    out = []
-    for i in range(b.input_ids.shape[0]):
-        n = int(b.attention_mask[i].sum())
-        t = Trajectory(group_id=int(b.group_ids[i]), reward=float(b.rewards[i]))
-        t.token_ids = b.input_ids[i, :n].tolist()
-        t.loss_mask = [int(x) for x in b.loss_mask[i, :n].tolist()]
-        t.loss_mask[0] = 0
-        t.rollout_logprobs = b.old_logprobs[i, :n].tolist()
-        t.teacher_logprobs = b.teacher_logprobs[i, :n].tolist()
-        out.append(t)
-    return out
 
 
 def test_two_cpu_ranks_give_the_one_process_update(tmp_path):
@@ -188,7 +195,7 @@ def test_two_cpu_ranks_give_the_one_process_update(tmp_path):
     algo, trainer = _ddp_configs()
     ref_model = tiny_qwen2(tok, seed=1)
     ref = Learner(ref_model, algo, trainer)
-    batch = collate(_trajectories(tok), tok.pad_token_id)
+    batch = _batch(tok)
     ref_metrics = [ref.step(batch, s) for s in range(2)]
 
     with socket.socket() as s:
@@ -213,6 +220,12 @@ def test_two_cpu_ranks_give_the_one_process_update(tmp_path):
         for key in ("num_tokens", "num_selected", "frac_selected", "frac_clipped", "entropy_mean", "reward_mean",
                     "reward_std", "reward_min", "reward_max"):
             assert m[key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), key  # whole batch, not rank 0's half
+        teacher_keys = sorted(k for k in r if k.startswith("teacher/"))
+        assert teacher_keys == [f"teacher/{label}/{q}" for label in ("teacher_a", "teacher_b")
+                                for q in ("frac_clipped", "frac_selected")]
+        for key in teacher_keys:  # per-teacher counts reduced once over the ranks, too
+            assert m[key] == pytest.approx(r[key], rel=1e-6, abs=1e-9), key
         assert m["learner_ranks"] == 2.0
-    sel = [int(b.loss_mask.sum()) for b in (collate(_trajectories(tok)[:3], 0), collate(_trajectories(tok)[3:], 0))]
+    trajs, _ = _episodes(tok)
+    sel = [int(b.loss_mask.sum()) for b in (collate(trajs[:3], 0), collate(trajs[3:], 0))]
     assert sel[0] != sel[1]  # the halves are unequal, so a per-rank mean would have been wrong
