@@ -3,14 +3,18 @@
 The task's functions are offered as the tools schema of our chat format (``info["tools"]``, rendered by
 the chat template, BFCL's types mapped to JSON Schema: ``dict`` -> ``object``, ``float`` -> ``number``,
 ``tuple`` -> ``array``, ``any`` -> ``string``). The agent answers once with zero or more
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, or with the calls as bare JSON (one
-object or a list); `envs.bfcl_match` scores them against the ground truth and the episode terminates.
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, or with the calls as JSON without tags
+(one object, a list, or several one after another; bare or in ```` ```json ```` fences, one or several:
+`envs.tool_parsing.parse_json_calls`); `envs.bfcl_match` scores them against the ground truth (reward 1.0
+when they pass its AST rules, else 0.0) and the episode terminates.
 Nothing is executed, and generation does not stop at the first ``</tool_call>`` (``stop_at_tool_call =
 False``), so one reply can hold parallel calls. A reply without a valid call counts as "no call" (right
 for the irrelevance categories, wrong elsewhere), as on the leaderboard; malformed markup never raises.
 
 Tasks: ``tasks="bfcl:<category>"`` in the env config (`tasks.bfcl`); single-turn Python categories only
 (multi_turn_base and the other multi-turn sets are left out: they need BFCL's API state machines).
+Training runs ``bfcl:core`` with ``split=train`` (configs/env/bfcl.yaml); the run's held-out evaluation
+reads ``split=heldout`` of the same categories, a fixed set no run trains on (`tasks.bfcl`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def tool_spec(function: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_calls(text: str) -> ParsedCalls:
-    """``<tool_call>`` blocks, else the whole message as JSON calls (`envs.tool_parsing`)."""
+    """``<tool_call>`` blocks, else the calls written as JSON (`envs.tool_parsing.parse_json_calls`): the
+    one parser of evaluation and training alike."""
     parsed = parse_tool_calls(text)
     return parsed if parsed.has_markup else parse_json_calls(text)
 
@@ -65,7 +70,8 @@ class BFCLEnv(TextEnv):
 
     Args:
         tasks: BFCL tasks (`tasks.bfcl.load_bfcl`); None loads ``category``.
-        category: the category loaded when ``tasks`` is None.
+        category: what is loaded when ``tasks`` is None: a category, ``core`` or ``a+b`` (`tasks.bfcl`).
+        split: with ``category``: None (every entry), ``train`` or ``heldout`` (the fixed split).
     """
 
     default_max_turns = 1
@@ -77,11 +83,12 @@ class BFCLEnv(TextEnv):
         "need, say so and call nothing."
     )
 
-    def __init__(self, tasks: Sequence[Task] | None = None, *, category: str = "simple_python", **kwargs: Any) -> None:
+    def __init__(self, tasks: Sequence[Task] | None = None, *, category: str = "simple_python",
+                 split: str | None = None, **kwargs: Any) -> None:
         if tasks is None:
             from tasks.bfcl import load_bfcl
 
-            tasks = load_bfcl(category)
+            tasks = load_bfcl(category, split=split)
         for t in tasks[:1]:
             if "bfcl_category" not in t.meta:
                 raise ValueError(f"task {t.id!r} is not a BFCL task (load them with tasks='bfcl:<category>')")

@@ -6,12 +6,15 @@ call (reasoning) is allowed and ignored; ``arguments`` may be an object or a JSO
 (unterminated or stray tags, nesting, empty or non-JSON bodies, a non-object, a missing or non-string
 name, non-object arguments) is reported as one readable ``error`` that the env sends back as a ``tool``
 message. Whether several calls in one message are allowed is the env's decision (`ParsedCalls.calls`).
-`parse_json_calls` reads calls written as bare JSON (no tags; bfcl accepts both) with the same checks.
+`parse_json_calls` reads calls written as JSON without tags (bfcl accepts both) with the same checks: bare
+or in ```` ```json ```` fences, one object, a list, or several one after another (how real models write
+parallel calls: Qwen2.5-Coder-1.5B puts consecutive objects in one fence).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,27 +123,71 @@ def parse_tool_calls(text: str) -> ParsedCalls:
     return ParsedCalls(calls=calls, has_markup=True)
 
 
+FENCE = "```"
+_SEPARATOR = re.compile(r"\s*,?\s*")  # between JSON values written one after another
+
+
+def json_bodies(text: str) -> list[str]:
+    """Where calls written as bare JSON may sit: the body of every ```` ``` ```` fence of the message (its
+    language tag line dropped; an unterminated last fence runs to the end; text between fences is prose),
+    else the whole message."""
+    if FENCE not in text:
+        return [text.strip()]
+    bodies = []
+    pos = text.find(FENCE)
+    while pos != -1:
+        line_end = text.find("\n", pos + len(FENCE))
+        if line_end == -1:
+            break  # a fence with nothing after its tag line
+        close = text.find(FENCE, line_end + 1)
+        bodies.append(text[line_end + 1 : len(text) if close == -1 else close].strip())
+        pos = -1 if close == -1 else text.find(FENCE, close + len(FENCE))
+    return bodies
+
+
+def decode_json_values(body: str) -> list[Any] | None:
+    """The JSON values ``body`` consists of, written one after another (whitespace or one comma between
+    them); None when anything else is in it. Raises what ``json`` raises on huge integers (ValueError),
+    deep nesting (RecursionError) and absurd sizes (MemoryError)."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    pos = 0
+    while pos < len(body):
+        try:
+            value, pos = decoder.raw_decode(body, pos)
+        except json.JSONDecodeError:
+            return None
+        values.append(value)
+        pos = _SEPARATOR.match(body, pos).end()  # type: ignore[union-attr]  # the pattern matches ""
+    return values
+
+
 def parse_json_calls(text: str) -> ParsedCalls:
-    """Calls written as bare JSON, without tags: the whole message (a ```json fence allowed) is one call
-    object or a list of them. ``has_markup`` is True when the message is JSON at all, so a JSON value that
-    is not a call reports why; prose gives an empty result."""
+    """Calls written as JSON without tags: one call object, a list of them, or several of either one
+    after another, as the whole message or inside one or more ```` ```json ```` fences (`json_bodies`;
+    a body that is not all JSON is prose). ``has_markup`` is True when some body is JSON, so a JSON value
+    that is not a call reports why; prose gives an empty result."""
     if not isinstance(text, str):
         return ParsedCalls(error=f"expected text, got {type(text).__name__}")
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.split("\n", 1)[1] if "\n" in body else ""
-        body = body.rsplit("```", 1)[0] if body.rstrip().endswith("```") else body
-        body = body.strip()
-    if not body.startswith(("{", "[")):
+    items: list[Any] = []
+    found = False  # some body is JSON (an empty list is "no call", said in JSON)
+    for body in json_bodies(text):
+        if not body.startswith(("{", "[")):
+            continue
+        try:
+            values = decode_json_values(body)
+        except RecursionError:
+            continue  # as for prose: nothing readable
+        except (ValueError, MemoryError) as exc:  # JSON all right, but an integer past the int-string limit, or absurd size
+            return ParsedCalls(error=f"the JSON call cannot be parsed ({str(exc)[:120] or type(exc).__name__}). "
+                                     f"{FORMAT_HINT}", has_markup=True)
+        if values is None:
+            continue  # prose that happens to start with a bracket
+        found = True
+        for value in values:
+            items.extend(value if isinstance(value, list) else [value])
+    if not found:
         return ParsedCalls()
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
-        return ParsedCalls()  # prose that happens to start with a bracket
-    except (ValueError, MemoryError) as exc:  # JSON all right, but an integer past the int-string limit, or absurd size
-        return ParsedCalls(error=f"the JSON call cannot be parsed ({str(exc)[:120] or type(exc).__name__}). {FORMAT_HINT}",
-                           has_markup=True)
-    items = obj if isinstance(obj, list) else [obj]
     calls: list[ToolCall] = []
     for i, item in enumerate(items):
         call, error = call_from_object(item, i)

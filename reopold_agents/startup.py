@@ -9,6 +9,7 @@ def check_entries(cfg: RunConfig) -> None:
     """Each entry's env is registered and takes its keys; a teacher named for an entry exists and is read by
     the objective; no two teachers share a metric label. Raise ValueError('<key>: why')."""
     from envs.factory import env_kwargs
+    from reopold_agents.evaluation.heldout import heldout_env_config
     from reopold_agents.models import check_model_name
     from reopold_agents.registry import ENVS
     from reopold_agents.roles import objective_needs
@@ -21,6 +22,7 @@ def check_entries(cfg: RunConfig) -> None:
             raise ValueError(f"{env_key}.name: unknown env {entry.env.name!r}; registered: {', '.join(ENVS.names())}")
         try:
             env_kwargs(entry.env, tasks=None, sandbox=None)
+            heldout_env_config(entry.env, cfg.trainer.heldout_tasks)  # bfcl: trains on split=train only
         except ValueError as exc:
             raise ValueError(f"{env_key}.{exc}") from None
         if entry.teacher is None:  # a single-env run's entry always: it has model.teacher

@@ -10,10 +10,19 @@ Each task keeps what the env and the matcher need in ``meta``: ``bfcl_category``
 single turn's system/user messages), ``functions`` (the docs, BFCL's own schema) and ``ground_truth``
 (None for the irrelevance/relevance categories, which have no answer file). ``answer`` is the ground
 truth as JSON text (``[]`` when no call is expected), for records and reports.
+
+Training on BFCL needs a fixed split, so that the held-out score is never measured on trained entries:
+``split="train" | "heldout"`` (``env.split``) of the five non-live single-turn categories (``CORE``;
+``bfcl:core`` loads all five). Each category's entries are ordered by ``sha256(SPLIT_SEED:id)`` and the
+first ``HELDOUT_PER_CATEGORY`` are held out: the split depends on the entry ids alone, never on a run's
+seed, on the other categories asked for or on ``limit``. A split of several categories interleaves them
+one entry at a time, so the first N tasks (``env.size``, ``trainer.heldout_tasks``) keep the categories
+balanced. ``split=None`` is every entry in file order (the evaluation suites).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -52,6 +61,13 @@ LEFT_OUT = {
 }
 
 
+# The fixed train / held-out split (docs/envs.md "bfcl"): the five non-live single-turn Python categories.
+CORE = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
+SPLITS = ("train", "heldout")
+SPLIT_SEED = 0  # part of the split's definition: changing it changes which entries are held out
+HELDOUT_PER_CATEGORY = 50  # held out of each CORE category (400/200/200/200/240 entries: 990 train, 250 held out)
+
+
 class BFCLDataError(TaskLoadError):
     """The bfcl-eval package or one of its data files is missing, or a category is not supported."""
 
@@ -88,19 +104,75 @@ def _question_text(messages: list[dict[str, Any]], where: str) -> str:
     return users[-1]
 
 
-def load_bfcl(category: str, limit: int | None = None) -> list[Task]:
-    """The entries of one BFCL category (the first ``limit`` in file order) as tasks."""
-    if category not in CATEGORIES:
-        why = LEFT_OUT.get(category)
-        extra = f" ({category} is left out: {why})" if why else ""
-        raise BFCLDataError(f"BFCL category {category!r} is not supported{extra}; supported: {', '.join(CATEGORIES)}")
+def category_names(source: str) -> list[str]:
+    """The categories a ``bfcl:<source>`` names: one category, ``core`` (the five of ``CORE``) or several
+    joined by ``+`` (``parallel+parallel_multiple``)."""
+    names = list(CORE) if source == "core" else source.split("+")
+    for category in names:
+        if category not in CATEGORIES:
+            why = LEFT_OUT.get(category)
+            extra = f" ({category} is left out: {why})" if why else ""
+            raise BFCLDataError(f"BFCL category {category!r} is not supported{extra}; supported: "
+                                f"{', '.join(CATEGORIES)}, core ({'+'.join(CORE)}), or several joined by '+'")
+    if len(set(names)) != len(names):
+        raise BFCLDataError(f"bfcl:{source}: names a category twice")
+    return names
+
+
+def split_rank(task_id: str) -> str:
+    """The key that orders a category's entries for the split: sha256 of ``SPLIT_SEED:id`` (stable
+    across Python versions and processes, unlike ``hash``)."""
+    return hashlib.sha256(f"{SPLIT_SEED}:{task_id}".encode()).hexdigest()
+
+
+def check_split(categories: list[str], split: str | None) -> None:
+    """``split`` is None, or a split name and every category one the split covers."""
+    if split is None:
+        return
+    if split not in SPLITS:
+        raise BFCLDataError(f"BFCL split {split!r} is not one of {', '.join(SPLITS)} (or none: every entry)")
+    outside = [c for c in categories if c not in CORE]
+    if outside:
+        raise BFCLDataError(f"BFCL {', '.join(outside)}: no train/held-out split; it covers {', '.join(CORE)}")
+
+
+def split_tasks(tasks: list[Task], split: str) -> list[Task]:
+    """The ``split`` part of one CORE category's entries (all of them): held out are the first
+    ``HELDOUT_PER_CATEGORY`` by `split_rank`, the rest train; each part in `split_rank` order."""
+    ranked = sorted(tasks, key=lambda t: split_rank(t.id))
+    return ranked[:HELDOUT_PER_CATEGORY] if split == "heldout" else ranked[HELDOUT_PER_CATEGORY:]
+
+
+def interleave(parts: list[list[Task]]) -> list[Task]:
+    """One task of each part in turn (parts run out at their own length)."""
+    return [part[i] for i in range(max(map(len, parts), default=0)) for part in parts if i < len(part)]
+
+
+def load_bfcl(source: str, limit: int | None = None, split: str | None = None) -> list[Task]:
+    """The entries ``bfcl:<source>`` names (`category_names`), the first ``limit`` of them.
+
+    ``split`` None: every entry, category after category, file order. ``train`` / ``heldout``: that part
+    of the fixed split of each category (`split_tasks`), the categories interleaved.
+    """
+    categories = category_names(source)
+    check_split(categories, split)
+    parts = [_load_category(c) for c in categories]
+    if split is None:
+        tasks = [t for part in parts for t in part]
+    else:
+        tasks = interleave([split_tasks(part, split) for part in parts])
+    return tasks[:limit] if limit else tasks
+
+
+def _load_category(category: str) -> list[Task]:
+    """Every entry of one supported category, file order."""
     folder = data_dir()
     entries = _read_lines(folder / f"{FILE_PREFIX}{category}.json")
     answers: dict[str, Any] = {}
     if category not in NO_ANSWER_FILE:
         answers = {row["id"]: row["ground_truth"] for row in _read_lines(folder / "possible_answer" / f"{FILE_PREFIX}{category}.json")}
     tasks = []
-    for row in entries[:limit] if limit else entries:
+    for row in entries:
         where = f"BFCL {category} entry {row.get('id')!r}"
         if len(row.get("question") or []) != 1:
             raise BFCLDataError(f"{where}: expected a single turn, got {len(row.get('question') or [])}")

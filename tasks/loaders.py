@@ -3,7 +3,8 @@
 Sources (``load_tasks(path_or_name, ...)``):
 
 - ``synthetic:<kind>`` (math, vqa, toolqa): the seeded generators, ``size``/``seed``/``difficulty``.
-- ``bfcl:<category>``: a BFCL test category from the installed bfcl-eval data (`tasks.bfcl`).
+- ``bfcl:<category>`` (or ``core``, or ``a+b``; ``split`` train/heldout): BFCL entries from the installed
+  bfcl-eval data (`tasks.bfcl`).
 - ``reasoning_gym:<dataset>[?key=value&...]``: a reasoning-gym generator with ``size``/``seed`` and its
   own config keys (`tasks.reasoning_gym_tasks`).
 - a ``.jsonl`` / ``.json`` / ``.parquet`` file;
@@ -77,7 +78,7 @@ def load_tasks(
         n = size if limit is None else min(size, limit)
         return generate(source.split(":", 1)[1], size=n, seed=seed, difficulty=difficulty)
     if source.startswith("bfcl:"):
-        return load_bfcl(source.split(":", 1)[1], limit=limit)
+        return load_bfcl(source.split(":", 1)[1], limit=limit, split=split)
     if source.startswith("reasoning_gym:"):
         return load_reasoning_gym(source.split(":", 1)[1], size=size if limit is None else min(size, limit), seed=seed)
     path = _resolve(source)

@@ -119,9 +119,9 @@ def test_model_text_never_crashes_a_step(text):
 
 def test_config_paths():
     cfg = compose(["env=bfcl"])
-    assert (cfg.env.name, cfg.env.tasks, cfg.env.max_turns) == ("bfcl", "bfcl:simple_python", 1)
+    assert (cfg.env.name, cfg.env.tasks, cfg.env.split, cfg.env.max_turns) == ("bfcl", "bfcl:core", "train", 1)
     env = build_env(cfg.env)
-    assert isinstance(env, BFCLEnv) and len(env.tasks) == 400
+    assert isinstance(env, BFCLEnv) and len(env.tasks) == 990  # the train split (tests/test_bfcl_split.py)
     assert len(_env("parallel", ).tasks) == 200
     limited = build_env(EnvConfig(name="bfcl", tasks="bfcl:multiple", size=7, max_turns=1))
     assert len(limited.tasks) == 7

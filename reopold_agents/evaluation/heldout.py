@@ -1,7 +1,8 @@
 """Held-out greedy success: the one number a run reports before, during and after training.
 
 The held-out set is ``trainer.heldout_tasks`` tasks of the run's env: synthetic tasks from a seed disjoint
-from training (``env.seed + HELDOUT_SEED_OFFSET``), or the first rows of a file source. Every caller
+from training (``env.seed + HELDOUT_SEED_OFFSET``), BFCL's fixed held-out split, or the first rows of a
+file source. Every caller
 (the run's evaluation, the tiny-model builds, the benchmarks) measures it with ``greedy_success``.
 """
 
@@ -28,9 +29,16 @@ HELDOUT_SEED_OFFSET = 100_003  # held-out synthetic tasks use env.seed + this (n
 
 
 def heldout_env_config(env_cfg: EnvConfig, size: int) -> EnvConfig:
-    """The held-out set's env config: synthetic tasks from a disjoint seed, or the first tasks of a file."""
+    """The held-out set's env config: synthetic tasks from a disjoint seed, BFCL's fixed held-out split
+    (`tasks.bfcl`; the run must train on ``split=train``, else ValueError('split: ...')), or the first
+    tasks of a file."""
     if env_cfg.tasks.startswith("synthetic"):
         return replace(env_cfg, seed=env_cfg.seed + HELDOUT_SEED_OFFSET, size=size)
+    if env_cfg.tasks.startswith("bfcl:"):
+        if env_cfg.split != "train":
+            raise ValueError(f"split: a bfcl run trains on split=train, its held-out evaluation reads split=heldout "
+                             f"(entries no run trains on); got {env_cfg.split!r}")
+        return replace(env_cfg, split="heldout", size=size)
     return replace(env_cfg, size=size)
 
 
