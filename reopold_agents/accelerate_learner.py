@@ -155,8 +155,10 @@ class AccelerateLearner(Learner):
         # The loss normaliser of the minibatch over *all* ranks (selected tokens, or sequences with one):
         # each micro-batch's loss is weighted by its share, times `world` because DDP/FSDP average
         # gradients over ranks; so any split over ranks and micro-batches gives the one-pass gradient.
-        global_norm = self._all_sum(torch.tensor([self.objective.normaliser(mask)]))[0].item()
-        if global_norm == 0:
+        # (aggregation=constant's normaliser counts sequences whatever is selected: emptiness is counted apart)
+        global_norm, global_selected = self._all_sum(
+            torch.tensor([self.objective.normaliser(mask), float(mask.sum())])).tolist()
+        if global_selected == 0:
             acc.skip(empty=True)  # every rank agrees (same reduced number), so no rank waits in a collective
             return
         # token_mean over several minibatches: normalised by the whole batch's selected tokens (all ranks),

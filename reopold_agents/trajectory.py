@@ -106,6 +106,9 @@ class Batch:
     # The label of the teacher that scored each row (written with the scores); the learner splits its
     # selected/clipped counts by it. None: not scored.
     teachers: list[str] | None = None
+    # [B, T] bool: the generated tokens that ended a turn by a stop (EOS, or a stop id such as </tool_call>);
+    # what algo.stop_token acts on (`stop_positions`). None: not known (a batch not built by `collate`).
+    stop_mask: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -171,6 +174,25 @@ class Batch:
         return out
 
 
+def stop_positions(traj: Trajectory) -> list[int]:
+    """Positions of the tokens that ended a turn by a stop: the last generated token of each turn whose
+    ``finish_reason`` is ``stop`` (a reply cut by the token budget has none). Turns are matched in order to
+    the runs of generated tokens; a trajectory whose runs do not match its turns' ``num_generated`` (one
+    built by hand, without turns) gets none."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, m in enumerate([*traj.loss_mask, 0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i))
+            start = None
+    turns = [t for t in traj.turns if int(t.get("num_generated", 0)) > 0]
+    if len(runs) != len(turns) or any(end - begin != int(t["num_generated"]) for (begin, end), t in zip(runs, turns)):
+        return []
+    return [end - 1 for (_, end), t in zip(runs, turns) if t.get("finish_reason") == "stop"]
+
+
 def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
     """Right-pad trajectories into a Batch. Multimodal ``model_inputs`` are concatenated along dim 0
     (the Qwen-VL convention: pixel patches of all images of the batch, one grid row per image)."""
@@ -182,6 +204,7 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
     attention = torch.zeros((bsz, length), dtype=torch.long)
     loss_mask = torch.zeros((bsz, length), dtype=torch.float32)
     old_lp = torch.zeros((bsz, length), dtype=torch.float32)
+    stop_mask = torch.zeros((bsz, length), dtype=torch.bool)
     for i, traj in enumerate(trajectories):
         n = len(traj)
         if not (len(traj.loss_mask) == len(traj.rollout_logprobs) == n):
@@ -190,6 +213,7 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
         attention[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(traj.loss_mask, dtype=torch.float32)
         old_lp[i, :n] = torch.tensor(traj.rollout_logprobs, dtype=torch.float32)
+        stop_mask[i, stop_positions(traj)] = True
     # The first token has no predecessor, so it can never be a training target.
     loss_mask[:, 0] = 0.0
     keys = set().union(*(t.model_inputs.keys() for t in trajectories))
@@ -213,5 +237,6 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
         images=images,
         entries=[t.entry for t in trajectories],
         conversations=[Conversation.of(t) for t in trajectories],
+        stop_mask=stop_mask & (loss_mask > 0),
     )
 

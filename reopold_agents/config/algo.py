@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SELECTION_RULES = ("all", "entropy", "reward_floor")
-AGGREGATIONS = ("token_mean", "seq_mean")
+AGGREGATIONS = ("token_mean", "seq_mean", "constant")
+STOP_TOKEN_RULES = ("train", "mask", "clip")
 KL_DIRECTIONS = ("reverse", "forward")
 
 
@@ -30,7 +31,11 @@ class AlgoConfig:
     ppo_clip: bool = True  # clip rho to [1 - low, 1 + high] in the surrogate (false: the paper's Eq. 4 as written)
     ppo_clip_low: float = 0.2
     ppo_clip_high: float = 0.2
-    aggregation: str = "token_mean"  # token_mean | seq_mean
+    aggregation: str = "token_mean"  # token_mean | seq_mean | constant (Dr. GRPO: sum / (sequences * loss_norm_tokens))
+    loss_norm_tokens: int = 0  # aggregation=constant: the tokens one sequence is normalised by (>= 1; e.g. the longest reply)
+    # the token that ended a reply (EOS or a stop id, Batch.stop_mask): train (like any token) | mask (never in the
+    # loss) | clip (its advantage capped at 0: stopping is never rewarded, only discouraged); reopold, opd, grpo
+    stop_token: str = "train"
     outcome_coef: float = 0.0  # opd_outcome: A_t = r_hat_t + outcome_coef * A_group(outcome)
     grpo_std_norm: bool = True  # GRPO advantage (R - mean_group) / (std_group + eps); false: mean-centred only
     gkd_topk: int = 8  # the teacher's top-k support size (gkd, reopold_topk; teacher scoring fills k ids per position)
@@ -61,6 +66,14 @@ class AlgoConfig:
             raise ValueError(f"ppo_clip_low: must be < 1 (rho >= 1 - low > 0), got {self.ppo_clip_low}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation: {self.aggregation!r} is not one of {AGGREGATIONS}")
+        if self.aggregation == "constant" and self.loss_norm_tokens < 1:
+            raise ValueError(f"loss_norm_tokens: aggregation=constant divides each sequence's token sum by it; set it "
+                             f">= 1 (e.g. engine.sampling.max_new_tokens), got {self.loss_norm_tokens}")
+        if self.aggregation != "constant" and self.loss_norm_tokens != 0:
+            raise ValueError(f"loss_norm_tokens: only aggregation=constant reads it (aggregation={self.aggregation}); "
+                             f"leave it 0")
+        if self.stop_token not in STOP_TOKEN_RULES:
+            raise ValueError(f"stop_token: {self.stop_token!r} is not one of {STOP_TOKEN_RULES}")
         if self.outcome_coef < 0.0:
             raise ValueError(f"outcome_coef: must be >= 0, got {self.outcome_coef}")
         if self.topk_coef < 0.0:

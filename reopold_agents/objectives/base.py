@@ -27,11 +27,13 @@ class TokenTerms:
     reward: torch.Tensor | None  # [B, T] raw token reward r_t; None without teacher log-probs
     clipped: torch.Tensor  # [B, T] bool: tokens whose reward was raised to the clip floor
     kept: torch.Tensor | None = None  # [B] bool: sequences the objective keeps (DAPO's dynamic sampling); None: all
+    stop: torch.Tensor | None = None  # [B, T] bool: the tokens that ended a reply (Batch.stop_mask); None: unknown
 
     def rows(self, idx: torch.Tensor) -> "TokenTerms":
         """The terms of sequences ``idx`` (a minibatch)."""
         pick = lambda t: None if t is None else t.index_select(0, idx.to(t.device))  # noqa: E731
-        return TokenTerms(pick(self.advantages), pick(self.reward), pick(self.clipped), pick(self.kept))
+        return TokenTerms(pick(self.advantages), pick(self.reward), pick(self.clipped), pick(self.kept),
+                          pick(self.stop))
 
 
 @dataclass
@@ -77,10 +79,13 @@ class Objective(ABC):
         return False
 
     def normaliser(self, mask: torch.Tensor) -> float:
-        """What the loss divides by over ``mask`` (``algo.aggregation``): the selected tokens (token_mean) or
-        the sequences with any (seq_mean). A learner that splits a batch weights each part by its share."""
+        """What the loss divides by over ``mask`` (``algo.aggregation``): the selected tokens (token_mean), the
+        sequences with any (seq_mean), or every sequence times ``algo.loss_norm_tokens`` whatever was
+        selected (constant). A learner that splits a batch weights each part by its share."""
         if self.cfg.aggregation == "seq_mean":
             return float((mask.sum(-1) > 0).sum())
+        if self.cfg.aggregation == "constant":
+            return float(mask.shape[0] * self.cfg.loss_norm_tokens)
         return float(mask.sum())
 
     @property
@@ -95,8 +100,29 @@ class Objective(ABC):
 
     def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
                entropy: torch.Tensor | None) -> torch.Tensor:
-        """Boolean ``[B, T]`` mask M_t * loss_mask_t of the tokens trained on at ``step`` (default: all)."""
-        return loss_mask > 0
+        """Boolean ``[B, T]`` mask M_t * loss_mask_t of the tokens trained on at ``step`` (default: all but
+        the stop tokens under ``algo.stop_token=mask``)."""
+        return self.without_stop_tokens(loss_mask > 0, terms)
+
+    # --- the stop token (algo.stop_token), for the objectives that list it in ``keys`` -------------------
+    def with_stop_token(self, terms: TokenTerms, batch: Batch) -> TokenTerms:
+        """``terms`` with the batch's stop tokens marked (``Batch.stop_mask``) and, under
+        ``algo.stop_token=clip``, their advantage capped at 0: a stop the teacher (or the outcome) does
+        not want is discouraged, a stop is never rewarded, so replies cannot be trained shorter."""
+        stop = batch.stop_mask
+        if stop is None:
+            return terms
+        stop = stop.to(terms.advantages.device).bool() & (batch.loss_mask > 0)
+        adv = terms.advantages
+        if self.cfg.stop_token == "clip":
+            adv = torch.where(stop, adv.clamp(max=0.0), adv)
+        return TokenTerms(adv, terms.reward, terms.clipped, terms.kept, stop)
+
+    def without_stop_tokens(self, mask: torch.Tensor, terms: TokenTerms) -> torch.Tensor:
+        """``mask`` less the stop tokens under ``algo.stop_token=mask`` (they never enter the loss)."""
+        if self.cfg.stop_token != "mask" or terms.stop is None:
+            return mask
+        return mask & ~terms.stop.to(mask.device)
 
     @abstractmethod
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:

@@ -37,7 +37,7 @@ FULL_VOCAB = 2**31 - 1  # a top-k past the vocabulary size: the teacher scores e
 
 
 class GKD(Objective):
-    keys: ClassVar[tuple[str, ...]] = ("gkd_topk", "gkd_direction", "aggregation")
+    keys: ClassVar[tuple[str, ...]] = ("gkd_topk", "gkd_direction", "aggregation", "loss_norm_tokens")
 
     @property
     def teacher_topk(self) -> int:
@@ -64,14 +64,14 @@ class GKD(Objective):
         kl = topk_kl(fwd.student_topk, fwd.teacher_topk, self.direction)
         n = max(int(fwd.mask.sum()), 1)
         weighted = kl if fwd.weights is None else kl * fwd.weights.detach()
-        return (aggregate(weighted, fwd.mask, self.cfg.aggregation, fwd.token_norm),
+        return (aggregate(weighted, fwd.mask, self.cfg.aggregation, fwd.token_norm, self.cfg.loss_norm_tokens),
                 {self.direction_stat: float((kl.detach() * fwd.mask).sum()) / n})
 
 
 class DenseKL(GKD):
     """``algo=dense_kl``: reverse KL(student || teacher) over the full vocabulary at every student token."""
 
-    keys: ClassVar[tuple[str, ...]] = ("aggregation",)
+    keys: ClassVar[tuple[str, ...]] = ("aggregation", "loss_norm_tokens")
     direction_stat: ClassVar[str] = "dense_kl"
 
     @property

@@ -34,13 +34,14 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, std_norm: b
 
 
 class GRPO(Objective):
-    keys: ClassVar[tuple[str, ...]] = ("grpo_std_norm", *SURROGATE_KEYS)
+    keys: ClassVar[tuple[str, ...]] = ("grpo_std_norm", *SURROGATE_KEYS, "stop_token")
     needs_teacher: ClassVar[bool] = False
 
     def token_terms(self, batch: Batch) -> TokenTerms:
         mask = batch.loss_mask
         adv = group_advantages(batch.rewards, batch.group_ids, self.cfg.grpo_std_norm)[:, None] * mask
-        return TokenTerms(advantages=adv.detach(), reward=None, clipped=torch.zeros_like(mask, dtype=torch.bool))
+        terms = TokenTerms(advantages=adv.detach(), reward=None, clipped=torch.zeros_like(mask, dtype=torch.bool))
+        return self.with_stop_token(terms, batch)
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
         return surrogate_loss(fwd, self.cfg)

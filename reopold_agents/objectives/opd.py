@@ -16,11 +16,12 @@ from reopold_agents.trajectory import Batch
 
 
 class OPD(Objective):
-    keys: ClassVar[tuple[str, ...]] = SURROGATE_KEYS
+    keys: ClassVar[tuple[str, ...]] = (*SURROGATE_KEYS, "stop_token")
 
     def token_terms(self, batch: Batch) -> TokenTerms:
         reward = token_reward(require_teacher(batch, "opd"), batch.old_logprobs, batch.loss_mask)
-        return TokenTerms(advantages=reward, reward=reward, clipped=torch.zeros_like(reward, dtype=torch.bool))
+        terms = TokenTerms(advantages=reward, reward=reward, clipped=torch.zeros_like(reward, dtype=torch.bool))
+        return self.with_stop_token(terms, batch)
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
         return surrogate_loss(fwd, self.cfg)

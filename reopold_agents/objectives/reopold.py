@@ -9,7 +9,11 @@ Read top to bottom, this file is the whole objective the learner optimises:
                       batch by student entropy H_t                               (paper Eq. 8)
 4. surrogate          L = -1/sum(M) * sum_t M_t min(rho_t r_hat_t, clip(rho_t, 1-eps_lo, 1+eps_hi) r_hat_t),
                       rho_t = pi_theta(y_t|s_t) / pi_old(y_t|s_t)   (paper Eq. 4; the PPO ratio clip is
-                      ours and optional: algo.ppo_clip=false gives Eq. 4 as written)
+                      ours and optional: algo.ppo_clip=false gives Eq. 4 as written); 1/sum(M) is
+                      algo.aggregation=token_mean, the options are seq_mean and constant (1/(B * L))
+
+Optional, off by default (algo.stop_token, base.py): the token that ended a reply is trained like the
+rest (train), left out of M (mask), or has its advantage capped at 0 (clip).
 
 On-policy distillation minimises the reverse KL(pi_theta || pi_T) on the student's own samples, which
 is policy gradient with the per-token reward r_t held fixed. With one pass over a fresh batch rho = 1
@@ -110,16 +114,23 @@ def stage_at(step: int, total_steps: int, stage_switch: float) -> int:
 
 # --- 4. surrogate and aggregation (Eq. 4) ---------------------------------------------------------
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mean",
-              token_norm: float | None = None) -> torch.Tensor:
+              token_norm: float | None = None, norm_tokens: int = 0) -> torch.Tensor:
     """``token_mean``: mean over all selected tokens of the batch (paper Eq. 4: 1/sum M); ``token_norm``
     is that count when this is one minibatch of a larger batch (so minibatches sum to the batch mean);
-    ``seq_mean``: mean over tokens within each sequence, then over sequences with any token.
+    ``seq_mean``: mean over tokens within each sequence, then over sequences with any token;
+    ``constant``: the sum over selected tokens divided by ``B * norm_tokens`` (B = rows of ``per_token``;
+    Dr. GRPO's constant normaliser): every token weighs the same whatever the lengths and the selection,
+    so a batch of shorter replies does not weigh each of its tokens more.
     An empty mask gives a zero that still depends on ``per_token`` (backward works, grads are 0)."""
     m = mask.to(per_token.dtype)
     kept = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))  # NaN off the mask stays out
     if how == "token_mean":
         denom = m.sum().clamp(min=1.0) if token_norm is None else max(float(token_norm), 1.0)
         return kept.sum() / denom
+    if how == "constant":
+        if norm_tokens < 1:
+            raise ValueError(f"aggregation 'constant' needs norm_tokens >= 1 (algo.loss_norm_tokens), got {norm_tokens}")
+        return kept.sum() / (per_token.shape[0] * norm_tokens)
     if how == "seq_mean":
         counts = m.sum(dim=-1)
         per_seq = kept.sum(dim=-1) / counts.clamp(min=1.0)
@@ -131,7 +142,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mea
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
                       aggregation: str = "token_mean", clip: bool = True, weights: torch.Tensor | None = None,
-                      token_norm: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      token_norm: float | None = None, norm_tokens: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
     """``-min(rho A, clip(rho, 1-low, 1+high) A)`` aggregated over ``mask`` (``clip=False``: ``-rho A``, the
     paper's Eq. 4 without a ratio clip); ``weights`` (no grad) scale each token's term, e.g. the truncated
     importance weight of an engine/learner mismatch. Stats: the fraction of selected tokens whose ratio
@@ -145,7 +156,7 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
     if weights is not None:
         per_token = per_token * weights.detach()
-    loss = aggregate(per_token, mask, aggregation, token_norm)
+    loss = aggregate(per_token, mask, aggregation, token_norm, norm_tokens)
     with torch.no_grad():
         n = max(int(sel.sum()), 1)
         ratio_clipped = ((ratio * adv) > (clipped_ratio * adv)) & sel  # where the clipped branch is active
@@ -154,15 +165,23 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return loss, stats
 
 
-SURROGATE_KEYS = ("ppo_clip", "ppo_clip_low", "ppo_clip_high", "aggregation")
+SURROGATE_KEYS = ("ppo_clip", "ppo_clip_low", "ppo_clip_high", "aggregation", "loss_norm_tokens")
 
 
 def surrogate_loss(fwd: Forward, cfg: AlgoConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Step 4 on one minibatch with the ``algo.ppo_clip*`` / ``algo.aggregation`` keys (every
-    policy-gradient objective here ends in it)."""
-    return clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask, cfg.ppo_clip_low,
-                             cfg.ppo_clip_high, cfg.aggregation, clip=cfg.ppo_clip, weights=fwd.weights,
-                             token_norm=fwd.token_norm)
+    policy-gradient objective here ends in it). With the stop tokens known, two stats say what the
+    loss did with them: ``stop_frac_selected`` (of this minibatch's stop tokens, those in the mask)
+    and ``stop_advantage_mean`` (their mean advantage, after ``algo.stop_token``)."""
+    loss, stats = clipped_surrogate(fwd.logprobs, fwd.old_logprobs, fwd.terms.advantages, fwd.mask,
+                                    cfg.ppo_clip_low, cfg.ppo_clip_high, cfg.aggregation, clip=cfg.ppo_clip,
+                                    weights=fwd.weights, token_norm=fwd.token_norm, norm_tokens=cfg.loss_norm_tokens)
+    stop = fwd.terms.stop
+    if stop is not None:
+        n = max(int(stop.sum()), 1)
+        stats["stop_frac_selected"] = float((stop & fwd.mask.bool()).sum()) / n
+        stats["stop_advantage_mean"] = float(torch.where(stop, fwd.terms.advantages, 0.0).sum()) / n
+    return loss, stats
 
 
 # --- the objective --------------------------------------------------------------------------------
@@ -170,7 +189,7 @@ class Reopold(Objective):
     """``algo=reopold``: steps 1-4 above, each switchable by its key (ablations are one override)."""
 
     keys: ClassVar[tuple[str, ...]] = ("reward_clip", "clip_lambda", "beta", "stage_switch", "stage1_rule",
-                                       "stage2_rule", *SURROGATE_KEYS)
+                                       "stage2_rule", *SURROGATE_KEYS, "stop_token")
 
     def __init__(self, cfg: AlgoConfig, total_steps: int) -> None:
         super().__init__(cfg, total_steps)
@@ -192,12 +211,14 @@ class Reopold(Objective):
         if self.cfg.reward_clip:
             adv, clipped = clip_reward(reward, self.cfg.clip_lambda)  # 2.
             clipped = clipped & (mask > 0)
-        return TokenTerms(advantages=(adv * mask).detach(), reward=reward, clipped=clipped)
+        return self.with_stop_token(TokenTerms(advantages=(adv * mask).detach(), reward=reward, clipped=clipped),
+                                    batch)
 
     def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
                entropy: torch.Tensor | None) -> torch.Tensor:
-        return select_tokens(self.rule(step), loss_mask, entropy=entropy, reward=terms.reward,  # 3.
-                             beta=self.cfg.beta, floor=self.floor)
+        chosen = select_tokens(self.rule(step), loss_mask, entropy=entropy, reward=terms.reward,  # 3.
+                               beta=self.cfg.beta, floor=self.floor)
+        return self.without_stop_tokens(chosen, terms)
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:
         return surrogate_loss(fwd, self.cfg)  # 4.

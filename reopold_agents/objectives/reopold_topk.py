@@ -75,7 +75,8 @@ class ReopoldTopK(Reopold):
         dense = dense_topk_term(fwd.student_topk, fwd.teacher_topk, floor)
         if fwd.weights is not None:
             dense = dense * fwd.weights.detach()
-        loss = sampled + self.cfg.topk_coef * aggregate(dense, fwd.mask, self.cfg.aggregation, fwd.token_norm)
+        loss = sampled + self.cfg.topk_coef * aggregate(dense, fwd.mask, self.cfg.aggregation, fwd.token_norm,
+                                                        self.cfg.loss_norm_tokens)
         with torch.no_grad():
             sel = fwd.mask.bool()
             n = max(int(sel.sum()), 1)
