@@ -10,6 +10,9 @@ Layout of one checkpoint ``<dir>/step_00000042/``::
                         "sha256": {path: hex digest}} - written last: marks it complete and lists the
                         size and content checksum of every other file
 
+``trainer.keep_best`` adds ``<dir>/best/``, a whole checkpoint (hard links) of the best held-out step,
+outside the rotation (`keep_best`).
+
 Each checkpoint is written into a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written ``step_*`` folder that ``latest_checkpoint`` would pick. Temporary folders of a
 writer that was killed mid-save are removed by the next `save_checkpoint` / `latest_checkpoint`.
@@ -44,7 +47,8 @@ from torch import nn
 
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-_TMP_DIR = re.compile(r"^\.tmp-step_\d+-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+_TMP_DIR = re.compile(r"^\.tmp-(?:step_\d+|best)-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+BEST_DIR = "best"  # keep_best's copy: not a step_* name, so neither rotation nor latest_checkpoint sees it
 STALE_FOREIGN_TMP_S = 24 * 3600  # a temp folder of another host is removed once this old
 log = logging.getLogger(__name__)
 # a LoRA student's checkpoint (model.lora): peft's adapter files, written by PeftModel.save_pretrained
@@ -140,6 +144,45 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def best_step(evals: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """The ``(step, held-out success)`` ``trainer.keep_best`` keeps: the highest success of the evaluations
+    after step 0 (step 0 is the untrained student), the earliest on a tie; None before any."""
+    trained = [(step, score) for step, score in evals if step >= 1]
+    return max(trained, key=lambda e: e[1]) if trained else None  # max keeps the first of equals
+
+
+def keep_best(directory: str | os.PathLike, step: int) -> Path:
+    """Make ``<directory>/best`` a copy of checkpoint ``step`` and return it (``trainer.keep_best``).
+
+    Files are hard-linked where the file system allows (no second copy on disk; rotation deleting the
+    ``step_*`` folder later leaves the links intact), else copied. The copy is built in a temporary
+    folder and renamed over the previous best, so ``best`` is always a whole checkpoint; it verifies and
+    loads like any other (``load_checkpoint(directory / "best")``, ``export_lora``).
+    """
+    root = Path(directory)
+    source = root / f"step_{step:08d}"
+    if not (source / "state.json").is_file():
+        raise CheckpointError(f"{source}: no complete checkpoint to keep as the best (trainer.keep_best)")
+    tag = f"{socket.gethostname()}-{os.getpid()}"
+    tmp, old = root / f".tmp-{BEST_DIR}-{tag}", root / f".old-{BEST_DIR}-{tag}"
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    final = root / BEST_DIR
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # no hard links here (another device, some network file systems)
+        shutil.copy2(src, dst)
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:

@@ -52,6 +52,7 @@ class RunResult:
     by_env: dict[str, tuple[float, float]] = field(default_factory=dict)  # mix runs: entry -> (before, after)
     teacher_success: float | None = None  # the teacher on the same held-out set (trainer.eval_teacher)
     gap_closed: float | None = None  # (after - before) / (teacher - before)
+    best: tuple[int, float] | None = None  # trainer.keep_best: (step, held-out success) of checkpoints/best
 
 
 def check_startup(cfg: RunConfig) -> None:
@@ -83,7 +84,7 @@ StepCallback = Callable[[StepResult], None]
 def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = None) -> RunResult:
     """Run (or resume) training as configured; ``on_step(result)`` runs after every step with the step's
     episodes, scored batch and metrics (``StepResult``; ``result.metrics`` as logged)."""
-    from reopold_agents.checkpoint import latest_checkpoint
+    from reopold_agents.checkpoint import BEST_DIR, best_step, keep_best, latest_checkpoint
     from reopold_agents.distributed import make_backend
     from reopold_agents.entries import TaskSampler
 
@@ -128,6 +129,13 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
             env_evals.setdefault(name, []).append(found[f"eval/{name}/success"])
         return found
 
+    def keep_if_best(step: int, saved: bool) -> None:
+        """trainer.keep_best: an evaluation at ``step`` that beats every earlier one becomes checkpoints/best."""
+        if tc.keep_best and evals[-1][0] == step and best_step(evals) == evals[-1]:
+            if not saved:
+                save(step)
+            keep_best(ckpt_dir, step)
+
     steps = run_steps(backend, tasks_for_step, start_step, tc.total_steps, cfg.distributed.async_rollout,
                       max_skipped_steps=tc.max_skipped_steps)  # raises NonFiniteStepsError at the limit
     try:
@@ -157,10 +165,13 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
                     on_step(replace(result, metrics=metrics))
                 if tc.save_every and done % tc.save_every == 0 and done < tc.total_steps:
                     save(done)
+                if done < tc.total_steps:
+                    keep_if_best(done, saved=bool(tc.save_every) and done % tc.save_every == 0)
         if not evals or evals[-1][0] != tc.total_steps:
             logger.log(tc.total_steps, evaluate(tc.total_steps))
         after = evals[-1][1]
         save(tc.total_steps)
+        keep_if_best(tc.total_steps, saved=True)
     finally:
         steps.close()
         backend.shutdown()
@@ -175,8 +186,9 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         log.warning("could not draw the curves: %s", exc)
     by_env = {name: (vals[0], vals[-1]) for name, vals in env_evals.items()} if len(entries) > 1 else {}
     closed = None if teacher is None else gap_closed(before, after, teacher)
+    best = best_step(evals) if tc.keep_best else None
     result = RunResult(str(out), tc.total_steps, before, after, time.perf_counter() - t_start, evals, plot, by_env,
-                       teacher, closed)
+                       teacher, closed, best)
     (out / SUMMARY_FILE).write_text(json.dumps(result.__dict__, indent=2))
     envs = "".join(f", {n} {b:.3f} -> {a:.3f}" for n, (b, a) in by_env.items())
     target = ""
@@ -185,7 +197,8 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
                                                         else f"{closed:.0%}") + ")"
     print(f"held-out success ({'+'.join(entries)}, {tc.heldout_tasks} tasks{' per env' if by_env else ''}, greedy): "
           f"before {before:.3f} -> after {after:.3f}{target}{envs}   [{tc.total_steps} steps, {result.seconds:.0f}s]")
-    print(f"metrics: {out / 'metrics.jsonl'}  tensorboard: {out / 'tensorboard'}  plot: {plot}  checkpoints: {ckpt_dir}")
+    print(f"metrics: {out / 'metrics.jsonl'}  tensorboard: {out / 'tensorboard'}  plot: {plot}  checkpoints: {ckpt_dir}"
+          + (f"  best: {ckpt_dir / BEST_DIR} (step {best[0]}, held-out {best[1]:.3f})" if best else ""))
     return result
 
 

@@ -4,7 +4,7 @@ Learner keys (read by reopold_agents/learner.py): lr, weight_decay, betas, eps, 
 warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, freeze_vision,
 total_steps.
 Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
-seed, output_dir, save_every, keep_checkpoints, resume, log_every, eval_every, heldout_tasks,
+seed, output_dir, save_every, keep_checkpoints, keep_best, resume, log_every, eval_every, heldout_tasks,
 eval_teacher, max_skipped_steps (reopold_agents/step.py).
 """
 
@@ -43,6 +43,9 @@ class TrainerConfig:
     output_dir: str = "outputs/run"
     save_every: int = 50  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2  # newest N checkpoints kept
+    # also keep checkpoints/best: the checkpoint of the best held-out success of the evaluations after step 0,
+    # outside the keep_checkpoints rotation (an evaluation that sets a new best saves its step if not saved)
+    keep_best: bool = False
     resume: bool = False  # continue from latest_checkpoint(output_dir/checkpoints)
     log_every: int = 1
     eval_every: int = 0  # 0 disables periodic evaluation
