@@ -12,7 +12,9 @@ class EnvConfig:
 
     tasks: ``synthetic`` (the seeded generator of this env's kind), ``synthetic:<kind>``, or a file,
         dataset folder or ``$REOPOLD_DATA`` name for `tasks.load_tasks`.
-    split: split of a dataset folder or JSON dict of splits (None: the loader's default, ``test``).
+    split: split of a dataset folder or JSON dict of splits (None: the loader's default, ``test``); for
+        ``bfcl:`` sources BFCL's fixed ``train`` / ``heldout`` split (None: every entry; a run trains on
+        ``train`` and evaluates ``heldout``, `tasks.bfcl`).
     size: number of synthetic tasks; for files, the most rows to load (0: all).
     seed: seeds the synthetic tasks and each env's reset RNG (env i of a batch gets seed + i).
     difficulty: synthetic difficulty, 1 (tiny-model friendly) to 3.
