@@ -26,7 +26,7 @@ import torch
 
 from reopold_agents.config import compose
 from reopold_agents.config.schema import ConfigError
-from reopold_agents.engines.base import GenerationRequest
+from reopold_agents.engines.base import GenerationRequest, TopKRow
 from reopold_agents.teacher.http import (
     MIB,
     HTTPTeacherClient,
@@ -35,6 +35,7 @@ from reopold_agents.teacher.http import (
     TeacherServerError,
     parse_teacher_urls,
     prompt_logprobs_row,
+    prompt_topk_row,
 )
 from reopold_agents.teacher import Teacher, build_teacher
 from reopold_agents.trajectory import Trajectory, collate
@@ -57,6 +58,7 @@ class FakeVLLM:
     tokenize: Callable[[str], Any] | None = None
     models_reply: bytes | None = None  # raw /v1/models body (None: the one served model)
     hang_s: float = 2.0
+    max_logprobs: int = 20  # as vLLM's --max-logprobs: a larger prompt_logprobs is a 400
     trickle_s: float = 0.05  # between two trickled bytes
     sent: list[int] = field(default_factory=list)  # body bytes written per streamed reply
     seen: list[tuple[float, str, Any]] = field(default_factory=list)
@@ -68,6 +70,8 @@ class FakeVLLM:
 
 
 def completion_reply(body: dict[str, Any], value: Callable[[list[int], int], float] = fake_logprob) -> dict[str, Any]:
+    if body.get("prompt_logprobs"):  # the teacher's top-k (score_topk): see topk_completion_reply below
+        return topk_completion_reply(body)
     prompts = body["prompt"]
     choices = []
     for i, ids in enumerate(prompts):
@@ -116,6 +120,11 @@ def make_handler(state: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 return
             if self.path != "/v1/completions":
                 self._send(404, {"detail": "Not Found"})
+                return
+            if body.get("prompt_logprobs", 0) > state.max_logprobs:  # vLLM's own check and words
+                self._send(400, {"error": {"message": f"Requested prompt logprobs of {body['prompt_logprobs']}, "
+                                                      f"which is greater than max allowed: {state.max_logprobs}",
+                                           "type": "BadRequestError", "code": 400}})
                 return
             action = state.next_action()
             if callable(action):
@@ -499,8 +508,7 @@ def test_config_keys_and_build_teacher(fake, tok):
     client = teacher.engine
     assert isinstance(client, HTTPTeacherClient) and client.urls == [url] and client.model == SERVED
     assert (client.batch_size, client.concurrency, client.timeout_s, client.retries, client.backoff_s) == (2, 2, 5, 1, 0.5)
-    with pytest.raises(ValueError, match="top-k"):
-        build_teacher(cfg.model, tok, top_k=4)
+    assert build_teacher(cfg.model, tok, top_k=4).top_k == 4  # served top-k: test_served_topk_* below
     two = compose(["model.teacher_engine=http", f"model.teacher_url='{url},{url}/'"])
     assert build_teacher(two.model, tok).engine.urls == [url, url]
     for bad, key in ((["model.teacher_engine=http"], "model.teacher_url"),
@@ -568,3 +576,256 @@ def test_a_teacher_answering_minus_inf_stops_the_run_keeping_the_last_good_weigh
     assert ckpts == ["step_00000001", "step_00000002", "step_00000003"]
     weights = [load_file(str(next((out / "checkpoints" / c / "model").glob("*.safetensors")))) for c in ckpts]
     assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
+
+
+# -- the teacher's top-k (prompt_logprobs=k: score_topk, Teacher(engine=..., top_k=k)) ----------------------
+
+
+def fake_top(ids: list[int], t: int, k: int) -> list[tuple[int, float]]:
+    """The canned server's top-k at position ``t`` as (id, log-prob) for ranks 1..k: the prompt's token
+    ranks first when it is a multiple of 3 (else it is outside the top k, below it); ranks 2 and 3 tie."""
+    others = [c for c in ((ids[t - 1] * 13 + 37 * j + t) % 1000 for j in range(k + 1)) if c != ids[t]]
+    top = ([ids[t]] if ids[t] % 3 == 0 else []) + others
+    values = [-1e-5 * (j + 1) for j in range(k)]
+    if k >= 3:
+        values[2] = values[1]
+    return list(zip(top[:k], values))
+
+
+def topk_completion_reply(body: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's reply to ``prompt_logprobs: k``: at each position the prompt's token with its rank (first,
+    when it is outside the top k), then the top k with ranks 1..k (tied values keep distinct ranks)."""
+    k = body["prompt_logprobs"]
+    choices = []
+    for i, ids in enumerate(body["prompt"]):
+        plp: list[Any] = [None]
+        for t in range(1, len(ids)):
+            top = fake_top(ids, t, k)
+            step: dict[str, Any] = {}
+            if ids[t] not in dict(top):
+                step[str(ids[t])] = {"logprob": fake_logprob(ids, t), "rank": k + 1 + ids[t] % 5, "decoded_token": "y"}
+            for rank, (tid, lp) in enumerate(top, 1):
+                step[str(tid)] = {"logprob": lp, "rank": rank, "decoded_token": "x"}
+            plp.append(step)
+        choices.append({"index": i, "text": "a", "logprobs": None, "finish_reason": "length", "prompt_logprobs": plp})
+    choices.reverse()
+    return {"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices}
+
+
+def expected_topk(ids: list[int], k: int) -> TopKRow:
+    """What the client must make of ``topk_completion_reply``: the top k by log-prob, ties by id."""
+    logprobs, top_ids, top_lps = [0.0], [[0] * k], [[0.0] * k]
+    for t in range(1, len(ids)):
+        top = sorted(fake_top(ids, t, k), key=lambda pair: (-pair[1], pair[0]))
+        logprobs.append(dict(top).get(ids[t], fake_logprob(ids, t)))
+        top_ids.append([i for i, _ in top])
+        top_lps.append([v for _, v in top])
+    return TopKRow(logprobs, top_ids, top_lps)
+
+
+def test_prompt_topk_row_reads_vllms_form():
+    ids, k = [5, 6, 7, 8], 3
+    entries = [
+        None,
+        # 6 is among the top 3 (3 entries); ranks 2 and 3 tie: ordered by id, as the in-process teacher's
+        {"9": {"logprob": -0.1, "rank": 1}, "6": {"logprob": -2.0, "rank": 3}, "4": {"logprob": -2.0, "rank": 2}},
+        # 7 is outside the top 3: listed (first, as vLLM does) with its own rank > 3
+        {"7": {"logprob": -5.0, "rank": 40, "decoded_token": "q"}, "1": {"logprob": -0.5, "rank": 1},
+         "2": {"logprob": -1.0, "rank": 2}, "3": {"logprob": -1.5, "rank": 3}},
+        # -inf (probability 0) is a log-probability
+        {"8": {"logprob": -0.01, "rank": 1}, "11": {"logprob": float("-inf"), "rank": 2},
+         "0": {"logprob": float("-inf"), "rank": 3}},
+    ]
+    row = prompt_topk_row(ids, entries, k)
+    assert row.logprobs == [0.0, -2.0, -5.0, -0.01] == prompt_logprobs_row(ids, entries)
+    assert row.topk_ids == [[0, 0, 0], [9, 4, 6], [1, 2, 3], [8, 0, 11]]
+    assert row.topk_logprobs == [[0.0] * 3, [-0.1, -2.0, -2.0], [-0.5, -1.0, -1.5], [-0.01, float("-inf"), float("-inf")]]
+    assert row.k == k
+    with pytest.raises(ValueError, match="k >= 1"):
+        prompt_topk_row(ids, entries, 0)
+
+
+_TOPK_OK = {"6": {"logprob": -3.0, "rank": 7}, "1": {"logprob": -0.5, "rank": 1}, "2": {"logprob": -1.0, "rank": 2}}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    """``_TOPK_OK`` (prompt [5, 6], k=2) with entries replaced (a value None drops that key)."""
+    out = {key: value for key, value in _TOPK_OK.items() if changes.get(key, 0) is not None}
+    out.update({key: value for key, value in changes.items() if value is not None})
+    return out
+
+
+MALFORMED_TOPK = {  # position 1 of a reply to prompt_logprobs=2 for the prompt [5, 6] -> what the error says
+    "fewer than k entries": ({"6": {"logprob": -0.5, "rank": 1}}, "1 entries for prompt_logprobs=2"),
+    "k + 2 entries": (_with(**{"3": {"logprob": -1.2, "rank": 3}}), "4 entries for prompt_logprobs=2"),
+    "the prompt's token missing": ({"1": _TOPK_OK["1"], "2": _TOPK_OK["2"]}, "no entry for the prompt's token 6"),
+    "duplicate ranks": (_with(**{"2": {"logprob": -1.0, "rank": 1}}), r"the top 2 have ranks \[1, 1\], not 1..2"),
+    "ranks not from 1": (_with(**{"1": {"logprob": -0.5, "rank": 3}}), r"ranks \[2, 3\], not 1..2"),
+    "a rank missing": (_with(**{"2": {"logprob": -1.0}}), "token 2 has rank 'None', not an integer >= 1"),
+    "a rank a string": (_with(**{"2": {"logprob": -1.0, "rank": "2"}}), "token 2 has rank '2', not an integer"),
+    "a rank a float": (_with(**{"2": {"logprob": -1.0, "rank": 2.0}}), "token 2 has rank '2.0', not an integer"),
+    "a rank true": (_with(**{"1": {"logprob": -0.5, "rank": True}}), "token 1 has rank 'True'"),
+    "a rank 0": (_with(**{"1": {"logprob": -0.5, "rank": 0}}), "token 1 has rank '0', not an integer >= 1"),
+    "an id not a number": (_with(**{"2": None, "abc": {"logprob": -1.0, "rank": 2}}), "'abc' is not a token id"),
+    "a negative id": (_with(**{"2": None, "-2": {"logprob": -1.0, "rank": 2}}), "'-2' is not a token id"),
+    "a fractional id": (_with(**{"2": None, "1.5": {"logprob": -1.0, "rank": 2}}), "'1.5' is not a token id"),
+    "an id past int32": (_with(**{"2": None, "99999999999": {"logprob": -1.0, "rank": 2}}), "is not a token id"),
+    "an entry not an object": (_with(**{"2": -1.0}), "the entry of token 2 is a float, not an object"),
+    "a top log-prob NaN": (_with(**{"2": {"logprob": float("nan"), "rank": 2}}), "nan is not a log-probability"),
+    "a top log-prob a logit": (_with(**{"2": {"logprob": 2.5, "rank": 2}}), "2.5 is not a log-probability"),
+    "a top log-prob a string": (_with(**{"2": {"logprob": "x", "rank": 2}}), "logprob of token 2 is str 'x'"),
+    "a top log-prob overflows": (_with(**{"2": {"logprob": -(10**400), "rank": 2}}), "overflows a float"),
+    "log-probs rising with rank": (_with(**{"2": {"logprob": -0.1, "rank": 2}}), "rise with rank"),
+    "the extra token ranked in the top k": (_with(**{"6": {"logprob": -3.0, "rank": 2}}),
+                                            "the prompt's token 6 is listed besides the top 2 with rank 2"),
+    "the extra token above the kth": (_with(**{"6": {"logprob": -0.2, "rank": 7}}), "with rank 7 and log-prob -0.2"),
+    "the prompt's own log-prob a logit": (_with(**{"6": {"logprob": 1.0, "rank": 7}}), "1.0 is not a log-probability"),
+}
+
+
+@pytest.mark.parametrize("form", list(MALFORMED_TOPK))
+def test_every_malformed_topk_reply_is_a_server_error_naming_the_url(fake, form):
+    state, url = fake
+    step, says = MALFORMED_TOPK[form]
+    assert prompt_topk_row([5, 6], [None, _TOPK_OK], 2).topk_ids == [[0, 0], [1, 2]]  # the form it breaks is fine
+    state.actions = [lambda body: json.dumps({"choices": [{"index": 0, "prompt_logprobs": [None, step]}]}).encode()]
+    client = HTTPTeacherClient([url], SERVED, timeout_s=5, retries=0)
+    with pytest.raises(TeacherServerError, match=f"attempt 1: {url}/v1/completions: malformed reply: .*{says}"):
+        client.score_topk([GenerationRequest([5, 6])], 2)
+
+
+def test_served_topk_equals_the_server_values(fake):
+    state, url = fake
+    client = HTTPTeacherClient([url], batch_size=2, concurrency=2, timeout_s=5, retries=0)
+    reqs = requests_of([5, 9, 2, 14, 7])
+    got = client.score_topk(reqs, 4)
+    assert got == [expected_topk(r.prompt_ids, 4) for r in reqs]  # floats through JSON: exact
+    inside = [r.prompt_ids[t] % 3 == 0 for r in reqs for t in range(1, len(r.prompt_ids))]
+    assert any(inside) and not all(inside)  # the prompt's token both among the top k and outside it
+    sent = completions(state)
+    assert len(sent) == 3 and all(b["prompt_logprobs"] == 4 and b["max_tokens"] == 1 for _, b in sent)
+    assert client.score_topk([], 4) == []
+    with pytest.raises(ValueError, match="k >= 1"):
+        client.score_topk(reqs, 0)
+
+
+def test_teacher_fills_the_served_topk_like_the_in_process_one(fake, tok):
+    """TeacherScores.topk_ids/topk_logprobs [B, T, k] (long, float32) hold what the server sent on the
+    student's tokens and 0 elsewhere, as ``_score_hf`` fills them; apply_to puts them in the batch."""
+    state, url = fake
+    trajs = _trajectories()
+    batch = collate(trajs, tok.pad_token_id)
+    k = 4
+    scores = Teacher(tok, engine=HTTPTeacherClient([url], SERVED, batch_size=3), top_k=k).score(batch)
+    assert scores.topk_ids is not None and scores.topk_logprobs is not None
+    assert scores.topk_ids.shape == (*batch.loss_mask.shape, k) and scores.topk_ids.dtype == torch.long
+    assert scores.topk_logprobs.shape == scores.topk_ids.shape and scores.topk_logprobs.dtype == torch.float32
+    for b, t in enumerate(trajs):
+        want, n = expected_topk(t.token_ids, k), len(t)
+        keep = batch.loss_mask[b, :n] > 0
+        assert bool(keep.any()) and not bool(keep.all())
+        assert torch.equal(scores.topk_ids[b, :n], torch.where(keep[:, None], torch.tensor(want.topk_ids), 0))
+        assert torch.equal(scores.topk_logprobs[b, :n],
+                           torch.where(keep[:, None], torch.tensor(want.topk_logprobs), torch.zeros(())))
+        assert torch.equal(scores.logprobs[b, :n], torch.where(keep, torch.tensor(want.logprobs), torch.zeros(())))
+        assert not bool(scores.topk_ids[b, n:].any()) and not bool(scores.topk_logprobs[b, n:].any())
+    assert all(b["prompt_logprobs"] == k for _, b in completions(state))
+    scores.apply_to(batch)
+    assert batch.teacher_topk_ids is scores.topk_ids and batch.teacher_topk_logprobs is scores.topk_logprobs
+
+
+def test_objectives_train_on_the_served_topk(fake, tok):
+    """algo=gkd and reopold_topk take the served teacher's top-k: a finite step with a gradient."""
+    import copy
+    import math
+
+    from reopold_agents.config.algo import AlgoConfig
+    from reopold_agents.config.trainer import TrainerConfig
+    from reopold_agents.learner import Learner
+    from reopold_agents.tiny import tiny_qwen2
+
+    _, url = fake
+    batch = collate(_trajectories(), tok.pad_token_id)
+    Teacher(tok, engine=HTTPTeacherClient([url], SERVED), top_k=4).score(batch).apply_to(batch)
+    student = tiny_qwen2(tok, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for algo, stat in ((AlgoConfig(name="gkd", gkd_topk=4), "topk_kl"),
+                           (AlgoConfig(name="reopold_topk", gkd_topk=4, stage1_rule="all"), "topk_student_mass")):
+            m = Learner(copy.deepcopy(student), algo, TrainerConfig(lr=1e-3)).step(batch, 0)
+            assert m["skipped"] == 0.0 and m["grad_norm"] > 0 and math.isfinite(m["loss"]), (algo.name, m)
+            assert m[stat] > 0, (algo.name, m)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_teacher_topk_needs_a_scorer_that_gives_it(tok):
+    class SampledOnly:  # a Scorer without score_topk (as the vLLM engine)
+        def score(self, requests: list[GenerationRequest]) -> list[list[float]]:
+            return [[0.0] * len(r.prompt_ids) for r in requests]
+
+    with pytest.raises(ValueError, match="top-k .*model.teacher_engine=http.*SampledOnly has no score_topk"):
+        Teacher(tok, engine=SampledOnly(), top_k=4)
+    assert Teacher(tok, engine=SampledOnly()).top_k == 0
+
+
+def test_build_teacher_serves_the_topk_and_refuses_what_it_cannot(fake, tok):
+    """top_k > 0 through model.teacher_engine=http: probed once at start-up; a server whose
+    --max-logprobs is below k fails there saying so; the full vocabulary (dense_kl) is refused."""
+    from reopold_agents.objectives.gkd import FULL_VOCAB
+
+    state, url = fake
+    cfg = compose(["model.teacher_engine=http", f"model.teacher_url={url}"])
+    teacher = build_teacher(cfg.model, tok, top_k=4)
+    assert isinstance(teacher, Teacher) and teacher.top_k == 4
+    assert [b["prompt_logprobs"] for _, b in completions(state)] == [4]  # the start-up probe
+    with pytest.raises(TeacherRequestError, match="greater than max allowed: 20 .*--max-logprobs 30 or more"):
+        build_teacher(cfg.model, tok, top_k=30)
+    with pytest.raises(ValueError, match="dense_kl.*not the whole vocabulary"):
+        build_teacher(cfg.model, tok, top_k=FULL_VOCAB)
+
+
+def test_an_oversize_topk_reply_says_how_to_size_the_cap(fake):
+    state, url = fake
+    state.actions = ["huge_declared"]
+    client = HTTPTeacherClient([url], SERVED, timeout_s=5, max_reply_bytes=MIB, retries=0)
+    with pytest.raises(TeacherServerError, match=r"reply cap 1 MiB \(a prompt_logprobs=8 reply carries about 9 "
+                                                 r"entries per position: raise model.teacher_max_reply_mb"):
+        client.score_topk(requests_of([4]), 8)
+
+
+def test_a_cross_tokenizer_teacher_has_no_served_topk(fake, tok):
+    """Another vocabulary: the served teacher (top-k or not) is refused at build, and teacher_path says
+    why for a top-k objective with an in-process teacher."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _second_tokenizer import second_tokenizer
+
+    from reopold_agents.teacher.build import TeacherPathError, teacher_path
+    from reopold_agents.teacher.tokenizers import TokenizerMismatchError
+
+    _, url = fake
+    other = second_tokenizer()
+    served = compose(["model.teacher_engine=http", f"model.teacher_url={url}"]).model
+    with pytest.raises(TokenizerMismatchError):
+        build_teacher(served, other, top_k=4)
+    with pytest.raises(TeacherPathError, match="teacher_engine=http scores the student's ids"):
+        teacher_path(served, 4, other, tok)
+    with pytest.raises(TeacherPathError, match=r"top-k objective \(gkd, dense_kl, reopold_topk\) compares "
+                                               "distributions over one vocabulary"):
+        teacher_path(compose([]).model, 4, other, tok)
+
+
+def test_the_in_process_vllm_teacher_refuses_a_topk_before_loading(tok):
+    """teacher_engine=vllm has no score_topk: a top-k objective is refused at build, before vLLM loads
+    (no vllm needed to get there); without top-k the same build reaches the engine."""
+    cfg = compose(["model.teacher_engine=vllm"])
+    with pytest.raises(ValueError, match="teacher_engine=vllm gives no teacher top-k .*teacher_engine=http"):
+        build_teacher(cfg.model, tok, top_k=4, engine_cfg=cfg.engine)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="engine.name=vllm needs the `vllm` package"):
+            build_teacher(cfg.model, tok, top_k=0, engine_cfg=cfg.engine)

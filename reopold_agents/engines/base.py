@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -100,3 +100,38 @@ class Scorer(Protocol):
     the remote ``HTTPTeacherClient``, which cannot generate or load weights)."""
 
     def score(self, requests: list[GenerationRequest]) -> list[list[float]]: ...
+
+
+@dataclass
+class TopKRow:
+    """One sequence scored with the teacher's top-k (``TopKScorer.score_topk``), target-aligned like
+    ``Engine.score``: entry ``t`` describes the distribution that predicts ``prompt_ids[t]``, so entry 0
+    (nothing predicts it) is 0.0 with k zero ids and log-probs. ``topk_ids[t]`` are the k most likely ids,
+    ordered by log-prob descending, ties by id ascending (``logprobs.model_topk_logprobs``'s order)."""
+
+    logprobs: list[float]  # [T]: log p(prompt_ids[t] | prompt_ids[:t])
+    topk_ids: list[list[int]]  # [T][k]
+    topk_logprobs: list[list[float]]  # [T][k]
+
+    def __post_init__(self) -> None:
+        n = len(self.logprobs)
+        if len(self.topk_ids) != n or len(self.topk_logprobs) != n:
+            raise ValueError(f"{n} log-probs but {len(self.topk_ids)} top-k id and {len(self.topk_logprobs)} "
+                             "top-k log-prob positions")
+        widths = {len(x) for x in self.topk_ids} | {len(x) for x in self.topk_logprobs}
+        if len(widths) > 1:
+            raise ValueError(f"top-k positions of different widths {sorted(widths)}")
+
+    @property
+    def k(self) -> int:
+        return len(self.topk_ids[0]) if self.topk_ids else 0
+
+
+@runtime_checkable
+class TopKScorer(Scorer, Protocol):
+    """A ``Scorer`` that also gives the teacher's top-k at every position (dense objectives: ``gkd``,
+    ``dense_kl``, ``reopold_topk``): the served vLLM teacher (``prompt_logprobs=k``). The in-process HF
+    teacher computes it itself (``logprobs.model_topk_logprobs``); an engine without ``score_topk`` is
+    refused by ``Teacher(engine=..., top_k=k)``."""
+
+    def score_topk(self, requests: list[GenerationRequest], k: int) -> list[TopKRow]: ...

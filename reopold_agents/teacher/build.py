@@ -38,7 +38,7 @@ def _cross_blocker(model_cfg: ModelConfig, top_k: int) -> str | None:
     if model_cfg.teacher_context is not None:
         return "model.teacher_context needs the student's tokenizer"
     if top_k:
-        return "a top-k objective (gkd, dense_kl) compares distributions over one vocabulary"
+        return "a top-k objective (gkd, dense_kl, reopold_topk) compares distributions over one vocabulary"
     return None
 
 
@@ -81,6 +81,9 @@ def build_teacher(model_cfg: ModelConfig, student_tokenizer: Tokenizer, top_k: i
             raise ValueError("model.teacher_engine=vllm needs the engine config (vLLM settings)")
         tok, processor, path = load_tokenizer_and_processor(model_cfg.teacher, "teacher")
         teacher_path(model_cfg, top_k, student_tokenizer, tok)
+        if top_k:  # the engine has no score_topk: say so before loading it
+            raise ValueError("model.teacher_engine=vllm gives no teacher top-k (algo gkd, dense_kl, reopold_topk): use "
+                             "teacher_engine=hf, or a served vLLM teacher (teacher_engine=http, docs/distributed.md)")
         if path is None:
             raise ValueError(f"teacher {model_cfg.teacher!r} has no saved weights for vLLM to load; train/save it first")
         engine = make_engine(replace(engine_cfg, name="vllm"), model=None, tokenizer=tok, processor=processor, model_path=path)

@@ -6,6 +6,9 @@ Why it works the way it does (docs/distributed.md, "Serving teachers"):
   ``POST {url}/v1/completions`` with ``max_tokens: 1`` and vLLM's ``prompt_logprobs: 0``, which
   returns log p(ids[t] | ids[:t]) for every prompt position. So the server must serve a model with
   the student's tokenizer; ``check_tokenizer`` asks the server's ``/tokenize`` to make sure.
+* The teacher's top-k (dense objectives, ``score_topk``) is the same request with ``prompt_logprobs: k``:
+  vLLM then lists at each position the k ids ranked 1..k, plus the prompt's token when it is not among
+  them (about k + 1 entries per position: the reply grows with k, ``max_reply_bytes`` must hold it).
 * Rows travel ``batch_size`` per request (one prompt list per request), ``concurrency`` requests are
   in flight at once (a thread pool; the work is waiting on sockets), spread round-robin over the
   servers of a comma-separated ``model.teacher_url``.
@@ -40,7 +43,7 @@ from typing import Any, Callable, TypeVar
 
 from reopold_agents.config.model import ModelConfig
 from reopold_agents.config.teacher_url import parse_teacher_urls
-from reopold_agents.engines.base import GenerationRequest
+from reopold_agents.engines.base import GenerationRequest, TopKRow
 from reopold_agents.teacher.http_transport import ExchangeFailed, ExchangeRefused, Limits, exchange_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,8 @@ PROBE_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
                   {"role": "user", "content": "What is 12 + 30? Use the calculator tool."}]
 T = TypeVar("T")
 __all__ = ["MIB", "HTTPTeacherClient", "MalformedReplyError", "TeacherRequestError", "TeacherServerError",
-           "build_http_teacher", "completion_rows", "parse_teacher_urls", "prompt_logprobs_row"]
+           "build_http_teacher", "completion_rows", "completion_topk_rows", "parse_teacher_urls",
+           "prompt_logprobs_row", "prompt_topk_row"]
 
 
 class TeacherServerError(ConnectionError):
@@ -70,6 +74,44 @@ def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _check_positions(ids: list[int], entries: object) -> list[object]:
+    """``entries`` is a list of one entry per prompt token (else MalformedReplyError)."""
+    if not isinstance(entries, list) or len(entries) != len(ids):
+        got = (f"{len(entries)} positions" if isinstance(entries, list)
+               else "none" if entries is None else _kind(entries))
+        raise MalformedReplyError(f"prompt_logprobs for a {len(ids)}-token prompt: got {got}")
+    return entries
+
+
+def _logprob(t: int, value: object, what: str = "logprob") -> float:
+    """A reply's log-prob as a float: a number <= 0 (-inf, probability 0, is one; NaN, a value above 0,
+    e.g. a logit, and a non-number are not). Raises MalformedReplyError naming position ``t``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedReplyError(f"prompt_logprobs position {t}: {what} is {_kind(value)} {str(value)[:40]!r}, "
+                                  "not a number")
+    try:
+        lp = float(value)
+    except OverflowError:
+        raise MalformedReplyError(f"prompt_logprobs position {t}: {what} {str(value)[:40]}... "
+                                  "overflows a float") from None
+    if not lp <= 1e-4:  # a log-prob is <= 0: this is a logit (`--logprobs-mode raw_logits`), NaN or garbage
+        raise MalformedReplyError(f"prompt_logprobs position {t}: {lp} is not a log-probability (start the "
+                                  "server with the default --logprobs-mode raw_logprobs)")
+    return lp
+
+
+def _own_logprob(ids: list[int], t: int, step: object) -> float:
+    """Position ``t``'s entry -> the log-prob of the prompt's own token ``ids[t]``, which must be listed:
+    a missing id means the server scored other ids than the ones sent."""
+    if not isinstance(step, dict):
+        raise MalformedReplyError(f"prompt_logprobs position {t} is a {_kind(step)}, not an object")
+    hit = step.get(str(ids[t]))
+    if hit is None:
+        raise MalformedReplyError(f"prompt_logprobs position {t}: no entry for the prompt's token {ids[t]} "
+                                  f"(got {sorted(step)[:5]})")
+    return _logprob(t, hit.get("logprob") if isinstance(hit, dict) else hit)
+
+
 def prompt_logprobs_row(ids: list[int], entries: object) -> list[float]:
     """vLLM's ``prompt_logprobs`` of one prompt -> target-aligned log-probs of ``ids`` (entry 0 is 0.0).
 
@@ -77,38 +119,72 @@ def prompt_logprobs_row(ids: list[int], entries: object) -> list[float]:
     ``prompt_logprobs: 0`` it holds the prompt's own token, which must be there: a missing id means
     the server scored other ids than the ones sent. -inf (probability 0) is a log-probability; NaN and
     values above 0 are not. Raises MalformedReplyError saying what is wrong."""
-    if not isinstance(entries, list) or len(entries) != len(ids):
-        got = (f"{len(entries)} positions" if isinstance(entries, list)
-               else "none" if entries is None else _kind(entries))
-        raise MalformedReplyError(f"prompt_logprobs for a {len(ids)}-token prompt: got {got}")
-    row = [0.0]
+    entries = _check_positions(ids, entries)
+    return [0.0] + [_own_logprob(ids, t, entries[t]) for t in range(1, len(ids))]
+
+
+def _ranked(t: int, step: dict[object, object]) -> list[tuple[int, int, float]]:
+    """Position ``t``'s entries as (rank, token id, log-prob): ids are JSON keys of decimal digits, each
+    value an object with an integer ``rank`` >= 1 and a ``logprob``. Raises MalformedReplyError."""
+    out = []
+    for key, entry in step.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) < 2**31):
+            raise MalformedReplyError(f"prompt_logprobs position {t}: {str(key)[:40]!r} is not a token id")
+        if not isinstance(entry, dict):
+            raise MalformedReplyError(f"prompt_logprobs position {t}: the entry of token {key} is a {_kind(entry)}, "
+                                      "not an object")
+        rank = entry.get("rank")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise MalformedReplyError(f"prompt_logprobs position {t}: token {key} has rank {str(rank)[:40]!r}, "
+                                      "not an integer >= 1")
+        out.append((rank, int(key), _logprob(t, entry.get("logprob"), f"logprob of token {key}")))
+    return out
+
+
+def prompt_topk_row(ids: list[int], entries: object, k: int) -> TopKRow:
+    """vLLM's ``prompt_logprobs`` of one prompt asked with ``prompt_logprobs: k`` -> its target-aligned
+    log-probs and, at each position, the teacher's top-k (entry 0: zeros).
+
+    vLLM lists at each position t >= 1 the k ids ranked 1..k and, when the prompt's token ``ids[t]`` is
+    not among them, that token too, with its rank (the number of ids at least as likely as it: > k);
+    each entry is ``{"logprob": float, "rank": int, ...}``. Anything else is MalformedReplyError: the
+    prompt's token missing, fewer or more entries, ranks of the top k that are not 1..k (duplicated or
+    missing), an extra token ranked inside the top k or more likely than the k-th, log-probs that rise
+    with rank, a key that is not a token id, and every value check of ``prompt_logprobs_row``. The top k
+    are ordered by log-prob descending, ties by id ascending (as the in-process teacher's)."""
+    if k < 1:
+        raise ValueError(f"top-k needs k >= 1, got {k}")
+    entries = _check_positions(ids, entries)
+    logprobs, top_ids, top_lps = [0.0], [[0] * k], [[0.0] * k]
     for t in range(1, len(ids)):
         step = entries[t]
-        if not isinstance(step, dict):
-            raise MalformedReplyError(f"prompt_logprobs position {t} is a {_kind(step)}, not an object")
-        hit = step.get(str(ids[t]))
-        if hit is None:
-            raise MalformedReplyError(f"prompt_logprobs position {t}: no entry for the prompt's token {ids[t]} "
-                                      f"(got {sorted(step)[:5]})")
-        value = hit.get("logprob") if isinstance(hit, dict) else hit
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MalformedReplyError(f"prompt_logprobs position {t}: logprob is {_kind(value)} {str(value)[:40]!r}, "
-                                      "not a number")
-        try:
-            lp = float(value)
-        except OverflowError:
-            raise MalformedReplyError(f"prompt_logprobs position {t}: logprob {str(value)[:40]}... "
-                                      "overflows a float") from None
-        if not lp <= 1e-4:  # a log-prob is <= 0: this is a logit (`--logprobs-mode raw_logits`), NaN or garbage
-            raise MalformedReplyError(f"prompt_logprobs position {t}: {lp} is not a log-probability (start the "
-                                      "server with the default --logprobs-mode raw_logprobs)")
-        row.append(lp)
-    return row
+        logprobs.append(_own_logprob(ids, t, step))
+        assert isinstance(step, dict)
+        if len(step) not in (k, k + 1):
+            raise MalformedReplyError(f"prompt_logprobs position {t}: {len(step)} entries for prompt_logprobs={k} "
+                                      f"(want the top {k}, plus the prompt's token when it is not among them)")
+        ranked = _ranked(t, step)
+        extra = [r for r in ranked if r[1] == ids[t]] if len(step) == k + 1 else []
+        top = sorted(r for r in ranked if not extra or r[1] != ids[t])
+        if [r[0] for r in top] != list(range(1, k + 1)):
+            raise MalformedReplyError(f"prompt_logprobs position {t}: the top {k} have ranks "
+                                      f"{[r[0] for r in top][:12]}, not 1..{k} once each")
+        if any(a[2] < b[2] for a, b in zip(top, top[1:])):
+            raise MalformedReplyError(f"prompt_logprobs position {t}: log-probs {[r[2] for r in top][:12]} "
+                                      "rise with rank")
+        if extra and (extra[0][0] <= k or extra[0][2] > top[-1][2]):
+            raise MalformedReplyError(f"prompt_logprobs position {t}: the prompt's token {ids[t]} is listed "
+                                      f"besides the top {k} with rank {extra[0][0]} and log-prob {extra[0][2]} "
+                                      f"(rank {k}'s: {top[-1][2]})")
+        top.sort(key=lambda r: (-r[2], r[1]))
+        top_ids.append([r[1] for r in top])
+        top_lps.append([r[2] for r in top])
+    return TopKRow(logprobs, top_ids, top_lps)
 
 
-def completion_rows(prompts: list[list[int]], reply: object) -> list[list[float]]:
-    """A ``/v1/completions`` reply -> each prompt's target-aligned log-probs, in prompt order (choices are
-    matched by their ``index``, which must number the prompts once each). Raises MalformedReplyError."""
+def _ordered_choices(prompts: list[list[int]], reply: object) -> list[dict[str, Any]]:
+    """A ``/v1/completions`` reply's choices in prompt order (matched by their ``index``, which must number
+    the prompts once each). Raises MalformedReplyError."""
     choices = reply.get("choices") if isinstance(reply, dict) else None
     if not isinstance(choices, list):
         where = "the reply" if isinstance(reply, dict) else f"the reply (a JSON {_kind(reply)})"
@@ -123,11 +199,28 @@ def completion_rows(prompts: list[list[int]], reply: object) -> list[list[float]
     numbered = sorted(i if isinstance(i, int) and not isinstance(i, bool) else -1 for i in indices)
     if numbered != list(range(len(prompts))):
         raise MalformedReplyError(f"choice indices {indices[:8]} do not number the {len(prompts)} prompts once each")
-    ordered = [c for _, c in sorted(zip(indices, choices), key=lambda pair: pair[0])]
+    return [c for _, c in sorted(zip(indices, choices), key=lambda pair: pair[0])]
+
+
+def _rows(prompts: list[list[int]], reply: object, row: Callable[[list[int], object], T]) -> list[T]:
+    """``row(ids, prompt_logprobs)`` of each prompt's choice, in prompt order. Raises MalformedReplyError."""
+    ordered = _ordered_choices(prompts, reply)
     try:
-        return [prompt_logprobs_row(ids, c.get("prompt_logprobs")) for ids, c in zip(prompts, ordered)]
+        return [row(ids, c.get("prompt_logprobs")) for ids, c in zip(prompts, ordered)]
     except MalformedReplyError as exc:
         raise MalformedReplyError(f"{exc} (is it a vLLM server? prompt_logprobs is a vLLM extension)") from None
+
+
+def completion_rows(prompts: list[list[int]], reply: object) -> list[list[float]]:
+    """A ``/v1/completions`` reply -> each prompt's target-aligned log-probs, in prompt order (choices are
+    matched by their ``index``, which must number the prompts once each). Raises MalformedReplyError."""
+    return _rows(prompts, reply, prompt_logprobs_row)
+
+
+def completion_topk_rows(prompts: list[list[int]], reply: object, k: int) -> list[TopKRow]:
+    """A ``/v1/completions`` reply to ``prompt_logprobs: k`` -> each prompt's ``TopKRow`` (``prompt_topk_row``),
+    in prompt order. Raises MalformedReplyError."""
+    return _rows(prompts, reply, lambda ids, entries: prompt_topk_row(ids, entries, k))
 
 
 def served_model_names(reply: object) -> list[str]:
@@ -155,8 +248,9 @@ class _Chunk:
 
 class HTTPTeacherClient:
     """Scores token-id sequences on vLLM servers (``score``, the ``Engine.score`` contract: entry ``t`` is
-    log p(ids[t] | ids[:t]), entry 0 is 0.0). ``model`` is the served model name (None: the one model
-    each server lists at ``/v1/models``, asked once here)."""
+    log p(ids[t] | ids[:t]), entry 0 is 0.0; ``score_topk`` adds the teacher's top-k, a ``TopKScorer``).
+    ``model`` is the served model name (None: the one model each server lists at ``/v1/models``, asked
+    once here)."""
 
     def __init__(self, urls: list[str], model: str | None = None, *, batch_size: int = 8, concurrency: int = 4,
                  timeout_s: float = 120.0, deadline_s: float = 600.0, max_reply_bytes: int = 64 * MIB,
@@ -216,10 +310,14 @@ class HTTPTeacherClient:
             else:
                 time.sleep(delay)
         lim = self.limits
+        k = body.get("prompt_logprobs", 0) if body else 0
+        sizing = (f" (a prompt_logprobs={k} reply carries about {k + 1} entries per position: raise "
+                  "model.teacher_max_reply_mb or lower model.teacher_batch_size, docs/distributed.md)"
+                  if k and any("model.teacher_max_reply_mb" in e for e in errors) else "")
         raise TeacherServerError(
             f"teacher server {', '.join(self.urls)} did not answer {path}: {len(errors)} attempt(s) over "
             f"{time.monotonic() - t0:.1f} s (model.teacher_url; per attempt: timeout {lim.timeout_s:g} s per wait, "
-            f"deadline {lim.deadline_s:g} s, reply cap {lim.max_reply_bytes / MIB:g} MiB; "
+            f"deadline {lim.deadline_s:g} s, reply cap {lim.max_reply_bytes / MIB:g} MiB{sizing}; "
             f"model.teacher_retries={self.retries}, back-off from {self.backoff_s:g} s); is a vLLM server "
             f"(`vllm serve`) running there? " + "; ".join(errors)
         )
@@ -268,14 +366,16 @@ class HTTPTeacherClient:
 
     # -- scoring ------------------------------------------------------------------------------------
 
-    def _score_chunk(self, chunk: _Chunk, abort: threading.Event) -> list[list[float]]:
+    def _completions(self, chunk: _Chunk, abort: threading.Event, k: int, parse: Callable[[Any], T]) -> T:
+        """One ``/v1/completions`` request of ``chunk``'s prompts asking ``prompt_logprobs: k``, parsed."""
         body = {"model": self.model, "prompt": chunk.prompts, "max_tokens": 1, "temperature": 0.0,
-                "prompt_logprobs": 0}
-        return self._with_retries("/v1/completions", body, lambda reply: completion_rows(chunk.prompts, reply),
-                                  first=chunk.index, abort=abort)
+                "prompt_logprobs": k}
+        return self._with_retries("/v1/completions", body, parse, first=chunk.index, abort=abort)
 
-    def score(self, requests: list[GenerationRequest]) -> list[list[float]]:
-        """Target-aligned log-probs of each request's ``prompt_ids``, in order (text only)."""
+    def _scatter(self, requests: list[GenerationRequest],
+                 work: Callable[[_Chunk, threading.Event], list[T]]) -> list[T]:
+        """``work`` on ``batch_size``-row chunks of ``requests``, ``concurrency`` at once; one result per
+        request, in order. The first chunk to fail for good fails the call (siblings stop retrying)."""
         for i, req in enumerate(requests):
             if req.images:
                 raise ValueError(f"request {i} has images: model.teacher_engine=http scores text only")
@@ -284,11 +384,11 @@ class HTTPTeacherClient:
         chunks = [_Chunk(k, list(range(s, min(s + self.batch_size, len(requests)))),
                          [list(map(int, r.prompt_ids)) for r in requests[s : s + self.batch_size]])
                   for k, s in enumerate(range(0, len(requests), self.batch_size))]
-        out: list[list[float] | None] = [None] * len(requests)
+        out: list[T | None] = [None] * len(requests)
         abort = threading.Event()
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(len(chunks), 1)),
                                 thread_name_prefix="teacher-http") as pool:
-            futures = {pool.submit(self._score_chunk, c, abort): c for c in chunks}
+            futures = {pool.submit(work, c, abort): c for c in chunks}
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             if failed:
@@ -297,10 +397,37 @@ class HTTPTeacherClient:
                     f.cancel()
                 raise failed[0].exception()  # type: ignore[misc]
             for f, c in futures.items():
-                for row, lps in zip(c.rows, f.result()):
-                    out[row] = lps
+                for row, result in zip(c.rows, f.result()):
+                    out[row] = result
         assert all(r is not None for r in out)
         return out  # type: ignore[return-value]
+
+    def score(self, requests: list[GenerationRequest]) -> list[list[float]]:
+        """Target-aligned log-probs of each request's ``prompt_ids``, in order (text only)."""
+        return self._scatter(requests, lambda c, abort: self._completions(
+            c, abort, 0, lambda reply: completion_rows(c.prompts, reply)))
+
+    def score_topk(self, requests: list[GenerationRequest], k: int) -> list[TopKRow]:
+        """``score`` plus the teacher's top-``k`` ids and log-probs at every position (vLLM's
+        ``prompt_logprobs: k``; the server's ``--max-logprobs`` must be >= k), in order (text only)."""
+        if k < 1:
+            raise ValueError(f"score_topk needs k >= 1, got {k}")
+        return self._scatter(requests, lambda c, abort: self._completions(
+            c, abort, k, lambda reply: completion_topk_rows(c.prompts, reply, k)))
+
+    def check_topk(self, k: int, tokenizer: Any) -> None:
+        """Ask each server for the top-``k`` of a short probe, so a server that cannot give it (its
+        ``--max-logprobs`` below k, a reply of another form) fails at start-up, not at the first step."""
+        ids = list(tokenizer(PROBE_MESSAGES[1]["content"], add_special_tokens=False)["input_ids"])[:8]
+        for i in range(len(self.urls)):
+            probe = _Chunk(i, [0], [ids])
+            try:
+                self._completions(probe, threading.Event(), k, lambda reply: completion_topk_rows([ids], reply, k))
+            except TeacherRequestError as exc:
+                if "logprobs" not in str(exc):
+                    raise
+                raise TeacherRequestError(f"{exc} (the teacher's top-{k}, algo.gkd_topk, is vLLM's prompt_logprobs="
+                                          f"{k}: start the teacher server(s) with --max-logprobs {k} or more)") from None
 
     def close(self) -> None:
         """Nothing to release: connections and threads live only inside ``score``."""
@@ -319,8 +446,15 @@ def build_http_teacher(model_cfg: ModelConfig, student_tokenizer: Any, top_k: in
         raise ValueError(f"model.teacher_engine=http scores text only; model.teacher={model_cfg.teacher!r} is a "
                          "vision-language model (use teacher_engine=hf or vllm)")
     check_same_tokenizer(student_tokenizer, tok)
+    if top_k > len(tok):
+        raise ValueError(f"the objective asks for the teacher's top-{top_k} over a {len(tok)}-token vocabulary "
+                         "(algo=dense_kl: the full distribution): model.teacher_engine=http serves a top-k "
+                         "(vLLM's prompt_logprobs=k per position), not the whole vocabulary; use algo=gkd or "
+                         "reopold_topk with algo.gkd_topk=k, or model.teacher_engine=hf")
     client = HTTPTeacherClient.from_config(model_cfg)
     client.check_tokenizer(tok)
+    if top_k:
+        client.check_topk(top_k, tok)
     return Teacher(tok, engine=client, chunk_size=model_cfg.logprob_chunk_size,
                    batch_size=model_cfg.teacher_batch_size, top_k=top_k)
 

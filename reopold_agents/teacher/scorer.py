@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from reopold_agents.engines.base import GenerationRequest, Scorer
+from reopold_agents.engines.base import GenerationRequest, Scorer, TopKRow, TopKScorer
 from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.teacher.tokenizers import Tokenizer
 from reopold_agents.trajectory import Batch, Conversation
@@ -37,8 +37,10 @@ class Teacher:
     ) -> None:
         if (model is None) == (engine is None):
             raise ValueError("Teacher needs exactly one of model (in-process) or engine (e.g. vLLM)")
-        if engine is not None and top_k:
-            raise ValueError("teacher top-k (GKD) needs the in-process teacher (model.teacher_engine=hf)")
+        if engine is not None and top_k and not isinstance(engine, TopKScorer):
+            raise ValueError(f"the teacher's top-k (algo gkd, dense_kl, reopold_topk) needs the in-process teacher "
+                             f"(model.teacher_engine=hf) or a served vLLM teacher (model.teacher_engine=http); "
+                             f"{type(engine).__name__} has no score_topk")
         if chunk_size < 1 or batch_size < 1 or top_k < 0:
             raise ValueError(f"chunk_size/batch_size must be >= 1 and top_k >= 0, got {chunk_size}/{batch_size}/{top_k}")
         self.tokenizer = tokenizer
@@ -116,11 +118,31 @@ class Teacher:
             for b, n in enumerate(lengths)
         ]
         scores = TeacherScores.empty(batch.loss_mask)
-        for b, (n, lps) in enumerate(zip(lengths, self.engine.score(requests))):
+        rows: list[TopKRow] | list[list[float]]
+        if self.top_k:
+            assert isinstance(self.engine, TopKScorer)
+            rows = self.engine.score_topk(requests, self.top_k)
+            scores.topk_ids = torch.zeros((*scores.logprobs.shape, self.top_k), dtype=torch.long)
+            scores.topk_logprobs = torch.zeros((*scores.logprobs.shape, self.top_k), dtype=torch.float32)
+        else:
+            rows = self.engine.score(requests)
+        if len(rows) != len(requests):
+            raise ValueError(f"engine scored {len(rows)} rows for {len(requests)}")
+        for b, (n, row) in enumerate(zip(lengths, rows)):
+            lps = row.logprobs if isinstance(row, TopKRow) else row
             if len(lps) != n:
                 raise ValueError(f"engine scored {len(lps)} positions for a {n}-token row")
             scores.logprobs[b, :n] = torch.tensor([float(x) for x in lps], dtype=torch.float32)
-        scores.logprobs = torch.where(scores.loss_mask > 0, scores.logprobs, torch.zeros(()))
+            if isinstance(row, TopKRow) and scores.topk_ids is not None and scores.topk_logprobs is not None:
+                if row.k != self.top_k:
+                    raise ValueError(f"engine gave a top-{row.k} for top_k={self.top_k}")
+                scores.topk_ids[b, :n] = torch.tensor(row.topk_ids, dtype=torch.long)
+                scores.topk_logprobs[b, :n] = torch.tensor(row.topk_logprobs, dtype=torch.float32)
+        keep = scores.loss_mask
+        scores.logprobs = torch.where(keep > 0, scores.logprobs, torch.zeros(()))
+        if scores.topk_ids is not None and scores.topk_logprobs is not None:  # as _score_hf: 0 off student tokens
+            scores.topk_logprobs = torch.where(keep[..., None] > 0, scores.topk_logprobs, torch.zeros(()))
+            scores.topk_ids = scores.topk_ids * keep[..., None].long()
         return scores
 
     @torch.no_grad()
