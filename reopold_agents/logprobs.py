@@ -262,14 +262,9 @@ def _hidden_and_head(
         states = _packed_states(base, input_ids, attention_mask, extra, is_vl)
         if states is not None:
             return states, head
-    shared = 0 if (extra or is_vl) else _shared_prefix_len(input_ids, attention_mask)
-    if shared:
-        hidden = _shared_prefix_hidden(base, input_ids, attention_mask, shared)
-        if hidden is not None:
-            return TokenStates.padded(hidden), head
-    groups = None if (extra or is_vl or shared) else _prefix_groups(input_ids, attention_mask)
-    if groups is not None:
-        return TokenStates.padded(_grouped_hidden(base, input_ids, attention_mask, groups)), head
+    plan = None if (extra or is_vl) else _padded_plan(input_ids, attention_mask)
+    if plan is not None:
+        return TokenStates.padded(_grouped_hidden(base, input_ids, attention_mask, plan)), head
     out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return TokenStates.padded(hidden), head
@@ -295,34 +290,35 @@ def _packed_states(base: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 
 
 def _packed_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[list[int], int]]:
-    """``(rows, shared)``: the rows that share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (all of
-    them, or each env's in a multi-task batch) with its length, and the other rows with 0. Packed, a
-    shared prefix always saves its ``(rows - 1) x shared`` tokens, so there is no cost threshold here."""
-    bsz = input_ids.shape[0]
+    """``(rows, shared)`` for the packed pass: the prefix groups of ``_row_groups`` (a batch-wide prompt,
+    each prompt's group of samples, each env's rows in a multi-task batch), then the other rows with 0.
+    Packed, a shared prefix always saves its ``(rows - 1) x shared`` tokens, so there is no cost threshold."""
+    return _row_groups(input_ids, attention_mask)
+
+
+def _padded_plan(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[list[int], int, int]] | None:
+    """The padded pass's plan (``_grouped_hidden``) that computes the fewest tokens: the batch-wide prefix
+    (one group, every row) or the per-group prefixes (``_prefix_groups``); None: the plain pass."""
+    bsz, length = input_ids.shape
+    options = []
     shared = _shared_prefix_len(input_ids, attention_mask)
     if shared:
-        return [(list(range(bsz)), shared)]
-    plan: list[tuple[list[int], int]] = []
-    for rows in _head_groups(input_ids, attention_mask):
-        idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
-        n = _shared_prefix_len(input_ids.index_select(0, idx), attention_mask.index_select(0, idx))
-        if n:
-            plan.append((rows, n))
-    grouped = {b for rows, _ in plan for b in rows}
-    rest = [b for b in range(bsz) if b not in grouped]
-    return plan + ([(rest, 0)] if rest else [])
+        options.append([(list(range(bsz)), length, shared)])
+    grouped = _prefix_groups(input_ids, attention_mask)
+    if grouped is not None:
+        options.append(grouped)
+    return min(options, key=_plan_cost) if options else None  # a tie keeps the batch-wide prefix (one group)
 
 
 def _prefix_cost(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
     """Tokens the padded pass computes with its shared-prefix plan (inf: no plan)."""
-    bsz, length = input_ids.shape
-    shared = _shared_prefix_len(input_ids, attention_mask)
-    if shared:
-        return float(shared + bsz * (length - shared))
-    plan = _prefix_groups(input_ids, attention_mask)
-    if plan is None:
-        return float("inf")
-    return float(sum(shared + len(rows) * (cut - shared) for rows, cut, shared in plan))
+    plan = _padded_plan(input_ids, attention_mask)
+    return float("inf") if plan is None else float(_plan_cost(plan))
+
+
+def _plan_cost(plan: list[tuple[list[int], int, int]]) -> int:
+    """Tokens a padded plan computes: each group's prefix once, then its rows up to its cut."""
+    return sum(shared + len(rows) * (cut - shared) for rows, cut, shared in plan)
 
 
 MIN_SHARED_PREFIX = 64  # below this, running the prefix once saves too little to bother (SFT uses it too)
@@ -360,62 +356,97 @@ GROUPED_MAX_COST = 0.5  # the grouped pass must cost at most this share of the p
 
 
 def _prefix_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[list[int], int, int]] | None:
-    """A plan for a batch whose rows share no common prefix but fall into groups that do (a multi-task
-    batch: each env's rows share their own system prompt and tool schemas): ``(rows, cut, shared)`` for
-    each group of >= 2 rows whose first ``MIN_SHARED_PREFIX`` tokens agree, and one more for every other
-    row, where ``cut`` is the group's longest row and ``shared`` its common prefix (0: plain pass). None
-    when no group exists or the plan would not process at most ``GROUPED_MAX_COST`` of the plain pass's
-    ``B x T`` tokens (a batch of many small groups is faster in one call)."""
+    """The padded plan of ``_row_groups``: ``(rows, cut, shared)`` for each group of rows that share a
+    prefix, and one more for every other row (``shared`` 0: plain pass), ``cut`` the group's longest row.
+    None when no rows share a prefix or the plan would process more than ``GROUPED_MAX_COST`` of the plain
+    pass's ``B x T`` tokens (a batch of many small groups is faster in one call)."""
     bsz, length = input_ids.shape
-    groups = _head_groups(input_ids, attention_mask)
-    if not groups:
+    groups = _row_groups(input_ids, attention_mask)
+    if not any(shared for _, shared in groups):
         return None
-    grouped = {b for rows in groups for b in rows}
-    rest = [b for b in range(bsz) if b not in grouped]
-    plan, cost = [], 0
-    for rows in groups + ([rest] if rest else []):
+    real = attention_mask.bool()
+    plan = []
+    for rows, shared in groups:
         idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
-        ids, mask = input_ids.index_select(0, idx), attention_mask.index_select(0, idx)
-        cut = int(mask.bool().any(dim=0).nonzero().max()) + 1  # right padding past every row of the group
-        shared = _shared_prefix_len(ids[:, :cut], mask[:, :cut])
+        cut = int(real.index_select(0, idx).any(dim=0).nonzero().max()) + 1  # right padding past every row
         plan.append((rows, cut, shared))
-        cost += shared + len(rows) * (cut - shared)
-    return plan if cost <= GROUPED_MAX_COST * bsz * length else None
+    return plan if _plan_cost(plan) <= GROUPED_MAX_COST * bsz * length else None
 
 
-def _head_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
-    """Groups of >= 2 rows whose first ``MIN_SHARED_PREFIX`` tokens are real and agree."""
-    bsz, length = input_ids.shape
-    if bsz < 2 or length <= MIN_SHARED_PREFIX:
-        return []
-    head_real = attention_mask[:, :MIN_SHARED_PREFIX].bool().all(dim=1).tolist()
-    keys: dict[tuple[int, ...], list[int]] = {}
-    for b in range(bsz):
-        if head_real[b]:
-            keys.setdefault(tuple(input_ids[b, :MIN_SHARED_PREFIX].tolist()), []).append(b)
-    return [rows for rows in keys.values() if len(rows) >= 2]
+def _row_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[list[int], int]]:
+    """``(rows, shared)``: the rows split into groups whose common prefix runs once, chosen to compute the
+    fewest tokens (``shared + sum(length - shared)`` a group), then one group of every other row with 0.
+
+    The rows are sorted by their tokens, so any run of neighbours shares the smallest of their adjacent
+    common prefixes. A run is planned whole (its common prefix once, if >= ``MIN_SHARED_PREFIX``, else
+    nothing shared) or split wherever two neighbours share fewer than ``MIN_SHARED_PREFIX`` tokens beyond
+    what the whole run would share, each part planned the same way; the cheaper is kept. So a batch-wide prompt (toolqa's tool schemas) is one group,
+    and a batch whose rows share a generic system header and then each prompt's own function docs (BFCL:
+    ``trainer.group_size`` samples a prompt) is one group per prompt. A prefix keeps >= 1 token of each row;
+    groups come in the order of their first row, each in row order."""
+    bsz = input_ids.shape[0]
+    if bsz < 2:
+        return [(list(range(bsz)), 0)] if bsz else []
+    real = attention_mask.bool()
+    lengths = attention_mask.sum(dim=1).tolist()
+    lead = real.long().cumprod(dim=1).sum(dim=1).tolist()  # each row's real tokens before its first padding
+    keys = [input_ids[b, : lead[b]].tolist() for b in range(bsz)]
+    order = sorted(range(bsz), key=keys.__getitem__)
+    left = torch.tensor(order[:-1], device=input_ids.device)
+    right = torch.tensor(order[1:], device=input_ids.device)
+    same = input_ids.index_select(0, left) == input_ids.index_select(0, right)
+    same &= real.index_select(0, left) & real.index_select(0, right)
+    common = same.long().cumprod(dim=1).sum(dim=1).tolist()
+    # adjacent common prefixes, each leaving a token of both rows
+    lcp = [min(n, lengths[i] - 1, lengths[j] - 1) for n, i, j in zip(common, order[:-1], order[1:])]
+
+    def plan(lo: int, hi: int) -> tuple[int, list[tuple[list[int], int]]]:
+        rows = order[lo:hi]
+        tokens = sum(lengths[r] for r in rows)
+        if hi - lo == 1:
+            return tokens, [(rows, 0)]
+        shared = min(lcp[lo : hi - 1])
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0  # too short to run once: its parts need MIN_SHARED_PREFIX of their own
+        whole = (tokens - (len(rows) - 1) * shared, [(rows, shared)])
+        cuts = [k + 1 for k in range(lo, hi - 1) if lcp[k] < shared + MIN_SHARED_PREFIX]  # never empty
+        parts = [plan(s, e) for s, e in zip([lo, *cuts], [*cuts, hi])]
+        split = sum(cost for cost, _ in parts)
+        return (split, [g for _, groups in parts for g in groups]) if split < whole[0] else whole
+
+    _, groups = plan(0, bsz)
+    shared_groups = sorted(((sorted(rows), n) for rows, n in groups if n), key=lambda g: g[0][0])
+    rest = sorted(r for rows, n in groups if not n for r in rows)
+    return shared_groups + ([(rest, 0)] if rest else [])
 
 
 def _grouped_hidden(base: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     plan: list[tuple[list[int], int, int]]) -> torch.Tensor:
-    """Hidden states of the whole batch computed group by group (``_prefix_groups``): each group cut to
+    """Hidden states of the whole batch computed group by group (``_padded_plan``): each group cut to
     its longest row with its shared prefix run once (``_shared_prefix_hidden``), then put back in row
     order, zero past each group's length (padding: never a target). Same values and gradients as the
-    full pass."""
+    full pass. A plan of one group of every row in order (a batch-wide prefix) runs on the batch as is."""
     bsz, length = input_ids.shape
+    if len(plan) == 1 and plan[0][0] == list(range(bsz)) and plan[0][1] == length:
+        hidden = _shared_prefix_hidden(base, input_ids, attention_mask, plan[0][2]) if plan[0][2] else None
+        return hidden if hidden is not None else _last_hidden(base(input_ids=input_ids, attention_mask=attention_mask,
+                                                                   use_cache=False))
     parts, order = [], []
     for rows, cut, shared in plan:
         idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
         ids, mask = input_ids.index_select(0, idx)[:, :cut], attention_mask.index_select(0, idx)[:, :cut]
         hidden = _shared_prefix_hidden(base, ids, mask, shared) if shared else None
         if hidden is None:
-            out = base(input_ids=ids, attention_mask=mask, use_cache=False)
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            hidden = _last_hidden(base(input_ids=ids, attention_mask=mask, use_cache=False))
         parts.append(nn.functional.pad(hidden, (0, 0, 0, length - cut)))
         order.extend(rows)
     inverse = torch.empty(bsz, dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(bsz)
     return torch.cat(parts, dim=0).index_select(0, inverse.to(input_ids.device))
+
+
+def _last_hidden(out: Any) -> torch.Tensor:
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
 def _valid_targets(attention_mask: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:

@@ -377,3 +377,21 @@ def test_packing_smallest(random_tiny, capsys):
     saved = json.loads(out.read_text())
     assert saved["cases"]["toolqa"]["shape"][0] == 4 and saved["cases"]["mixed"]["max_diff"] <= 1e-4
     assert len(saved["cases"]["mixed"]["times"]["packed"]) == 1
+
+
+def test_prefix_groups_smallest(random_tiny, capsys):
+    """benchmarks/prefix_groups.py: both headers run, before and after agree, each prompt becomes a group,
+    the ratios end the output."""
+    bench = _load("prefix_groups")
+    out = random_tiny / "prefix_groups.json"
+    ratio = bench.main(["--headers", "40", "70", "--prompts", "70", "90", "--samples", "2", "--reply", "3", "6",
+                        "--repeats", "1", "--threads", "1", "--json", str(out)])
+    last = _last_line(capsys)
+    assert re.fullmatch(r"header 70: tokens computed before/after \d+\.\d\dx, step time before/after "
+                        r"\d+\.\d\dx", last), last
+    saved = json.loads(out.read_text())
+    assert ratio > 0 and set(saved["cases"]) == {"40", "70"}
+    wide = saved["cases"]["70"]["tokens"]  # a 70-token header: before, it was the only prefix shared
+    assert wide["before"]["groups"] == 1 and wide["after"]["groups"] == 2
+    assert wide["after"]["packed"] < wide["before"]["packed"] < wide["no_sharing"]["packed"]
+    assert saved["cases"]["70"]["max_diff"] <= 1e-4 and len(saved["cases"]["70"]["times"]["after"]["learner"]) == 1
