@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from reopold_agents.registry import ENVS, TOOLS, make_env, register_env
-from reopold_agents.trajectory import Batch, Trajectory, collate
+from reopold_agents.threads import set_env_defaults
+
+set_env_defaults()  # OMP_WAIT_POLICY before torch loads (reopold_agents/threads.py); the user's value wins
+
+from reopold_agents.registry import ENVS, TOOLS, make_env, register_env  # noqa: E402
+from reopold_agents.trajectory import Batch, Trajectory, collate  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -25,6 +25,7 @@ from reopold_agents.config.mix import MixEntry, mix_weights
 from reopold_agents.config.sandbox import SandboxConfig
 from reopold_agents.engines.base import Engine, SamplingParams
 from reopold_agents.evaluation.heldout import HeldoutSet
+from reopold_agents.evaluation.progress import eval_bar
 from reopold_agents.rollout import Rollout, RolloutStats
 from reopold_agents.seeding import entry_rollout_seed, mix_draw, mix_task_index, step_prompts
 from reopold_agents.teacher.tokenizers import Tokenizer
@@ -151,9 +152,16 @@ class EntryHeldout:
                 for name, entry in entries.items()}
         return cls(sets, mix_weights(entries))
 
-    def evaluate(self, prefix: str = "eval") -> dict[str, float]:
-        """``<prefix>/<entry>/success`` per entry and their weight-averaged ``<prefix>/success``."""
-        found = {f"{prefix}/{name}/success": s.success() for name, s in self.sets.items()}
+    @property
+    def num_tasks(self) -> int:
+        """Held-out tasks over all entries."""
+        return sum(s.num_tasks for s in self.sets.values())
+
+    def evaluate(self, prefix: str = "eval", label: str = "held-out") -> dict[str, float]:
+        """``<prefix>/<entry>/success`` per entry and their weight-averaged ``<prefix>/success``; one progress
+        bar ``label`` over every entry's tasks where this context shows one (``evaluation.progress``)."""
+        with eval_bar(label, self.num_tasks) as advance:
+            found = {f"{prefix}/{name}/success": s.success(advance) for name, s in self.sets.items()}
         found[f"{prefix}/success"] = sum(self.weights[n] * found[f"{prefix}/{n}/success"] for n in self.sets)
         return found
 

@@ -10,14 +10,16 @@
   version, checkpoints.
 
 Where each role lives (this process or a Ray actor) is ``distributed/``'s choice; the classes are the same
-code either way. ``threads`` caps an actor's torch threads to the CPUs it reserved.
+code either way. ``threads`` sets an actor's torch threads to the CPUs it reserved (``reopold_agents/threads.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,16 @@ from reopold_agents.trajectory import Batch, Trajectory
 
 StateDict = dict[str, torch.Tensor]
 
+log = logging.getLogger(__name__)
+
 
 def _limit_threads(threads: int | None) -> None:
-    """Actors share a node's cores: cap torch's intra-op threads to the CPUs the actor reserved."""
-    if threads:
-        torch.set_num_threads(int(threads))
+    """Actors share a node's cores: torch's threads become the CPUs the actor reserved, capped by the cores
+    it may run on (``threads.actor_plan``). None: an in-process role, whose process ``run.train`` set."""
+    if threads is not None:
+        from reopold_agents.threads import actor_plan, apply
+
+        apply(actor_plan(threads))
 
 
 def objective_needs(cfg: RunConfig) -> tuple[bool, int]:
@@ -124,7 +131,7 @@ class RolloutRole:
             self._heldout = EntryHeldout.from_config(self.cfg.entries, self.cfg.engine, self.cfg.sandbox,
                                                      self.cfg.trainer.heldout_tasks, self.engine, self.tokenizer,
                                                      self.processor)
-        found = self._heldout.evaluate()
+        found = self._heldout.evaluate(label=f"held-out student (step {step})")
         if self.cfg.eval.benchmarks:
             from reopold_agents.evaluation import evaluate_suite, flatten_for_logging
 
@@ -205,19 +212,35 @@ class TeacherRole:
         return found
 
     def _heldout(self, scorers: dict[str, Any]) -> dict[str, float]:
-        """Each entry's teacher's greedy held-out success, ``eval/teacher/<entry>/success``."""
+        """Each entry's teacher's greedy held-out success, ``eval/teacher/<entry>/success``: read from
+        ``<trainer.output_dir>/teacher_success.json`` when that holds it for the same weights, held-out set and
+        sampling (``evaluation.teacher_cache``), else measured (with a progress bar where this process shows
+        one) and stored there."""
         from reopold_agents.engines.hf import HFEngine
-        from reopold_agents.evaluation.heldout import HeldoutSet
+        from reopold_agents.evaluation.heldout import HeldoutSet, heldout_env_config
+        from reopold_agents.evaluation.teacher_cache import SuccessCache, heldout_key
 
         found: dict[str, float] = {}
+        cache = SuccessCache.beside(self.cfg.trainer.output_dir)
         for entry, scorer in scorers.items():
             model, tok = scorer.model, scorer.tokenizer  # type: ignore[union-attr]
             processor = getattr(scorer, "processor", None)
             engine = HFEngine(model, tok, processor=processor, max_batch_size=max(1, self.cfg.engine.max_batch_size))
-            held = HeldoutSet.from_config(self.cfg.entries[entry].env, self.cfg.engine, self.cfg.sandbox,
-                                          self.cfg.trainer.heldout_tasks, engine, tok, processor)
+            env_cfg = self.cfg.entries[entry].env
+            held = HeldoutSet.from_config(env_cfg, self.cfg.engine, self.cfg.sandbox, self.cfg.trainer.heldout_tasks,
+                                          engine, tok, processor)
             try:
-                found[f"eval/teacher/{entry}/success"] = held.success()
+                key = heldout_key(model, tok, processor, heldout_env_config(env_cfg, self.cfg.trainer.heldout_tasks),
+                                  held.tasks, self.cfg.engine, self.cfg.sandbox)
+                success = cache.get(key)
+                if success is None:
+                    start = time.perf_counter()
+                    success = held.success_shown(f"held-out teacher ({entry})" if len(scorers) > 1 else
+                                                 "held-out teacher")
+                    cache.put(key, success, time.perf_counter() - start)
+                else:
+                    log.info("teacher held-out success of %s: %.3f, from %s", entry, success, cache.path)
+                found[f"eval/teacher/{entry}/success"] = success
             finally:
                 held.close()
                 engine.close()

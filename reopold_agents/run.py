@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import hydra
 import torch
@@ -29,8 +29,14 @@ from reopold_agents.config import RunConfig, validate
 from reopold_agents.config.schema import resolve_tiny
 from reopold_agents.config.schema import ConfigError
 from reopold_agents.evaluation.heldout import gap_closed
+from reopold_agents.evaluation.progress import Host, shown
 from reopold_agents.metrics import MetricsLogger
 from reopold_agents.step import StepResult, run_steps
+from reopold_agents.threads import apply as apply_threads
+from reopold_agents.threads import plan as plan_threads
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
     t_start = time.perf_counter()
     cfg = resolve_tiny(cfg)
     check_startup(cfg)
+    apply_threads(plan_threads(cfg.distributed.threads))  # this process's torch/OpenMP threads (threads.py)
     tc = cfg.trainer
     out = Path(tc.output_dir)
     ckpt_dir = out / "checkpoints"
@@ -122,8 +129,9 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
                                            **({"env_evals": env_evals} if env_evals else {}),
                                            **({"teacher_success": teacher} if teacher is not None else {})})
 
-    def evaluate(step: int) -> dict[str, float]:
-        found = backend.evaluate(step)
+    def evaluate(step: int, bars: Host = progress) -> dict[str, float]:
+        with shown(bars):  # a bar where the evaluation runs in this process (not in a Ray actor)
+            found = backend.evaluate(step)
         evals.append((step, found["eval/success"]))
         for name in entries:
             env_evals.setdefault(name, []).append(found[f"eval/{name}/success"])
@@ -144,7 +152,8 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         run_preflight(cfg, backend, tasks_for_step(start_step), start_step)  # prints its table; raises on a fail
         if start_step == 0:
             first = evaluate(0)
-            found = backend.ask("teacher", "heldout_success") if tc.eval_teacher else None
+            with shown(progress):  # cached beside the outputs (evaluation/teacher_cache.py)
+                found = backend.ask("teacher", "heldout_success") if tc.eval_teacher else None
             if found is not None:  # measured by the teacher role: the driver holds no model
                 teacher = found["eval/teacher/success"]
                 first.update(found)
@@ -157,7 +166,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
                 done = result.step + 1
                 metrics["data/position"] = float(done * tc.prompts_per_step)
                 if tc.eval_every and done % tc.eval_every == 0 and done < tc.total_steps:
-                    metrics.update(evaluate(done))
+                    metrics.update(evaluate(done, bar.host))
                 if done % tc.log_every == 0 or done == tc.total_steps:
                     logger.log(done, metrics)
                 bar.update(metrics)
@@ -203,27 +212,35 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
 
 
 class _Bar:
-    """A rich progress bar over training steps showing the latest rollout success and reward."""
+    """A rich progress bar over training steps showing the latest rollout success and reward; a periodic
+    held-out evaluation shows as a second row of the same display (``host``)."""
 
     def __init__(self, enabled: bool, total: int, done: int) -> None:
         self.enabled, self.total, self.done = enabled, total, done
-        self._p = None
+        self._p: Progress | None = None
+
+    @staticmethod
+    def _info(success: float, log_ratio: float) -> str:
+        return f"success {success:.2f} log-ratio {log_ratio:+.2f}"
 
     def __enter__(self) -> "_Bar":
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from reopold_agents.evaluation.progress import new_progress
 
-            self._p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("success {task.fields[succ]:.2f} log-ratio {task.fields[lr]:+.2f}"),
-                               TimeElapsedColumn(), TimeRemainingColumn())
+            self._p = new_progress()
             self._p.__enter__()
-            self._task = self._p.add_task("train", total=self.total, completed=self.done, succ=0.0, lr=0.0)
+            self._task = self._p.add_task("train", total=self.total, completed=self.done, info=self._info(0.0, 0.0))
         return self
+
+    @property
+    def host(self) -> Host:
+        """Where an evaluation during training draws its bar: this display, or nowhere."""
+        return self._p if self._p is not None else False
 
     def update(self, metrics: dict[str, float]) -> None:
         if self._p is not None:
-            self._p.update(self._task, advance=1, succ=metrics.get("rollout/success", 0.0),
-                           lr=metrics.get("teacher/log_ratio/mean", 0.0))
+            self._p.update(self._task, advance=1, info=self._info(metrics.get("rollout/success", 0.0),
+                                                                   metrics.get("teacher/log_ratio/mean", 0.0)))
 
     def __exit__(self, *exc: object) -> None:
         if self._p is not None:

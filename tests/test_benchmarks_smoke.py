@@ -379,6 +379,40 @@ def test_packing_smallest(random_tiny, capsys):
     assert len(saved["cases"]["mixed"]["times"]["packed"]) == 1
 
 
+def test_contention_smallest(random_tiny, capsys):
+    """benchmarks/contention.py: a quiet and a contended 2-step run (in this process), the ratio last; the
+    busy competitor is gone afterwards."""
+    bench = _load("contention")
+    out = random_tiny / "contention.json"
+    ratio = bench.main(["--steps", "2", "--heldout", "4", "--in-process", "--json", str(out), "--override",
+                        *SMALL_RUN, "trainer.prompts_per_step=2", "trainer.group_size=2", "trainer.save_every=0"])
+    last = _last_line(capsys)
+    assert re.fullmatch(r"median step time \(steps 2\.\.2, 1 repeat\): quiet \d+\.\d{3}s, beside one busy process "
+                        r"\d+\.\d{3}s: ratio \d+\.\d\dx \(goal <= 2\.5x: (met|MISSED)\)", last), last
+    saved = json.loads(out.read_text())
+    assert [r["condition"] for r in saved["runs"]] == ["quiet", "contended"] and ratio == pytest.approx(saved["ratio"])
+    assert all(len(r["step_times"]) == 1 for r in saved["runs"])
+    assert not _busy_children(), "the competitor outlived the benchmark"
+
+
+def _busy_children() -> list[int]:
+    """This process's children running the benchmark's busy loop."""
+    import os
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"while True" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
 def test_prefix_groups_smallest(random_tiny, capsys):
     """benchmarks/prefix_groups.py: both headers run, before and after agree, each prompt becomes a group,
     the ratios end the output."""

@@ -59,6 +59,10 @@ class DistributedConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast + grad scaling for fp16)
     grad_accumulation: int = 1  # micro-batches per optimiser step in the accelerate learner
     learner_strategy: str = "auto"  # auto (fsdp on >1 GPU process, else ddp) | ddp | fsdp
+    # torch intra-op threads of the run's own process (driver and in-process roles); 0: OMP_NUM_THREADS if
+    # set, else the cores this process may run on; never more than those (reopold_agents/threads.py).
+    # Ray actors take theirs from ray.cpus_per_<role>
+    threads: int = 0
     ray: RayConfig = field(default_factory=RayConfig)  # read only with backend=ray (distributed=ray)
 
     def check(self) -> None:
@@ -74,6 +78,8 @@ class DistributedConfig:
         for key in ("rollout_chunk_size", "grad_accumulation"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.threads < 0:
+            raise ValueError(f"threads: must be >= 0 (0: the cores this process may use), got {self.threads}")
         if self.backend == "ray":
             self.ray.check()
             return

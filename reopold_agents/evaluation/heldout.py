@@ -16,12 +16,14 @@ import torch
 from reopold_agents.config.engine import EngineConfig
 from reopold_agents.config.env import EnvConfig
 from reopold_agents.config.sandbox import SandboxConfig
+from reopold_agents.evaluation.progress import Advance, eval_bar
 
 if TYPE_CHECKING:
     from reopold_agents.config.schema import RunConfig
     from reopold_agents.engines.base import Engine
     from reopold_agents.rollout import Rollout
     from reopold_agents.teacher.tokenizers import Tokenizer
+    from tasks.record import Task
 
     Processor = Any  # a transformers processor (VL models)
 
@@ -42,8 +44,10 @@ def heldout_env_config(env_cfg: EnvConfig, size: int) -> EnvConfig:
     return replace(env_cfg, size=size)
 
 
-def greedy_success(rollout: Rollout, task_indices: Sequence[int], max_new_tokens: int, batch_size: int) -> float:
-    """Fraction of ``task_indices`` a ``Rollout``'s student solves with greedy decoding."""
+def greedy_success(rollout: Rollout, task_indices: Sequence[int], max_new_tokens: int, batch_size: int,
+                   progress: Advance | None = None) -> float:
+    """Fraction of ``task_indices`` a ``Rollout``'s student solves with greedy decoding; ``progress(n)``
+    after each batch of ``n`` tasks."""
     from reopold_agents.engines.base import SamplingParams
 
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
@@ -51,15 +55,19 @@ def greedy_success(rollout: Rollout, task_indices: Sequence[int], max_new_tokens
     for start in range(0, len(task_indices), batch_size):
         prompts = [{"options": {"task_index": int(i)}} for i in task_indices[start : start + batch_size]]
         wins += sum(t.success for t in rollout.run(prompts, sampling))
+        if progress is not None:
+            progress(len(prompts))
     return wins / max(1, len(task_indices))
 
 
 class HeldoutSet:
     """The run's held-out tasks behind their own env pool, evaluated with the run's engine."""
 
-    def __init__(self, rollout: Rollout, num_tasks: int, max_new_tokens: int, batch_size: int) -> None:
+    def __init__(self, rollout: Rollout, num_tasks: int, max_new_tokens: int, batch_size: int,
+                 tasks: Sequence[Task] = ()) -> None:
         self.rollout, self.num_tasks = rollout, num_tasks
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.tasks = tuple(tasks)  # the loaded tasks (what a cached result is keyed by), when known
 
     @classmethod
     def from_config(cls, env_cfg: EnvConfig, engine_cfg: EngineConfig, sandbox_cfg: SandboxConfig, size: int,
@@ -72,10 +80,16 @@ class HeldoutSet:
         tasks = load_env_tasks(held)
         rollout = Rollout.from_config(engine_cfg, held, engine, tokenizer,
                                       lambda: build_env(held, tasks=tasks, sandbox=sandbox_cfg), processor=processor)
-        return cls(rollout, len(tasks), engine_cfg.sampling.max_new_tokens, max(1, engine_cfg.max_batch_size))
+        return cls(rollout, len(tasks), engine_cfg.sampling.max_new_tokens, max(1, engine_cfg.max_batch_size), tasks)
 
-    def success(self) -> float:
-        return greedy_success(self.rollout, range(self.num_tasks), self.max_new_tokens, self.batch_size)
+    def success(self, progress: Advance | None = None) -> float:
+        """Greedy success over the set; ``progress(n)`` after each batch of ``n`` tasks."""
+        return greedy_success(self.rollout, range(self.num_tasks), self.max_new_tokens, self.batch_size, progress)
+
+    def success_shown(self, label: str) -> float:
+        """``success`` with a progress bar ``label`` where this context shows one (``evaluation.progress``)."""
+        with eval_bar(label, self.num_tasks) as advance:
+            return self.success(advance)
 
     def close(self) -> None:
         self.rollout.close()
@@ -90,7 +104,7 @@ def model_success(cfg: RunConfig, model: torch.nn.Module, tokenizer: Tokenizer, 
     heldout = HeldoutSet.from_config(cfg.env, cfg.engine, cfg.sandbox, cfg.trainer.heldout_tasks, engine, tokenizer,
                                      processor)
     try:
-        return heldout.success()
+        return heldout.success_shown("held-out")
     finally:
         heldout.close()
         engine.close()
