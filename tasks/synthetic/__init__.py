@@ -3,6 +3,11 @@
 Task ``i`` of a set depends only on ``(kind, seed, difficulty, i)``, so a `SyntheticTasks` sequence is
 deterministic, random-access and cheap (tasks are built on first access and cached). Difficulty 1 is
 meant to be learnable by tiny models (short questions, one-step answers, small numbers).
+
+Besides one kind per env, a family kind draws one family of an env's tasks, worded exactly as the env's
+own kind words it (``math_mul``: ``What is a * b?``; ``toolqa_population``: ``What is the population of
+<city> in thousands?``), so that a run or a held-out set holds only the tasks where one piece of
+knowledge matters (``env.tasks=synthetic:math_mul``; the knowledge beds, docs/run.md).
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ from collections.abc import Callable, Sequence
 from typing import overload
 
 from tasks.record import Task
-from tasks.synthetic.math_gen import make_math_task
-from tasks.synthetic.toolqa_gen import make_toolqa_task
+from tasks.synthetic.math_gen import make_math_mul_task, make_math_task
+from tasks.synthetic.toolqa_gen import make_toolqa_population_task, make_toolqa_task
 from tasks.synthetic.vqa_gen import make_vqa_task
 
 GENERATORS: dict[str, Callable[[random.Random, int, str], Task]] = {
     "math": make_math_task,
     "vqa": make_vqa_task,
     "toolqa": make_toolqa_task,
+    "math_mul": make_math_mul_task,
+    "toolqa_population": make_toolqa_population_task,
 }
 MAX_DIFFICULTY = 3
 
@@ -62,7 +69,7 @@ class SyntheticTasks(Sequence[Task]):
 
 
 def generate(kind: str, size: int = 1000, seed: int = 0, difficulty: int = 1) -> SyntheticTasks:
-    """``size`` deterministic tasks of ``kind`` (math, vqa, toolqa)."""
+    """``size`` deterministic tasks of ``kind`` (math, vqa, toolqa, or a family kind: math_mul, toolqa_population)."""
     return SyntheticTasks(kind, size=size, seed=seed, difficulty=difficulty)
 
 

@@ -3,6 +3,10 @@
 Difficulty 1: one operation on numbers up to 10 (or a one-step word problem); 2: two operations on
 numbers up to 20; 3: fraction arithmetic with answers in lowest terms (``\\frac{a}{b}`` in LaTeX).
 Each task carries a short worked solution ending in ``\\boxed{answer}`` as its demonstration.
+
+``make_math_mul_task`` (kind ``math_mul``) draws only difficulty 1's multiplication family, worded and
+numbered exactly as in ``math`` (``What is 7 * 8?``, factors 1..9): the held-out family of the
+``tiny_math_know`` knowledge bed, whose student never saw a correct product.
 """
 
 from __future__ import annotations
@@ -91,4 +95,22 @@ def make_math_task(rng: random.Random, difficulty: int, task_id: str) -> Task:
         answer=gold,
         meta={"answer_type": "math", "difficulty": difficulty, "source": "synthetic"},
         demonstration=[f"{steps} \\boxed{{{gold}}}"],
+    )
+
+
+MUL_FAMILY = "mul"
+
+
+def make_math_mul_task(rng: random.Random, difficulty: int, task_id: str) -> Task:
+    """One task of difficulty 1's one-step multiplication family (the only difficulty this kind has)."""
+    if difficulty != 1:
+        raise ValueError(f"difficulty: synthetic kind math_mul has difficulty 1 only, got {difficulty}")
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    expr, value = f"{a} * {b}", a * b
+    return Task(
+        id=task_id,
+        question=f"What is {expr}?",
+        answer=str(value),
+        meta={"answer_type": "math", "difficulty": 1, "source": "synthetic", "family": MUL_FAMILY},
+        demonstration=[f"{expr} = {value}. \\boxed{{{value}}}"],
     )

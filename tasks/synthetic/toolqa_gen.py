@@ -3,6 +3,10 @@
 Difficulty 1: one ``search`` lookup of a fact, or one ``calculator`` computation; 2: a lookup followed
 by a computation on the fact; 3: two lookups and a computation combining them. The demonstration is the
 ideal sequence of assistant turns: one ``<tool_call>`` per turn, then ``\\boxed{answer}``.
+
+``make_toolqa_population_task`` (kind ``toolqa_population``) draws only difficulty 1's population
+lookups, worded exactly as in ``toolqa`` (``What is the population of Tirivil in thousands?``): the
+held-out family of the ``tiny_toolqa_know`` knowledge bed.
 """
 
 from __future__ import annotations
@@ -40,10 +44,30 @@ def _lookup(rng: random.Random, fact: dict) -> tuple[str, str]:
     question = {
         "country": f"In which country is the city {city}?",
         "founded": f"In what year was {city} founded?",
-        "population": f"What is the population of {city} in thousands?",
+        "population": population_question(city),
         "river": f"Which river flows through {city}?",
     }[field]
     return question, str(fact[field])
+
+
+def population_question(city: str) -> str:
+    return f"What is the population of {city} in thousands?"
+
+
+def make_toolqa_population_task(rng: random.Random, difficulty: int, task_id: str) -> Task:
+    """One population lookup of difficulty 1 (the only difficulty this kind has; one question per city)."""
+    if difficulty != 1:
+        raise ValueError(f"difficulty: synthetic kind toolqa_population has difficulty 1 only, got {difficulty}")
+    fact = rng.choice(corpus_facts())
+    answer = str(fact["population"])
+    return Task(
+        id=task_id,
+        question=population_question(fact["city"]),
+        answer=answer,
+        meta={"answer_type": "numeric", "kind": "lookup", "tools": ["search", "calculator"], "difficulty": 1,
+              "source": "synthetic", "family": "population"},
+        demonstration=[tool_call("search", query=fact["city"]), f"\\boxed{{{answer}}}"],
+    )
 
 
 def make_toolqa_task(rng: random.Random, difficulty: int, task_id: str) -> Task:
