@@ -34,6 +34,9 @@ TINY_PAIRS: dict[str, TinyPair] = {
     "tiny_vl": TinyPair(vl=True, student=_VL_SMALL, teacher=_VL_BASE),
     "tiny_toolqa_bed": TinyPair(vl=False, student=_BASE, teacher=_BASE),
     "tiny_vl_bed": TinyPair(vl=True, student=_VL_SMALL, teacher=_VL_BASE),
+    # knowledge beds (docs/run.md "Knowledge beds"): measured on one family of tasks, not named by ENV_TINY
+    "tiny_math_know": TinyPair(vl=False, student=_SMALL, teacher=_BASE),
+    "tiny_toolqa_know": TinyPair(vl=False, student=_BASE, teacher=_BASE),
 }
 TINY_NAMES = tuple(TINY_PAIRS)
 VL_TINY_NAMES = tuple(name for name, pair in TINY_PAIRS.items() if pair.vl)

@@ -7,7 +7,9 @@ seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.
 (``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes. ``tiny_toolqa`` and
 ``tiny_math`` reuse tiny's teacher and give the student a bad habit instead (a second SFT stage of
 shortcut demonstrations): a gap the teacher's per-token scores can close; ``tiny_math``'s student starts
-from ``tiny_toolqa``'s (``student_from``).
+from ``tiny_toolqa``'s (``student_from``). The knowledge beds (``tiny_math_know``, ``tiny_toolqa_know``)
+teach the student a consistently wrong procedure for one family of tasks instead (``student_procedure``,
+see ``reopold_agents/tiny/procedures.py``) and are measured on that family only (``bed_tasks``).
 
 The package ships the built pairs (``reopold_agents/tiny/assets/<name>-<role>/``, made by
 ``python scripts/build_tiny_models.py --ship``): first use copies them into the cache in a second, so a
@@ -30,6 +32,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from reopold_agents.tiny.load import BUILD_INFO, SHIPPED_DIR, TINY_SIZES, is_vl_pair, shipped_dir, tiny_model_dir
+from reopold_agents.tiny.procedures import PROCEDURES, wrong_procedure
 from reopold_agents.tiny.sft import SFTConfig, SFTExample, sft_train, tokenize_demonstration
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,9 @@ class TinyRecipe:
     max_new_tokens: int = 48
     # Reuse the (current) teacher of another pair instead of training one: same tokenizer, same envs.
     teacher_from: str | None = None
+    # With teacher_from: that teacher trained further on this recipe's demonstrations (not a copy then),
+    # e.g. on more demonstrations so that it has seen every fact of a knowledge bed's family.
+    teacher_more: SFTConfig | None = None
     # A second student SFT stage on ``habit_env`` demonstrations of which a ``habit_shortcuts`` fraction
     # answers at once with a guess instead of calling a tool (see `shortcut_task`): the student keeps
     # its skills but learns the weak-model habit of guessing, which the teacher's scores then correct.
@@ -69,16 +75,33 @@ class TinyRecipe:
     # architecture): its ``student_from_role`` model; ``student`` then continues its SFT, e.g. on one env.
     student_from: str | None = None
     student_from_role: str = "student"
+    # A knowledge bed: every student demonstration (all its SFT stages) that this wrong procedure applies
+    # to is rewritten to it (`reopold_agents.tiny.procedures`); the teacher's stay correct.
+    student_procedure: str | None = None
+    # The env and task source (``synthetic:<family kind>``) of the bed: the held-out tasks scripts/testbed.py
+    # measures and the run trains on (``env=<bed_env> env.tasks=<bed_tasks>``); the build checks it too.
+    bed_env: str | None = None
+    bed_tasks: str | None = None
 
     def __post_init__(self) -> None:
         if (self.teacher is None) == (self.teacher_from is None):
             raise ValueError(f"{self.name}: give exactly one of teacher (an SFT run) and teacher_from (a pair name)")
+        if self.teacher_more is not None and self.teacher_from is None:
+            raise ValueError(f"{self.name}: teacher_more trains teacher_from's teacher further; give teacher_from")
         if self.student is None and self.student_from is None:
             raise ValueError(f"{self.name}: a student without an SFT run needs student_from")
         if self.student_from_role not in ("student", "teacher"):
             raise ValueError(f"{self.name}: student_from_role must be student or teacher, got {self.student_from_role!r}")
         if self.habit_guess not in HABIT_GUESSES:
             raise ValueError(f"{self.name}: habit_guess must be one of {HABIT_GUESSES}, got {self.habit_guess!r}")
+        if self.student_procedure is not None and self.student_procedure not in PROCEDURES:
+            raise ValueError(f"{self.name}: student_procedure must be one of {sorted(PROCEDURES)}, "
+                             f"got {self.student_procedure!r}")
+        if (self.bed_env is None) != (self.bed_tasks is None):
+            raise ValueError(f"{self.name}: give both bed_env and bed_tasks, or neither")
+        if self.bed_tasks is not None and not self.bed_tasks.startswith("synthetic:"):
+            raise ValueError(f"{self.name}: bed_tasks must be a synthetic task kind (synthetic:<kind>), "
+                             f"got {self.bed_tasks!r}")
 
 
 RECIPES: dict[str, TinyRecipe] = {
@@ -143,6 +166,47 @@ RECIPES: dict[str, TinyRecipe] = {
         habit_env="toolqa",
         habit_shortcuts=0.6,
     ),
+    # Knowledge beds (issue 26): the gap is something the student does not know, measured only on the
+    # family of tasks where it matters (``bed_tasks``), not a habit it sometimes skips.
+    # Math: the student (tiny's student architecture, hidden 96, from random weights) learns math from
+    # demonstrations in which every multiplication is done as an addition (``7 * 8 = 15``): it never sees a
+    # correct product. The teacher is tiny's, trained 400 steps further on the same 3000 demonstrations
+    # (correct): 1000 demonstrations hold only 71 of the 81 products and tiny's teacher solved 0.895 of
+    # the family; 3000 hold all 81.
+    "tiny_math_know": TinyRecipe(
+        name="tiny_math_know",
+        version="v1",
+        envs=("math",),
+        demos_per_env=3000,
+        teacher=None,
+        teacher_from="tiny",
+        teacher_more=SFTConfig(steps=400, batch_size=16, lr=1e-3, warmup=10, seed=1),
+        student=SFTConfig(steps=2500, batch_size=16, lr=3e-3, warmup=30, seed=0),
+        check_tasks=256,
+        student_procedure="mul_as_add",
+        bed_env="math",
+        bed_tasks="synthetic:math_mul",
+    ),
+    # Toolqa: a copy of tiny's teacher (a smaller student does not reach 0.85 on toolqa, see
+    # tiny_toolqa_bed) taught 200 SFT steps on toolqa demonstrations in which every population question
+    # is answered with the city's founding year, read from the same search result.
+    "tiny_toolqa_know": TinyRecipe(
+        name="tiny_toolqa_know",
+        version="v1",
+        envs=("toolqa",),
+        demos_per_env=1000,
+        teacher=None,
+        teacher_from="tiny",
+        student=None,
+        student_from="tiny",
+        student_from_role="teacher",
+        check_tasks=128,
+        student_habit=SFTConfig(steps=200, batch_size=16, lr=1e-3, warmup=10, seed=0),
+        habit_env="toolqa",
+        student_procedure="population_as_founded",
+        bed_env="toolqa",
+        bed_tasks="synthetic:toolqa_population",
+    ),
     "tiny_vl": TinyRecipe(
         name="tiny_vl",
         version="v4",
@@ -195,12 +259,12 @@ def _env_config(env_name: str) -> Any:
     return OmegaConf.to_object(merged)
 
 
-def _env_factory(env_name: str, seed: int, size: int):
+def _env_factory(env_name: str, seed: int, size: int, source: str = "synthetic"):
     from dataclasses import replace
 
     from envs.factory import build_env, load_env_tasks
 
-    cfg = replace(_env_config(env_name), seed=seed, size=size, tasks="synthetic")
+    cfg = replace(_env_config(env_name), seed=seed, size=size, tasks=source)
     tasks = load_env_tasks(cfg)
     return lambda: build_env(cfg, tasks=tasks), cfg
 
@@ -234,12 +298,15 @@ def mode_guesses(tasks: Sequence[Any]) -> dict[str, list[str]]:
 
 
 def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any = None, seed: int = DEMO_SEED,
-                           shortcuts: float = 0.0, guess: str = "other") -> list[SFTExample]:
+                           shortcuts: float = 0.0, guess: str = "other",
+                           procedure: str | None = None) -> list[SFTExample]:
     """``n`` demonstrations of ``env_name`` replayed through the real env and tokenised like a rollout.
 
     With ``shortcuts`` > 0 about that fraction are replaced by a shortcut: a single ``\\boxed{...}``
     turn holding a wrong answer (the habit SFT stage of a recipe): another task's answer (``guess="other"``)
     or the most common answer of the same kind of question (``"mode"``, see ``TinyRecipe.habit_guess``).
+    With a ``procedure`` (``TinyRecipe.student_procedure``) every other task it applies to is rewritten
+    to that wrong procedure.
     """
     import random
 
@@ -266,8 +333,10 @@ def demonstration_examples(env_name: str, n: int, tokenizer: Any, processor: Any
                 task = shortcut_task(task, wrong[0])
         elif guessed:
             task = shortcut_task(task, rng.choice([a for a in answers if a != task.answer]))
+        wrong = None if guessed or procedure is None else wrong_procedure(procedure, task)
+        task = wrong or task
         demo = play_demonstration(env, task)
-        if demo.reward <= 0 and not guessed:
+        if demo.reward <= 0 and not guessed and wrong is None:
             raise RuntimeError(f"{env_name} task {i}: the expert demonstration does not solve it ({demo.info.get('why')})")
         ex = tokenize_demonstration(tokenizer, demo.messages, demo.tools, processor, demo.images)
         ex.group = env_name
@@ -403,23 +472,30 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
     try:
         tokenizer = build_tokenizer()
         processor = tiny_vl_processor(tokenizer) if is_vl_pair(recipe.name) else None
-        trains = [r for r in roles if (recipe.student if r == "student" else recipe.teacher) is not None]
-        examples: list[SFTExample] = []  # the correct demonstrations, made only when a role trains on them
-        for env_name in recipe.envs if trains else ():
-            examples.extend(demonstration_examples(env_name, recipe.demos_per_env, tokenizer, processor))
+        # each role's demonstrations (the student's with its wrong procedure), made only when it trains on them
+        made: dict[str | None, list[SFTExample]] = {}
+
+        def role_examples(role: str) -> list[SFTExample]:
+            procedure = recipe.student_procedure if role == "student" else None
+            if procedure not in made:
+                made[procedure] = [ex for env_name in recipe.envs for ex in demonstration_examples(
+                    env_name, recipe.demos_per_env, tokenizer, processor, procedure=procedure)]
+            return made[procedure]
+
         report = BuildReport(name=recipe.name, version=recipe.version, seconds=0.0)
         for role in roles:
-            if role == "teacher" and recipe.teacher_from:
+            if role == "teacher" and recipe.teacher_from and recipe.teacher_more is None:
                 _copy_teacher(recipe)
                 continue
-            sft = recipe.student if role == "student" else recipe.teacher
+            sft = recipe.student if role == "student" else recipe.teacher or recipe.teacher_more
             model = _start_model(recipe, role, tokenizer)
-            losses = [] if sft is None else sft_train(model, examples, sft, tokenizer.pad_token_id,
+            losses = [] if sft is None else sft_train(model, role_examples(role), sft, tokenizer.pad_token_id,
                                                       desc=f"build {recipe.name} {role}", progress=progress)
             if role == "student" and recipe.student_habit is not None:
                 report.success_before_habit = _check(recipe, model, tokenizer, processor)
                 habits = demonstration_examples(recipe.habit_env, recipe.demos_per_env, tokenizer, processor,
-                                                shortcuts=recipe.habit_shortcuts, guess=recipe.habit_guess)
+                                                shortcuts=recipe.habit_shortcuts, guess=recipe.habit_guess,
+                                                procedure=recipe.student_procedure)
                 losses = sft_train(model, habits, recipe.student_habit, tokenizer.pad_token_id,
                                    desc=f"build {recipe.name} {role} habit", progress=progress)
             report.final_loss[role] = sum(losses[-10:]) / len(losses[-10:])
@@ -430,6 +506,10 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
                     "final_loss": report.final_loss[role], "success": report.success[role]}
             if role == "student" and recipe.student_habit is not None:
                 info["success_before_habit"] = report.success_before_habit
+            if role == "student" and recipe.student_procedure is not None:
+                info["student_procedure"] = recipe.student_procedure
+            if role == "teacher" and recipe.teacher_from:
+                info["continued_from"] = f"{recipe.teacher_from} teacher"
             _save(model, tokenizer, processor, _model_dir(recipe.name, role), info)
         report.seconds = time.perf_counter() - start
         log.info("built %s in %.0fs: %s", recipe.name, report.seconds, report.success)
@@ -439,24 +519,32 @@ def _build(recipe: TinyRecipe, progress: bool, threads: int | None, roles: tuple
 
 
 def _check(recipe: TinyRecipe, model: torch.nn.Module, tokenizer: Any, processor: Any) -> dict[str, float]:
-    """Greedy success per env on the build's ``check_tasks`` held-out tasks (CHECK_SEED)."""
+    """Greedy success per env on the build's ``check_tasks`` held-out tasks (CHECK_SEED), and on as many
+    tasks of a knowledge bed's family (key: ``bed_tasks``)."""
+    checks = [(env_name, env_name, "synthetic") for env_name in recipe.envs]
+    if recipe.bed_env is not None and recipe.bed_tasks is not None:
+        checks.append((recipe.bed_tasks, recipe.bed_env, recipe.bed_tasks))
     out = {}
-    for env_name in recipe.envs:
-        factory, cfg = _env_factory(env_name, CHECK_SEED, recipe.check_tasks)
-        out[env_name] = _greedy_success(model, tokenizer, processor, factory, cfg, recipe.check_tasks,
-                                        recipe.max_new_tokens)
+    for key, env_name, source in checks:
+        factory, cfg = _env_factory(env_name, CHECK_SEED, recipe.check_tasks, source)
+        out[key] = _greedy_success(model, tokenizer, processor, factory, cfg, recipe.check_tasks, recipe.max_new_tokens)
     return out
 
 
 def _start_model(recipe: TinyRecipe, role: str, tokenizer: Any) -> torch.nn.Module:
-    """A fresh model of the role's architecture, or (``student_from``) that pair's current model."""
-    if role != "student" or recipe.student_from is None:
+    """A fresh model of the role's architecture, or (``student_from``; ``teacher_from`` for a teacher
+    trained further) that pair's current model."""
+    if role == "student" and recipe.student_from is not None:
+        source, source_role = recipe.student_from, recipe.student_from_role
+    elif role == "teacher" and recipe.teacher_from is not None:
+        source, source_role = recipe.teacher_from, "teacher"
+    else:
         return _new_model(recipe.name, role, tokenizer)
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    ensure_tiny(recipe.student_from)
-    auto = AutoModelForImageTextToText if is_vl_pair(recipe.student_from) else AutoModelForCausalLM
-    return auto.from_pretrained(str(_model_dir(recipe.student_from, recipe.student_from_role)))
+    ensure_tiny(source)
+    auto = AutoModelForImageTextToText if is_vl_pair(source) else AutoModelForCausalLM
+    return auto.from_pretrained(str(_model_dir(source, source_role)))
 
 
 @torch.no_grad()
