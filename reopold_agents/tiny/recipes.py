@@ -147,7 +147,7 @@ RECIPES: dict[str, TinyRecipe] = {
         habit_env="math",
         habit_shortcuts=0.6,
     ),
-    # The toolqa test bed (issue 12): tiny's teacher (0.918 on the demo's 256 held-out tasks), and as the
+    # The toolqa test bed: tiny's teacher (0.918 on the demo's 256 held-out tasks), and as the
     # student a copy of that teacher with a bad habit. A smaller student did not get close enough: tiny's
     # student architecture (hidden 96) SFT'd 1500 more steps on toolqa alone reached 0.711 (docs/run.md),
     # below the 0.85 the bed needs as its upper bound, so the student keeps the teacher's architecture.
@@ -166,7 +166,7 @@ RECIPES: dict[str, TinyRecipe] = {
         habit_env="toolqa",
         habit_shortcuts=0.6,
     ),
-    # Knowledge beds (issue 26): the gap is something the student does not know, measured only on the
+    # Knowledge beds: the gap is something the student does not know, measured only on the
     # family of tasks where it matters (``bed_tasks``), not a habit it sometimes skips.
     # Math: the student (tiny's student architecture, hidden 96, from random weights) learns math from
     # demonstrations in which every multiplication is done as an addition (``7 * 8 = 15``): it never sees a
@@ -217,7 +217,7 @@ RECIPES: dict[str, TinyRecipe] = {
         teacher=SFTConfig(steps=1500, batch_size=16, lr=1e-3, warmup=30, seed=1, freeze_vision=True),
         student=SFTConfig(steps=400, batch_size=16, lr=1e-3, warmup=30, seed=0, freeze_vision=True),
     ),
-    # The vqa test bed (issue 12): tiny_vl's teacher, and tiny_vl's (smaller) student SFT'd to convergence
+    # The vqa test bed: tiny_vl's teacher, and tiny_vl's (smaller) student SFT'd to convergence
     # on vqa (0.996 on the demo's 256 held-out tasks after 1250 more steps) and then taught the language
     # prior: 60% of its habit demonstrations box their kind's most common answer without looking.
     "tiny_vl_bed": TinyRecipe(
