@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from reopold_agents.benchmarking.load import load_average
+
 
 @dataclass
 class Case:
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "toolqa" in args.cases:
         prompt = toolqa_prompt(tokenizer, args.prompt_limit or None)
         cases.append(toolqa_case(args.rows, prompt, tuple(args.suffix_short), tuple(args.suffix_long), vocab, seed=0))
-    load = _load()
+    load = load_average()
     print(f"model {args.model} student, {torch.get_num_threads()} torch threads, load average {load}, "
           f"{args.rows} rows per step, {args.repeats} timed steps per side")
     ratios: dict[str, float] = {}
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               f"({rate['packed']:.0f} tok/s): {ratios[case.name]:.2f}x")
         report[case.name] = {"tokens": case.tokens, "shape": list(case.input_ids.shape), "times": times,
                              "median_s": med, "tokens_per_s": rate, "ratio": ratios[case.name], "max_diff": diff}
-    end_load = _load()
+    end_load = load_average()
     print(f"load average at the end {end_load}")
     if args.json:
         with open(args.json, "w") as f:
@@ -202,15 +204,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         parts.append(f"toolqa shared prompt {ratios['toolqa']:.2f}x")
     print("learner tokens/s packed/padded: " + ", ".join(parts))
     return ratios
-
-
-def _load() -> str:
-    """The 1-minute load average (the machine may be shared: docs/BENCHMARKS.md gives it beside each ratio)."""
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":

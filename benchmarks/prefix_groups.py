@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from reopold_agents.benchmarking.load import load_average
+
 import reopold_agents.logprobs as lp
 
 Plan = list[tuple[list[int], int]]
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> float:
     teacher, _, _, _ = load_tiny(args.model, "teacher")
     student, teacher = student.float(), teacher.float()
     vocab = int(student.config.vocab_size)
-    load = _load()
+    load = load_average()
     print(f"model {args.model}, {torch.get_num_threads()} torch threads, load average {load}; "
           f"{len(args.prompts)} prompts x {args.samples} samples, replies {args.reply[0]}-{args.reply[1]} tokens")
     report: dict[str, dict] = {}
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> float:
             print(f"  {side}: teacher {med[side]['teacher']:.3f}s + learner {med[side]['learner']:.3f}s = "
                   f"{step[side]:.3f}s (median of {args.repeats})")
         report[str(header)].update({"times": times, "median_s": med, "step_s": step, "ratio": ratio})
-    end_load = _load()
+    end_load = load_average()
     print(f"load average at the end {end_load}")
     if args.json:
         with open(args.json, "w") as f:
@@ -297,15 +299,6 @@ def main(argv: list[str] | None = None) -> float:
     fewer = last["before"]["packed"] / last["after"]["packed"]
     print(f"header {args.headers[-1]}: tokens computed before/after {fewer:.2f}x, step time before/after {ratio:.2f}x")
     return ratio
-
-
-def _load() -> str:
-    """The 1-minute load average (the machine may be shared: docs/BENCHMARKS.md gives it beside each ratio)."""
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":
