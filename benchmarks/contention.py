@@ -149,7 +149,10 @@ def main(argv: list[str] | None = None) -> float:
             for condition in ("quiet", "contended"):
                 report.runs.append(measure(condition, overrides, Path(tmp), env, args.in_process))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": [asdict(r) for r in report.runs],
+        runs = [{**asdict(r), "median": r.median} for r in report.runs]
+        waits = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+        # the runs' OpenMP waiting: what this environment and --env set (unset: the package's defaults)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "openmp_env": {**waits, **env}, "runs": runs,
                                                "quiet": report.quiet, "contended": report.contended,
                                                "ratio": report.ratio}, indent=1))
     verdict = "met" if report.ratio <= GOAL else "MISSED"
