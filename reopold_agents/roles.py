@@ -10,7 +10,7 @@
   version, checkpoints.
 
 Where each role lives (this process or a Ray actor) is ``distributed/``'s choice; the classes are the same
-code either way. ``threads`` sets an actor's torch threads to the CPUs it reserved (``reopold_agents/threads.py``).
+code either way. ``cpus`` (a Ray actor's reservation) caps its torch threads (``reopold_agents/threads.py``).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ StateDict = dict[str, torch.Tensor]
 log = logging.getLogger(__name__)
 
 
-def _limit_threads(threads: int | None) -> None:
+def _limit_threads(cpus: float | None) -> None:
     """Actors share a node's cores: torch's threads become the CPUs the actor reserved, capped by the cores
     it may run on (``threads.actor_plan``). None: an in-process role, whose process ``run.train`` set."""
-    if threads is not None:
+    if cpus is not None:
         from reopold_agents.threads import actor_plan, apply
 
-        apply(actor_plan(threads))
+        apply(actor_plan(cpus))
 
 
 def objective_needs(cfg: RunConfig) -> tuple[bool, int]:
@@ -60,13 +60,13 @@ class RolloutRole:
     """One student engine with its own envs; ``student`` shares an in-process learner's module instead of
     loading a copy (a LoRA student's transformers model, adapters active: ``lora.hf_module``)."""
 
-    def __init__(self, cfg: RunConfig, index: int, threads: int | None = None,
+    def __init__(self, cfg: RunConfig, index: int, cpus: float | None = None,
                  student: torch.nn.Module | None = None) -> None:
         from reopold_agents.engines import make_engine
         from reopold_agents.lora import hf_module
         from reopold_agents.models import load_student, load_tokenizer_and_processor
 
-        _limit_threads(threads)
+        _limit_threads(cpus)
         self.cfg, self.index = cfg, index
         if student is None:
             loaded = load_student(cfg.model)
@@ -157,12 +157,12 @@ class TeacherRole:
     for the call, instead of loading a second copy. Anywhere else (no LoRA, or a teacher actor of its
     own under Ray) ``self`` loads a frozen copy of the initial student."""
 
-    def __init__(self, cfg: RunConfig, threads: int | None = None, student: torch.nn.Module | None = None) -> None:
+    def __init__(self, cfg: RunConfig, cpus: float | None = None, student: torch.nn.Module | None = None) -> None:
         from reopold_agents.lora import hf_module, is_peft
         from reopold_agents.models import load_tokenizer_and_processor
         from reopold_agents.teacher.router import TeacherRouter
 
-        _limit_threads(threads)
+        _limit_threads(cpus)
         self.cfg = cfg
         needs_teacher, top_k = objective_needs(cfg)
         self.router: TeacherRouter | None = None
@@ -255,8 +255,8 @@ class LearnerRole:
     broadcast. With several ranks the learner is built in a second phase (``build``), once rank 0's address
     is known, so ``torch.distributed`` can rendezvous there."""
 
-    def __init__(self, cfg: RunConfig, threads: int | None = None, defer: bool = False) -> None:
-        _limit_threads(threads)
+    def __init__(self, cfg: RunConfig, cpus: float | None = None, defer: bool = False) -> None:
+        _limit_threads(cpus)
         self.cfg = cfg
         self.learner: Any = None
         self.is_main = True

@@ -26,10 +26,6 @@ from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory
 
 
-def _threads(cpus: float) -> int:
-    return max(1, int(cpus))
-
-
 class _RayRolloutHandle(RolloutHandle):
     def __init__(self, supervisor: ChunkSupervisor, future: Future, num_chunks: int, started: float) -> None:
         self.supervisor = supervisor
@@ -64,7 +60,7 @@ class RayBackend(Backend):
         self.learners = [
             ray.remote(LearnerRole)
             .options(num_cpus=d.cpus_per_learner, num_gpus=d.gpus_per_learner, max_restarts=0)
-            .remote(cfg, threads=_threads(d.cpus_per_learner), defer=True)
+            .remote(cfg, cpus=d.cpus_per_learner, defer=True)
             for _ in range(d.num_learner_workers)
         ]
         self.learner = self.learners[0]  # rank 0: metrics, weights, checkpoints
@@ -72,14 +68,14 @@ class RayBackend(Backend):
             ray.remote(TeacherRole)
             .options(num_cpus=d.cpus_per_teacher, num_gpus=d.gpus_per_teacher, max_restarts=d.max_restarts,
                      max_task_retries=d.max_chunk_retries)
-            .remote(cfg, threads=_threads(d.cpus_per_teacher))
+            .remote(cfg, cpus=d.cpus_per_teacher)
             for _ in range(d.num_teacher_workers)
         ]
         self.workers = [
             ray.remote(RolloutRole)
             .options(num_cpus=d.cpus_per_rollout_worker, num_gpus=d.gpus_per_rollout_worker,
                      max_restarts=d.max_restarts, max_task_retries=0)  # redo is ours: weights must be re-sent
-            .remote(cfg, i, threads=_threads(d.cpus_per_rollout_worker))
+            .remote(cfg, i, cpus=d.cpus_per_rollout_worker)
             for i in range(d.num_rollout_workers)
         ]
         self.alive = [True] * len(self.workers)
