@@ -41,6 +41,7 @@ CPU model and a few hundred samples, so read the ratios as a small-scale compari
     python benchmarks/sample_efficiency.py --quick   # math, reopold/opd/grpo/dapo, 1 seed, 8 steps (minutes)
     python benchmarks/sample_efficiency.py           # math, 4 methods + 3 ablations, seeds 0 1 2, 40 steps (~45 min)
     python benchmarks/sample_efficiency.py --from-json benchmarks/results/sample_efficiency.json --gaps 0.25 0.5
+    python benchmarks/sample_efficiency.py --from-json s0.json s1.json s2.json --name merged   # one file per seed
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ from reopold_agents.benchmarking.learning_runs import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MAIN = ("reopold", "opd", "grpo", "dapo", "gkd", "dense_kl")
+MAIN = ("reopold", "reopold_topk", "opd", "grpo", "dapo", "gkd", "dense_kl")
 DEFAULT_METHODS = ("reopold", "opd", "grpo", "dapo", "reopold-noclip", "reopold-noentropy", "reopold-1stage")
 QUICK_METHODS = ("reopold", "opd", "grpo", "dapo")
-RATIO_AGAINST = ("grpo", "dapo", "opd")  # the last line: each one's samples to the top target / REOPOLD's
+RATIO_AGAINST = ("grpo", "dapo", "opd", "dense_kl")  # the last line: each one's samples to the top target / REOPOLD's
+REOPOLD_VARIANTS = ("reopold", "reopold_topk")  # the ratio line is against the best of those that ran
 
 
 def _median_or_none(xs: Sequence[float | None]) -> float | None:
@@ -109,12 +111,27 @@ def fmt_range(r: dict[str, float], budget: float) -> str:
     return med if r["min"] == r["max"] else f"{med} [{fmt_samples(r['min'], budget)}, {fmt_samples(r['max'], budget)}]"
 
 
-def ratio(other: dict[str, Any], ours: dict[str, Any], key: str, name: str) -> tuple[float, str]:
-    """``other``'s median samples to target ``key`` / REOPOLD's, honest about runs that never got there:
-    ">=" when only REOPOLD reached it (the other's budget is a lower bound), "<=" the other way round."""
+def best_variant(methods: dict[str, dict[str, Any]]) -> str | None:
+    """The REOPOLD variant that ran and got furthest: fewest median samples to the top target, then to each
+    lower one, then the higher final success."""
+    ran = [m for m in REOPOLD_VARIANTS if m in methods]
+    if not ran:
+        return None
+
+    def rank(m: str) -> tuple[float, ...]:
+        to = methods[m]["samples_to"]
+        return (*(to[k]["median"] for k in reversed(list(to))), -methods[m]["final_median"])
+
+    return min(ran, key=rank)
+
+
+def ratio(other: dict[str, Any], ours: dict[str, Any], key: str, name: str,
+          ours_name: str = "REOPOLD") -> tuple[float, str]:
+    """``other``'s median samples to target ``key`` / ours (a REOPOLD variant), honest about runs that never
+    got there: ">=" when only ours reached it (the other's budget is a lower bound), "<=" the other way round."""
     a, b = other["samples_to"][key]["median"], ours["samples_to"][key]["median"]
     if b == 0:
-        return float("nan"), "n/a (REOPOLD is at the target from the start)"
+        return float("nan"), f"n/a ({ours_name} is at the target from the start)"
     if math.isfinite(a) and math.isfinite(b):
         return a / b, f"{a / b:.2f}x"
     if math.isfinite(b):
@@ -122,12 +139,13 @@ def ratio(other: dict[str, Any], ours: dict[str, Any], key: str, name: str) -> t
         return r, f">= {r:.2f}x ({name} did not reach it in {int(other['budget'])} samples)"
     if math.isfinite(a):
         r = a / ours["budget"]
-        return r, f"<= {r:.2f}x (REOPOLD did not reach it in {int(ours['budget'])} samples)"
+        return r, f"<= {r:.2f}x ({ours_name} did not reach it in {int(ours['budget'])} samples)"
     return float("nan"), "n/a (neither reached it within the budget)"
 
 
 def report(summary: dict, meta: dict[str, dict[str, Any]], emit: Callable[[str], None] = print) -> dict[str, float]:
-    """Print one table per env, then the ratio line per env; returns the first env's ratios by method."""
+    """Print one table per env, then the ratio line per env against its best REOPOLD variant (``best_variant``);
+    returns the first env's ratios by method."""
     first: dict[str, float] = {}
     lines: list[str] = []
     for env, methods in summary.items():
@@ -144,17 +162,18 @@ def report(summary: dict, meta: dict[str, dict[str, Any]], emit: Callable[[str],
                  + f" {fmt_gap(r['gap_closed_median']):>5} {str(r['unstable']) + '/' + str(r['seeds']):>8}"
                  + f" {r['minutes_median']:>7.1f}")
         key = list(targets)[-1]
-        ours, parts = methods.get("reopold"), []
+        best = best_variant(methods) or "reopold"
+        ours, ours_name, parts = methods.get(best), best.upper(), []
         for name in RATIO_AGAINST:
-            label = f"{name.upper()}/REOPOLD"
+            label = f"{name.upper()}/{ours_name}"
             if ours is None or name not in methods:
                 parts.append(f"{label} n/a (not run)")
                 continue
-            value, text = ratio(methods[name], ours, key, name.upper())
+            value, text = ratio(methods[name], ours, key, name.upper(), ours_name)
             parts.append(f"{label} {text}")
             if env == next(iter(summary)):
                 first[name] = value
-        lines.append(f"ratios samples-to-{key}-gap vs REOPOLD ({env}): " + ", ".join(parts))
+        lines.append(f"ratios samples-to-{key}-gap vs {ours_name}, the best REOPOLD variant ({env}): " + ", ".join(parts))
     for line in lines:
         emit(line)
     return first
@@ -197,6 +216,26 @@ def load_json(path: str) -> tuple[list[RunCurve], dict[str, float], dict[str, di
     return curves, {e: float(v) for e, v in saved["teacher_success"].items()}, meta
 
 
+def merge_json(paths: Sequence[str]) -> tuple[list[RunCurve], dict[str, float], dict[str, dict[str, Any]]]:
+    """``load_json`` of each file, curves concatenated; fails naming a file whose teacher or settings for an
+    env differ from an earlier file's (its runs are then not the same benchmark)."""
+    curves: list[RunCurve] = []
+    teachers: dict[str, float] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        cs, ts, ms = load_json(path)
+        for env, m in ms.items():
+            same = {k: v for k, v in m.items() if k != "teacher"}
+            if env in meta and ({k: v for k, v in meta[env].items() if k != "teacher"} != same
+                                or teachers.get(env) != ts.get(env)):
+                raise SystemExit(f"{path}: {env}'s teacher or settings ({ts.get(env)}, {same}) differ from an "
+                                 f"earlier file's ({teachers.get(env)}, {meta[env]})")
+            meta.setdefault(env, m)
+        teachers.update({e: v for e, v in ts.items() if e not in teachers})
+        curves.extend(cs)
+    return curves, teachers, meta
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reopold/opd/grpo/dapo, 1 seed, 8 steps")
@@ -204,7 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS),
                    help=f"default: {' '.join(DEFAULT_METHODS)} (quick: {' '.join(QUICK_METHODS)})")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
-    p.add_argument("--from-json", default=None, help="re-summarise and re-plot the curves of an earlier run's JSON")
+    p.add_argument("--from-json", nargs="+", default=None,
+                   help="re-summarise and re-plot the curves of earlier runs' JSONs (several: merged, e.g. one per seed)")
     p.add_argument("--name", default=None, help="file stem (default sample_efficiency[_quick])")
     add_run_args(p, str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
@@ -224,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     torch.set_num_threads(args.threads)
     if args.from_json:
-        curves, teachers, meta = load_json(args.from_json)
+        curves, teachers, meta = merge_json(args.from_json)
         args.envs = list(meta)
     else:
         runs = [Job(e, m, s) for s in args.seeds for e in args.envs for m in args.methods]  # seeds outermost

@@ -7,6 +7,7 @@ line docs/BENCHMARKS.md quotes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -106,11 +107,46 @@ def test_sample_efficiency_summary_targets_and_stability():
     assert s["dapo"]["gap_closed_median"] == 0.0 and s["dapo"]["unstable"] == 0
     lines: list[str] = []
     ratios = se.report({"math": s}, {"math": {"teacher": 0.8, "lr": 1e-4, "heldout_tasks": 256}}, lines.append)
-    assert lines[-1] == ("ratios samples-to-70%-gap vs REOPOLD (math): GRPO/REOPOLD 1.00x, "
-                         "DAPO/REOPOLD >= 1.00x (DAPO did not reach it in 48 samples), OPD/REOPOLD 0.33x")
+    assert lines[-1] == ("ratios samples-to-70%-gap vs REOPOLD, the best REOPOLD variant (math): GRPO/REOPOLD 1.00x, "
+                         "DAPO/REOPOLD >= 1.00x (DAPO did not reach it in 48 samples), OPD/REOPOLD 0.33x, "
+                         "DENSE_KL/REOPOLD n/a (not run)")
     assert ratios == {"grpo": 1.0, "dapo": 1.0, "opd": pytest.approx(1 / 3)}
     grpo_row = next(ln for ln in lines if ln.startswith("grpo "))
     assert "48 [32, >48]" in grpo_row and " 2/3 " in grpo_row
+
+
+def test_sample_efficiency_ratios_against_the_best_reopold_variant(tmp_path):
+    """The ratio line compares against the REOPOLD variant that got furthest (here reopold_topk: plain
+    REOPOLD never reaches 70 %), and --from-json merges one file per seed."""
+    se = _load("sample_efficiency")
+    pts = lambda *ys: [(16 * i, y) for i, y in enumerate(ys)]  # noqa: E731
+    curves = [se.RunCurve("math_know", "reopold", 0, 16, pts(0.0, 0.0, 0.1, 0.2)),
+              se.RunCurve("math_know", "reopold_topk", 0, 16, pts(0.0, 0.3, 0.7, 0.9)),   # 70 %: 32
+              se.RunCurve("math_know", "grpo", 0, 16, pts(0.0, 0.0, 0.0, 0.0)),
+              se.RunCurve("math_know", "dense_kl", 0, 16, pts(0.0, 0.2, 0.5, 0.8))]        # 70 %: 48
+    targets = {"math_know": se.gap_targets(curves, "math_know", 1.0, [0.5, 0.7], 256)}
+    s = se.summarize(curves, targets, {"math_know": 1.0})
+    assert se.best_variant(s["math_know"]) == "reopold_topk"
+    lines: list[str] = []
+    ratios = se.report(s, {"math_know": {"teacher": 1.0, "lr": 3e-4, "heldout_tasks": 256}}, lines.append)
+    assert lines[-1] == ("ratios samples-to-70%-gap vs REOPOLD_TOPK, the best REOPOLD variant (math_know): "
+                         "GRPO/REOPOLD_TOPK >= 1.50x (GRPO did not reach it in 48 samples), "
+                         "DAPO/REOPOLD_TOPK n/a (not run), OPD/REOPOLD_TOPK n/a (not run), DENSE_KL/REOPOLD_TOPK 1.50x")
+    assert ratios == {"grpo": 1.5, "dense_kl": 1.5}
+    files = []
+    for seed in (0, 1):
+        path = tmp_path / f"s{seed}.json"
+        path.write_text(json.dumps({"teacher_success": {"math_know": 1.0},
+                                    "env_config": {"math_know": {"heldout_tasks": 256, "lr": 3e-4}},
+                                    "curves": [dataclasses.asdict(dataclasses.replace(c, seed=seed)) for c in curves]}))
+        files.append(str(path))
+    merged, teachers, meta = se.merge_json(files)
+    assert len(merged) == 8 and {c.seed for c in merged} == {0, 1} and teachers == {"math_know": 1.0}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"teacher_success": {"math_know": 0.9},
+                                 "env_config": {"math_know": {"heldout_tasks": 256, "lr": 3e-4}}, "curves": []}))
+    with pytest.raises(SystemExit, match="other.json"):
+        se.merge_json([files[0], str(other)])
 
 
 def test_sample_efficiency_ratio_not_reached():

@@ -24,12 +24,27 @@ METHODS: dict[str, list[str]] = {
     "opd": ["algo=opd"],
     "grpo": ["algo=grpo"],
     "gkd": ["algo=gkd"],
+    "gkd-forward": ["algo=gkd", "algo.gkd_direction=forward"],
     "dapo": ["algo=dapo"],
     "dense_kl": ["algo=dense_kl"],
+    "reopold_topk": ["algo=reopold_topk"],
     "reopold-noclip": ["algo=reopold", "algo.reward_clip=false"],
     "reopold-noentropy": ["algo=reopold", "algo.stage2_rule=all"],
     "reopold-1stage": ["algo=reopold", "algo.stage_switch=0"],
 }
+
+# Knowledge beds (docs/run.md "Knowledge beds"): a bed name stands where an env name would, and runs its env
+# on the bed's family of tasks with the bed's pair instead of ``model=tiny``.
+BEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "math_know": ("math", ("env.tasks=synthetic:math_mul", "model=tiny_math_know")),
+    "toolqa_know": ("toolqa", ("env.tasks=synthetic:toolqa_population", "model=tiny_toolqa_know")),
+}
+
+
+def bed_overrides(name: str) -> list[str]:
+    """``env=<env>`` and the pair for an env name (``model=tiny``) or a knowledge bed's name."""
+    env, extra = BEDS.get(name, (name, ("model=tiny",)))
+    return [f"env={env}", *extra]
 
 
 @dataclass
@@ -89,7 +104,7 @@ def overrides(env: str, method: str, seed: int, args: argparse.Namespace, out_di
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     return [
-        f"env={env}", *METHODS[method], "model=tiny",
+        *bed_overrides(env), *METHODS[method],
         f"trainer.seed={seed}", *([f"trainer.lr={args.lr}"] if args.lr is not None else []),
         f"trainer.total_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
         f"trainer.prompts_per_step={args.prompts}", f"trainer.group_size={args.group}",
