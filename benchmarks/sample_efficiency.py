@@ -61,11 +61,11 @@ from reopold_agents.benchmarking.learning_runs import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MAIN = ("reopold", "reopold_topk", "opd", "grpo", "dapo", "gkd", "dense_kl")
+MAIN = ("reopold", "reopold_topk", "reopold_topk-forward", "opd", "grpo", "dapo", "gkd", "dense_kl")
 DEFAULT_METHODS = ("reopold", "opd", "grpo", "dapo", "reopold-noclip", "reopold-noentropy", "reopold-1stage")
 QUICK_METHODS = ("reopold", "opd", "grpo", "dapo")
 RATIO_AGAINST = ("grpo", "dapo", "opd", "dense_kl")  # the last line: each one's samples to the top target / REOPOLD's
-REOPOLD_VARIANTS = ("reopold", "reopold_topk")  # the ratio line is against the best of those that ran
+REOPOLD_VARIANTS = ("reopold", "reopold_topk", "reopold_topk-forward")  # the ratio line is against the best of those that ran
 
 
 def _median_or_none(xs: Sequence[float | None]) -> float | None:

@@ -42,16 +42,19 @@ def _reference(student_logits, teacher_lp, sampled, mask, top_ids, cfg: AlgoConf
             total = total - max(r, floor) * rho / n
             dense = torch.zeros((), dtype=torch.float64)
             for v in top_ids[b, t].tolist():
+                if cfg.gkd_direction == "forward":  # pi_T(v) (log pi_T(v) - log pi_theta(v)), no clipping
+                    dense = dense + teacher_lp[b, t, v].exp() * (teacher_lp[b, t, v] - lp[b, t, v])
+                    continue
                 rv = max(float(teacher_lp[b, t, v] - lp[b, t, v].detach()), floor)
                 dense = dense - lp[b, t, v].exp() * rv
             total = total + cfg.topk_coef * dense / n
     return total
 
 
-@pytest.mark.parametrize("coef", [1.0, 0.3])
-def test_loss_and_gradient_match_brute_force(coef):
+@pytest.mark.parametrize("coef,direction", [(1.0, "reverse"), (0.3, "reverse"), (1.0, "forward"), (0.3, "forward")])
+def test_loss_and_gradient_match_brute_force(coef, direction):
     student_logits, teacher_lp, sampled, mask, top_lp, top_ids = _setup()
-    cfg = AlgoConfig(name="reopold_topk", stage1_rule="all", topk_coef=coef, ppo_clip=False)
+    cfg = AlgoConfig(name="reopold_topk", stage1_rule="all", topk_coef=coef, ppo_clip=False, gkd_direction=direction)
     check_algo(cfg)
     obj = make_objective(cfg, total_steps=4)
     assert isinstance(obj, ReopoldTopK) and obj.teacher_topk == cfg.gkd_topk
@@ -90,6 +93,33 @@ def test_dense_term_over_the_whole_vocabulary_is_the_reverse_kl_gradient():
     ref_lp = torch.log_softmax(ref_logits, -1)
     (ref_lp.exp() * (ref_lp - teacher_lp)).sum().backward()
     assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-10)
+
+
+def test_forward_term_over_the_whole_vocabulary_is_the_forward_kl_gradient():
+    """Over every id, grad D_t (3') equals the gradient of KL(pi_T || pi_theta) at s_t; on a top-k it pulls
+    the teacher's move up even where the student gives it ~0 mass (the reverse term barely moves it)."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    teacher_lp = torch.log_softmax(torch.randn(2, 7, generator=g, dtype=torch.float64), -1)
+    lp = torch.log_softmax(logits, -1)
+    dense_topk_term(lp, teacher_lp, floor=None, direction="forward").sum().backward()
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    ref_lp = torch.log_softmax(ref_logits, -1)
+    (teacher_lp.exp() * (teacher_lp - ref_lp)).sum().backward()
+    assert torch.allclose(logits.grad, ref_logits.grad, atol=1e-6)  # the term computes in float32
+    # the teacher's move (id 1) has student probability ~e^-20: the forward term raises it, the reverse does not
+    student = torch.tensor([[0.0, -20.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    teacher = torch.log(torch.tensor([[1e-6, 0.999]], dtype=torch.float64))
+    ids = torch.tensor([[0, 1]])
+    pulls = {}
+    for direction in ("forward", "reverse"):
+        s_lp = torch.log_softmax(student, -1)
+        grad, = torch.autograd.grad(dense_topk_term(s_lp.gather(-1, ids), teacher, math.log(0.25), direction).sum(),
+                                    student)
+        pulls[direction] = -float(grad[0, 1])  # descent raises the id-1 logit by this much per unit lr
+    assert pulls["forward"] > 0.9 and abs(pulls["reverse"]) < 1e-6
+    with pytest.raises(ValueError, match="direction"):
+        dense_topk_term(lp, teacher_lp, None, direction="sideways")
 
 
 def test_clipping_caps_a_rejected_candidate_and_selection_masks_positions():

@@ -40,7 +40,7 @@ class AlgoConfig:
     grpo_std_norm: bool = True  # GRPO advantage (R - mean_group) / (std_group + eps); false: mean-centred only
     gkd_topk: int = 8  # the teacher's top-k support size (gkd, reopold_topk; teacher scoring fills k ids per position)
     topk_coef: float = 1.0  # reopold_topk: weight of the dense top-k term next to the sampled-token term
-    gkd_direction: str = "reverse"  # gkd: reverse KL(student || teacher) or forward KL(teacher || student)
+    gkd_direction: str = "reverse"  # gkd, reopold_topk: the top-k term's reverse KL(student || teacher) or forward KL(teacher || student)
     overlong_max_tokens: int = 0  # dapo: soft overlong punishment beyond this many generated tokens (0: off)
     overlong_buffer: int = 0  # dapo: the ramp length before overlong_max_tokens
 
