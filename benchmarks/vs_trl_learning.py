@@ -57,6 +57,8 @@ step 10 of 20, not 300 of the preset's 600 (as in benchmarks/sample_efficiency.p
 
     python benchmarks/vs_trl_learning.py --quick   # seed 0, 3 steps, 8 held-out tasks (~30 s)
     python benchmarks/vs_trl_learning.py           # seeds 0 1 2, 320 samples (20 steps), evaluated every step (~10-12 min)
+    python benchmarks/vs_trl_learning.py --bed math_know --algo reopold_topk-forward --samples 6400 --eval-every-samples 400
+                                                   # the knowledge bed (docs/BENCHMARKS.md section 2c)
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from reopold_agents.benchmarking.gap_targets import fmt_samples, gap_targets
-from reopold_agents.benchmarking.learning_runs import Job, RunCurve, env_config, train_one
+from reopold_agents.benchmarking.learning_runs import BEDS, Job, RunCurve, env_config, train_one
 from reopold_agents.benchmarking.trl_config import trl_args
 
 HERE = Path(__file__).resolve().parent
@@ -119,9 +121,9 @@ class SideCurve:
         """Samples and training seconds of the whole run."""
         return (self.points[-1][0], self.points[-1][1]) if self.points else (0, 0.0)
 
-    def run_curve(self, per_step: int) -> RunCurve:
+    def run_curve(self, per_step: int, bed: str = ENV) -> RunCurve:
         """As a ``learning_runs.RunCurve`` (for ``gap_targets``)."""
-        return RunCurve(ENV, self.side, self.seed, per_step, [(s, y) for s, _, y in self.points])
+        return RunCurve(bed, self.side, self.seed, per_step, [(s, y) for s, _, y in self.points])
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -135,7 +137,7 @@ def shared_config(args: argparse.Namespace) -> Any:
     """The resolved run config every side reads (env, tiny_math pair, lr, sampling, held-out size)."""
     from reopold_agents.config.schema import resolve_tiny
 
-    return resolve_tiny(env_config(ENV, run_namespace(args)))
+    return resolve_tiny(env_config(args.bed, run_namespace(args)))
 
 
 def prompt_messages(cfg: Any, seed: int, steps: int) -> tuple[list[list[dict]], list[list[int]]]:
@@ -176,7 +178,7 @@ def train_ours(args: argparse.Namespace, seed: int, out_root: str) -> SideCurve:
 
     wall = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own before/after lines and preflight table
-        curve = train_one(Job(ENV, args.algo, seed), run_namespace(args), out_root, eval_teacher=False, on_step=on_step)
+        curve = train_one(Job(args.bed, args.algo, seed), run_namespace(args), out_root, eval_teacher=False, on_step=on_step)
     wall = time.perf_counter() - wall
     per_step = curve.samples_per_step
     points = [(samples, sum(step_s[k] for k in range(1, samples // per_step + 1)), success)
@@ -394,7 +396,7 @@ def report(summary: dict[str, dict[str, Any]], meta: dict[str, Any],
            emit: Callable[[str], None] = print) -> dict[str, float]:
     """The table (one row per side) and, last, the wall-clock ratio line; returns the ratios by TRL side."""
     targets = meta["targets"]
-    emit(f"\n{ENV} (single turn): student start {meta['start']:.3f}, teacher {meta['teacher']:.3f}, greedy on "
+    emit(f"\n{meta.get('bed', ENV)} (single turn): student start {meta['start']:.3f}, teacher {meta['teacher']:.3f}, greedy on "
          f"{meta['heldout_tasks']} held-out tasks, lr {meta['lr']:g}, {meta['per_step']} samples/step; targets "
          + ", ".join(f"{k} of the gap {t:.3f}" for k, t in targets.items()))
     emit(f"{'side':<12} " + " ".join(f"{'samples to ' + k:>18} {'seconds to ' + k:>22}" for k in targets)
@@ -453,7 +455,7 @@ def plot(curves: Sequence[SideCurve], meta: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("held-out success (greedy)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
-    fig.suptitle(f"{ENV}: ours vs TRL on-policy distillation ({meta['heldout_tasks']} held-out tasks)", fontsize=9)
+    fig.suptitle(f"{meta.get('bed', ENV)}: ours vs TRL on-policy distillation ({meta['heldout_tasks']} held-out tasks)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -469,7 +471,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every-samples", type=int, default=16,
                    help="held-out evaluation period in samples (a multiple of a step)")
     p.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
-    p.add_argument("--algo", default="reopold", choices=["reopold", "opd"], help="our objective")
+    p.add_argument("--algo", default="reopold", choices=["reopold", "opd", "reopold_topk", "reopold_topk-forward"],
+                   help="our objective (a learning_runs.METHODS name)")
+    p.add_argument("--bed", default=ENV, choices=[ENV, *(b for b, (e, _) in BEDS.items() if e == ENV)],
+                   help="the math test bed, or a math knowledge bed (learning_runs.BEDS: math_know)")
     p.add_argument("--lr", type=float, default=None, help="every side's lr (default: the math preset's, 1e-4)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--group", type=int, default=2, help="samples per prompt")
@@ -530,9 +535,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                                               f"other {c.untimed_seconds:.1f}s")
                 print(f"seed {seed} {side}: {status} ({time.perf_counter() - start:.0f}s)", flush=True)
     per_step = args.prompts * args.group
-    ok = [c.run_curve(per_step) for c in curves if c.error is None and c.points]
-    targets = gap_targets(ok, ENV, teacher, args.gaps, cfg.trainer.heldout_tasks)
-    meta = {"teacher": teacher, "start": statistics.median(c.start for c in ok), "targets": targets,
+    ok = [c.run_curve(per_step, args.bed) for c in curves if c.error is None and c.points]
+    targets = gap_targets(ok, args.bed, teacher, args.gaps, cfg.trainer.heldout_tasks)
+    meta = {"bed": args.bed, "teacher": teacher, "start": statistics.median(c.start for c in ok), "targets": targets,
             "heldout_tasks": cfg.trainer.heldout_tasks, "lr": cfg.trainer.lr, "per_step": per_step,
             "max_new_tokens": cfg.engine.sampling.max_new_tokens}
     summary = summarize(curves, targets)
