@@ -253,8 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = args.methods or list(QUICK_METHODS if q else DEFAULT_METHODS)
     args.seeds = args.seeds if args.seeds is not None else ([0] if q else [0, 1, 2])
     args.name = args.name or ("sample_efficiency_quick" if q else "sample_efficiency")
-    if "reopold" not in args.methods:
-        p.error("--methods must include reopold (the ratios are against it)")
+    if not set(args.methods) & set(REOPOLD_VARIANTS):
+        p.error(f"--methods must include a REOPOLD variant ({', '.join(REOPOLD_VARIANTS)}): the ratios are against it")
     return args
 
 

@@ -236,3 +236,20 @@ def test_testbed_refuses_upper_steps_for_a_student_without_an_sft_run(tmp_path):
     done = subprocess.run([sys.executable, str(root / "scripts" / "testbed.py"), "tiny_toolqa_know", "--upper-steps", "5"],
                           env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2 and "no student SFT run" in done.stderr and "upper-steps" in done.stderr
+
+
+def test_math_know_experiment_runs_the_bed_with_the_forward_top_k_and_its_grpo_control():
+    """``experiment=math_know`` sets the bed's family, the forward top-k objective and the measured budget;
+    ``algo=grpo`` swaps in the control without a key it does not read."""
+    from reopold_agents.config import compose
+    from reopold_agents.objectives import check_algo
+
+    cfg = compose(["experiment=math_know", "model=tiny_math_know"])
+    check_algo(cfg.algo)
+    assert (cfg.env.name, cfg.env.tasks, cfg.model.student, cfg.model.teacher) == (
+        "math", "synthetic:math_mul", "tiny_math_know", "tiny_math_know")
+    assert (cfg.algo.name, cfg.algo.gkd_direction, cfg.algo.stage1_rule) == ("reopold_topk", "forward", "all")
+    assert (cfg.trainer.total_steps, cfg.trainer.lr, cfg.trainer.heldout_tasks) == (400, 3e-4, 256)
+    control = compose(["experiment=math_know", "model=tiny_math_know", "algo=grpo"])
+    check_algo(control.algo)
+    assert control.algo.name == "grpo" and control.trainer == cfg.trainer and control.env == cfg.env

@@ -28,7 +28,7 @@ METHODS: dict[str, list[str]] = {
     "dapo": ["algo=dapo"],
     "dense_kl": ["algo=dense_kl"],
     "reopold_topk": ["algo=reopold_topk"],
-    "reopold_topk-forward": ["algo=reopold_topk", "algo.gkd_direction=forward"],
+    "reopold_topk-forward": ["algo=reopold_topk_forward"],
     "reopold-noclip": ["algo=reopold", "algo.reward_clip=false"],
     "reopold-noentropy": ["algo=reopold", "algo.stage2_rule=all"],
     "reopold-1stage": ["algo=reopold", "algo.stage_switch=0"],
