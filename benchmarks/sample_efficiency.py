@@ -217,8 +217,9 @@ def load_json(path: str) -> tuple[list[RunCurve], dict[str, float], dict[str, di
 
 
 def merge_json(paths: Sequence[str]) -> tuple[list[RunCurve], dict[str, float], dict[str, dict[str, Any]]]:
-    """``load_json`` of each file, curves concatenated; fails naming a file whose teacher or settings for an
-    env differ from an earlier file's (its runs are then not the same benchmark)."""
+    """``load_json`` of each file, curves concatenated (a run an earlier file already holds, same env, method
+    and seed, is skipped and said so); fails naming a file whose teacher or settings for an env differ from
+    an earlier file's (its runs are then not the same benchmark)."""
     curves: list[RunCurve] = []
     teachers: dict[str, float] = {}
     meta: dict[str, dict[str, Any]] = {}
@@ -232,7 +233,12 @@ def merge_json(paths: Sequence[str]) -> tuple[list[RunCurve], dict[str, float], 
                                  f"earlier file's ({teachers.get(env)}, {meta[env]})")
             meta.setdefault(env, m)
         teachers.update({e: v for e, v in ts.items() if e not in teachers})
-        curves.extend(cs)
+        seen = {(c.env, c.method, c.seed) for c in curves}
+        for c in cs:
+            if (c.env, c.method, c.seed) in seen:
+                print(f"{path}: {c.env}/{c.method}/seed {c.seed} is already in an earlier file: skipped")
+                continue
+            curves.append(c)
     return curves, teachers, meta
 
 

@@ -140,7 +140,7 @@ def test_sample_efficiency_ratios_against_the_best_reopold_variant(tmp_path):
                                     "env_config": {"math_know": {"heldout_tasks": 256, "lr": 3e-4}},
                                     "curves": [dataclasses.asdict(dataclasses.replace(c, seed=seed)) for c in curves]}))
         files.append(str(path))
-    merged, teachers, meta = se.merge_json(files)
+    merged, teachers, meta = se.merge_json([*files, files[0]])  # the repeated file's runs are skipped
     assert len(merged) == 8 and {c.seed for c in merged} == {0, 1} and teachers == {"math_know": 1.0}
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"teacher_success": {"math_know": 0.9},
