@@ -54,7 +54,7 @@ def test_sample_efficiency_smallest(random_tiny, capsys):
                       "--methods", "reopold", "grpo", "--out", str(random_tiny / "out"), "--override", *SMALL_RUN])
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert lines[-1].startswith("ratios samples-to-70%-gap vs REOPOLD (math): GRPO/REOPOLD "), lines[-1]
+    assert lines[-1].startswith("ratios samples-to-70%-gap vs REOPOLD, the best REOPOLD variant (math): GRPO/REOPOLD "), lines[-1]
     assert "DAPO/REOPOLD n/a (not run), OPD/REOPOLD n/a (not run)" in lines[-1]
     assert any(ln.startswith("math: teacher ") and "50% of the gap" in ln and "4 held-out tasks" in ln for ln in lines), out
     assert any("to 50%" in ln and "to 70%" in ln and "unstable" in ln for ln in lines), out
