@@ -39,6 +39,8 @@ The last line gives GRPO/REOPOLD, DAPO/REOPOLD and OPD/REOPOLD median samples to
 CPU model and a few hundred samples, so read the ratios as a small-scale comparison.
 
     python benchmarks/sample_efficiency.py --quick   # math, reopold/opd/grpo/dapo, 1 seed, 8 steps (minutes)
+    python benchmarks/sample_efficiency.py --envs math_know --methods reopold_topk-forward opd dense_kl grpo \
+        --steps 400 --eval-every 25 --lr 3e-4 --threads 2   # the math knowledge bed (docs/BENCHMARKS.md 2d)
     python benchmarks/sample_efficiency.py           # math, 4 methods + 3 ablations, seeds 0 1 2, 40 steps (~45 min)
     python benchmarks/sample_efficiency.py --from-json benchmarks/results/sample_efficiency.json --gaps 0.25 0.5
     python benchmarks/sample_efficiency.py --from-json s0.json s1.json s2.json --name merged   # one file per seed
@@ -245,7 +247,8 @@ def merge_json(paths: Sequence[str]) -> tuple[list[RunCurve], dict[str, float], 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reopold/opd/grpo/dapo, 1 seed, 8 steps")
-    p.add_argument("--envs", nargs="+", default=["math"])
+    p.add_argument("--envs", nargs="+", default=["math"],
+                   help="env names (their test beds, model=tiny) or knowledge beds (learning_runs.BEDS: math_know, toolqa_know)")
     p.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS),
                    help=f"default: {' '.join(DEFAULT_METHODS)} (quick: {' '.join(QUICK_METHODS)})")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
