@@ -18,6 +18,7 @@ from typing import Sequence
 
 from reopold_agents.config.schema import RunConfig, compose
 from reopold_agents.run import StepCallback, train
+from reopold_agents.tiny.recipes import RECIPES
 
 METHODS: dict[str, list[str]] = {
     "reopold": ["algo=reopold"],
@@ -34,11 +35,11 @@ METHODS: dict[str, list[str]] = {
     "reopold-1stage": ["algo=reopold", "algo.stage_switch=0"],
 }
 
-# Knowledge beds (docs/run.md "Knowledge beds"): a bed name stands where an env name would, and runs its env
-# on the bed's family of tasks with the bed's pair instead of ``model=tiny``.
+# Knowledge beds (docs/run.md "Knowledge beds"): a bed name (its pair's, less ``tiny_``) stands where an env
+# name would, and runs the recipe's ``bed_env`` on its ``bed_tasks`` with the bed's pair instead of ``model=tiny``.
 BEDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "math_know": ("math", ("env.tasks=synthetic:math_mul", "model=tiny_math_know")),
-    "toolqa_know": ("toolqa", ("env.tasks=synthetic:toolqa_population", "model=tiny_toolqa_know")),
+    pair.removeprefix("tiny_"): (recipe.bed_env, (f"env.tasks={recipe.bed_tasks}", f"model={pair}"))
+    for pair, recipe in RECIPES.items() if recipe.bed_env and recipe.bed_tasks
 }
 
 
