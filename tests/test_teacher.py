@@ -10,6 +10,7 @@ import torch
 
 from reopold_agents.config import compose
 from reopold_agents.teacher import Teacher, TokenizerMismatchError, build_teacher, check_same_tokenizer
+from reopold_agents.teacher.scorer import micro_batches
 from reopold_agents.tiny import build_tokenizer, tiny_qwen2
 from reopold_agents.tiny.tokenizer import train_tokenizer
 from reopold_agents.trajectory import Trajectory, collate
@@ -76,6 +77,49 @@ def test_teacher_scores_like_one_row_at_a_time(tok):
     empty.attention_mask[1] = 0
     with pytest.raises(ValueError, match="empty"):
         Teacher(tok, model=model).score(empty)
+
+
+def test_micro_batches_keep_each_prompts_samples_together():
+    """Every row once, no micro-batch over the size, and a group (one prompt's samples) split only when it
+    alone has more rows than the size: a shared prompt then runs once per step (brute force over random cases)."""
+    rng = random.Random(0)
+    for _ in range(300):
+        n, size = rng.randint(1, 20), rng.randint(1, 6)
+        group_ids = [rng.randrange(max(1, n // 2)) for _ in range(n)]
+        lengths = [rng.randint(1, 50) for _ in range(n)]
+        chunks = micro_batches(lengths, group_ids, size)
+        assert sorted(r for c in chunks for r in c) == list(range(n))
+        assert all(1 <= len(c) <= size for c in chunks)
+        for gid in set(group_ids):
+            rows = {r for r, g in enumerate(group_ids) if g == gid}
+            holding = [c for c in chunks if rows & set(c)]
+            if len(rows) <= size:
+                assert len(holding) == 1
+            else:  # split into full micro-batches of its own, the rest maybe shared
+                assert len(holding) == -(-len(rows) // size)
+    # the old length-sorted cut split both prompts of this step (2 samples each, size 2)
+    assert micro_batches([10, 30, 11, 31], [0, 1, 1, 0], 2) == [[2, 1], [0, 3]]  # shortest group first
+
+
+def test_teacher_scores_grouped_prompts_like_one_row_at_a_time(tok):
+    """Samples sharing a prompt (same group id), micro-batched by group: the scores are the per-row ones."""
+    model = tiny_qwen2(tok, seed=3)
+    rng = random.Random(4)
+    trajs = []
+    for g in range(3):
+        prompt = [rng.randrange(len(tok)) for _ in range(70)]  # long enough to be read once per group
+        for _ in range(rng.randint(2, 3)):
+            t = Trajectory(group_id=g)
+            t.append_env(prompt)
+            k = rng.randint(1, 6)
+            t.append_generated([rng.randrange(len(tok)) for _ in range(k)], [-1.0] * k)
+            trajs.append(t)
+    rng.shuffle(trajs)
+    whole = _scored(Teacher(tok, model=model, batch_size=3), collate(trajs, tok.pad_token_id))
+    for i, t in enumerate(trajs):
+        one = _scored(Teacher(tok, model=model, batch_size=1), collate([t], tok.pad_token_id))
+        assert torch.allclose(whole.teacher_logprobs[i, : len(t)], one.teacher_logprobs[0], atol=1e-5)
+
 
 
 def test_teacher_topk_for_gkd(tok):

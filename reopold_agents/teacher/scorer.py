@@ -2,7 +2,7 @@
 
 The teacher never sees text: it is handed the batch's token ids (and the same processed images), so the
 token reward ``log pi_T(y_t|s_t) - log pi_old(y_t|s_t)`` compares the two models on identical states.
-Two back ends behind one class: an in-process HF model (forward in length-sorted micro-batches, each
+Two back ends behind one class: an in-process HF model (forward in micro-batches that keep a prompt's samples together, each
 packed padding-free unless ``model.pack_sequences=false``, sampled-token log-probs gathered chunk by
 chunk by ``model_token_logprobs``, no [tokens x vocab] fp32 tensor) or any ``Scorer`` (vLLM prompt
 log-probs on GPU, or a served teacher over HTTP,
@@ -60,18 +60,17 @@ class Teacher:
         return self._score_ids(batch)
 
     def _score_ids(self, batch: Batch) -> TeacherScores:
-        """The batch's own ids, scored in length-sorted micro-batches (HF) or by the engine."""
+        """The batch's own ids, scored in micro-batches that keep each prompt's samples together (HF) or by the engine."""
         lengths = batch.lengths()
         if bool((lengths == 0).any()):
             raise ValueError(f"batch rows {(lengths == 0).nonzero().flatten().tolist()} are empty")
         if self.engine is not None:
             return self._score_engine(batch)
         scores = TeacherScores.empty(batch.loss_mask)
-        order = torch.argsort(lengths.cpu(), stable=True)  # similar lengths together: less padding
-        for start in range(0, len(batch), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for rows in micro_batches(lengths.tolist(), batch.group_ids.tolist(), self.batch_size):
+            idx = torch.tensor(rows)
             n = int(lengths[idx].max())
-            scores.put(idx.tolist(), self._score_hf(batch.select(idx).truncate(n)))
+            scores.put(rows, self._score_hf(batch.select(idx).truncate(n)))
         return scores
 
     def _score_with_context(self, batch: Batch) -> TeacherScores:
@@ -172,6 +171,33 @@ class Teacher:
         finally:
             model.train(was_training)
         return out
+
+
+def micro_batches(lengths: list[int], group_ids: list[int], batch_size: int) -> list[list[int]]:
+    """Rows in micro-batches of at most ``batch_size``, a group's rows (one prompt's samples) kept together.
+
+    A forward reads a prompt shared by several rows once (``logprobs._row_groups``) only if those rows are
+    in the same forward, so a group is never split unless it alone exceeds ``batch_size`` (then into full
+    micro-batches of it). Groups come shortest first and each group's rows shortest first: similar lengths
+    stay together (less padding when ``model.pack_sequences=false``)."""
+    groups: dict[int, list[int]] = {}
+    for row, gid in enumerate(group_ids):
+        groups.setdefault(gid, []).append(row)
+    ordered = sorted(groups.values(), key=lambda rows: (max(lengths[r] for r in rows), rows[0]))
+    out: list[list[int]] = []
+    current: list[int] = []
+    for rows in ordered:
+        rows = sorted(rows, key=lambda r: (lengths[r], r))
+        if current and len(current) + len(rows) > batch_size:
+            out.append(current)
+            current = []
+        while len(rows) > batch_size:
+            out.append(rows[:batch_size])
+            rows = rows[batch_size:]
+        current += rows
+    if current:
+        out.append(current)
+    return out
 
 
 def _row_model_inputs(batch: Batch, b: int) -> dict[str, torch.Tensor]:

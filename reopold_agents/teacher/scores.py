@@ -1,8 +1,8 @@
 """What a teacher adds to a batch, as tensors from the scorer to the loss, and the one place rows are written back.
 
 Every scorer (same tokenizer in-process or served, another tokenizer, a router over several) returns a
-``TeacherScores`` for the rows it was given. Pieces of a batch scored separately -- length-sorted
-micro-batches, rows shifted behind a privileged-context prefix, each routed teacher's rows, each Ray
+``TeacherScores`` for the rows it was given. Pieces of a batch scored separately -- micro-batches,
+rows shifted behind a privileged-context prefix, each routed teacher's rows, each Ray
 teacher actor's block -- are gathered with ``TeacherScores.put``; the step writes the result into its
 ``Batch`` once with ``apply_to``. Per-token tensors are target-aligned like ``Batch``'s.
 """
