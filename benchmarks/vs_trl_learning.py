@@ -392,6 +392,11 @@ def time_ratio(ours: dict[str, Any], trl: dict[str, Any], key: str, label: str) 
     return float("nan"), "n/a (neither reached it)"
 
 
+def shown(side: str, meta: dict[str, Any]) -> str:
+    """A side's name in the table and the plot: ours is named by the objective it ran (``--algo``)."""
+    return meta.get("ours", side) if side == "reopold" else side
+
+
 def report(summary: dict[str, dict[str, Any]], meta: dict[str, Any],
            emit: Callable[[str], None] = print) -> dict[str, float]:
     """The table (one row per side) and, last, the wall-clock ratio line; returns the ratios by TRL side."""
@@ -399,20 +404,20 @@ def report(summary: dict[str, dict[str, Any]], meta: dict[str, Any],
     emit(f"\n{meta.get('bed', ENV)} (single turn): student start {meta['start']:.3f}, teacher {meta['teacher']:.3f}, greedy on "
          f"{meta['heldout_tasks']} held-out tasks, lr {meta['lr']:g}, {meta['per_step']} samples/step; targets "
          + ", ".join(f"{k} of the gap {t:.3f}" for k, t in targets.items()))
-    emit(f"{'side':<12} " + " ".join(f"{'samples to ' + k:>18} {'seconds to ' + k:>22}" for k in targets)
+    emit(f"{'side':<28} " + " ".join(f"{'samples to ' + k:>18} {'seconds to ' + k:>22}" for k in targets)
          + f" {'start':>6} {'final [min, max]':>22} {'train s':>8} {'other s':>7} {'seeds':>5}")
     for side, r in summary.items():
         if not r["seeds"]:
-            emit(f"{side:<12} FAILED: {r['errors'][0] if r['errors'] else 'no runs'}")
+            emit(f"{shown(side, meta):<28} FAILED: {r['errors'][0] if r['errors'] else 'no runs'}")
             continue
         b, secs = r["budget_samples"], r["train_seconds_median"]
         cols = " ".join(f"{fmt_range(r['samples_to'][k], lambda x: fmt_samples(x, b)):>18} "
                         f"{fmt_range(r['seconds_to'][k], lambda x: fmt_seconds(x, secs)):>22}" for k in targets)
         fin = r["final"]
-        emit(f"{side:<12} {cols} {r['start_median']:>6.3f} {fin['median']:>7.3f} [{fin['min']:.3f}, {fin['max']:.3f}]"
+        emit(f"{shown(side, meta):<28} {cols} {r['start_median']:>6.3f} {fin['median']:>7.3f} [{fin['min']:.3f}, {fin['max']:.3f}]"
              f" {secs:>8.1f} {r['untimed_seconds_median']:>7.1f} {r['seeds']:>5}")
         for err in r["errors"]:
-            emit(f"{'':<12} failed {err}")
+            emit(f"{'':<28} failed {err}")
     key = list(targets)[-1]
     ratios: dict[str, float] = {}
     parts = []
@@ -441,12 +446,12 @@ def plot(curves: Sequence[SideCurve], meta: dict[str, Any], path: Path) -> None:
         color = f"C{i}"
         xs = [s for s, _, _ in ok[0].points]
         ys = [[c.points[k][2] for c in ok if k < len(c.points)] for k in range(len(xs))]
-        axes[0].plot(xs, [statistics.median(y) for y in ys], marker="o", ms=3, color=color, label=side)
+        axes[0].plot(xs, [statistics.median(y) for y in ys], marker="o", ms=3, color=color, label=shown(side, meta))
         if len(ok) > 1:
             axes[0].fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.15)
         for j, c in enumerate(ok):
             axes[1].plot([t for _, t, _ in c.points], [y for _, _, y in c.points], marker="o", ms=2, lw=1,
-                         color=color, alpha=0.8, label=side if j == 0 else None)
+                         color=color, alpha=0.8, label=shown(side, meta) if j == 0 else None)
     for ax, xlabel in zip(axes, ("student samples", "training seconds (evaluation excluded)")):
         for (key, target), ls in zip(meta["targets"].items(), (":", "-.", (0, (1, 3)))):
             ax.axhline(target, color="grey", ls=ls, lw=1, label=f"{key} of the gap")
@@ -539,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     targets = gap_targets(ok, args.bed, teacher, args.gaps, cfg.trainer.heldout_tasks)
     meta = {"bed": args.bed, "teacher": teacher, "start": statistics.median(c.start for c in ok), "targets": targets,
             "heldout_tasks": cfg.trainer.heldout_tasks, "lr": cfg.trainer.lr, "per_step": per_step,
-            "max_new_tokens": cfg.engine.sampling.max_new_tokens}
+            "max_new_tokens": cfg.engine.sampling.max_new_tokens, "ours": f"ours:{args.algo}"}
     summary = summarize(curves, targets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -309,6 +309,7 @@ def test_vs_trl_learning_quick(random_tiny, capsys):
         assert all(0.0 <= p[2] <= 1.0 for p in c["points"])
     assert len({c["points"][0][2] for c in curves.values()}) == 1  # the same student at step 0 on every side
     assert saved["meta"]["heldout_tasks"] == 8 and saved["meta"]["lr"] == pytest.approx(1e-4)
+    assert saved["meta"]["ours"] == "ours:reopold"  # the table names our side by the objective it ran
     assert (random_tiny / "out" / "vs_trl_learning_quick.png").stat().st_size > 0
 
 
