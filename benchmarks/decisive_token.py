@@ -50,19 +50,22 @@ class Decisive:
     teacher_top: list[tuple[str, float]]  # the teacher's top candidates there: (text, probability)
     below_floor: bool
     is_last_content: bool  # the fence's close or the end of turn: where the reply stops
+    student_entropy: float
+    entropy_selected: bool  # in the reply's top-beta tokens by student entropy (stage 2's rule, per reply)
 
 
-def reply_scores(model: torch.nn.Module, ids: list[int], start: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """log p of each reply token (positions ``start..``) and the top-k (log-probs, ids) before each."""
+def reply_scores(model: torch.nn.Module, ids: list[int], start: int, k: int) -> tuple[torch.Tensor, ...]:
+    """log p of each reply token (positions ``start..``), the top-k (log-probs, ids) and the entropy before each."""
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0, start - 1 : len(ids) - 1].float()
     logp = torch.log_softmax(logits, dim=-1)
     target = torch.tensor(ids[start:])
     top = logp.topk(k, dim=-1)
-    return logp.gather(-1, target[:, None])[:, 0], top.values, top.indices
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, target[:, None])[:, 0], top.values, top.indices, entropy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[Decisive]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("samples", type=Path, help="an evaluate run's samples.jsonl (the student's replies)")
     parser.add_argument("--categories", default="parallel,parallel_multiple")
@@ -70,9 +73,10 @@ def main() -> None:
     parser.add_argument("--teacher", default="qwen2.5-coder-1.5b-instruct")
     parser.add_argument("--limit", type=int, default=40, help="replies per category at most")
     parser.add_argument("--clip-lambda", type=float, default=0.2, help="algo.clip_lambda")
+    parser.add_argument("--beta", type=float, default=0.5, help="algo.beta (stage 2 keeps this share by entropy)")
     parser.add_argument("--top", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="write every reply's decisive token here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     categories = args.categories.split(",")
     rows = [json.loads(line) for line in args.samples.read_text().splitlines() if line.strip()]
@@ -82,7 +86,7 @@ def main() -> None:
     tasks = {t.id: t for cat in categories for t in load_bfcl(cat, split="heldout")}
     student, teacher = load_model(args.student, "student"), load_model(args.teacher, "teacher")
     tok = student.tokenizer
-    eos = int(tok.convert_tokens_to_ids("<|im_end|>"))
+    eos = int(tok.eos_token_id)  # the end of turn (<|im_end|> for the Qwen pair)
     floor = clip_floor(args.clip_lambda)
     env = BFCLEnv(list(tasks.values()))
     found: list[Decisive] = []
@@ -91,8 +95,8 @@ def main() -> None:
         prompt = encode_prompt(tok, obs["messages"], info["tools"]).ids
         reply = list(tok(row["response"], add_special_tokens=False)["input_ids"]) + [eos]
         ids = prompt + reply
-        lp_s, _, _ = reply_scores(student.model, ids, len(prompt), args.top)
-        lp_t, top_t, top_ids = reply_scores(teacher.model, ids, len(prompt), args.top)
+        lp_s, _, _, entropy = reply_scores(student.model, ids, len(prompt), args.top)
+        lp_t, top_t, top_ids, _ = reply_scores(teacher.model, ids, len(prompt), args.top)
         reward = lp_t - lp_s
         pos = int(reward.argmin())
         last_content = len(reply) - 1 if not row["response"].rstrip().endswith("```") else len(reply) - 2
@@ -100,10 +104,13 @@ def main() -> None:
         found.append(Decisive(
             task_id=row["task_id"], position=pos, reply_tokens=len(reply), token=text, reward=float(reward[pos]),
             teacher_top=[(tok.decode([int(i)]), math.exp(float(v))) for v, i in zip(top_t[pos], top_ids[pos])],
-            below_floor=float(reward[pos]) < floor, is_last_content=pos >= last_content))
+            below_floor=float(reward[pos]) < floor, is_last_content=pos >= last_content,
+            student_entropy=float(entropy[pos]),
+            entropy_selected=int((entropy > entropy[pos]).sum()) < math.ceil(args.beta * len(reply))))
         d = found[-1]
         print(f"[{n}/{len(picked)}] {d.task_id}: token {d.position}/{d.reply_tokens} {d.token!r} r={d.reward:.2f} "
-              f"{'< floor' if d.below_floor else '>= floor'}; teacher top "
+              f"{'< floor' if d.below_floor else '>= floor'}, H={d.student_entropy:.2f} "
+              f"{'kept' if d.entropy_selected else 'dropped'} by entropy; teacher top "
               + ", ".join(f"{t!r} {p:.2f}" for t, p in d.teacher_top), flush=True)
     if args.json:
         args.json.write_text(json.dumps([d.__dict__ for d in found], indent=1))
@@ -114,7 +121,10 @@ def main() -> None:
     if found:
         print(f"its reward: median {statistics.median(d.reward for d in found):.2f} "
               f"(range {min(d.reward for d in found):.2f} .. {max(d.reward for d in found):.2f})")
+        kept = [d for d in found if d.entropy_selected]
+        print(f"stage 2 (top {args.beta:g} by student entropy, per reply) keeps it: {len(kept)}/{len(found)}")
         print(f"stage 1 (`reward_floor`, the default) drops it: {len(below)}/{len(found)} = {len(below) / len(found):.2f}")
+    return found
 
 
 if __name__ == "__main__":

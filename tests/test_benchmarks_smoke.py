@@ -466,3 +466,43 @@ def test_prefix_groups_smallest(random_tiny, capsys):
     assert wide["before"]["groups"] == 1 and wide["after"]["groups"] == 2
     assert wide["after"]["packed"] < wide["before"]["packed"] < wide["no_sharing"]["packed"]
     assert saved["cases"]["70"]["max_diff"] <= 1e-4 and len(saved["cases"]["70"]["times"]["after"]["learner"]) == 1
+
+
+def test_decisive_token_finds_the_lowest_reward_token(tmp_path, capsys):
+    """The shipped tiny pair on two BFCL held-out tasks: each reply's decisive token is its lowest-reward one,
+    checked against the token rewards computed here by brute force (one plain forward per model)."""
+    import math as _math
+
+    from envs.bfcl import BFCLEnv
+    from reopold_agents.chat import encode_prompt
+    from reopold_agents.models import load_model
+    from tasks.bfcl import load_bfcl
+
+    pytest.importorskip("bfcl_eval", reason="BFCL data: pip install -e '.[bench]'")
+    dt = _load("decisive_token")
+    tasks = load_bfcl("parallel", split="heldout")[:2]
+    replies = ['```json\n{"name": "f", "arguments": {"x": 1}}\n```', '{"name": "g", "arguments": {}}']
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"benchmark": "parallel", "task_id": t.id, "correct": False, "response": r}) + "\n"
+                               for t, r in zip(tasks, replies)))
+    found = dt.main([str(samples), "--categories", "parallel", "--student", "tiny", "--teacher", "tiny",
+                     "--json", str(tmp_path / "d.json")])
+    last = _last_line(capsys)
+    assert last.startswith("stage 1 (`reward_floor`, the default) drops it: ") and last.endswith(f"/2 = {sum(d.below_floor for d in found) / 2:.2f}")
+    assert [d.task_id for d in found] == [t.id for t in tasks]
+    student, teacher = load_model("tiny", "student"), load_model("tiny", "teacher")
+    tok = student.tokenizer
+    env = BFCLEnv(tasks)
+    for task, reply, d in zip(tasks, replies, found):
+        obs, info = env.reset(options={"task": task})
+        prompt = encode_prompt(tok, obs["messages"], info["tools"]).ids
+        ids = prompt + tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            lp = [torch.log_softmax(m.model(input_ids=x).logits[0].double(), -1) for m in (student, teacher)]
+        rewards = [float(lp[1][t - 1, ids[t]] - lp[0][t - 1, ids[t]]) for t in range(len(prompt), len(ids))]
+        assert d.reply_tokens == len(rewards) and d.position == min(range(len(rewards)), key=rewards.__getitem__)
+        assert d.reward == pytest.approx(rewards[d.position], abs=1e-4)
+        assert d.below_floor == (d.reward < _math.log(0.2 / 0.8))
+        assert sum(p for _, p in d.teacher_top) <= 1.0 + 1e-6
+    assert len(json.loads((tmp_path / "d.json").read_text())) == 2
