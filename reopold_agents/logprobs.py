@@ -538,6 +538,24 @@ def model_topk_logprobs(
     log-prob 0. Ties among equal logits resolve to the smaller id (``torch.topk`` on CPU/GPU is not
     guaranteed stable, so ids are re-sorted by (value desc, id asc)).
     """
+    _, vals, ids = model_token_and_topk_logprobs(model, input_ids, attention_mask, k, model_inputs, chunk_size,
+                                                 target_mask, pack)
+    return vals, ids
+
+
+@torch.no_grad()
+def model_token_and_topk_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    k: int,
+    model_inputs: dict[str, Any] | None = None,
+    chunk_size: int = 1024,
+    target_mask: torch.Tensor | None = None,
+    pack: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``model_token_logprobs`` (``[B, T]``) and ``model_topk_logprobs`` (``[B, T, k]`` twice) from one pass
+    of the model's body: a teacher that serves both (top-k objectives) pays for its forward once."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     bsz, length = input_ids.shape
@@ -545,10 +563,12 @@ def model_topk_logprobs(
     valid = _valid_targets(attention_mask, target_mask)
     rows = valid.reshape(-1).nonzero(as_tuple=True)[0]
     h = hidden.at(_predictors(rows, length))
-    vals_l, ids_l = [], []
+    targets = input_ids[:, 1:].reshape(-1).index_select(0, rows)
+    tok_l, vals_l, ids_l = [], [], []
     for start in range(0, h.shape[0], chunk_size):
         logits = _chunk_logits(h[start : start + chunk_size], head.weight, head.bias)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        tok_l.append((logits.gather(1, targets[start : start + chunk_size, None]) - lse)[:, 0])
         v, i = torch.topk(logits, k=min(k, logits.shape[-1]), dim=-1)
         # Deterministic order: by value desc, then id asc.
         order = torch.argsort(i, dim=-1, stable=True)
@@ -557,10 +577,12 @@ def model_topk_logprobs(
         vals_l.append((v.gather(1, order) - lse))
         ids_l.append(i.gather(1, order))
     kk = min(k, head.weight.shape[0])
+    tok = torch.cat(tok_l) if tok_l else h.new_zeros((0,), dtype=torch.float32)
     vals = torch.cat(vals_l) if vals_l else h.new_zeros((0, kk), dtype=torch.float32)
     ids = torch.cat(ids_l) if ids_l else torch.zeros((0, kk), dtype=torch.long, device=h.device)
+    out_t = tok.new_zeros(bsz * (length - 1)).index_copy(0, rows, tok)
     out_v = vals.new_zeros((bsz * (length - 1), kk)).index_copy(0, rows, vals)
     out_i = ids.new_zeros((bsz * (length - 1), kk)).index_copy(0, rows, ids)
-    pad_v = vals.new_zeros((bsz, 1, kk))
-    pad_i = ids.new_zeros((bsz, 1, kk))
-    return torch.cat([pad_v, out_v.view(bsz, length - 1, kk)], 1), torch.cat([pad_i, out_i.view(bsz, length - 1, kk)], 1)
+    return (torch.cat([tok.new_zeros((bsz, 1)), out_t.view(bsz, length - 1)], 1),
+            torch.cat([vals.new_zeros((bsz, 1, kk)), out_v.view(bsz, length - 1, kk)], 1),
+            torch.cat([ids.new_zeros((bsz, 1, kk)), out_i.view(bsz, length - 1, kk)], 1))

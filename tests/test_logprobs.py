@@ -9,6 +9,7 @@ from reopold_agents.logprobs import (
     chunked_logprobs,
     chunked_logprobs_from_logits,
     model_token_logprobs,
+    model_token_and_topk_logprobs,
     model_topk_logprobs,
 )
 from reopold_agents.tiny import tiny_qwen2
@@ -131,6 +132,26 @@ def test_model_topk_logprobs_matches_naive(tok):
     torch.testing.assert_close(ref.gather(-1, top[:, 1:])[valid], rv[valid], atol=ATOL, rtol=0)
     assert torch.all(vals[:, 0] == 0) and torch.all(top[:, 0] == 0)
     assert torch.all(vals[:, 1:][valid][:, :-1] >= vals[:, 1:][valid][:, 1:])
+
+
+def test_token_and_topk_in_one_pass_equal_the_two_functions(tok):
+    """The teacher's one-pass scorer returns exactly what the two separate passes return (target mask and
+    packing included), and its token log-probs match a naive full forward."""
+    model = tiny_qwen2(tok, seed=5)
+    ids, am = _padded_batch(tok, seed=3)
+    sel = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) > 0.4).long() * am
+    for pack in (False, True):
+        lp, vals, top = model_token_and_topk_logprobs(model, ids, am, 4, chunk_size=3, target_mask=sel, pack=pack)
+        want_lp, _ = model_token_logprobs(model, ids, am, chunk_size=3, target_mask=sel, pack=pack)
+        want_vals, want_top = model_topk_logprobs(model, ids, am, k=4, chunk_size=5, target_mask=sel, pack=pack)
+        torch.testing.assert_close(lp, want_lp.detach(), atol=ATOL, rtol=0)
+        torch.testing.assert_close(vals, want_vals, atol=ATOL, rtol=0)
+        assert torch.equal(top, want_top)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=am).logits[:, :-1].double(), -1)
+    used = (am[:, 1:] * sel[:, 1:]).bool()
+    torch.testing.assert_close(lp[:, 1:][used].double(), ref.gather(-1, ids[:, 1:, None])[..., 0][used], atol=ATOL, rtol=0)
+    assert torch.all(lp[:, 1:][~used] == 0) and torch.all(lp[:, 0] == 0)
 
 
 def test_qwen2_5_vl_uses_image_inputs(tok):

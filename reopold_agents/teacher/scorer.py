@@ -147,7 +147,7 @@ class Teacher:
     @torch.no_grad()
     def _score_hf(self, part: Batch) -> TeacherScores:
         """Sampled-token log-probs (and top-k) of one micro-batch, 0 off the student's tokens, on CPU."""
-        from reopold_agents.logprobs import model_token_logprobs, model_topk_logprobs
+        from reopold_agents.logprobs import model_token_and_topk_logprobs, model_token_logprobs
 
         model = self.model
         assert model is not None
@@ -158,14 +158,17 @@ class Teacher:
         was_training = model.training
         model.eval()
         try:
-            # Only the student's tokens are scored: the LM head skips prompts and tool outputs.
-            logps, _ = model_token_logprobs(model, part.input_ids, part.attention_mask, model_inputs=part.model_inputs,
-                                            chunk_size=self.chunk_size, target_mask=used, pack=self.pack)
+            # Only the student's tokens are scored: the LM head skips prompts and tool outputs. With top-k
+            # both come from one pass of the body.
+            if self.top_k:
+                logps, top_lp, top_ids = model_token_and_topk_logprobs(
+                    model, part.input_ids, part.attention_mask, self.top_k, model_inputs=part.model_inputs,
+                    chunk_size=self.chunk_size, target_mask=used, pack=self.pack)
+            else:
+                logps, _ = model_token_logprobs(model, part.input_ids, part.attention_mask, model_inputs=part.model_inputs,
+                                                chunk_size=self.chunk_size, target_mask=used, pack=self.pack)
             out = TeacherScores(torch.where(keep > 0, logps.float().cpu(), torch.zeros(())), keep)
             if self.top_k:
-                top_lp, top_ids = model_topk_logprobs(model, part.input_ids, part.attention_mask, self.top_k,
-                                                      model_inputs=part.model_inputs, chunk_size=self.chunk_size,
-                                                      target_mask=used, pack=self.pack)
                 out.topk_logprobs = torch.where(keep[..., None] > 0, top_lp.float().cpu(), torch.zeros(()))
                 out.topk_ids = top_ids.cpu() * keep[..., None].long()
         finally:
