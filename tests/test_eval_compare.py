@@ -37,6 +37,24 @@ def test_speedup_at_matched_accuracy_hand_computed():
     assert row["matched_k"] is None and row["speedup_at_matched_accuracy"] is None
     assert "none" in compare_markdown(compare_results(weak, teacher))
     assert matched_k({"maj@k": {"1": 0.5, "2": 0.7}}, 0.5) == 1
+    assert row["gap"] == pytest.approx(0.4) and row["gap_se"] is None  # no task counts: no error claimed
+
+
+def test_gap_standard_error_hand_computed():
+    """Student 2/50, teacher 15/50: gap 0.26, SE sqrt(.04*.96/50 + .3*.7/50) = 0.0700; leads (> 2 SE).
+    Student 41/50, teacher 43/50: gap 0.04 with SE 0.0732: does not lead."""
+    student = dict(fake_results("s", 0.04, {1: 0.04}, 0.1, 1.0))
+    teacher = dict(fake_results("t", 0.30, {1: 0.30}, 0.1, 1.0))
+    for r in (student, teacher):
+        r["benchmarks"]["b"]["tasks"] = 50
+    row = compare_results(student, teacher)["benchmarks"]["b"]
+    assert row["gap"] == pytest.approx(0.26)
+    assert row["gap_se"] == pytest.approx(((0.04 * 0.96 + 0.3 * 0.7) / 50) ** 0.5) and row["b_leads"] is True
+    assert "+26.0 (7.0)*" in compare_markdown(compare_results(student, teacher))
+    student["benchmarks"]["b"]["pass@1"], teacher["benchmarks"]["b"]["pass@1"] = 0.82, 0.86
+    row = compare_results(student, teacher)["benchmarks"]["b"]
+    assert row["gap"] == pytest.approx(0.04) and row["gap_se"] == pytest.approx(0.07321, abs=1e-4)
+    assert row["b_leads"] is False
 
 
 def test_compare_rejects_different_suites():
