@@ -52,6 +52,8 @@ class Decisive:
     is_last_content: bool  # the fence's close or the end of turn: where the reply stops
     student_entropy: float
     entropy_selected: bool  # in the reply's top-beta tokens by student entropy (stage 2's rule, per reply)
+    stop_reward: float  # r_t at the token where the reply stops, whether or not it is the lowest
+    stop_teacher_top: list[tuple[str, float]]
 
 
 def reply_scores(model: torch.nn.Module, ids: list[int], start: int, k: int) -> tuple[torch.Tensor, ...]:
@@ -106,7 +108,10 @@ def main(argv: list[str] | None = None) -> list[Decisive]:
             teacher_top=[(tok.decode([int(i)]), math.exp(float(v))) for v, i in zip(top_t[pos], top_ids[pos])],
             below_floor=float(reward[pos]) < floor, is_last_content=pos >= last_content,
             student_entropy=float(entropy[pos]),
-            entropy_selected=int((entropy > entropy[pos]).sum()) < math.ceil(args.beta * len(reply))))
+            entropy_selected=int((entropy > entropy[pos]).sum()) < math.ceil(args.beta * len(reply)),
+            stop_reward=float(reward[last_content]),
+            stop_teacher_top=[(tok.decode([int(i)]), math.exp(float(v)))
+                              for v, i in zip(top_t[last_content], top_ids[last_content])]))
         d = found[-1]
         print(f"[{n}/{len(picked)}] {d.task_id}: token {d.position}/{d.reply_tokens} {d.token!r} r={d.reward:.2f} "
               f"{'< floor' if d.below_floor else '>= floor'}, H={d.student_entropy:.2f} "
@@ -119,7 +124,9 @@ def main(argv: list[str] | None = None) -> list[Decisive]:
     print(f"\n{len(found)} wrong replies ({', '.join(categories)}); floor log(lambda/(1-lambda)) = {floor:.3f}")
     print(f"lowest-reward token is where the reply stops (fence close / end of turn): {len(stop)}/{len(found)}")
     if found:
-        print(f"its reward: median {statistics.median(d.reward for d in found):.2f} "
+        print(f"at the stop token of every reply: reward median {statistics.median(d.stop_reward for d in found):.2f}, "
+              f"below the floor {sum(d.stop_reward < floor for d in found)}/{len(found)}")
+        print(f"lowest-reward token's reward: median {statistics.median(d.reward for d in found):.2f} "
               f"(range {min(d.reward for d in found):.2f} .. {max(d.reward for d in found):.2f})")
         kept = [d for d in found if d.entropy_selected]
         print(f"stage 2 (top {args.beta:g} by student entropy, per reply) keeps it: {len(kept)}/{len(found)}")
