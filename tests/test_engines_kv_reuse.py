@@ -117,6 +117,26 @@ def test_stale_states_are_dropped_when_weights_change(student):
     assert _same(fast.generate(follow, sp), HFEngine(model, tok, reuse_kv_cache=False).generate(follow, sp)) < TOL
 
 
+@pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(temperature=0.0)])
+def test_a_prompt_repeated_by_its_group_runs_once(student, sampling):
+    """BFCL-like batch: a short shared header, then each prompt's own long text, each prompt twice (a
+    group's samples). Each prompt runs once (batch size 1) and both rows start from it: the same ids and
+    log-probs as the full re-prefill at the same seed, and the prompt tokens prefilled are counted."""
+    tok = student.tokenizer
+    header = tok("You call functions. " * 4, add_special_tokens=False)["input_ids"]
+    docs = [tok(f"Function {i}: " + "compute the area of a shape with a base and a height. " * (4 + i),
+                add_special_tokens=False)["input_ids"] for i in range(3)]
+    prompts = [header + d for d in docs for _ in range(2)]
+    reqs = [GenerationRequest(p) for p in prompts]
+    sp = SamplingParams(max_new_tokens=10, seed=3, **sampling)
+    fast, ref = HFEngine(student.model, tok, max_batch_size=8), HFEngine(student.model, tok, reuse_kv_cache=False)
+    assert _same(fast.generate(reqs, sp), ref.generate(reqs, sp)) < TOL
+    unique = sum(len(header + d) - 1 for d in docs)  # each prompt once, less its last id
+    assert fast.prefill_stats.prefilled_tokens == unique + len(reqs)  # + each row's last prompt id
+    assert fast.prefill_stats.reused_tokens == sum(len(p) - 1 for p in prompts)
+    assert ref.prefill_stats.prefilled_tokens == sum(map(len, prompts))
+
+
 def test_prefix_helpers():
     a = np.array([1, 2, 3, 4])
     assert common_prefix_len(a, np.array([1, 2, 9])) == 2

@@ -15,7 +15,8 @@ Guarantees (tested in tests/test_engines.py):
   penalty, default top_k, ...) is ignored, so rollouts mean the same thing for every checkpoint.
 * KV reuse (``reuse_kv_cache=True``, the default; ``reopold_agents.engines.kv_reuse``): a request that
   extends a sequence of the previous call (the next turn of a conversation) starts from that
-  sequence's cached keys/values, and a prompt prefix shared by a whole batch runs once. Sampled ids
+  sequence's cached keys/values, a prompt prefix shared by a whole batch runs once, and so does a prompt
+  that several rows repeat (a group's samples). Sampled ids
   and log-probs are those of the full re-prefill (to float noise, tested), with the same random
   numbers drawn. Text models only: VL models and batches with images take the full path.
 """
@@ -244,7 +245,9 @@ class HFEngine(Engine):
         """The reuse path (layout: ``kv_reuse`` module doc). Appends this batch's entries to ``fresh``."""
         prompts = [np.asarray(r.prompt_ids, dtype=np.int64) for r in requests]
         candidates = self._kv.entries + fresh  # earlier chunks of this call count too (same weights)
-        hits = [self._kv.best(p, candidates) for p in prompts]
+        hits = self._prefill_repeated(prompts, [self._kv.best(p, candidates) for p in prompts], fresh)
+        if hits is None:
+            return self._generate_batch(requests, sampling, seed)
         shared = batch_prefix_len(prompts) if len(prompts) > 1 else 0
         if shared >= MIN_SHARED_PREFIX and any(n < shared for _, n in hits):
             entry = self._prefill(prompts[0][:shared])
@@ -284,6 +287,35 @@ class HFEngine(Engine):
             seq = np.concatenate([p, np.asarray(gen.token_ids[:g], dtype=np.int64)])
             fresh.append(KVEntry(ids=seq, layers=layers, row=i, spans=spans))
         return results
+
+    def _prefill_repeated(self, prompts: list[np.ndarray], hits: list[tuple[KVEntry | None, int]],
+                          fresh: list[KVEntry]) -> list[tuple[KVEntry | None, int]] | None:
+        """A prompt that several rows repeat (a group's samples: ``trainer.group_size``) runs once, batch
+        size 1, and each of its rows starts from those states: BFCL's per-prompt function docs are most of
+        a prompt, and a batch-wide prefix is only the system header. Only where it runs at least
+        ``MIN_SHARED_PREFIX`` fewer tokens than the rows would past the batch-wide prefix and their cached
+        states (toolqa's prompts are that prefix plus a short question: no). None: the model's cache cannot
+        be stitched (reuse off)."""
+        batch_shared = batch_prefix_len(prompts) if len(prompts) > 1 else 0
+        batch_shared = batch_shared if batch_shared >= MIN_SHARED_PREFIX else 0
+        rows_of: dict[bytes, list[int]] = {}
+        for i, p in enumerate(prompts):
+            rows_of.setdefault(p.tobytes(), []).append(i)
+        out = list(hits)
+        for rows in rows_of.values():
+            prompt, cached = prompts[rows[0]], min(out[r][1] for r in rows)
+            separately = len(rows) * (len(prompt) - max(batch_shared, cached))
+            once = len(prompt) - 1 - cached + len(rows)
+            if len(rows) < 2 or separately - once < MIN_SHARED_PREFIX:
+                continue
+            entry = self._prefill(prompt[:-1])
+            if entry is None:
+                return None
+            fresh.append(entry)
+            self.prefill_stats.prefilled_tokens += len(prompt) - 1
+            for r in rows:
+                out[r] = (entry, len(prompt) - 1)
+        return out
 
     def _prefill(self, prefix: np.ndarray) -> KVEntry | None:
         """States of one ``prefix`` (batch size 1); None (and reuse off) when the model's cache cannot
