@@ -23,19 +23,16 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from envs.bfcl import BFCLEnv  # noqa: E402
-from reopold_agents.chat import encode_prompt  # noqa: E402
-from reopold_agents.models import load_model  # noqa: E402
-from reopold_agents.objectives.reopold import clip_floor  # noqa: E402
-from tasks.bfcl import load_bfcl  # noqa: E402
+from envs.bfcl import BFCLEnv
+from reopold_agents.chat import encode_prompt
+from reopold_agents.models import load_model
+from reopold_agents.objectives.reopold import clip_floor
+from tasks.bfcl import load_bfcl
 
 
 @dataclass
