@@ -352,7 +352,10 @@ def test_vs_trl_learning_reach_and_summary():
     assert ratios["trl_gkd"] == pytest.approx(0.48) and math.isnan(ratios["trl_distill"])
     row = next(ln for ln in lines if ln.startswith("reopold "))
     assert "32 [32, >32]" in row and "2.4s [2.0s, >2.2s]" in row, row
-    assert any(ln.startswith("trl_distill  FAILED: seed 0: ImportError") for ln in lines), lines
+    assert any(ln.startswith(f"{'trl_distill':<28} FAILED: seed 0: ImportError") for ln in lines), lines
+    named = []
+    vl.report(s, dict(meta, ours="ours:reopold_topk-forward"), named.append)  # our side named by its objective
+    assert any(ln.startswith("ours:reopold_topk-forward ") for ln in named) and not any(ln.startswith("reopold ") for ln in named)
 
 
 def test_vs_trl_learning_ratio_bounds():
