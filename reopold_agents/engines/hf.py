@@ -245,10 +245,10 @@ class HFEngine(Engine):
         """The reuse path (layout: ``kv_reuse`` module doc). Appends this batch's entries to ``fresh``."""
         prompts = [np.asarray(r.prompt_ids, dtype=np.int64) for r in requests]
         candidates = self._kv.entries + fresh  # earlier chunks of this call count too (same weights)
-        hits = self._prefill_repeated(prompts, [self._kv.best(p, candidates) for p in prompts], fresh)
+        shared = batch_prefix_len(prompts) if len(prompts) > 1 else 0
+        hits = self._prefill_repeated(prompts, [self._kv.best(p, candidates) for p in prompts], shared, fresh)
         if hits is None:
             return self._generate_batch(requests, sampling, seed)
-        shared = batch_prefix_len(prompts) if len(prompts) > 1 else 0
         if shared >= MIN_SHARED_PREFIX and any(n < shared for _, n in hits):
             entry = self._prefill(prompts[0][:shared])
             if entry is None:
@@ -288,16 +288,15 @@ class HFEngine(Engine):
             fresh.append(KVEntry(ids=seq, layers=layers, row=i, spans=spans))
         return results
 
-    def _prefill_repeated(self, prompts: list[np.ndarray], hits: list[tuple[KVEntry | None, int]],
+    def _prefill_repeated(self, prompts: list[np.ndarray], hits: list[tuple[KVEntry | None, int]], shared: int,
                           fresh: list[KVEntry]) -> list[tuple[KVEntry | None, int]] | None:
         """A prompt that several rows repeat (a group's samples: ``trainer.group_size``) runs once, batch
         size 1, and each of its rows starts from those states: BFCL's per-prompt function docs are most of
         a prompt, and a batch-wide prefix is only the system header. Only where it runs at least
-        ``MIN_SHARED_PREFIX`` fewer tokens than the rows would past the batch-wide prefix and their cached
-        states (toolqa's prompts are that prefix plus a short question: no). None: the model's cache cannot
-        be stitched (reuse off)."""
-        batch_shared = batch_prefix_len(prompts) if len(prompts) > 1 else 0
-        batch_shared = batch_shared if batch_shared >= MIN_SHARED_PREFIX else 0
+        ``MIN_SHARED_PREFIX`` fewer tokens than the rows would past the batch-wide prefix (``shared``) and
+        their cached states (toolqa's prompts are that prefix plus a short question: no); the prompt runs
+        whole (``_prefill`` starts from nothing). None: the model's cache cannot be stitched (reuse off)."""
+        batch_shared = shared if shared >= MIN_SHARED_PREFIX else 0
         rows_of: dict[bytes, list[int]] = {}
         for i, p in enumerate(prompts):
             rows_of.setdefault(p.tobytes(), []).append(i)
@@ -305,7 +304,7 @@ class HFEngine(Engine):
         for rows in rows_of.values():
             prompt, cached = prompts[rows[0]], min(out[r][1] for r in rows)
             separately = len(rows) * (len(prompt) - max(batch_shared, cached))
-            once = len(prompt) - 1 - cached + len(rows)
+            once = len(prompt) - 1 + len(rows)  # the prompt less its last id, then that id in each row
             if len(rows) < 2 or separately - once < MIN_SHARED_PREFIX:
                 continue
             entry = self._prefill(prompt[:-1])
