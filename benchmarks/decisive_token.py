@@ -31,7 +31,7 @@ import torch
 from envs.bfcl import BFCLEnv
 from reopold_agents.chat import encode_prompt
 from reopold_agents.models import load_model
-from reopold_agents.objectives.reopold import clip_floor
+from reopold_agents.objectives.reopold import clip_floor, select_top_entropy
 from tasks.bfcl import load_bfcl
 
 
@@ -100,15 +100,18 @@ def main(argv: list[str] | None = None) -> list[Decisive]:
         pos = int(reward.argmin())
         last_content = len(reply) - 1 if not row["response"].rstrip().endswith("```") else len(reply) - 2
         text = tok.decode([reply[pos]])
+        selected = select_top_entropy(entropy[None], torch.ones(1, len(reply)), args.beta)[0]  # stage 2's rule
+
+        def teacher_top(t: int) -> list[tuple[str, float]]:
+            return [(tok.decode([int(i)]), math.exp(float(v))) for v, i in zip(top_t[t], top_ids[t])]
+
         found.append(Decisive(
             task_id=row["task_id"], position=pos, reply_tokens=len(reply), token=text, reward=float(reward[pos]),
-            teacher_top=[(tok.decode([int(i)]), math.exp(float(v))) for v, i in zip(top_t[pos], top_ids[pos])],
+            teacher_top=teacher_top(pos),
             below_floor=float(reward[pos]) < floor, is_last_content=pos >= last_content,
             student_entropy=float(entropy[pos]),
-            entropy_selected=int((entropy > entropy[pos]).sum()) < math.ceil(args.beta * len(reply)),
-            stop_reward=float(reward[last_content]),
-            stop_teacher_top=[(tok.decode([int(i)]), math.exp(float(v)))
-                              for v, i in zip(top_t[last_content], top_ids[last_content])]))
+            entropy_selected=bool(selected[pos]), stop_reward=float(reward[last_content]),
+            stop_teacher_top=teacher_top(last_content)))
         d = found[-1]
         print(f"[{n}/{len(picked)}] {d.task_id}: token {d.position}/{d.reply_tokens} {d.token!r} r={d.reward:.2f} "
               f"{'< floor' if d.below_floor else '>= floor'}, H={d.student_entropy:.2f} "
