@@ -88,7 +88,8 @@ def compare_markdown(cmp: dict[str, Any]) -> str:
     for name, r in cmp["benchmarks"].items():
         ratio = "n/a" if r["speedup_at_matched_accuracy"] is None else f"{r['speedup_at_matched_accuracy']:.2f}x"
         rows.append([
-            name, _pct(r["a"]["pass@1"]), _pct(r["b"]["pass@1"]), _gap_cell(r), _pct(r["a"]["maj@n"]), _pct(r["b"]["maj@n"]),
+            name, _pct(r["a"]["pass@1"]), _pct(r["b"]["pass@1"]), _gap_cell(r),
+            _pct(r["a"]["maj@n"]), _pct(r["b"]["maj@n"]),
             f"{r['a']['tokens_per_s']:.1f}", f"{r['b']['tokens_per_s']:.1f}",
             f"{r['a']['seconds_per_sample']:.3f}", f"{r['b']['seconds_per_sample']:.3f}",
             "none" if r["matched_k"] is None else str(r["matched_k"]), ratio,

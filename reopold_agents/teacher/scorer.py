@@ -2,11 +2,11 @@
 
 The teacher never sees text: it is handed the batch's token ids (and the same processed images), so the
 token reward ``log pi_T(y_t|s_t) - log pi_old(y_t|s_t)`` compares the two models on identical states.
-Two back ends behind one class: an in-process HF model (forward in micro-batches that keep a prompt's samples together, each
-packed padding-free unless ``model.pack_sequences=false``, sampled-token log-probs gathered chunk by
-chunk by ``model_token_logprobs``, no [tokens x vocab] fp32 tensor) or any ``Scorer`` (vLLM prompt
-log-probs on GPU, or a served teacher over HTTP,
-``reopold_agents.teacher.http``). With a privileged ``context`` the teacher reads a system turn
+Two back ends behind one class: an in-process HF model (forward in micro-batches that keep a prompt's
+samples together, each packed padding-free unless ``model.pack_sequences=false``, sampled-token log-probs
+gathered chunk by chunk by ``model_token_logprobs``, no [tokens x vocab] fp32 tensor) or any ``Scorer``
+(vLLM prompt log-probs on GPU, or a served teacher over HTTP, ``reopold_agents.teacher.http``). With a
+privileged ``context`` the teacher reads a system turn
 formatted from each row's task record in front of the student's ids (self-distillation).
 """
 
@@ -60,7 +60,8 @@ class Teacher:
         return self._score_ids(batch)
 
     def _score_ids(self, batch: Batch) -> TeacherScores:
-        """The batch's own ids, scored in micro-batches that keep each prompt's samples together (HF) or by the engine."""
+        """The batch's own ids, scored in micro-batches that keep each prompt's samples together (HF) or by
+        the engine."""
         lengths = batch.lengths()
         if bool((lengths == 0).any()):
             raise ValueError(f"batch rows {(lengths == 0).nonzero().flatten().tolist()} are empty")
@@ -165,8 +166,9 @@ class Teacher:
                     model, part.input_ids, part.attention_mask, self.top_k, model_inputs=part.model_inputs,
                     chunk_size=self.chunk_size, target_mask=used, pack=self.pack)
             else:
-                logps, _ = model_token_logprobs(model, part.input_ids, part.attention_mask, model_inputs=part.model_inputs,
-                                                chunk_size=self.chunk_size, target_mask=used, pack=self.pack)
+                logps, _ = model_token_logprobs(model, part.input_ids, part.attention_mask,
+                                                model_inputs=part.model_inputs, chunk_size=self.chunk_size,
+                                                target_mask=used, pack=self.pack)
             out = TeacherScores(torch.where(keep > 0, logps.float().cpu(), torch.zeros(())), keep)
             if self.top_k:
                 out.topk_logprobs = torch.where(keep[..., None] > 0, top_lp.float().cpu(), torch.zeros(()))
