@@ -12,7 +12,8 @@
   entry one lock-step batch, sampled from ``seeding.entry_rollout_seed``), the trajectories come back in
   task order with step-global group ids, each stamped with its entry (teachers are routed by it).
 * ``EntryHeldout``: one ``HeldoutSet`` per entry: ``eval/<entry>/success``, and ``eval/success`` averaged
-  with the entries' weights.
+  with the entries' weights; an entry whose held-out tasks mix families (BFCL categories, reasoning-gym
+  datasets) also gets ``eval/<entry>/<family>/success``.
 """
 
 from __future__ import annotations
@@ -158,10 +159,15 @@ class EntryHeldout:
         return sum(s.num_tasks for s in self.sets.values())
 
     def evaluate(self, prefix: str = "eval", label: str = "held-out") -> dict[str, float]:
-        """``<prefix>/<entry>/success`` per entry and their weight-averaged ``<prefix>/success``; one progress
-        bar ``label`` over every entry's tasks where this context shows one (``evaluation.progress``)."""
+        """``<prefix>/<entry>/success`` per entry (and ``<prefix>/<entry>/<family>/success`` per task family
+        of a mixed set) and their weight-averaged ``<prefix>/success``; one progress bar ``label`` over every
+        entry's tasks where this context shows one (``evaluation.progress``)."""
         with eval_bar(label, self.num_tasks) as advance:
-            found = {f"{prefix}/{name}/success": s.success(advance) for name, s in self.sets.items()}
+            scores = {name: s.score(advance) for name, s in self.sets.items()}
+        found = {}
+        for name, score in scores.items():
+            found[f"{prefix}/{name}/success"] = score.success
+            found.update({f"{prefix}/{name}/{family}/success": v for family, v in score.by_family.items()})
         found[f"{prefix}/success"] = sum(self.weights[n] * found[f"{prefix}/{n}/success"] for n in self.sets)
         return found
 

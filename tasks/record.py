@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ANSWER_TYPES = ("auto", "math", "numeric", "exact", "choice")
+# The ``meta`` keys that name a task's sub-benchmark (``Task.family``), as the loaders write them.
+FAMILY_META_KEYS = ("bfcl_category", "rg_dataset")
 
 
 @dataclass
@@ -44,3 +46,12 @@ class Task:
     @property
     def answer_type(self) -> str:
         return str(self.meta.get("answer_type", "auto"))
+
+    @property
+    def family(self) -> str | None:
+        """The sub-benchmark the task comes from (a BFCL category, a reasoning-gym dataset), so a held-out
+        set that mixes them reports each one's success; None for a task from a single source."""
+        for key in FAMILY_META_KEYS:
+            if key in self.meta:
+                return str(self.meta[key])
+        return None

@@ -41,6 +41,10 @@ def test_one_lora_step_of_qwen_coder_on_bfcl_trains_adapters_only(tmp_path):
     for key in ("loss", "grad_norm", "teacher/log_ratio/mean", "rollout/reward"):
         assert math.isfinite(step[key]), (key, step[key])
     assert 0.0 <= result.success_before <= 1.0 and 0.0 <= result.success_after <= 1.0
+    # The held-out set interleaves the core categories: its first two tasks are of two, each logged on its own.
+    first = [r for r in read_metrics(tmp_path) if "eval/success" in r][0]
+    per_category = [k for k in first if k.startswith("eval/bfcl/") and k != "eval/bfcl/success"]
+    assert len(per_category) == 2 and all(0.0 <= first[k] <= 1.0 for k in per_category), first
 
     # The checkpoint holds the adapters only (the base is the unchanged model.student), and they trained:
     # peft initialises every lora_B to zero, so a nonzero lora_B is the step's update.

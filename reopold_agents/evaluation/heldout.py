@@ -3,12 +3,15 @@
 The held-out set is ``trainer.heldout_tasks`` tasks of the run's env: synthetic tasks from a seed disjoint
 from training (``env.seed + HELDOUT_SEED_OFFSET``), BFCL's fixed held-out split, or the first rows of a
 file source. Every caller
-(the run's evaluation, the tiny-model builds, the benchmarks) measures it with ``greedy_success``.
+(the run's evaluation, the tiny-model builds, the benchmarks) measures it with ``greedy_success``. A set
+that mixes sub-benchmarks (BFCL's categories, reasoning-gym datasets: ``Task.family``) also reports each
+one's success (``HeldoutScore.by_family``), since an overall number can hide one category rising while
+another falls.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -44,20 +47,49 @@ def heldout_env_config(env_cfg: EnvConfig, size: int) -> EnvConfig:
     return replace(env_cfg, size=size)
 
 
+def greedy_outcomes(rollout: Rollout, task_indices: Sequence[int], max_new_tokens: int, batch_size: int,
+                    progress: Advance | None = None) -> list[bool]:
+    """Whether a ``Rollout``'s student solves each of ``task_indices`` with greedy decoding, in their order;
+    ``progress(n)`` after each batch of ``n`` tasks."""
+    from reopold_agents.engines.base import SamplingParams
+
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    outcomes: list[bool] = []
+    for start in range(0, len(task_indices), batch_size):
+        prompts = [{"options": {"task_index": int(i)}} for i in task_indices[start : start + batch_size]]
+        outcomes.extend(bool(t.success) for t in rollout.run(prompts, sampling))
+        if progress is not None:
+            progress(len(prompts))
+    return outcomes
+
+
 def greedy_success(rollout: Rollout, task_indices: Sequence[int], max_new_tokens: int, batch_size: int,
                    progress: Advance | None = None) -> float:
     """Fraction of ``task_indices`` a ``Rollout``'s student solves with greedy decoding; ``progress(n)``
     after each batch of ``n`` tasks."""
-    from reopold_agents.engines.base import SamplingParams
+    outcomes = greedy_outcomes(rollout, task_indices, max_new_tokens, batch_size, progress)
+    return sum(outcomes) / max(1, len(task_indices))
 
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
-    wins = 0
-    for start in range(0, len(task_indices), batch_size):
-        prompts = [{"options": {"task_index": int(i)}} for i in task_indices[start : start + batch_size]]
-        wins += sum(t.success for t in rollout.run(prompts, sampling))
-        if progress is not None:
-            progress(len(prompts))
-    return wins / max(1, len(task_indices))
+
+@dataclass(frozen=True)
+class HeldoutScore:
+    """A held-out evaluation: the overall success and, where the set mixes families, each family's."""
+
+    success: float
+    by_family: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_outcomes(cls, outcomes: Sequence[bool], families: Sequence[str | None]) -> "HeldoutScore":
+        """Success over ``outcomes``; ``by_family`` only when ``families`` (one per outcome) names two or more."""
+        overall = sum(outcomes) / max(1, len(outcomes))
+        named = {f for f in families if f is not None}
+        if len(families) != len(outcomes) or len(named) < 2:
+            return cls(overall)
+        by_family = {}
+        for family in sorted(named):
+            mine = [o for o, f in zip(outcomes, families) if f == family]
+            by_family[family] = sum(mine) / len(mine)
+        return cls(overall, by_family)
 
 
 class HeldoutSet:
@@ -84,7 +116,15 @@ class HeldoutSet:
 
     def success(self, progress: Advance | None = None) -> float:
         """Greedy success over the set; ``progress(n)`` after each batch of ``n`` tasks."""
-        return greedy_success(self.rollout, range(self.num_tasks), self.max_new_tokens, self.batch_size, progress)
+        return self.score(progress).success
+
+    def score(self, progress: Advance | None = None) -> HeldoutScore:
+        """Greedy success over the set and per task family (when the loaded tasks are known and mix
+        families); ``progress(n)`` after each batch of ``n`` tasks."""
+        outcomes = greedy_outcomes(self.rollout, range(self.num_tasks), self.max_new_tokens, self.batch_size,
+                                   progress)
+        families = [t.family for t in self.tasks] if len(self.tasks) == self.num_tasks else []
+        return HeldoutScore.from_outcomes(outcomes, families)
 
     def success_shown(self, label: str) -> float:
         """``success`` with a progress bar ``label`` where this context shows one (``evaluation.progress``)."""
