@@ -509,3 +509,58 @@ def test_decisive_token_finds_the_lowest_reward_token(tmp_path, capsys):
         assert d.below_floor == (d.reward < _math.log(0.2 / 0.8))
         assert sum(p for _, p in d.teacher_top) <= 1.0 + 1e-6
     assert len(json.loads((tmp_path / "d.json").read_text())) == 2
+
+
+def _samples(path: Path, outcomes: dict[str, list[bool]]) -> Path:
+    """An evaluate samples.jsonl with the fields bfcl_runs reads: greedy sample 0 of each task."""
+    lines = [json.dumps({"benchmark": cat, "task_id": f"{cat}_{i}", "sample": 0, "correct": ok})
+             for cat, oks in outcomes.items() for i, ok in enumerate(oks)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bfcl_runs_compares_each_category_against_a_naive_count(tmp_path):
+    br = _load("bfcl_runs")
+    import random
+
+    rng = random.Random(0)
+    for _ in range(40):
+        n_before, n_teacher = rng.randint(5, 50), rng.randint(1, 50)
+        before = {f"t{i}": rng.random() < 0.3 for i in range(n_before)}
+        after = {f"t{i}": rng.random() < 0.5 for i in range(n_before)}
+        teacher = {f"t{i}": rng.random() < 0.8 for i in range(n_teacher)}
+        row = br.compare_category("parallel", before, after, teacher)
+        shared = list(before)
+        p_b = sum(before[i] for i in shared) / len(shared)
+        assert row.before == p_b and row.after == sum(after[i] for i in shared) / len(shared)
+        assert row.fell == (row.after < p_b - math.sqrt(p_b * (1 - p_b) / len(shared)))
+        matched = [i for i in shared if i in teacher]
+        p_t = sum(teacher[i] for i in matched) / len(matched)
+        p_bm = sum(before[i] for i in matched) / len(matched)
+        p_am = sum(after[i] for i in matched) / len(matched)
+        se = math.sqrt((p_t * (1 - p_t) + p_bm * (1 - p_bm)) / len(matched))
+        assert row.n_gap == len(matched) and row.leads == (p_t - p_bm > 2 * se)
+        if row.leads:
+            assert math.isclose(row.closed, (p_am - p_bm) / (p_t - p_bm))
+        else:
+            assert row.closed is None
+
+
+def test_bfcl_runs_report_reads_runs_on_disk(tmp_path, capsys):
+    """The report from disk only: one run folder with its summary and held-out samples."""
+    br = _load("bfcl_runs")
+    student = _samples(tmp_path / "student.jsonl", {"parallel": [False] * 10, "multiple": [True] * 8 + [False] * 2})
+    teacher = _samples(tmp_path / "teacher.jsonl", {"parallel": [True] * 8 + [False] * 2, "multiple": [True] * 10})
+    run = tmp_path / "root" / "opd_s0"
+    (run / "heldout" / "merged").mkdir(parents=True)
+    _samples(run / "heldout" / "merged" / "samples.jsonl", {"parallel": [True] * 4 + [False] * 6,
+                                                            "multiple": [True] * 5 + [False] * 5})
+    (run / "summary.json").write_text(json.dumps({"evals": [[0, 0.4], [10, 0.2], [20, 0.5]], "seconds": 600}))
+    br.main(["--report-only", "--root", str(tmp_path / "root"), "--algos", "opd", "--seeds", "0", "1",
+             "--student", str(student), "--teacher", str(teacher), "--json", str(tmp_path / "r.json")])
+    found = json.loads((tmp_path / "r.json").read_text())["algos"]["opd"]
+    assert [r["seed"] for r in found] == [0] and found[0]["inrun_fell"]  # 0.2 < 0.4 - 0.069
+    rows = {r["category"]: r for r in found[0]["categories"]}
+    assert rows["parallel"]["leads"] and math.isclose(rows["parallel"]["closed"], 0.4 / 0.8)
+    assert rows["multiple"]["fell"] and rows["multiple"]["closed"] is None  # 0.5 < 0.8 - 0.126; gap 0.2 < 2 SE
+    assert _last_line(capsys) == "median gap closed where the teacher leads: opd parallel 50% of the gap (1 seeds)"
