@@ -44,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from reopold_agents.benchmarking.load import load_average
+from reopold_agents.evaluation.compare import gap_with_se
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "configs" / "eval" / "bfcl_heldout.yaml"
@@ -99,8 +100,7 @@ def compare_category(category: str, before: dict[str, bool], after: dict[str, bo
     matched = shared & set(teacher)
     n = len(matched)
     p_t, p_bm, p_am = rate(teacher, matched), rate(before, matched), rate(after, matched)
-    gap = p_t - p_bm
-    gap_se = math.sqrt(p_t * (1 - p_t) / max(1, n) + p_bm * (1 - p_bm) / max(1, n))
+    gap, gap_se = gap_with_se({"pass@1": p_bm, "tasks": n}, {"pass@1": p_t, "tasks": n})
     leads = n > 0 and gap > 2 * gap_se
     closed = (p_am - p_bm) / gap if leads else None
     return CategoryResult(category, p_a, p_b, len(shared), fell, p_t, p_bm, p_am, n, gap, gap_se, leads, closed)
@@ -195,7 +195,7 @@ def report(root: Path, algos: list[str], seeds: list[int], categories: list[str]
                 continue
             closed = [row["closed"] for row in rows if row["closed"] is not None]
             teacher_cell = (f"{rows[0]['teacher']:.2f} (n={rows[0]['n_gap']}, gap {rows[0]['gap']:+.2f} "
-                            f"SE {rows[0]['gap_se']:.2f})" if rows[0]["teacher"] is not None else "-")
+                            f"SE {rows[0]['gap_se']:.2f})" if rows[0]["gap_se"] is not None else "-")
             print(f"| {c} | {rows[0]['before']:.2f} (n={rows[0]['n_fell']}) | {spread([row['after'] for row in rows])} "
                   f"| {teacher_cell} | {spread(closed)} | {sum(row['fell'] for row in rows)}/{len(rows)} |")
         if runs:
