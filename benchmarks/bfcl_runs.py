@@ -26,8 +26,10 @@ every category the teacher leads.
         --student /work/bfcl_eval/qwen2.5-coder-0.5b-instruct/samples.jsonl \\
         --teacher /work/bfcl_eval/qwen2.5-coder-1.5b-instruct/samples.jsonl --categories parallel multiple
 
-``--report-only`` skips steps 1-3 (tables from what is on disk). About an hour a run plus 10-20 minutes of
-evaluation per category on 2 CPU cores (docs/run.md "BFCL runs").
+``--report-only`` skips steps 1-3 (tables from what is on disk); ``--plot PNG`` draws every run's in-run
+curves side by side (held-out success, each ``--categories``' in-run success, reply length, grad norm; one
+colour per algo). About an hour a run plus 10-20 minutes of evaluation per category on 2 CPU cores
+(docs/run.md "BFCL runs").
 """
 
 from __future__ import annotations
@@ -212,6 +214,48 @@ def report(root: Path, algos: list[str], seeds: list[int], categories: list[str]
     return out
 
 
+def curve_keys(categories: list[str]) -> list[str]:
+    """The panels of ``--plot``: in-run held-out overall and per category, reply length, grad norm."""
+    return ["eval/success", *(f"eval/bfcl/{c}/success" for c in categories), "rollout/response_tokens",
+            "grad_norm"]
+
+
+def plot_runs(root: Path, algos: list[str], seeds: list[int], categories: list[str], path: Path) -> list[str]:
+    """Every run's in-run curves on shared panels against the step (one colour per algo, one line style per
+    seed), from each run's metrics.jsonl, saved to ``path``; returns the panels drawn (a key no run logged
+    is left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reopold_agents.metrics import read_metrics
+
+    runs = {(a, s): read_metrics(root / f"{a}_s{s}") for a in algos for s in seeds}
+    runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        raise SystemExit(f"--plot: no metrics.jsonl under {root} for {algos} x seeds {seeds}")
+    keys = [k for k in curve_keys(categories) if any(k in r for recs in runs.values() for r in recs)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    colours = {a: f"C{i}" for i, a in enumerate(algos)}
+    styles = ("-", "--", ":", "-.")
+    for ax, key in zip(axes[0], keys):
+        for (algo, seed), records in runs.items():
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points), color=colours[algo], ls=styles[seeds.index(seed) % len(styles)],
+                        marker="o" if key.startswith("eval/") else None, ms=3, lw=1, label=f"{algo} s{seed}")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return keys
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--algos", nargs="+", default=["reopold_topk_forward"])
@@ -224,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--override", nargs="*", default=[], help="extra run overrides, e.g. trainer.total_steps=40")
     p.add_argument("--report-only", action="store_true", help="tables from the runs on disk; train nothing")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--plot", type=Path, default=None, help="draw the runs' in-run curves side by side to this PNG")
     args = p.parse_args(argv)
     if not args.report_only:
         for algo in args.algos:
             for seed in args.seeds:
                 train_merge_evaluate(args.root / f"{algo}_s{seed}", algo, seed, args.categories, args.override)
+    if args.plot is not None:  # before the report, whose last line is the result
+        panels = plot_runs(args.root, args.algos, args.seeds, args.categories, args.plot)
+        print(f"curves: {args.plot} ({', '.join(panels)})")
     found = report(args.root, args.algos, args.seeds, args.categories, read_outcomes(args.student),
                    read_outcomes(args.teacher), args.heldout_tasks)
     if args.json is not None:

@@ -556,8 +556,17 @@ def test_bfcl_runs_report_reads_runs_on_disk(tmp_path, capsys):
     _samples(run / "heldout" / "merged" / "samples.jsonl", {"parallel": [True] * 4 + [False] * 6,
                                                             "multiple": [True] * 5 + [False] * 5})
     (run / "summary.json").write_text(json.dumps({"evals": [[0, 0.4], [10, 0.2], [20, 0.5]], "seconds": 600}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        {"step": 0, "eval/success": 0.4, "eval/bfcl/parallel/success": 0.0},
+        *({"step": s, "grad_norm": 1.0 + s, "rollout/response_tokens": 60.0 - s} for s in range(1, 21)),
+        {"step": 20, "eval/success": 0.5, "eval/bfcl/parallel/success": 0.4})) + "\n")
     br.main(["--report-only", "--root", str(tmp_path / "root"), "--algos", "opd", "--seeds", "0", "1",
-             "--student", str(student), "--teacher", str(teacher), "--json", str(tmp_path / "r.json")])
+             "--student", str(student), "--teacher", str(teacher), "--json", str(tmp_path / "r.json"),
+             "--plot", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # panels: the keys some run logged (the default categories' multiple was not)
+    assert br.plot_runs(tmp_path / "root", ["opd"], [0, 1], ["parallel", "multiple"], tmp_path / "c2.png") == [
+        "eval/success", "eval/bfcl/parallel/success", "rollout/response_tokens", "grad_norm"]
     found = json.loads((tmp_path / "r.json").read_text())["algos"]["opd"]
     assert [r["seed"] for r in found] == [0] and found[0]["inrun_fell"]  # 0.2 < 0.4 - 0.069
     rows = {r["category"]: r for r in found[0]["categories"]}
