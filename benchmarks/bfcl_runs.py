@@ -3,8 +3,9 @@
 For every ``--algos`` x ``--seeds`` pair, one heavy process at a time:
 
 1. ``python -m reopold_agents.run env=bfcl model=qwen_coder algo=<algo> trainer.seed=<seed>
-   trainer.output_dir=<root>/<algo>_s<seed>`` (skipped once its summary.json exists; a stopped run resumes
-   from its last checkpoint, the run CLI's own resume);
+   trainer.output_dir=<root>/<algo>_s<seed> trainer.heldout_cache=<root>/heldout_success.json`` (skipped
+   once its summary.json exists; a stopped run resumes from its last checkpoint, the run CLI's own resume;
+   the runs share the base student's step-0 held-out score, measured once: evaluation/heldout_cache.py);
 2. ``python -m reopold_agents.export_lora <run>/checkpoints/best <run>/merged`` (the keep-best checkpoint's
    adapters merged into a plain HF folder);
 3. ``python -m reopold_agents.evaluate`` of that folder on the held-out split of ``--categories`` with the
@@ -152,7 +153,8 @@ def train_merge_evaluate(run_dir: Path, algo: str, seed: int, categories: list[s
     if not (run_dir / "summary.json").exists():
         resume = ["trainer.resume=true"] if any((run_dir / "checkpoints").glob("step_*")) else []
         step([sys.executable, "-m", "reopold_agents.run", "env=bfcl", "model=qwen_coder", f"algo={algo}",
-              f"trainer.seed={seed}", f"trainer.output_dir={run_dir}", *resume, *overrides])
+              f"trainer.seed={seed}", f"trainer.output_dir={run_dir}",
+              f"trainer.heldout_cache={run_dir.parent / 'heldout_success.json'}", *resume, *overrides])
     merged = run_dir / "merged"
     if not (merged / "config.json").exists():
         step([sys.executable, "-m", "reopold_agents.export_lora", str(run_dir / "checkpoints" / "best"), str(merged)])

@@ -18,14 +18,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Mapping
 
 from reopold_agents.config.engine import EngineConfig
 from reopold_agents.config.mix import MixEntry, mix_weights
 from reopold_agents.config.sandbox import SandboxConfig
 from reopold_agents.engines.base import Engine, SamplingParams
-from reopold_agents.evaluation.heldout import HeldoutSet
+from reopold_agents.evaluation.heldout import HeldoutScore, HeldoutSet
 from reopold_agents.evaluation.progress import eval_bar
 from reopold_agents.rollout import Rollout, RolloutStats
 from reopold_agents.seeding import entry_rollout_seed, mix_draw, mix_task_index, step_prompts
@@ -158,18 +159,34 @@ class EntryHeldout:
         """Held-out tasks over all entries."""
         return sum(s.num_tasks for s in self.sets.values())
 
-    def evaluate(self, prefix: str = "eval", label: str = "held-out") -> dict[str, float]:
+    def scores(self, label: str = "held-out", known: Mapping[str, HeldoutScore] | None = None
+               ) -> dict[str, tuple[HeldoutScore, float]]:
+        """Each entry's ``(score, seconds measuring it)``; an entry in ``known`` (a remembered score:
+        ``evaluation.heldout_cache``) is not measured again (0 seconds). One progress bar ``label`` over the
+        tasks measured, where this context shows one (``evaluation.progress``)."""
+        known = dict(known or {})
+        found: dict[str, tuple[HeldoutScore, float]] = {name: (score, 0.0) for name, score in known.items()}
+        todo = {name: s for name, s in self.sets.items() if name not in known}
+        if todo:
+            with eval_bar(label, sum(s.num_tasks for s in todo.values())) as advance:
+                for name, held in todo.items():
+                    start = time.perf_counter()
+                    found[name] = (held.score(advance), time.perf_counter() - start)
+        return {name: found[name] for name in self.sets}
+
+    def metrics(self, scores: Mapping[str, HeldoutScore], prefix: str = "eval") -> dict[str, float]:
         """``<prefix>/<entry>/success`` per entry (and ``<prefix>/<entry>/<family>/success`` per task family
-        of a mixed set) and their weight-averaged ``<prefix>/success``; one progress bar ``label`` over every
-        entry's tasks where this context shows one (``evaluation.progress``)."""
-        with eval_bar(label, self.num_tasks) as advance:
-            scores = {name: s.score(advance) for name, s in self.sets.items()}
+        of a mixed set) and their weight-averaged ``<prefix>/success``."""
         found = {}
         for name, score in scores.items():
             found[f"{prefix}/{name}/success"] = score.success
             found.update({f"{prefix}/{name}/{family}/success": v for family, v in score.by_family.items()})
         found[f"{prefix}/success"] = sum(self.weights[n] * found[f"{prefix}/{n}/success"] for n in self.sets)
         return found
+
+    def evaluate(self, prefix: str = "eval", label: str = "held-out") -> dict[str, float]:
+        """Every entry measured, as ``metrics``."""
+        return self.metrics({name: score for name, (score, _) in self.scores(label).items()}, prefix)
 
     def close(self) -> None:
         for s in self.sets.values():

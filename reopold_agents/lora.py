@@ -110,6 +110,20 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def adapters_inert(model: nn.Module) -> bool:
+    """Whether ``model``'s LoRA adapters change nothing: every active adapter's delta is exactly zero (peft
+    initialises B to zero) and no variant (DoRA) rescales the base, so the model computes exactly its base
+    (``base(x) + 0``). A model without LoRA layers is trivially inert."""
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            if getattr(layer, "lora_variant", None):
+                return False
+            for adapter in layer.active_adapters:  # type: ignore[union-attr]
+                if adapter in layer.lora_A and bool(layer.get_delta_weight(adapter).any()):  # type: ignore[operator]
+                    return False
+    return True
+
+
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[None]:
     """The frozen base inside ``model`` (a ``PeftModel``) while the block runs: every LoRA layer computes

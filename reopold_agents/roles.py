@@ -30,6 +30,7 @@ from reopold_agents.config.schema import RunConfig
 from reopold_agents.distributed.chunks import Chunk
 from reopold_agents.engines.base import SamplingParams
 from reopold_agents.entries import EntryHeldout, EntryRollout
+from reopold_agents.evaluation.heldout import HeldoutScore
 from reopold_agents.rollout import RolloutStats
 from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory
@@ -131,7 +132,9 @@ class RolloutRole:
             self._heldout = EntryHeldout.from_config(self.cfg.entries, self.cfg.engine, self.cfg.sandbox,
                                                      self.cfg.trainer.heldout_tasks, self.engine, self.tokenizer,
                                                      self.processor)
-        found = self._heldout.evaluate(label=f"held-out student (step {step})")
+        label = f"held-out student (step {step})"
+        found = (self._heldout.metrics(self._initial_scores(label)) if step == 0 else
+                 self._heldout.evaluate(label=label))
         if self.cfg.eval.benchmarks:
             from reopold_agents.evaluation import evaluate_suite, flatten_for_logging
 
@@ -141,6 +144,33 @@ class RolloutRole:
             for key, value in flatten_for_logging(results).items():
                 found["suite/" + key.removeprefix("eval/")] = value
         return found
+
+    def _initial_scores(self, label: str) -> dict[str, HeldoutScore]:
+        """The initial student's held-out scores per entry: read from ``trainer.heldout_cache`` where a run
+        from the same weights, held-out set, sampling and code measured them (``evaluation.heldout_cache``;
+        sibling seeds and objectives share this number), else measured and stored there. Only for the HF
+        engine (whose weights this process holds) with inert adapters; otherwise simply measured."""
+        from reopold_agents.evaluation.heldout import heldout_env_config
+        from reopold_agents.evaluation.heldout_cache import SuccessCache, heldout_key
+        from reopold_agents.lora import adapters_inert
+
+        assert self._heldout is not None
+        model = getattr(self.engine, "model", None)
+        if self.cfg.engine.name != "hf" or not isinstance(model, torch.nn.Module) or not adapters_inert(model):
+            return {name: score for name, (score, _) in self._heldout.scores(label).items()}
+        cache = SuccessCache.for_run(self.cfg.trainer)
+        keys = {name: heldout_key("student", self.cfg.engine.name, model, self.tokenizer, self.processor,
+                                  heldout_env_config(self.cfg.entries[name].env, self.cfg.trainer.heldout_tasks),
+                                  held.tasks, self.cfg.engine, self.cfg.sandbox)
+                for name, held in self._heldout.sets.items()}
+        known = {name: score for name, key in keys.items() if (score := cache.get(key)) is not None}
+        for name, score in known.items():
+            log.info("student held-out success of %s at step 0: %.3f, from %s", name, score.success, cache.path)
+        measured = self._heldout.scores(label, known)
+        for name, (score, seconds) in measured.items():
+            if name not in known:
+                cache.put(keys[name], score, seconds)
+        return {name: score for name, (score, _) in measured.items()}
 
     def close(self) -> None:
         self.rollout.close()
@@ -213,15 +243,15 @@ class TeacherRole:
 
     def _heldout(self, scorers: dict[str, Any]) -> dict[str, float]:
         """Each entry's teacher's greedy held-out success, ``eval/teacher/<entry>/success``: read from
-        ``<trainer.output_dir>/teacher_success.json`` when that holds it for the same weights, held-out set and
-        sampling (``evaluation.teacher_cache``), else measured (with a progress bar where this process shows
-        one) and stored there."""
+        ``trainer.heldout_cache`` when that holds it for the same weights, held-out set, sampling and code
+        (``evaluation.heldout_cache``), else measured (with a progress bar where this process shows one) and
+        stored there."""
         from reopold_agents.engines.hf import HFEngine
         from reopold_agents.evaluation.heldout import HeldoutSet, heldout_env_config
-        from reopold_agents.evaluation.teacher_cache import SuccessCache, heldout_key
+        from reopold_agents.evaluation.heldout_cache import SuccessCache, heldout_key
 
         found: dict[str, float] = {}
-        cache = SuccessCache.beside(self.cfg.trainer.output_dir)
+        cache = SuccessCache.for_run(self.cfg.trainer)
         for entry, scorer in scorers.items():
             model, tok = scorer.model, scorer.tokenizer  # type: ignore[union-attr]
             processor = getattr(scorer, "processor", None)
@@ -230,15 +260,17 @@ class TeacherRole:
             held = HeldoutSet.from_config(env_cfg, self.cfg.engine, self.cfg.sandbox, self.cfg.trainer.heldout_tasks,
                                           engine, tok, processor)
             try:
-                key = heldout_key(model, tok, processor, heldout_env_config(env_cfg, self.cfg.trainer.heldout_tasks),
-                                  held.tasks, self.cfg.engine, self.cfg.sandbox)
-                success = cache.get(key)
-                if success is None:
+                key = heldout_key("teacher", "hf", model, tok, processor,
+                                  heldout_env_config(env_cfg, self.cfg.trainer.heldout_tasks), held.tasks,
+                                  self.cfg.engine, self.cfg.sandbox)
+                remembered = cache.get(key)
+                if remembered is None:
                     start = time.perf_counter()
                     success = held.success_shown(f"held-out teacher ({entry})" if len(scorers) > 1 else
                                                  "held-out teacher")
-                    cache.put(key, success, time.perf_counter() - start)
+                    cache.put(key, HeldoutScore(success), time.perf_counter() - start)
                 else:
+                    success = remembered.success
                     log.info("teacher held-out success of %s: %.3f, from %s", entry, success, cache.path)
                 found[f"eval/teacher/{entry}/success"] = success
             finally:

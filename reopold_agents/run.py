@@ -152,7 +152,7 @@ def train(cfg: RunConfig, progress: bool = True, on_step: StepCallback | None = 
         run_preflight(cfg, backend, tasks_for_step(start_step), start_step)  # prints its table; raises on a fail
         if start_step == 0:
             first = evaluate(0)
-            with shown(progress):  # cached beside the outputs (evaluation/teacher_cache.py)
+            with shown(progress):  # remembered in trainer.heldout_cache (evaluation/heldout_cache.py)
                 found = backend.ask("teacher", "heldout_success") if tc.eval_teacher else None
             if found is not None:  # measured by the teacher role: the driver holds no model
                 teacher = found["eval/teacher/success"]

@@ -5,7 +5,7 @@ warmup_steps, lr_schedule, min_lr_ratio, ppo_epochs, num_minibatches, freeze_vis
 total_steps.
 Run-loop keys (read by the run CLI, reopold_agents/run.py): total_steps, prompts_per_step, group_size,
 seed, output_dir, save_every, keep_checkpoints, keep_best, resume, log_every, eval_every, heldout_tasks,
-eval_teacher, max_skipped_steps (reopold_agents/step.py).
+heldout_cache, eval_teacher, max_skipped_steps (reopold_agents/step.py).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ class TrainerConfig:
     log_every: int = 1
     eval_every: int = 0  # 0 disables periodic evaluation
     heldout_tasks: int = 64  # size of the fixed held-out success set (greedy, measured at every evaluation)
+    # the JSON file remembering held-out successes that cannot change (the teacher's, the initial student's at
+    # step 0; evaluation/heldout_cache.py); runs naming one file share it. None: heldout_success.json in output_dir
+    heldout_cache: Optional[str] = None
     eval_teacher: bool = True  # also measure the teacher on it once (the "gap closed" target); not for mix/http
     # stop the run after this many steps in a row skipped for non-finite inputs (NaN/inf teacher scores,
     # log-probs, rewards, loss); each skipped step is logged as a warning. 0: never stop

@@ -1,24 +1,28 @@
-"""The teacher's held-out success, remembered beside the run's outputs so a repeated or resumed run does not
-measure it again.
+"""Held-out successes that cannot change, remembered so a repeated, resumed or sibling run does not measure
+them again: the teacher's (the "gap closed" target) and the initial student's at step 0.
 
-Why: the teacher's greedy success on the held-out set is the "gap closed" target; it costs as much as a
-student evaluation (minutes with 256 tasks) and, for a given teacher and held-out set, never changes. It
-is stored in ``<trainer.output_dir>/teacher_success.json`` under a key made of everything the number
-depends on, so a stored value is reused only when each of these is the same:
+Why: each costs a full held-out evaluation (minutes with 256 tasks; 6-7 minutes of every hour-long BFCL
+LoRA run) and, for given weights, held-out set and sampling, never changes. Seeds and objectives of one
+study start from the same student, so its step-0 score is the same in each of their runs. Results live
+in one JSON file, ``trainer.heldout_cache`` (runs that name the same file share it; default
+``<trainer.output_dir>/heldout_success.json``), under a key made of everything the number depends on, so
+a stored value is reused only when each of these is the same:
 
-* the teacher's weights: a sha256 over every parameter and buffer as it sits in memory (names, dtypes,
-  shapes and bytes; a shipped tiny pair, a random tiny model and a real checkpoint alike; LoRA adapter
-  tensors are left out because a LoRA student's ``model.teacher=self`` scores with them disabled), and the
-  device it runs on;
+* who is evaluated and by which engine (the teacher through the HF engine; the student through the run's
+  ``engine.name``);
+* the weights: a sha256 over every parameter and buffer as it sits in memory (names, dtypes, shapes and
+  bytes), LoRA adapter tensors left out: a LoRA student's ``model.teacher=self`` scores with them
+  disabled, and a student is looked up only while its adapters are inert (``lora.adapters_inert``: every
+  delta exactly zero, as peft initialises them), when it computes exactly its base; and the device;
 * its tokenizer (vocabulary, special tokens, chat template) and processor (VL);
 * the held-out set: the entry's env config as the held-out set builds it (seed, size, tools, turn limit,
   ...), and a sha256 of the tasks themselves (questions, answers, images);
 * the sampling: greedy, ``engine.sampling.max_new_tokens``, ``engine.max_total_tokens``,
   ``engine.max_batch_size`` (the batch pads rows together), the sandbox config;
-* the package, torch and transformers versions.
+* the code: a sha256 of the project's Python sources (envs, parsers, engines, tasks), and the torch and
+  transformers versions.
 
-A change in the project's env or engine *code* at the same version is not seen: delete the file to
-measure again. The file keeps the newest ``KEEP`` results; a missing or unreadable file is a miss.
+The file keeps the newest ``KEEP`` results; a missing or unreadable file is a miss.
 """
 
 from __future__ import annotations
@@ -34,25 +38,31 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from reopold_agents.evaluation.heldout import HeldoutScore
+
 if TYPE_CHECKING:
     from reopold_agents.config.engine import EngineConfig
     from reopold_agents.config.env import EnvConfig
     from reopold_agents.config.sandbox import SandboxConfig
+    from reopold_agents.config.trainer import TrainerConfig
     from tasks.record import Task
 
 log = logging.getLogger(__name__)
 
-CACHE_FILE = "teacher_success.json"
+CACHE_FILE = "heldout_success.json"
 KEEP = 64  # newest results kept in the file
-SKIPPED_PARAMETERS = ("lora_",)  # names containing these are not part of a teacher's weights
+SOURCE_PACKAGES = ("reopold_agents", "envs", "tasks", "tools")  # whose code a held-out score depends on
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SKIPPED_PARAMETERS = ("lora_",)  # names containing these are adapters, not the base weights
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of ``model``'s state (names, dtypes, shapes, bytes), LoRA adapter tensors left out."""
+    """sha256 of ``model``'s state (names, dtypes, shapes, bytes), LoRA adapter tensors left out and a LoRA
+    layer's base weight named as in the plain model (``q_proj.base_layer.weight`` is ``q_proj.weight``)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if any(part in name for part in SKIPPED_PARAMETERS):
-            continue
+    state = {name.replace(".base_layer.", "."): tensor for name, tensor in model.state_dict().items()
+             if not any(part in name for part in SKIPPED_PARAMETERS)}
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().data)
@@ -104,16 +114,29 @@ def tasks_digest(tasks: Sequence[Task]) -> str:
     return h.hexdigest()
 
 
-def heldout_key(model: torch.nn.Module, tokenizer: Any, processor: Any, env_cfg: EnvConfig, tasks: Sequence[Task],
-                engine_cfg: EngineConfig, sandbox_cfg: SandboxConfig) -> dict[str, Any]:
-    """Everything a teacher's held-out success depends on (``env_cfg``: the held-out set's own config)."""
-    import transformers
+def code_digest(root: Path = PROJECT_ROOT, packages: Sequence[str] = SOURCE_PACKAGES) -> str:
+    """sha256 of the project's Python sources (``packages`` under ``root``): a changed parser, env or engine
+    is a different key, not a stale score."""
+    h = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
-    import reopold_agents
+
+def heldout_key(evaluated_as: str, engine: str, model: torch.nn.Module, tokenizer: Any, processor: Any,
+                env_cfg: EnvConfig, tasks: Sequence[Task], engine_cfg: EngineConfig,
+                sandbox_cfg: SandboxConfig) -> dict[str, Any]:
+    """Everything a held-out success depends on: ``evaluated_as`` ("teacher" / "student") through the
+    ``engine`` named (``env_cfg``: the held-out set's own config)."""
+    import transformers
 
     first = next(iter(model.parameters()), None)
     return {
-        "teacher_weights_sha256": weights_digest(model),
+        "evaluated_as": evaluated_as,
+        "engine": engine,
+        "weights_sha256": weights_digest(model),
         "device": str(first.device) if first is not None else "cpu",
         "tokenizer_sha256": tokenizer_digest(tokenizer, processor),
         "heldout_env": _jsonable(dataclasses.asdict(env_cfg)),
@@ -122,8 +145,8 @@ def heldout_key(model: torch.nn.Module, tokenizer: Any, processor: Any, env_cfg:
         "sampling": {"greedy": True, "max_new_tokens": engine_cfg.sampling.max_new_tokens,
                      "max_total_tokens": engine_cfg.max_total_tokens, "max_batch_size": engine_cfg.max_batch_size},
         "sandbox": _jsonable(dataclasses.asdict(sandbox_cfg)),
-        "versions": {"reopold_agents": reopold_agents.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        "code_sha256": code_digest(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
 
@@ -132,14 +155,15 @@ def key_digest(key: dict[str, Any]) -> str:
 
 
 class SuccessCache:
-    """``<output_dir>/teacher_success.json``: held-out successes by key digest."""
+    """One JSON file of held-out scores (``HeldoutScore``: overall and per task family) by key digest."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
     @classmethod
-    def beside(cls, output_dir: str | os.PathLike) -> "SuccessCache":
-        return cls(Path(output_dir) / CACHE_FILE)
+    def for_run(cls, trainer_cfg: TrainerConfig) -> "SuccessCache":
+        """``trainer.heldout_cache``, or ``heldout_success.json`` beside the run's outputs."""
+        return cls(trainer_cfg.heldout_cache or Path(trainer_cfg.output_dir) / CACHE_FILE)
 
     def _records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -147,24 +171,27 @@ class SuccessCache:
         try:
             records = json.loads(self.path.read_text()).get("results", [])
         except (OSError, ValueError, AttributeError) as exc:
-            log.warning("%s: unreadable (%s); the teacher's success is measured again", self.path, exc)
+            log.warning("%s: unreadable (%s); held-out successes are measured again", self.path, exc)
             return []
         return [r for r in records if isinstance(r, dict) and isinstance(r.get("key_sha256"), str)]
 
-    def get(self, key: dict[str, Any]) -> float | None:
-        """The stored success for ``key``, or None."""
+    def get(self, key: dict[str, Any]) -> HeldoutScore | None:
+        """The stored score for ``key``, or None."""
         digest = key_digest(key)
         for record in reversed(self._records()):
             if record["key_sha256"] == digest and isinstance(record.get("success"), (int, float)):
-                return float(record["success"])
+                by_family = record.get("by_family") or {}
+                return HeldoutScore(float(record["success"]), {str(k): float(v) for k, v in by_family.items()})
         return None
 
-    def put(self, key: dict[str, Any], success: float, seconds: float) -> None:
-        """Store ``success`` for ``key`` (atomically: a reader sees the old or the new file)."""
+    def put(self, key: dict[str, Any], score: HeldoutScore, seconds: float) -> None:
+        """Store ``score`` for ``key`` (atomically: a reader sees the old or the new file; two runs writing
+        at once may drop one result, which is then measured again)."""
         digest = key_digest(key)
         records = [r for r in self._records() if r["key_sha256"] != digest]
-        records.append({"key_sha256": digest, "success": float(success), "seconds": round(float(seconds), 3),
-                        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "key": key})
+        records.append({"key_sha256": digest, "success": float(score.success), "by_family": dict(score.by_family),
+                        "seconds": round(float(seconds), 3), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "key": key})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"results": records[-KEEP:]}, indent=1))
