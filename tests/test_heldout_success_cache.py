@@ -26,12 +26,7 @@ from tasks.record import Task
 SMALL = ["env=toolqa", "trainer.heldout_tasks=2", "engine.sampling.max_new_tokens=8", "env.max_turns=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
