@@ -213,6 +213,43 @@ def test_token_terms_per_objective():
         _objective(name="gkd", gkd_topk=4).token_terms(b)
 
 
+def test_reopold_outcome_term_brute_force():
+    """algo.outcome_coef on reopold / reopold_topk: A_t = r_hat_t + coef * A_group(R) on trainable tokens, from a
+    per-episode loop; the raw reward (what reward_floor selects on) and the clipping do not change."""
+    g = torch.Generator().manual_seed(3)
+    lm = (torch.rand(6, 5, generator=g) > 0.3).float()
+    old = -torch.rand(6, 5, generator=g) * 3 * lm
+    tea = -torch.rand(6, 5, generator=g) * 6 * lm
+    rewards, groups = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.5]), torch.tensor([0, 0, 1, 1, 2, 2])
+    b = Batch(torch.ones(6, 5, dtype=torch.long), torch.ones(6, 5, dtype=torch.long), lm, old, tea, rewards, groups)
+    b.teacher_topk_ids, b.teacher_topk_logprobs = torch.zeros(6, 5, 8, dtype=torch.long), torch.zeros(6, 5, 8)
+    floor = math.log(0.2 / 0.8)
+    for name, extra in (("reopold", {}), ("reopold_topk", {"stage1_rule": "all", "gkd_direction": "forward"})):
+        for std_norm in (True, False):
+            plain = _objective(name=name, **extra, grpo_std_norm=std_norm).token_terms(b)
+            mixed = _objective(name=name, **extra, outcome_coef=0.5, grpo_std_norm=std_norm).token_terms(b)
+            expected = torch.zeros(6, 5)
+            for i in range(6):
+                mates = [rewards[j].item() for j in range(6) if groups[j] == groups[i]]
+                mean = sum(mates) / len(mates)
+                std = (sum((m - mean) ** 2 for m in mates) / (len(mates) - 1)) ** 0.5
+                a_i = (rewards[i].item() - mean) / ((std + 1e-6) if std_norm else 1.0)
+                for t in range(5):
+                    if lm[i, t] > 0:
+                        expected[i, t] = max(tea[i, t].item() - old[i, t].item(), floor) + 0.5 * a_i
+            assert torch.allclose(mixed.advantages, expected, atol=1e-5), (name, std_norm)
+            assert torch.equal(mixed.reward, plain.reward) and torch.equal(mixed.clipped, plain.clipped)
+            assert not mixed.advantages.requires_grad
+    assert not torch.equal(mixed.advantages, plain.advantages)  # the term did something
+    same = _objective(name="reopold", outcome_coef=0.5).token_terms(
+        Batch(b.input_ids, b.attention_mask, lm, old, tea, torch.ones(6), groups))
+    assert torch.allclose(same.advantages, _objective(name="reopold").token_terms(b).advantages)  # no spread: no term
+    capped = _objective(name="reopold", outcome_coef=5.0, stop_token="clip")
+    b.stop_mask = lm.bool() & (torch.arange(5) == 4)
+    terms = capped.token_terms(b)
+    assert (terms.advantages[terms.stop] <= 0).all()  # a stop is never rewarded, even by the outcome
+
+
 def test_terms_rows_pick_sequences():
     terms = _objective(name="reopold").token_terms(_batch())
     part = terms.rows(torch.tensor([1]))
@@ -268,7 +305,7 @@ def test_keys_an_objective_does_not_read_must_keep_their_defaults():
                       (dict(name="grpo", stage1_rule="all"), "stage1_rule"),
                       (dict(name="gkd", stage2_rule="all"), "stage2_rule"),
                       (dict(name="gkd", ppo_clip_low=0.1), "ppo_clip_low"),
-                      (dict(name="reopold", outcome_coef=0.5), "outcome_coef"),
+                      (dict(name="opd", outcome_coef=0.5), "outcome_coef"),
                       (dict(name="opd_outcome", outcome_coef=0.5, clip_lambda=0.3), "clip_lambda")]:
         with pytest.raises(ValueError, match=rf"^{key}:"):
             check_algo(AlgoConfig(**algo))

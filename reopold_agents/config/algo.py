@@ -36,8 +36,8 @@ class AlgoConfig:
     # the token that ended a reply (EOS or a stop id, Batch.stop_mask): train (like any token) | mask (never in the
     # loss) | clip (its advantage capped at 0: stopping is never rewarded, only discouraged); reopold, opd, grpo
     stop_token: str = "train"
-    outcome_coef: float = 0.0  # opd_outcome: A_t = r_hat_t + outcome_coef * A_group(outcome)
-    grpo_std_norm: bool = True  # GRPO advantage (R - mean_group) / (std_group + eps); false: mean-centred only
+    outcome_coef: float = 0.0  # opd_outcome, reopold, reopold_topk: A_t = r_hat_t + outcome_coef * A_group(outcome)
+    grpo_std_norm: bool = True  # group outcome advantage (R - mean_group) / (std_group + eps) (grpo, dapo, outcome_coef); false: centred only
     gkd_topk: int = 8  # the teacher's top-k support size (gkd, reopold_topk; teacher scoring fills k ids per position)
     topk_coef: float = 1.0  # reopold_topk: weight of the dense top-k term next to the sampled-token term
     gkd_direction: str = "reverse"  # gkd, reopold_topk: the top-k term's reverse KL(student || teacher) or forward KL(teacher || student)

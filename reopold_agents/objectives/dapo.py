@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms
-from reopold_agents.objectives.grpo import group_advantages
+from reopold_agents.objectives.outcome import group_advantages
 from reopold_agents.objectives.reopold import SURROGATE_KEYS, surrogate_loss
 from reopold_agents.trajectory import Batch
 

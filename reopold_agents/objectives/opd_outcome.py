@@ -1,5 +1,5 @@
 """``algo=opd_outcome``: OPD plus the group-normalised outcome advantage,
-``A_t = r_t + outcome_coef * A_group`` (grpo.py), through the surrogate of reopold.py (step 4)."""
+``A_t = r_t + outcome_coef * A_group`` (outcome.py), through the surrogate of reopold.py (step 4)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms, require_teacher
-from reopold_agents.objectives.grpo import group_advantages
+from reopold_agents.objectives.outcome import with_outcome
 from reopold_agents.objectives.reopold import SURROGATE_KEYS, surrogate_loss, token_reward
 from reopold_agents.trajectory import Batch
 
@@ -24,8 +24,7 @@ class OPDOutcome(Objective):
     def token_terms(self, batch: Batch) -> TokenTerms:
         mask = batch.loss_mask
         reward = token_reward(require_teacher(batch, "opd_outcome"), batch.old_logprobs, mask)
-        outcome = group_advantages(batch.rewards, batch.group_ids, self.cfg.grpo_std_norm)
-        adv = (reward + self.cfg.outcome_coef * outcome[:, None]) * mask
+        adv = with_outcome(reward * mask, batch, self.cfg.outcome_coef, self.cfg.grpo_std_norm)
         return TokenTerms(advantages=adv.detach(), reward=reward, clipped=torch.zeros_like(mask, dtype=torch.bool))
 
     def loss(self, fwd: Forward) -> tuple[torch.Tensor, dict[str, float]]:

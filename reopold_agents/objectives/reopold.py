@@ -12,8 +12,11 @@ Read top to bottom, this file is the whole objective the learner optimises:
                       ours and optional: algo.ppo_clip=false gives Eq. 4 as written); 1/sum(M) is
                       algo.aggregation=token_mean, the options are seq_mean and constant (1/(B * L))
 
-Optional, off by default (algo.stop_token, base.py): the token that ended a reply is trained like the
-rest (train), left out of M (mask), or has its advantage capped at 0 (clip).
+Optional, off by default: the token that ended a reply is trained like the rest (train), left out of M
+(mask), or has its advantage capped at 0 (clip) (algo.stop_token, base.py); and the environment's
+outcome joins the teacher's reward, A_t = r_hat_t + outcome_coef * A_group(R) in place of r_hat_t in
+step 4 (algo.outcome_coef, outcome.py: where the teacher is no better than the student, the outcome
+keeps the student from learning the teacher's mistakes). Steps 1-3 and the clipping do not change.
 
 On-policy distillation minimises the reverse KL(pi_theta || pi_T) on the student's own samples, which
 is policy gradient with the per-token reward r_t held fixed. With one pass over a fresh batch rho = 1
@@ -30,6 +33,7 @@ import torch
 
 from reopold_agents.config.algo import AGGREGATIONS, SELECTION_RULES, AlgoConfig
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms, require_teacher
+from reopold_agents.objectives.outcome import with_outcome
 from reopold_agents.trajectory import Batch
 
 
@@ -189,7 +193,8 @@ class Reopold(Objective):
     """``algo=reopold``: steps 1-4 above, each switchable by its key (ablations are one override)."""
 
     keys: ClassVar[tuple[str, ...]] = ("reward_clip", "clip_lambda", "beta", "stage_switch", "stage1_rule",
-                                       "stage2_rule", *SURROGATE_KEYS, "stop_token")
+                                       "stage2_rule", *SURROGATE_KEYS, "stop_token", "outcome_coef",
+                                       "grpo_std_norm")
 
     def __init__(self, cfg: AlgoConfig, total_steps: int) -> None:
         super().__init__(cfg, total_steps)
@@ -211,8 +216,8 @@ class Reopold(Objective):
         if self.cfg.reward_clip:
             adv, clipped = clip_reward(reward, self.cfg.clip_lambda)  # 2.
             clipped = clipped & (mask > 0)
-        return self.with_stop_token(TokenTerms(advantages=(adv * mask).detach(), reward=reward, clipped=clipped),
-                                    batch)
+        adv = with_outcome(adv * mask, batch, self.cfg.outcome_coef, self.cfg.grpo_std_norm)  # optional outcome
+        return self.with_stop_token(TokenTerms(advantages=adv.detach(), reward=reward, clipped=clipped), batch)
 
     def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
                entropy: torch.Tensor | None) -> torch.Tensor:
