@@ -151,7 +151,7 @@ class RolloutRole:
         sibling seeds and objectives share this number), else measured and stored there. Only for the HF
         engine (whose weights this process holds) with inert adapters; otherwise simply measured."""
         from reopold_agents.evaluation.heldout import heldout_env_config
-        from reopold_agents.evaluation.heldout_cache import SuccessCache, heldout_key
+        from reopold_agents.evaluation.heldout_cache import SuccessCache, heldout_key, model_identity
         from reopold_agents.lora import adapters_inert
 
         assert self._heldout is not None
@@ -159,9 +159,10 @@ class RolloutRole:
         if self.cfg.engine.name != "hf" or not isinstance(model, torch.nn.Module) or not adapters_inert(model):
             return {name: score for name, (score, _) in self._heldout.scores(label).items()}
         cache = SuccessCache.for_run(self.cfg.trainer)
-        keys = {name: heldout_key("student", self.cfg.engine.name, model, self.tokenizer, self.processor,
-                                  heldout_env_config(self.cfg.entries[name].env, self.cfg.trainer.heldout_tasks),
-                                  held.tasks, self.cfg.engine, self.cfg.sandbox)
+        identity = model_identity("student", self.cfg.engine.name, model, self.tokenizer, self.processor,
+                                  self.cfg.engine, self.cfg.sandbox)
+        keys = {name: heldout_key(identity, heldout_env_config(self.cfg.entries[name].env,
+                                                               self.cfg.trainer.heldout_tasks), held.tasks)
                 for name, held in self._heldout.sets.items()}
         known = {name: score for name, key in keys.items() if (score := cache.get(key)) is not None}
         for name, score in known.items():
@@ -248,10 +249,11 @@ class TeacherRole:
         stored there."""
         from reopold_agents.engines.hf import HFEngine
         from reopold_agents.evaluation.heldout import HeldoutSet, heldout_env_config
-        from reopold_agents.evaluation.heldout_cache import SuccessCache, heldout_key
+        from reopold_agents.evaluation.heldout_cache import SuccessCache, heldout_key, model_identity
 
         found: dict[str, float] = {}
         cache = SuccessCache.for_run(self.cfg.trainer)
+        identities: dict[tuple[int, int, int], dict] = {}  # one weights hash per teacher, however many entries
         for entry, scorer in scorers.items():
             model, tok = scorer.model, scorer.tokenizer  # type: ignore[union-attr]
             processor = getattr(scorer, "processor", None)
@@ -260,9 +262,12 @@ class TeacherRole:
             held = HeldoutSet.from_config(env_cfg, self.cfg.engine, self.cfg.sandbox, self.cfg.trainer.heldout_tasks,
                                           engine, tok, processor)
             try:
-                key = heldout_key("teacher", "hf", model, tok, processor,
-                                  heldout_env_config(env_cfg, self.cfg.trainer.heldout_tasks), held.tasks,
-                                  self.cfg.engine, self.cfg.sandbox)
+                who = (id(model), id(tok), id(processor))
+                if who not in identities:
+                    identities[who] = model_identity("teacher", "hf", model, tok, processor, self.cfg.engine,
+                                                           self.cfg.sandbox)
+                key = heldout_key(identities[who], heldout_env_config(env_cfg, self.cfg.trainer.heldout_tasks),
+                                  held.tasks)
                 remembered = cache.get(key)
                 if remembered is None:
                     start = time.perf_counter()

@@ -16,8 +16,8 @@ from reopold_agents.config import compose
 from reopold_agents.config.schema import resolve_tiny
 from reopold_agents.evaluation.heldout import HeldoutSet
 from reopold_agents.evaluation.heldout import HeldoutScore
-from reopold_agents.evaluation.heldout_cache import (CACHE_FILE, SuccessCache, code_digest, tasks_digest,
-                                                   weights_digest)
+from reopold_agents.evaluation.heldout_cache import (CACHE_FILE, SuccessCache, code_digest, heldout_key, key_digest,
+                                                   loaded_code_digest, tasks_digest, weights_digest)
 from reopold_agents.lora import adapters_inert, apply_lora
 from reopold_agents.metrics import read_metrics
 from reopold_agents.roles import TeacherRole
@@ -94,6 +94,23 @@ def test_code_digest_sees_a_changed_source_file(tmp_path):
     (tmp_path / "pkg" / "parse.py").write_text("def parse(text):\n    return text.strip()\n")
     assert code_digest(tmp_path, ("pkg",)) != first
     assert len(code_digest()) == 64  # the project's own sources
+    assert loaded_code_digest() == code_digest()  # as imported (the files did not change since)
+
+
+def test_heldout_key_is_one_identity_on_each_entrys_tasks():
+    """A model's identity (weights hash: seconds on a real model) is made once and joined with each
+    entry's held-out set; two sets give two keys, the same set the same key."""
+    from reopold_agents.config.env import EnvConfig
+
+    identity = {"evaluated_as": "student", "weights_sha256": "ab"}
+    a = [Task(id="1", question="2+2?", answer="4")]
+    b = [Task(id="2", question="3+3?", answer="6")]
+    env = EnvConfig()
+    key_a, key_b = heldout_key(identity, env, a), heldout_key(identity, env, b)
+    assert key_a["weights_sha256"] == key_b["weights_sha256"] == "ab" and key_a["heldout_tasks"] == 1
+    assert key_digest(key_a) != key_digest(key_b)
+    assert key_digest(key_a) == key_digest(heldout_key(dict(identity), EnvConfig(), list(a)))
+    assert key_digest(heldout_key({**identity, "weights_sha256": "cd"}, env, a)) != key_digest(key_a)
 
 
 def test_fresh_adapters_are_inert_and_compute_exactly_the_base(tok):

@@ -19,8 +19,8 @@ a stored value is reused only when each of these is the same:
   ...), and a sha256 of the tasks themselves (questions, answers, images);
 * the sampling: greedy, ``engine.sampling.max_new_tokens``, ``engine.max_total_tokens``,
   ``engine.max_batch_size`` (the batch pads rows together), the sandbox config;
-* the code: a sha256 of the project's Python sources (envs, parsers, engines, tasks), and the torch and
-  transformers versions.
+* the code: a sha256 of the project's Python sources (envs, parsers, engines, tasks) as they were when this
+  module was imported, and the torch and transformers versions.
 
 The file keeps the newest ``KEEP`` results; a missing or unreadable file is a miss.
 """
@@ -28,6 +28,7 @@ The file keeps the newest ``KEEP`` results; a missing or unreadable file is a mi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -125,11 +126,18 @@ def code_digest(root: Path = PROJECT_ROOT, packages: Sequence[str] = SOURCE_PACK
     return h.hexdigest()
 
 
-def heldout_key(evaluated_as: str, engine: str, model: torch.nn.Module, tokenizer: Any, processor: Any,
-                env_cfg: EnvConfig, tasks: Sequence[Task], engine_cfg: EngineConfig,
-                sandbox_cfg: SandboxConfig) -> dict[str, Any]:
-    """Everything a held-out success depends on: ``evaluated_as`` ("teacher" / "student") through the
-    ``engine`` named (``env_cfg``: the held-out set's own config)."""
+@functools.cache
+def loaded_code_digest() -> str:
+    """`code_digest` of the project once per process, taken when this module is imported (below): the
+    code a run is executing, not what an edit made of the files since."""
+    return code_digest()
+
+
+def model_identity(evaluated_as: str, engine: str, model: torch.nn.Module, tokenizer: Any, processor: Any,
+                   engine_cfg: EngineConfig, sandbox_cfg: SandboxConfig) -> dict[str, Any]:
+    """The part of a key that does not depend on the held-out set: who is evaluated (``evaluated_as``,
+    "teacher" / "student") through which ``engine``, its weights, tokenizer, sampling, sandbox and code.
+    Hashing a model's weights takes seconds: compute this once per model and reuse it for every entry."""
     import transformers
 
     first = next(iter(model.parameters()), None)
@@ -139,15 +147,19 @@ def heldout_key(evaluated_as: str, engine: str, model: torch.nn.Module, tokenize
         "weights_sha256": weights_digest(model),
         "device": str(first.device) if first is not None else "cpu",
         "tokenizer_sha256": tokenizer_digest(tokenizer, processor),
-        "heldout_env": _jsonable(dataclasses.asdict(env_cfg)),
-        "heldout_tasks": len(tasks),
-        "heldout_tasks_sha256": tasks_digest(tasks),
         "sampling": {"greedy": True, "max_new_tokens": engine_cfg.sampling.max_new_tokens,
                      "max_total_tokens": engine_cfg.max_total_tokens, "max_batch_size": engine_cfg.max_batch_size},
         "sandbox": _jsonable(dataclasses.asdict(sandbox_cfg)),
-        "code_sha256": code_digest(),
+        "code_sha256": loaded_code_digest(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+
+
+def heldout_key(identity: dict[str, Any], env_cfg: EnvConfig, tasks: Sequence[Task]) -> dict[str, Any]:
+    """Everything a held-out success depends on: the `model_identity` evaluated on ``tasks`` (``env_cfg``:
+    the held-out set's own config)."""
+    return {**identity, "heldout_env": _jsonable(dataclasses.asdict(env_cfg)), "heldout_tasks": len(tasks),
+            "heldout_tasks_sha256": tasks_digest(tasks)}
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -196,3 +208,6 @@ class SuccessCache:
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"results": records[-KEEP:]}, indent=1))
         tmp.replace(self.path)
+
+
+loaded_code_digest()  # the sources as this process imported them
