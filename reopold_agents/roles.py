@@ -253,7 +253,7 @@ class TeacherRole:
 
         found: dict[str, float] = {}
         cache = SuccessCache.for_run(self.cfg.trainer)
-        identities: dict[tuple[int, int, int], dict] = {}  # one weights hash per teacher, however many entries
+        identities: dict[tuple[int, int, int], dict[str, Any]] = {}  # one weights hash per teacher, any entries
         for entry, scorer in scorers.items():
             model, tok = scorer.model, scorer.tokenizer  # type: ignore[union-attr]
             processor = getattr(scorer, "processor", None)
@@ -265,7 +265,7 @@ class TeacherRole:
                 who = (id(model), id(tok), id(processor))
                 if who not in identities:
                     identities[who] = model_identity("teacher", "hf", model, tok, processor, self.cfg.engine,
-                                                           self.cfg.sandbox)
+                                                     self.cfg.sandbox)
                 key = heldout_key(identities[who], heldout_env_config(env_cfg, self.cfg.trainer.heldout_tasks),
                                   held.tasks)
                 remembered = cache.get(key)

@@ -128,8 +128,9 @@ def code_digest(root: Path = PROJECT_ROOT, packages: Sequence[str] = SOURCE_PACK
 
 @functools.cache
 def loaded_code_digest() -> str:
-    """`code_digest` of the project once per process, taken when this module is imported (below): the
-    code a run is executing, not what an edit made of the files since."""
+    """`code_digest` of the project once per process, taken when this module is imported (below; a run
+    imports it at its first held-out lookup, step 0): a source edit later in the run does not relabel
+    the scores it stores."""
     return code_digest()
 
 
