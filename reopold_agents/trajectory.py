@@ -109,6 +109,8 @@ class Batch:
     # [B, T] bool: the generated tokens that ended a turn by a stop (EOS, or a stop id such as </tool_call>);
     # what algo.stop_token acts on (`stop_positions`). None: not known (a batch not built by `collate`).
     stop_mask: torch.Tensor | None = None
+    # [B] bool: Trajectory.success of each row (what algo.teacher_on=failed reads). None: not known.
+    successes: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -238,5 +240,6 @@ def collate(trajectories: list[Trajectory], pad_id: int) -> Batch:
         entries=[t.entry for t in trajectories],
         conversations=[Conversation.of(t) for t in trajectories],
         stop_mask=stop_mask & (loss_mask > 0),
+        successes=torch.tensor([t.success for t in trajectories], dtype=torch.bool),
     )
 

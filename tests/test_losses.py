@@ -250,6 +250,74 @@ def test_reopold_outcome_term_brute_force():
     assert (terms.advantages[terms.stop] <= 0).all()  # a stop is never rewarded, even by the outcome
 
 
+def test_teacher_on_failed_brute_force():
+    """algo.teacher_on=failed on reopold / reopold_topk, against a per-episode loop: a solved episode gets no
+    teacher reward and no dense top-k term, keeps its outcome advantage, and leaves the selection where that
+    is 0; a failed episode is trained as with teacher_on=all. The loss (rho = 1) equals the hand sum."""
+    g = torch.Generator().manual_seed(5)
+    B, T, K = 6, 5, 4
+    lm = (torch.rand(B, T, generator=g) > 0.25).float()
+    lm[:, 0] = 1.0  # every row has a token
+    old = -torch.rand(B, T, generator=g) * 3 * lm
+    tea = -torch.rand(B, T, generator=g) * 6 * lm
+    rewards, groups = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1, 2, 2])
+    solved = rewards > 0
+    b = Batch(torch.ones(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.long), lm, old, tea, rewards, groups)
+    b.teacher_topk_ids = torch.zeros(B, T, K, dtype=torch.long)
+    b.teacher_topk_logprobs = torch.log_softmax(torch.randn(B, T, K, generator=g), -1)
+    student_topk = torch.log_softmax(torch.randn(B, T, K + 2, generator=g), -1)[..., :K]
+    floor = math.log(0.2 / 0.8)
+    with pytest.raises(ValueError, match="batch.successes"):
+        _objective(name="reopold", teacher_on="failed").token_terms(b)
+    b.successes = solved.clone()
+    topk = {"stage1_rule": "all", "gkd_direction": "forward", "gkd_topk": K}
+    for name, extra in (("reopold", {}), ("reopold_topk", topk)):
+        for coef in (0.0, 0.5):
+            obj = _objective(name=name, **extra, teacher_on="failed", outcome_coef=coef)
+            terms = obj.token_terms(b)
+            expected, kept = torch.zeros(B, T), []
+            for i in range(B):
+                mates = [rewards[j].item() for j in range(B) if groups[j] == groups[i]]
+                mean = sum(mates) / len(mates)
+                std = (sum((m - mean) ** 2 for m in mates) / (len(mates) - 1)) ** 0.5
+                a_i = (rewards[i].item() - mean) / (std + 1e-6)
+                for t in range(T):
+                    if lm[i, t] > 0:
+                        teacher = 0.0 if solved[i] else max(tea[i, t].item() - old[i, t].item(), floor)
+                        expected[i, t] = teacher + coef * a_i
+                kept.append(not solved[i] or (coef > 0 and abs(a_i) > 0))
+            assert torch.allclose(terms.advantages, expected, atol=1e-5), (name, coef)
+            assert terms.kept.tolist() == kept and terms.teacher_rows.tolist() == (~solved).tolist()
+            mask = obj.select(0, lm, terms, entropy=None)  # reopold's stage 1: reward_floor, on failed rows only
+            floor_ok = [[bool(solved[i]) or tea[i, t].item() - old[i, t].item() >= floor or name == "reopold_topk"
+                         for t in range(T)] for i in range(B)]
+            assert torch.equal(mask, lm.bool() & torch.tensor(kept)[:, None] & torch.tensor(floor_ok)), (name, coef)
+            fwd = Forward(logprobs=old.clone(), old_logprobs=old, terms=terms, mask=mask,
+                          student_topk=student_topk, teacher_topk=b.teacher_topk_logprobs)
+            loss, stats = obj.loss(fwd)
+            n = int(mask.sum())
+            hand = 0.0
+            for i in range(B):
+                for t in range(T):
+                    if not mask[i, t]:
+                        continue
+                    hand -= expected[i, t].item() / n  # rho = 1
+                    if name == "reopold_topk" and not solved[i]:
+                        p_t = b.teacher_topk_logprobs[i, t]
+                        hand += sum(p_t[k].exp().item() * (p_t[k].item() - student_topk[i, t, k].item())
+                                    for k in range(K)) / n
+            assert loss.item() == pytest.approx(hand, abs=1e-5), (name, coef)
+            assert stats["teacher_rows_frac"] == pytest.approx(0.5)
+    # teacher_on=all is the default and unchanged; every episode failed: the same terms as all
+    plain = _objective(name="reopold").token_terms(b)
+    assert plain.kept is None and plain.teacher_rows is None
+    b.successes = torch.zeros(B, dtype=torch.bool)
+    every = _objective(name="reopold", teacher_on="failed").token_terms(b)
+    assert torch.equal(every.advantages, plain.advantages) and bool(every.kept.all())
+    with pytest.raises(ValueError, match="teacher_on"):
+        AlgoConfig(teacher_on="solved").check()
+
+
 def test_terms_rows_pick_sequences():
     terms = _objective(name="reopold").token_terms(_batch())
     part = terms.rows(torch.tensor([1]))

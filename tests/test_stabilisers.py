@@ -102,6 +102,8 @@ def test_collate_marks_the_stop_tokens():
     assert batch.stop_mask.nonzero().tolist() == [[0, 6], [2, 2], [2, 7]]
     assert bool((batch.loss_mask[batch.stop_mask] > 0).all())
     assert batch.select(torch.tensor([2])).stop_mask.nonzero().tolist() == [[0, 2], [0, 7]]
+    trajs[1].info["success"] = True  # Trajectory.success: what algo.teacher_on=failed reads
+    assert collate(trajs, pad_id=0).successes.tolist() == [False, True, False]
 
 
 # --- the stop-token rules ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ SELECTION_RULES = ("all", "entropy", "reward_floor")
 AGGREGATIONS = ("token_mean", "seq_mean", "constant")
 STOP_TOKEN_RULES = ("train", "mask", "clip")
 KL_DIRECTIONS = ("reverse", "forward")
+TEACHER_ON = ("all", "failed")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class AlgoConfig:
     # loss) | clip (its advantage capped at 0: stopping is never rewarded, only discouraged); reopold, opd, grpo
     stop_token: str = "train"
     outcome_coef: float = 0.0  # opd_outcome, reopold, reopold_topk: A_t = r_hat_t + outcome_coef * A_group(outcome)
+    # reopold, reopold_topk: which episodes the teacher's terms train: all | failed (only those the env scores
+    # unsolved, Trajectory.success; a solved episode then trains only on its outcome advantage, if any)
+    teacher_on: str = "all"
     grpo_std_norm: bool = True  # group outcome advantage (R - mean_group) / (std_group + eps) (grpo, dapo, outcome_coef); false: centred only
     gkd_topk: int = 8  # the teacher's top-k support size (gkd, reopold_topk; teacher scoring fills k ids per position)
     topk_coef: float = 1.0  # reopold_topk: weight of the dense top-k term next to the sampled-token term
@@ -76,6 +80,8 @@ class AlgoConfig:
             raise ValueError(f"stop_token: {self.stop_token!r} is not one of {STOP_TOKEN_RULES}")
         if self.outcome_coef < 0.0:
             raise ValueError(f"outcome_coef: must be >= 0, got {self.outcome_coef}")
+        if self.teacher_on not in TEACHER_ON:
+            raise ValueError(f"teacher_on: {self.teacher_on!r} is not one of {TEACHER_ON}")
         if self.topk_coef < 0.0:
             raise ValueError(f"topk_coef: must be >= 0, got {self.topk_coef}")
         if self.gkd_topk < 1:

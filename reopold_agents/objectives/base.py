@@ -28,12 +28,13 @@ class TokenTerms:
     clipped: torch.Tensor  # [B, T] bool: tokens whose reward was raised to the clip floor
     kept: torch.Tensor | None = None  # [B] bool: sequences the objective keeps (DAPO's dynamic sampling); None: all
     stop: torch.Tensor | None = None  # [B, T] bool: the tokens that ended a reply (Batch.stop_mask); None: unknown
+    teacher_rows: torch.Tensor | None = None  # [B] bool: sequences the teacher's terms act on (algo.teacher_on); None: all
 
     def rows(self, idx: torch.Tensor) -> "TokenTerms":
         """The terms of sequences ``idx`` (a minibatch)."""
         pick = lambda t: None if t is None else t.index_select(0, idx.to(t.device))  # noqa: E731
         return TokenTerms(pick(self.advantages), pick(self.reward), pick(self.clipped), pick(self.kept),
-                          pick(self.stop))
+                          pick(self.stop), pick(self.teacher_rows))
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Objective(ABC):
         adv = terms.advantages
         if self.cfg.stop_token == "clip":
             adv = torch.where(stop, adv.clamp(max=0.0), adv)
-        return TokenTerms(adv, terms.reward, terms.clipped, terms.kept, stop)
+        return TokenTerms(adv, terms.reward, terms.clipped, terms.kept, stop, terms.teacher_rows)
 
     def without_stop_tokens(self, mask: torch.Tensor, terms: TokenTerms) -> torch.Tensor:
         """``mask`` less the stop tokens under ``algo.stop_token=mask`` (they never enter the loss)."""

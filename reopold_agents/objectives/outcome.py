@@ -11,6 +11,11 @@ teacher does, also where the teacher is no better (on BFCL the teacher calls a f
 requests no function fits; docs/run.md "BFCL runs"). The environment's reward is the one signal that
 says a reply is right, so it keeps the student from learning the teacher's mistakes where the student
 already gets some of its own samples right. A group whose episodes all score alike adds nothing.
+
+``algo.teacher_on=failed`` (reopold, reopold_topk) goes further: the teacher's terms act only on the episodes
+the environment scores unsolved (``teacher_rows``). A solved episode is never pulled toward what the teacher
+would have written instead (a right "no call" toward the teacher's call); it trains only on its outcome
+advantage, and without one (``outcome_coef`` 0, or a group that scored alike) it leaves the loss.
 """
 
 from __future__ import annotations
@@ -36,6 +41,17 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, std_norm: b
         centred = r - r.mean()
         adv[idx] = centred / (r.std(correction=1) + GROUP_EPS) if std_norm else centred
     return adv
+
+
+def teacher_rows(batch: Batch, teacher_on: str) -> torch.Tensor | None:
+    """``[B]`` bool: the episodes the teacher's terms act on (``algo.teacher_on``); None: every episode."""
+    if teacher_on == "all":
+        return None
+    if teacher_on != "failed":
+        raise ValueError(f"unknown teacher_on {teacher_on!r} (all | failed)")
+    if batch.successes is None:
+        raise ValueError("algo.teacher_on=failed needs batch.successes (a batch built by trajectory.collate)")
+    return ~batch.successes.bool().to(batch.loss_mask.device)
 
 
 def with_outcome(advantages: torch.Tensor, batch: Batch, coef: float, std_norm: bool) -> torch.Tensor:

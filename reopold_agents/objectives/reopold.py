@@ -17,6 +17,9 @@ Optional, off by default: the token that ended a reply is trained like the rest 
 outcome joins the teacher's reward, A_t = r_hat_t + outcome_coef * A_group(R) in place of r_hat_t in
 step 4 (algo.outcome_coef, outcome.py: where the teacher is no better than the student, the outcome
 keeps the student from learning the teacher's mistakes). Steps 1-3 and the clipping do not change.
+With algo.teacher_on=failed the teacher's reward (and reopold_topk's dense term) acts only on the
+episodes the environment scores unsolved: a solved episode keeps its outcome advantage alone, and leaves
+M_t where that is 0 (outcome.py).
 
 On-policy distillation minimises the reverse KL(pi_theta || pi_T) on the student's own samples, which
 is policy gradient with the per-token reward r_t held fixed. With one pass over a fresh batch rho = 1
@@ -33,7 +36,7 @@ import torch
 
 from reopold_agents.config.algo import AGGREGATIONS, SELECTION_RULES, AlgoConfig
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms, require_teacher
-from reopold_agents.objectives.outcome import with_outcome
+from reopold_agents.objectives.outcome import teacher_rows, with_outcome
 from reopold_agents.trajectory import Batch
 
 
@@ -185,6 +188,8 @@ def surrogate_loss(fwd: Forward, cfg: AlgoConfig) -> tuple[torch.Tensor, dict[st
         n = max(int(stop.sum()), 1)
         stats["stop_frac_selected"] = float((stop & fwd.mask.bool()).sum()) / n
         stats["stop_advantage_mean"] = float(torch.where(stop, fwd.terms.advantages, 0.0).sum()) / n
+    if fwd.terms.teacher_rows is not None:  # algo.teacher_on=failed: the share of episodes the teacher trains
+        stats["teacher_rows_frac"] = float(fwd.terms.teacher_rows.float().mean())
     return loss, stats
 
 
@@ -194,7 +199,7 @@ class Reopold(Objective):
 
     keys: ClassVar[tuple[str, ...]] = ("reward_clip", "clip_lambda", "beta", "stage_switch", "stage1_rule",
                                        "stage2_rule", *SURROGATE_KEYS, "stop_token", "outcome_coef",
-                                       "grpo_std_norm")
+                                       "grpo_std_norm", "teacher_on")
 
     def __init__(self, cfg: AlgoConfig, total_steps: int) -> None:
         super().__init__(cfg, total_steps)
@@ -216,12 +221,23 @@ class Reopold(Objective):
         if self.cfg.reward_clip:
             adv, clipped = clip_reward(reward, self.cfg.clip_lambda)  # 2.
             clipped = clipped & (mask > 0)
-        adv = with_outcome(adv * mask, batch, self.cfg.outcome_coef, self.cfg.grpo_std_norm)  # optional outcome
-        return self.with_stop_token(TokenTerms(advantages=adv.detach(), reward=reward, clipped=clipped), batch)
+        adv = adv * mask
+        rows = teacher_rows(batch, self.cfg.teacher_on)  # optional: the teacher's terms on failed episodes only
+        if rows is not None:
+            adv = adv * rows[:, None]
+        adv = with_outcome(adv, batch, self.cfg.outcome_coef, self.cfg.grpo_std_norm)  # optional outcome
+        # a solved episode stays in the loss only where its outcome advantage says something
+        kept = None if rows is None else rows | (adv != 0).any(dim=-1)
+        terms = TokenTerms(advantages=adv.detach(), reward=reward, clipped=clipped, kept=kept, teacher_rows=rows)
+        return self.with_stop_token(terms, batch)
 
     def select(self, step: int, loss_mask: torch.Tensor, terms: TokenTerms,
                entropy: torch.Tensor | None) -> torch.Tensor:
-        chosen = select_tokens(self.rule(step), loss_mask, entropy=entropy, reward=terms.reward,  # 3.
+        reward = terms.reward
+        if terms.kept is not None:  # algo.teacher_on=failed: the teacher's reward says nothing on a solved episode
+            loss_mask = loss_mask * terms.kept.to(loss_mask.device)[:, None]
+            reward = torch.where(terms.teacher_rows.to(reward.device)[:, None], reward, torch.zeros_like(reward))
+        chosen = select_tokens(self.rule(step), loss_mask, entropy=entropy, reward=reward,  # 3.
                                beta=self.cfg.beta, floor=self.floor)
         return self.without_stop_tokens(chosen, terms)
 

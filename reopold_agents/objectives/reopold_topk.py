@@ -24,6 +24,7 @@ the one key for the teacher's top-k support size):
 4. loss               L = L_reopold(M) + algo.topk_coef * aggregate_{t in M}(D_t)
                       L_reopold: reopold.py steps 1-4 on the sampled tokens; M: the stage rule's token
                       mask (reopold.py step 3), applied to both terms; the same aggregation.
+                      With algo.teacher_on=failed, D_t = 0 on the episodes the environment scores solved.
 
 Clipping caps how hard a candidate the teacher rejects is pushed down, as it does for a sampled token;
 selection picks the same positions for both terms. Which direction (``algo.gkd_direction``, the one key for
@@ -92,6 +93,8 @@ class ReopoldTopK(Reopold):
         sampled, stats = surrogate_loss(fwd, self.cfg)  # 4. (L_reopold)
         floor = clip_floor(self.cfg.clip_lambda) if self.cfg.reward_clip else None
         dense = dense_topk_term(fwd.student_topk, fwd.teacher_topk, floor, self.cfg.gkd_direction)
+        if fwd.terms.teacher_rows is not None:  # algo.teacher_on=failed: no dense term on a solved episode
+            dense = dense * fwd.terms.teacher_rows.to(dense.device)[:, None]
         if fwd.weights is not None:
             dense = dense * fwd.weights.detach()
         loss = sampled + self.cfg.topk_coef * aggregate(dense, fwd.mask, self.cfg.aggregation, fwd.token_norm,
