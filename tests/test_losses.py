@@ -288,6 +288,8 @@ def test_teacher_on_failed_brute_force():
                 kept.append(not solved[i] or (coef > 0 and abs(a_i) > 0))
             assert torch.allclose(terms.advantages, expected, atol=1e-5), (name, coef)
             assert terms.kept.tolist() == kept and terms.teacher_rows.tolist() == (~solved).tolist()
+            assert not terms.clipped[solved].any() and torch.equal(terms.reward, tea - old)  # raw reward kept
+            assert _objective(name=name, **extra).token_terms(b).clipped[solved].any()  # all: they were clipped
             mask = obj.select(0, lm, terms, entropy=None)  # reopold's stage 1: reward_floor, on failed rows only
             floor_ok = [[bool(solved[i]) or tea[i, t].item() - old[i, t].item() >= floor or name == "reopold_topk"
                          for t in range(T)] for i in range(B)]

@@ -224,7 +224,7 @@ class Reopold(Objective):
         adv = adv * mask
         rows = teacher_rows(batch, self.cfg.teacher_on)  # optional: the teacher's terms on failed episodes only
         if rows is not None:
-            adv = adv * rows[:, None]
+            adv, clipped = adv * rows[:, None], clipped & rows[:, None]
         adv = with_outcome(adv, batch, self.cfg.outcome_coef, self.cfg.grpo_std_norm)  # optional outcome
         # a solved episode stays in the loss only where its outcome advantage says something
         kept = None if rows is None else rows | (adv != 0).any(dim=-1)
