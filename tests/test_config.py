@@ -71,6 +71,11 @@ def test_cross_key_checks():
         _started("algo=grpo", "algo.stage1_rule=entropy")  # grpo has no stage rules: the key is not read
     with pytest.raises(ConfigError, match="algo.outcome_coef"):
         _started("algo=opd_outcome", "algo.outcome_coef=0")
+    with pytest.raises(ConfigError, match="algo.teacher_on"):
+        _started("algo=opd", "algo.teacher_on=failed")  # opd does not read it (reopold does)
+    with pytest.raises(ConfigError, match="algo.teacher_on"):
+        _started("algo=reopold", "algo.teacher_on=solved")
+    assert _started("algo=reopold_topk_forward", "algo.teacher_on=failed").algo.teacher_on == "failed"
 
 
 def test_env_preset_sets_the_demo_knobs_and_the_command_line_wins():
