@@ -28,6 +28,7 @@ import torch
 from reopold_agents.metrics import summarize
 from reopold_agents.distributed.backend import Backend, RolloutHandle
 from reopold_agents.entry_metrics import entry_metrics, episode_means, log_ratios
+from reopold_agents.objectives.outcome import mixed_groups
 from reopold_agents.teacher.scores import TeacherScores
 from reopold_agents.trajectory import Batch, Trajectory, collate
 
@@ -65,6 +66,9 @@ def rollout_metrics(trajectories: list[Trajectory], batch: Batch, scores: Teache
     """Outcome reward/success, lengths, and the teacher log-ratio r_t = log pi_T - log pi_old on student tokens."""
     out = episode_means("rollout", trajectories)
     out["rollout/seq_len"] = sum(len(t) for t in trajectories) / len(trajectories)
+    # the share of episodes whose prompt group scored unalike: all an outcome advantage (grpo, dapo,
+    # algo.outcome_coef) can act on
+    out["rollout/mixed_groups"] = float(mixed_groups(batch.rewards, batch.group_ids).float().mean())
     out.update(summarize("teacher/log_ratio", log_ratios(batch).tolist()))
     out.update(entry_metrics(trajectories, batch, scores))  # env/<entry>/*, teacher/<label>/*
     return out

@@ -341,9 +341,14 @@ def test_single_env_batches_and_metrics_are_unchanged():
         trajs.append(t)
     batch, _ = _scored(trajs)  # no entry stamped, no teacher labels
     assert batch.teachers is None and entry_metrics(trajs, batch, None) == {}
-    keys = set(rollout_metrics(trajs, batch, None))
-    assert keys == {"rollout/reward", "rollout/success", "rollout/response_tokens", "rollout/turns", "rollout/seq_len",
-                    "teacher/log_ratio/mean", "teacher/log_ratio/std", "teacher/log_ratio/min", "teacher/log_ratio/max"}
+    metrics = rollout_metrics(trajs, batch, None)
+    assert set(metrics) == {"rollout/reward", "rollout/success", "rollout/response_tokens", "rollout/turns",
+                            "rollout/seq_len", "rollout/mixed_groups", "teacher/log_ratio/mean",
+                            "teacher/log_ratio/std", "teacher/log_ratio/min", "teacher/log_ratio/max"}
+    assert metrics["rollout/mixed_groups"] == 0.0  # groups of one episode: nothing an outcome advantage can act on
+    trajs[1].group_id, trajs[1].reward = 0, 0.0  # episodes 0 and 1 now share a group and score unalike
+    mixed, _ = _scored(trajs)
+    assert rollout_metrics(trajs, mixed, None)["rollout/mixed_groups"] == pytest.approx(2 / 3)
     cfg = compose(["env=math"])
     assert cfg.mix == {} and cfg.env.name == "math"
     (entry,) = cfg.entries.values()  # a single-env run is a run of one entry, named after its env

@@ -7,7 +7,8 @@ import torch
 
 from reopold_agents.config.algo import AlgoConfig
 from reopold_agents.objectives import OBJECTIVES, make_objective
-from reopold_agents.objectives.dapo import mixed_groups, overlong_penalty
+from reopold_agents.objectives.dapo import overlong_penalty
+from reopold_agents.objectives.outcome import mixed_groups
 from reopold_agents.trajectory import Batch
 
 

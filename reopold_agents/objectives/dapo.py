@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 
 from reopold_agents.objectives.base import Forward, Objective, TokenTerms
-from reopold_agents.objectives.outcome import group_advantages
+from reopold_agents.objectives.outcome import group_advantages, mixed_groups
 from reopold_agents.objectives.reopold import SURROGATE_KEYS, surrogate_loss
 from reopold_agents.trajectory import Batch
 
@@ -32,16 +32,6 @@ def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> tor
     ramp = (start - lengths) / max(buffer, 1)
     return torch.where(lengths <= start, torch.zeros_like(lengths),
                        torch.where(lengths <= max_tokens, ramp, torch.full_like(lengths, -1.0)))
-
-
-def mixed_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """[B] bool: the episode's group has at least two different rewards (dynamic sampling keeps it)."""
-    keep = torch.zeros_like(rewards, dtype=torch.bool)
-    for g in torch.unique(group_ids):
-        idx = (group_ids == g).nonzero(as_tuple=True)[0]
-        r = rewards[idx]
-        keep[idx] = bool((r != r[0]).any())
-    return keep
 
 
 class DAPO(Objective):

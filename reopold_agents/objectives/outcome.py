@@ -43,6 +43,17 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, std_norm: b
     return adv
 
 
+def mixed_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the episode's group has at least two different rewards: the groups an outcome advantage acts
+    on (DAPO keeps only these; a run logs their share as ``rollout/mixed_groups``)."""
+    keep = torch.zeros_like(rewards, dtype=torch.bool)
+    for g in torch.unique(group_ids):
+        idx = (group_ids == g).nonzero(as_tuple=True)[0]
+        r = rewards[idx]
+        keep[idx] = bool((r != r[0]).any())
+    return keep
+
+
 def teacher_rows(batch: Batch, teacher_on: str) -> torch.Tensor | None:
     """``[B]`` bool: the episodes the teacher's terms act on (``algo.teacher_on``); None: every episode."""
     if teacher_on == "all":
