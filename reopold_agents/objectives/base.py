@@ -10,7 +10,7 @@ plus one line in ``reopold_agents/objectives/__init__.py``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -117,7 +117,7 @@ class Objective(ABC):
         adv = terms.advantages
         if self.cfg.stop_token == "clip":
             adv = torch.where(stop, adv.clamp(max=0.0), adv)
-        return TokenTerms(adv, terms.reward, terms.clipped, terms.kept, stop, terms.teacher_rows)
+        return replace(terms, advantages=adv, stop=stop)
 
     def without_stop_tokens(self, mask: torch.Tensor, terms: TokenTerms) -> torch.Tensor:
         """``mask`` less the stop tokens under ``algo.stop_token=mask`` (they never enter the loss)."""
