@@ -238,18 +238,24 @@ def test_testbed_refuses_upper_steps_for_a_student_without_an_sft_run(tmp_path):
     assert done.returncode == 2 and "no student SFT run" in done.stderr and "upper-steps" in done.stderr
 
 
-def test_math_know_experiment_runs_the_bed_with_the_forward_top_k_and_its_grpo_control():
-    """``experiment=math_know`` sets the bed's family, the forward top-k objective and the measured budget;
+@pytest.mark.parametrize("bed,env,family,steps", [
+    ("math_know", "math", "synthetic:math_mul", 400),
+    ("toolqa_know", "toolqa", "synthetic:toolqa_population", 60),
+])
+def test_know_experiment_runs_the_bed_with_the_forward_top_k_and_its_grpo_control(bed, env, family, steps):
+    """``experiment=<bed>`` sets the bed's env, family, the forward top-k objective and the measured budget;
     ``algo=grpo`` swaps in the control without a key it does not read."""
     from reopold_agents.config import compose
     from reopold_agents.objectives import check_algo
+    from reopold_agents.tiny.recipes import RECIPES
 
-    cfg = compose(["experiment=math_know", "model=tiny_math_know"])
+    pair = f"tiny_{bed}"
+    cfg = compose([f"experiment={bed}", f"model={pair}"])
     check_algo(cfg.algo)
-    assert (cfg.env.name, cfg.env.tasks, cfg.model.student, cfg.model.teacher) == (
-        "math", "synthetic:math_mul", "tiny_math_know", "tiny_math_know")
+    assert (cfg.env.name, cfg.env.tasks, cfg.model.student, cfg.model.teacher) == (env, family, pair, pair)
+    assert RECIPES[pair].bed_env == env and RECIPES[pair].bed_tasks == family  # the bed the benchmarks measure
     assert (cfg.algo.name, cfg.algo.gkd_direction, cfg.algo.stage1_rule) == ("reopold_topk", "forward", "all")
-    assert (cfg.trainer.total_steps, cfg.trainer.lr, cfg.trainer.heldout_tasks) == (400, 3e-4, 256)
-    control = compose(["experiment=math_know", "model=tiny_math_know", "algo=grpo"])
+    assert (cfg.trainer.total_steps, cfg.trainer.lr, cfg.trainer.heldout_tasks) == (steps, 3e-4, 256)
+    control = compose([f"experiment={bed}", f"model={pair}", "algo=grpo"])
     check_algo(control.algo)
     assert control.algo.name == "grpo" and control.trainer == cfg.trainer and control.env == cfg.env
