@@ -56,7 +56,7 @@ GAP_FLOOR = 0.6  # the measured shortened runs closed 88-97 %; the issue's demo 
 # GRPO 0.012 at every evaluation of 400 steps (docs/BENCHMARKS.md section 2d). toolqa_know: exactly this
 # shortened run measured 0.000 -> 0.773 after 24 steps (teacher 1.000: 77 % of the gap; 45 s), and GRPO 0.000 (31 s);
 # the full 60 steps reach 1.000 on 3 seeds while GRPO stays at 0.000 at every evaluation.
-# bed -> (steps, gap-closed floor): floors well under the measured 28 % and 77 %, a margin for float rounding
+# bed -> (steps, gap-closed floor): floors under the measured 28 % and 77 %, a margin for float rounding
 KNOW_FLOORS = {"math_know": (100, 0.2), "toolqa_know": (24, 0.5)}
 GRPO_CEILING = 0.05    # GRPO's gap closed, on the same bed and budget, must stay under this
 
