@@ -59,6 +59,13 @@ step 10 of 20, not 300 of the preset's 600 (as in benchmarks/sample_efficiency.p
     python benchmarks/vs_trl_learning.py           # seeds 0 1 2, 320 samples (20 steps), evaluated every step (~10-12 min)
     python benchmarks/vs_trl_learning.py --bed math_know --algo reopold_topk-forward --samples 6400 --eval-every-samples 400
                                                    # the knowledge bed (docs/BENCHMARKS.md section 2c)
+    python benchmarks/vs_trl_learning.py --vocab 151936 --threads 2 --name vs_trl_learning_v151936
+                                                   # the same pair with Qwen2.5's 151,936-row head on every side
+
+``--vocab N`` first widens the bed's pair to an N-row head (``reopold_agents/tiny/widen.py``: the same models,
+old logits bit-identical, the new rows kept under 1e-12 of probability on calibration text) and points every
+side at the widened folders, so generation, the teacher's scores and every loss pay a real vocabulary's
+head, as on a real model; the tiny pairs' 1,030-token head hides that cost.
 """
 
 from __future__ import annotations
@@ -164,6 +171,22 @@ def prompt_messages(cfg: Any, seed: int, steps: int) -> tuple[list[list[dict]], 
     finally:
         env.close()
     return rows, ids
+
+
+def widen_models(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """With ``--vocab``: the bed's pair widened to that many head rows (``reopold_agents.tiny.widen``), every
+    side pointed at the widened folders (``model.student``/``model.teacher`` overrides); returns each role's
+    folder and widening report ({} without ``--vocab``)."""
+    if args.vocab is None:
+        return {}
+    from reopold_agents.tiny.widen import widen_pair, widen_report
+
+    if cfg.model.teacher != cfg.model.student:
+        raise SystemExit(f"--vocab widens a tiny pair; the bed's student and teacher are {cfg.model.student!r} / "
+                         f"{cfg.model.teacher!r}")
+    folders = widen_pair(cfg.model.student, args.vocab)
+    args.override = [*args.override, f"model.student={folders['student']}", f"model.teacher={folders['teacher']}"]
+    return {role: {"path": str(folder), **asdict(widen_report(folder))} for role, folder in folders.items()}
 
 
 # ------------------------------------------------------------------------------------------- ours
@@ -401,7 +424,8 @@ def report(summary: dict[str, dict[str, Any]], meta: dict[str, Any],
            emit: Callable[[str], None] = print) -> dict[str, float]:
     """The table (one row per side) and, last, the wall-clock ratio line; returns the ratios by TRL side."""
     targets = meta["targets"]
-    emit(f"\n{meta.get('bed', ENV)} (single turn): student start {meta['start']:.3f}, teacher {meta['teacher']:.3f}, greedy on "
+    vocab = f", head widened to {meta['vocab']:,} rows" if meta.get("vocab") else ""
+    emit(f"\n{meta.get('bed', ENV)}{vocab} (single turn): student start {meta['start']:.3f}, teacher {meta['teacher']:.3f}, greedy on "
          f"{meta['heldout_tasks']} held-out tasks, lr {meta['lr']:g}, {meta['per_step']} samples/step; targets "
          + ", ".join(f"{k} of the gap {t:.3f}" for k, t in targets.items()))
     emit(f"{'side':<28} " + " ".join(f"{'samples to ' + k:>18} {'seconds to ' + k:>22}" for k in targets)
@@ -480,6 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="our objective (a learning_runs.METHODS name)")
     p.add_argument("--bed", default=ENV, choices=[ENV, *(b for b, (e, _) in BEDS.items() if e == ENV)],
                    help="the math test bed, or a math knowledge bed (learning_runs.BEDS: math_know)")
+    p.add_argument("--vocab", type=int, default=None,
+                   help="widen the pair's head to this many rows first (151936: Qwen2.5's; reopold_agents/tiny/widen.py)")
     p.add_argument("--lr", type=float, default=None, help="every side's lr (default: the math preset's, 1e-4)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--group", type=int, default=2, help="samples per prompt")
@@ -523,6 +549,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from reopold_agents.evaluation.heldout import teacher_success
 
     cfg = shared_config(args)
+    widened = widen_models(args, cfg)
+    if widened:
+        cfg = shared_config(args)
     if cfg.trainer.prompts_per_step * cfg.trainer.group_size != args.prompts * args.group:
         raise SystemExit("--override must not change trainer.prompts_per_step/group_size (use --prompts/--group)")
     teacher = teacher_success(cfg)
@@ -544,7 +573,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     targets = gap_targets(ok, args.bed, teacher, args.gaps, cfg.trainer.heldout_tasks)
     meta = {"bed": args.bed, "teacher": teacher, "start": statistics.median(c.start for c in ok), "targets": targets,
             "heldout_tasks": cfg.trainer.heldout_tasks, "lr": cfg.trainer.lr, "per_step": per_step,
-            "max_new_tokens": cfg.engine.sampling.max_new_tokens, "ours": f"ours:{args.algo}"}
+            "max_new_tokens": cfg.engine.sampling.max_new_tokens, "ours": f"ours:{args.algo}",
+            "vocab": args.vocab, "widened": widened}
     summary = summarize(curves, targets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
