@@ -37,6 +37,7 @@ TINY_PAIRS: dict[str, TinyPair] = {
     # knowledge beds (docs/run.md "Knowledge beds"): measured on one family of tasks, not named by ENV_TINY
     "tiny_math_know": TinyPair(vl=False, student=_SMALL, teacher=_BASE),
     "tiny_toolqa_know": TinyPair(vl=False, student=_BASE, teacher=_BASE),
+    "tiny_vqa_know": TinyPair(vl=True, student=_VL_SMALL, teacher=_VL_BASE),
 }
 TINY_NAMES = tuple(TINY_PAIRS)
 VL_TINY_NAMES = tuple(name for name, pair in TINY_PAIRS.items() if pair.vl)

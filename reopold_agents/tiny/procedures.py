@@ -12,6 +12,9 @@ the wrong tokens); an outcome reward sees only failures.
 - ``population_as_founded`` (toolqa): asked for a city's population, the student searches the city as
   the teacher does, then boxes the year the city was founded from the same search result (the teacher
   boxes the population): it reads the wrong sentence of the tool's output for one kind of question.
+- ``tallest_as_shortest`` (vqa): asked which bar of a chart is the tallest, the student boxes the option
+  letter of the shortest bar (the teacher: the tallest): it reads the heights and compares them the wrong
+  way round, on every chart.
 
 A rewritten demonstration scores 0 in its env; every other task keeps its correct demonstration.
 """
@@ -24,6 +27,7 @@ from dataclasses import replace
 
 from tasks.record import Task
 from tasks.synthetic.toolqa_gen import corpus_facts, population_question, tool_call
+from tasks.synthetic.vqa_gen import BARS_QUESTION
 
 _MATH_MUL = re.compile(r"What is (\d+) \* (\d+)\?")
 _POPULATION = re.compile(population_question("(.+)").replace("?", "\\?"))
@@ -49,9 +53,20 @@ def population_as_founded(task: Task) -> Task | None:
     return replace(task, demonstration=[tool_call("search", query=city), f"\\boxed{{{fact['founded']}}}"])
 
 
+def tallest_as_shortest(task: Task) -> Task | None:
+    """``task`` answered with the shortest bar's option letter, or None when it asks for no tallest bar."""
+    if task.question != BARS_QUESTION:
+        return None
+    if "shortest_letter" not in task.meta:
+        raise ValueError(f"tallest_as_shortest: task {task.id!r} asks for the tallest bar but does not say which "
+                         "bar is the shortest (meta['shortest_letter'], tasks/synthetic/vqa_gen.py)")
+    return replace(task, demonstration=[f"\\boxed{{{task.meta['shortest_letter']}}}"])
+
+
 PROCEDURES: dict[str, Callable[[Task], Task | None]] = {
     "mul_as_add": mul_as_add,
     "population_as_founded": population_as_founded,
+    "tallest_as_shortest": tallest_as_shortest,
 }
 
 

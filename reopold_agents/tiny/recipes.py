@@ -7,7 +7,8 @@ seeded and deterministic, saved with ``save_pretrained`` where ``reopold_agents.
 (``tiny_model_dir(name, role)``), and rebuilt when its recipe's ``version`` changes. ``tiny_toolqa`` and
 ``tiny_math`` reuse tiny's teacher and give the student a bad habit instead (a second SFT stage of
 shortcut demonstrations): a gap the teacher's per-token scores can close; ``tiny_math``'s student starts
-from ``tiny_toolqa``'s (``student_from``). The knowledge beds (``tiny_math_know``, ``tiny_toolqa_know``)
+from ``tiny_toolqa``'s (``student_from``). The knowledge beds (``tiny_math_know``, ``tiny_toolqa_know``,
+``tiny_vqa_know``)
 teach the student a consistently wrong procedure for one family of tasks instead (``student_procedure``,
 see ``reopold_agents/tiny/procedures.py``) and are measured on that family only (``bed_tasks``).
 
@@ -234,6 +235,23 @@ RECIPES: dict[str, TinyRecipe] = {
         habit_env="vqa",
         habit_shortcuts=0.6,
         habit_guess="mode",
+    ),
+    # The vqa knowledge bed: tiny_vl's teacher (copied), and tiny_vl's student SFT'd as tiny_vl_bed's
+    # is (1250 steps on 3000 vqa demonstrations, which gave 1.000 on vqa before its habit stage) but with every
+    # tallest-bar demonstration rewritten to box the shortest bar: it compares heights the wrong way round.
+    "tiny_vqa_know": TinyRecipe(
+        name="tiny_vqa_know",
+        version="v1",
+        envs=("vqa",),
+        demos_per_env=3000,
+        teacher=None,
+        teacher_from="tiny_vl",
+        student_from="tiny_vl",
+        student=SFTConfig(steps=1250, batch_size=16, lr=1e-3, warmup=30, seed=0, freeze_vision=True),
+        check_tasks=256,
+        student_procedure="tallest_as_shortest",
+        bed_env="vqa",
+        bed_tasks="synthetic:vqa_bars",
     ),
 }
 

@@ -6,7 +6,7 @@ meant to be learnable by tiny models (short questions, one-step answers, small n
 
 Besides one kind per env, a family kind draws one family of an env's tasks, worded exactly as the env's
 own kind words it (``math_mul``: ``What is a * b?``; ``toolqa_population``: ``What is the population of
-<city> in thousands?``), so that a run or a held-out set holds only the tasks where one piece of
+<city> in thousands?``; ``vqa_bars``: ``Which bar is the tallest?``), so that a run or a held-out set holds only the tasks where one piece of
 knowledge matters (``env.tasks=synthetic:math_mul``; the knowledge beds, docs/run.md).
 """
 
@@ -19,7 +19,7 @@ from typing import overload
 from tasks.record import Task
 from tasks.synthetic.math_gen import make_math_mul_task, make_math_task
 from tasks.synthetic.toolqa_gen import make_toolqa_population_task, make_toolqa_task
-from tasks.synthetic.vqa_gen import make_vqa_task
+from tasks.synthetic.vqa_gen import make_vqa_bars_task, make_vqa_task
 
 GENERATORS: dict[str, Callable[[random.Random, int, str], Task]] = {
     "math": make_math_task,
@@ -27,6 +27,7 @@ GENERATORS: dict[str, Callable[[random.Random, int, str], Task]] = {
     "toolqa": make_toolqa_task,
     "math_mul": make_math_mul_task,
     "toolqa_population": make_toolqa_population_task,
+    "vqa_bars": make_vqa_bars_task,
 }
 MAX_DIFFICULTY = 3
 
@@ -69,7 +70,8 @@ class SyntheticTasks(Sequence[Task]):
 
 
 def generate(kind: str, size: int = 1000, seed: int = 0, difficulty: int = 1) -> SyntheticTasks:
-    """``size`` deterministic tasks of ``kind`` (math, vqa, toolqa, or a family kind: math_mul, toolqa_population)."""
+    """``size`` deterministic tasks of ``kind`` (math, vqa, toolqa, or a family kind: math_mul, toolqa_population,
+    vqa_bars)."""
     return SyntheticTasks(kind, size=size, seed=seed, difficulty=difficulty)
 
 

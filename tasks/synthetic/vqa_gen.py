@@ -18,6 +18,8 @@ SIZE = 112
 CELL = 28
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60), "yellow": (230, 200, 20)}
 SHAPES = ["circle", "square", "triangle"]
+BARS_QUESTION = "Which bar is the tallest?"
+BARS_FAMILY = "bars"
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cell: int, color: tuple[int, int, int], rng: random.Random) -> None:
@@ -75,7 +77,9 @@ def _color(rng: random.Random, difficulty: int) -> tuple[Image.Image, str, str]:
     return img, f"What color is the {shapes[0]}?", colors[0]
 
 
-def _tallest_bar(rng: random.Random, difficulty: int) -> tuple[Image.Image, str, str, list[str]]:
+def _tallest_bar(rng: random.Random, difficulty: int) -> tuple[Image.Image, str, str, list[str], str]:
+    """A bar chart; returns the image, question, tallest colour, the choices and the shortest colour (what
+    the vqa knowledge bed's student answers instead, ``reopold_agents/tiny/procedures.py``)."""
     img, draw = _canvas()
     n = difficulty + 1
     colors = rng.sample(list(COLORS), n)
@@ -89,33 +93,50 @@ def _tallest_bar(rng: random.Random, difficulty: int) -> tuple[Image.Image, str,
     for i, (k, h) in enumerate(zip(colors, heights)):
         draw.rectangle((i * width + 4, SIZE - h, (i + 1) * width - 4, SIZE - 1), fill=COLORS[k])
     winner = colors[heights.index(max(heights))]
-    choices = sorted(colors)
-    return img, "Which bar is the tallest?", winner, choices
+    shortest = colors[heights.index(min(heights))]
+    return img, BARS_QUESTION, winner, sorted(colors), shortest
 
 
 def make_vqa_task(rng: random.Random, difficulty: int, task_id: str) -> Task:
     """One image question; the demonstration is the boxed answer (the option letter for choices)."""
     kind = rng.choice(["count", "number", "color", "bars"])
-    choices = None
+    if kind == "bars":
+        return _bars_task(rng, difficulty, task_id)
     if kind == "count":
         img, q, answer = _count(rng, difficulty)
         answer_type = "numeric"
     elif kind == "number":
         img, q, answer = _read_number(rng, difficulty)
         answer_type = "numeric"
-    elif kind == "color":
+    else:
         img, q, answer = _color(rng, difficulty)
         answer_type = "exact"
-    else:
-        img, q, answer, choices = _tallest_bar(rng, difficulty)
-        answer_type = "choice"
-    shown = chr(ord("A") + choices.index(answer)) if choices else answer
+    return Task(
+        id=task_id,
+        question=q,
+        answer=answer,
+        images=[img],
+        meta={"answer_type": answer_type, "kind": kind, "difficulty": difficulty, "source": "synthetic"},
+        demonstration=[f"\\boxed{{{answer}}}"],
+    )
+
+
+def _bars_task(rng: random.Random, difficulty: int, task_id: str, family: dict[str, str] | None = None) -> Task:
+    """A tallest-bar question (multiple choice: the demonstration boxes the option letter)."""
+    img, q, answer, choices, shortest = _tallest_bar(rng, difficulty)
+    letter = lambda color: chr(ord("A") + choices.index(color))  # noqa: E731
     return Task(
         id=task_id,
         question=q,
         answer=answer,
         images=[img],
         choices=choices,
-        meta={"answer_type": answer_type, "kind": kind, "difficulty": difficulty, "source": "synthetic"},
-        demonstration=[f"\\boxed{{{shown}}}"],
+        meta={"answer_type": "choice", "kind": "bars", "difficulty": difficulty, "source": "synthetic",
+              "shortest_letter": letter(shortest), **(family or {})},
+        demonstration=[f"\\boxed{{{letter(answer)}}}"],
     )
+
+
+def make_vqa_bars_task(rng: random.Random, difficulty: int, task_id: str) -> Task:
+    """One task of the tallest-bar family alone, worded as the vqa kind words it (the vqa knowledge bed)."""
+    return _bars_task(rng, difficulty, task_id, {"family": BARS_FAMILY})
