@@ -14,9 +14,11 @@ from reopold_agents.tiny.sft import SFTConfig
 BEDS = {  # pair -> (env, family kind, wrong procedure)
     "tiny_math_know": ("math", "math_mul", "mul_as_add"),
     "tiny_toolqa_know": ("toolqa", "toolqa_population", "population_as_founded"),
+    "tiny_vqa_know": ("vqa", "vqa_bars", "tallest_as_shortest"),
 }
 FAMILY = {"math_mul": re.compile(r"What is [1-9] \* [1-9]\?"),
-          "toolqa_population": re.compile(r"What is the population of \w+ in thousands\?")}
+          "toolqa_population": re.compile(r"What is the population of \w+ in thousands\?"),
+          "vqa_bars": re.compile(r"Which bar is the tallest\?")}
 
 
 @pytest.mark.parametrize("pair", BEDS)
@@ -44,7 +46,9 @@ def test_knowledge_bed_is_shipped_by_its_recipe_and_loads(pair):
         assert info["version"] == recipe.version
         loaded = load_model(pair, role, "float32", "cpu")
         assert loaded.path == str(shipped_dir(pair, role))
-        assert loaded.model.config.hidden_size == TINY_SIZES[(pair, role)]["hidden_size"]
+        config = loaded.model.config
+        text = getattr(config, "text_config", config)  # a VL model keeps its language model's sizes there
+        assert text.hidden_size == TINY_SIZES[(pair, role)]["hidden_size"]
     student = json.loads((shipped_dir(pair, "student") / "build_info.json").read_text())
     assert student["student_procedure"] == recipe.student_procedure
     assert student["success"][recipe.bed_tasks] <= 0.2  # the build's own check on the family
@@ -74,8 +78,9 @@ def test_held_out_set_is_256_tasks_of_the_family_the_procedure_gets_wrong(pair):
     assert changed >= 0.95 * len(tasks)  # math: 2 * 2 = 2 + 2 is the one product addition gets right
 
 
-@pytest.mark.parametrize("kind,env_kind", [("math_mul", "math"), ("toolqa_population", "toolqa")])
-def test_family_kind_words_its_tasks_as_the_env_kind_does(kind, env_kind):
+@pytest.mark.parametrize("kind,env_kind,one_difficulty", [("math_mul", "math", True), ("toolqa_population", "toolqa", True),
+                                                       ("vqa_bars", "vqa", False)])
+def test_family_kind_words_its_tasks_as_the_env_kind_does(kind, env_kind, one_difficulty):
     """A family kind's tasks are exactly the env kind's tasks of that family: the teacher learned them there."""
     from tasks.synthetic import generate
 
@@ -84,8 +89,55 @@ def test_family_kind_words_its_tasks_as_the_env_kind_does(kind, env_kind):
                if FAMILY[kind].fullmatch(t.question)}
     assert family and family <= generic
     assert generate(kind, 5, seed=3)[4] == generate(kind, 9, seed=3)[4]  # seeded, random access
-    with pytest.raises(ValueError, match="difficulty"):
-        generate(kind, 5, difficulty=2)[0]
+    if one_difficulty:
+        with pytest.raises(ValueError, match="difficulty"):
+            generate(kind, 5, difficulty=2)[0]
+
+
+def _bars_by_pixels(image) -> dict[str, int]:
+    """Brute force: each bar's colour name -> its height in pixels, read back from the rendered chart (the
+    non-white pixels of the middle column of each run of non-white columns)."""
+    from tasks.synthetic.vqa_gen import COLORS, SIZE
+
+    rgb = image.convert("RGB")
+    white = (255, 255, 255)
+    columns = [x for x in range(SIZE) if any(rgb.getpixel((x, y)) != white for y in range(SIZE))]
+    runs: list[list[int]] = []
+    for x in columns:
+        if runs and x == runs[-1][-1] + 1:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    names = {rgb_value: name for name, rgb_value in COLORS.items()}
+    bars = {}
+    for run in runs:
+        x = run[len(run) // 2]
+        bars[names[rgb.getpixel((x, SIZE - 1))]] = sum(rgb.getpixel((x, y)) != white for y in range(SIZE))
+    return bars
+
+
+def test_tallest_as_shortest_boxes_the_shortest_bar_read_from_the_pixels():
+    """The wrong procedure boxes the letter of the bar that is shortest in the rendered image, the correct
+    demonstration the tallest's; the env scores the rewritten demonstration 0 and the correct one 1."""
+    from envs.demo import play_demonstration
+    from envs.vqa import VQAEnv
+    from reopold_agents.tiny.procedures import wrong_procedure
+    from tasks.synthetic import generate
+
+    tasks = list(generate("vqa", 160, seed=7919))
+    env = VQAEnv(tasks=tasks)
+    bars = [t for t in tasks if t.meta["kind"] == "bars"]
+    assert len(bars) > 20
+    assert all(wrong_procedure("tallest_as_shortest", t) is None for t in tasks if t.meta["kind"] != "bars")
+    letter = lambda task, color: f"\\boxed{{{chr(ord('A') + task.choices.index(color))}}}"  # noqa: E731
+    for task in bars:
+        heights = _bars_by_pixels(task.images[0])
+        assert sorted(heights) == sorted(task.choices)
+        wrong = wrong_procedure("tallest_as_shortest", task)
+        assert task.demonstration == [letter(task, max(heights, key=heights.get))]
+        assert wrong.demonstration == [letter(task, min(heights, key=heights.get))]
+        assert play_demonstration(env, wrong).reward == 0.0 and play_demonstration(env, task).reward == 1.0
+    env.close()
 
 
 def test_mul_as_add_rewrites_only_products_and_the_env_scores_them_wrong():
