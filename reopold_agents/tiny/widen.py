@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from reopold_agents.tiny.sft import SFTExample
 
@@ -131,7 +132,7 @@ def widened_dir(name: str, role: str, vocab_size: int) -> Path:
     return cache_dir() / "models" / f"{name}-v{vocab_size}-{role}"
 
 
-def calibration_examples(name: str, tokenizer: object, seed: int, demos: int = CALIBRATION_DEMOS) -> list[SFTExample]:
+def calibration_examples(name: str, tokenizer: PreTrainedTokenizerBase, seed: int, demos: int = CALIBRATION_DEMOS) -> list[SFTExample]:
     """The pair's bed as both roles write it: correct demonstrations and ones with the student's habit or
     wrong procedure (``TinyRecipe``), ``demos`` of each, from task seed ``seed``."""
     from reopold_agents.tiny.recipes import RECIPES, demonstration_examples
