@@ -248,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reopold/opd/grpo/dapo, 1 seed, 8 steps")
     p.add_argument("--envs", nargs="+", default=["math"],
-                   help="env names (their test beds, model=tiny) or knowledge beds (learning_runs.BEDS: math_know, toolqa_know)")
+                   help="env names (their test beds, model=tiny) or knowledge beds (learning_runs.BEDS: math_know, toolqa_know, vqa_know)")
     p.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS),
                    help=f"default: {' '.join(DEFAULT_METHODS)} (quick: {' '.join(QUICK_METHODS)})")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
