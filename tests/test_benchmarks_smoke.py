@@ -573,3 +573,19 @@ def test_bfcl_runs_report_reads_runs_on_disk(tmp_path, capsys):
     assert rows["parallel"]["leads"] and math.isclose(rows["parallel"]["closed"], 0.4 / 0.8)
     assert rows["multiple"]["fell"] and rows["multiple"]["closed"] is None  # 0.5 < 0.8 - 0.126; gap 0.2 < 2 SE
     assert _last_line(capsys) == "median gap closed where the teacher leads: opd parallel 50% of the gap (1 seeds)"
+
+
+def test_vs_trl_learning_vocab_points_every_side_at_the_widened_pair(tmp_path, monkeypatch):
+    """--vocab N widens the bed's pair (reopold_agents/tiny/widen.py) and overrides model.student/teacher with
+    the widened folders, which the shared config then resolves; without it nothing changes."""
+    vl = _load("vs_trl_learning")
+    monkeypatch.setenv("REOPOLD_CACHE", str(tmp_path))
+    args = vl.parse_args(["--quick", "--vocab", "2048"])
+    cfg = vl.shared_config(args)
+    widened = vl.widen_models(args, cfg)
+    assert set(widened) == {"student", "teacher"}
+    assert all(w["rows_before"] == 1030 and w["rows_after"] == 2048 for w in widened.values())
+    cfg = vl.shared_config(args)
+    assert (cfg.model.student, cfg.model.teacher) == (widened["student"]["path"], widened["teacher"]["path"])
+    plain = vl.parse_args(["--quick"])
+    assert vl.widen_models(plain, vl.shared_config(plain)) == {} and plain.override == ["trainer.heldout_tasks=8"]
