@@ -112,4 +112,4 @@ def test_tiny_pairs_are_named_once():
     assert set(RECIPES) == set(TINY_NAMES) and all(r.name == n for n, r in RECIPES.items())
     assert set(ENV_TINY.values()) <= set(TINY_NAMES)
     assert {name for name, _ in TINY_SIZES} == set(TINY_NAMES)
-    assert [n for n in TINY_NAMES if is_vl_pair(n)] == [n for n, p in TINY_PAIRS.items() if p.vl] == ["tiny_vl", "tiny_vl_bed"]
+    assert [n for n in TINY_NAMES if is_vl_pair(n)] == [n for n, p in TINY_PAIRS.items() if p.vl] == ["tiny_vl", "tiny_vl_bed", "tiny_vqa_know"]
