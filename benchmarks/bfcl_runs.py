@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 import yaml
 
 from reopold_agents.benchmarking.load import load_average
+from reopold_agents.benchmarking.run_curves import binomial_se, evals_fell, plot_run_curves
 from reopold_agents.evaluation.compare import gap_with_se
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,10 +67,6 @@ def read_outcomes(samples: Path) -> Outcomes:
 
 def rate(outcomes: dict[str, bool], ids: set[str]) -> float:
     return sum(outcomes[i] for i in ids) / max(1, len(ids))
-
-
-def se(p: float, n: int) -> float:
-    return math.sqrt(p * (1 - p) / max(1, n))
 
 
 @dataclass
@@ -97,7 +93,7 @@ def compare_category(category: str, before: dict[str, bool], after: dict[str, bo
     """The before/after/teacher numbers of one category (see the module docstring for each definition)."""
     shared = set(before) & set(after)
     p_b, p_a = rate(before, shared), rate(after, shared)
-    fell = p_a < p_b - se(p_b, len(shared))
+    fell = p_a < p_b - binomial_se(p_b, len(shared))
     if not teacher:
         return CategoryResult(category, p_a, p_b, len(shared), fell, None, None, None, 0, None, None, False, None)
     matched = shared & set(teacher)
@@ -107,13 +103,6 @@ def compare_category(category: str, before: dict[str, bool], after: dict[str, bo
     leads = n > 0 and gap > 2 * gap_se
     closed = (p_am - p_bm) / gap if leads else None
     return CategoryResult(category, p_a, p_b, len(shared), fell, p_t, p_bm, p_am, n, gap, gap_se, leads, closed)
-
-
-def inrun_fell(summary: dict, heldout_tasks: int) -> bool:
-    """Whether any in-run held-out evaluation fell more than one standard error below the start."""
-    evals = [v for _, v in summary["evals"]]
-    start = evals[0]
-    return any(v < start - se(start, heldout_tasks) for v in evals[1:])
 
 
 def sub_suite(categories: list[str], path: Path) -> Path:
@@ -188,7 +177,7 @@ def report(root: Path, algos: list[str], seeds: list[int], categories: list[str]
             rows = [compare_category(c, student.get(c, {}), after.get(c, {}), teacher.get(c)) for c in categories
                     if after.get(c)]
             runs.append({"seed": seed, "seconds": summary.get("seconds"), "evals": summary["evals"],
-                         "inrun_fell": inrun_fell(summary, heldout_tasks), "categories": [asdict(r) for r in rows]})
+                         "inrun_fell": evals_fell(summary["evals"], heldout_tasks), "categories": [asdict(r) for r in rows]})
         out["algos"][algo] = runs
         print(f"\n{algo}: {len(runs)} run(s) (seeds {[r['seed'] for r in runs]})")
         print("| category | before | after, median (range) | teacher (matched n) | gap closed, median (range) | fell > 1 SE |")
@@ -224,38 +213,14 @@ def curve_keys(categories: list[str]) -> list[str]:
 
 def plot_runs(root: Path, algos: list[str], seeds: list[int], categories: list[str], path: Path) -> list[str]:
     """Every run's in-run curves on shared panels against the step (one colour per algo, one line style per
-    seed), from each run's metrics.jsonl, saved to ``path``; returns the panels drawn (a key no run logged
-    is left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    seed), from each run's metrics.jsonl, saved to ``path``; returns the panels drawn."""
     from reopold_agents.metrics import read_metrics
 
     runs = {(a, s): read_metrics(root / f"{a}_s{s}") for a in algos for s in seeds}
     runs = {k: v for k, v in runs.items() if v}
     if not runs:
         raise SystemExit(f"--plot: no metrics.jsonl under {root} for {algos} x seeds {seeds}")
-    keys = [k for k in curve_keys(categories) if any(k in r for recs in runs.values() for r in recs)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
-    colours = {a: f"C{i}" for i, a in enumerate(algos)}
-    styles = ("-", "--", ":", "-.")
-    for ax, key in zip(axes[0], keys):
-        for (algo, seed), records in runs.items():
-            points = [(r["step"], r[key]) for r in records if key in r]
-            if points:
-                ax.plot(*zip(*points), color=colours[algo], ls=styles[seeds.index(seed) % len(styles)],
-                        marker="o" if key.startswith("eval/") else None, ms=3, lw=1, label=f"{algo} s{seed}")
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return keys
+    return plot_run_curves(runs, curve_keys(categories), path)
 
 
 def main(argv: list[str] | None = None) -> int:

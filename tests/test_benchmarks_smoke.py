@@ -589,3 +589,52 @@ def test_vs_trl_learning_vocab_points_every_side_at_the_widened_pair(tmp_path, m
     assert (cfg.model.student, cfg.model.teacher) == (widened["student"]["path"], widened["teacher"]["path"])
     plain = vl.parse_args(["--quick"])
     assert vl.widen_models(plain, vl.shared_config(plain)) == {} and plain.override == ["trainer.heldout_tasks=8"]
+
+
+def _smol_run(run: Path, evals: list[list[float]], reply_tokens: float, grad_norm: float) -> None:
+    """A finished 40-step run folder with the files stabilisers.py reads."""
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"evals": evals, "steps": 40, "teacher_success": 0.6,
+                                                  "seconds": 600.0, "best": max(evals[1:], key=lambda e: e[1])}))
+    records = [{"step": s, "eval/success": v} for s, v in evals]
+    records += [{"step": s, "grad_norm": grad_norm * s, "rollout/response_tokens": reply_tokens - s / 10,
+                 "lr": 1e-5} for s in range(1, 41)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_stabilisers_reports_falls_gap_and_windows_from_disk(tmp_path, capsys):
+    """stabilisers.py from disk: a run that dips more than one SE below its start is flagged, gap closed at
+    the end, reply length and grad norm averaged over steps 1-10 and 31-40, and the closing summary line."""
+    st = _load("stabilisers")
+    root = tmp_path / "root"
+    _smol_run(root / "plain_s0", [[0, 0.2], [10, 0.45], [20, 0.15], [40, 0.3]], 16.0, 1.0)  # 0.15 < 0.2 - 0.035
+    _smol_run(root / "both_s0", [[0, 0.2], [10, 0.18], [20, 0.4], [40, 0.5]], 16.0, 0.5)  # 0.18 > 0.165
+    st.main(["--report-only", "--root", str(root), "--variants", "plain", "both", "--seeds", "0", "1",
+             "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _last_line(capsys) == ("median over seeds: plain fell 1/1, final 0.300 (0.300-0.300); "
+                                  "both fell 0/1, final 0.500 (0.500-0.500)")
+    found = json.loads((tmp_path / "r.json").read_text())["variants"]
+    plain, both = found["plain"]["0"], found["both"]["0"]
+    assert plain["fell"] and not both["fell"]
+    assert math.isclose(both["closed"], (0.5 - 0.2) / (0.6 - 0.2))
+    assert math.isclose(plain["reply_tokens_first"], 16.0 - 0.55)  # mean of 16 - s/10 over s = 1..10
+    assert math.isclose(plain["reply_tokens_last"], 16.0 - 3.55)  # s = 31..40
+    assert math.isclose(both["grad_norm_last"], 0.5 * 35.5)
+
+
+def test_stabilisers_variants_spell_every_key_and_compose():
+    """Every variant sets all four stabiliser keys (a preset default cannot change what it measures) and its
+    command composes into a valid config with those values."""
+    from reopold_agents.config import compose
+
+    st = _load("stabilisers")
+    keys = {o.split("=")[0] for o in st.VARIANTS["plain"]}
+    assert len(keys) == 5
+    for name, overrides in st.VARIANTS.items():
+        assert {o.split("=")[0] for o in overrides} == keys, name
+        cfg = compose([o for o in st.run_command(name, 3, Path("/tmp/x"))[3:] if "output_dir" not in o])
+        assert cfg.trainer.total_steps == 40 and cfg.trainer.seed == 3 and cfg.trainer.keep_best
+        assert (cfg.algo.aggregation == "constant") == (name in ("constant", "both"))
+        assert (cfg.trainer.warmup_steps == 4) == (name in ("schedule", "both"))
+        assert cfg.trainer.lr_schedule == ("cosine" if name in ("schedule", "both") else "constant")

@@ -1,0 +1,145 @@
+"""The real cross-tokenizer pair trained 40 steps with and without the stabilisers (issue 25, item 6).
+
+``model=smol_qwen`` (SmolLM2-135M-Instruct student, Qwen2.5-Coder-0.5B-Instruct teacher, env=math asking for
+the number only) rose for 10 steps and then fell back when trained 40 (docs/run.md "Real models"). Each
+variant below is the same 40-step run with some of the stabilisers of docs/objective.md switched on;
+every variant spells all four keys, so a change of the preset's defaults does not change what it measures:
+
+    plain      none (token-mean loss, constant lr)
+    schedule   lr warm-up over 4 steps, then cosine decay to 0.1 x lr
+    constant   the constant loss normaliser (sum over tokens / (sequences x 16), 16 = the reply budget)
+    both       schedule and constant
+
+For every ``--variants`` x ``--seeds`` pair, one heavy process at a time (skipped once its summary.json
+exists): ``python -m reopold_agents.run env=math model=smol_qwen trainer.total_steps=40 trainer.eval_every=10
+trainer.save_every=10 trainer.keep_best=true trainer.seed=<seed> trainer.output_dir=<root>/<variant>_s<seed>
+trainer.heldout_cache=<root>/heldout_success.json <variant's keys>``. Then, per run, from its summary.json
+and metrics.jsonl: the held-out evaluations (128 greedy tasks every 10 steps), whether one fell more than one
+standard error below the start, the final and best success, the gap closed at the end, and the mean reply
+length and grad norm over the first and the last 10 steps. The last line: per variant, the runs that fell
+and the median final success. About 11 minutes a run on 2 CPU cores with nothing else running.
+
+    python benchmarks/stabilisers.py --variants plain both --seeds 0 1 2 --root /work/runs/smol \\
+        --plot benchmarks/results/smol_qwen_stabilisers.png --json benchmarks/results/smol_qwen_stabilisers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from reopold_agents.benchmarking.load import load_average
+from reopold_agents.benchmarking.run_curves import evals_fell, plot_run_curves
+from reopold_agents.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = ["env=math", "model=smol_qwen", "trainer.total_steps=40", "trainer.eval_every=10", "trainer.save_every=10",
+       "trainer.keep_best=true"]
+NO_SCHEDULE = ["trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.min_lr_ratio=0.0"]
+SCHEDULE = ["trainer.warmup_steps=4", "trainer.lr_schedule=cosine", "trainer.min_lr_ratio=0.1"]
+TOKEN_MEAN = ["algo.aggregation=token_mean", "algo.loss_norm_tokens=0"]
+CONSTANT = ["algo.aggregation=constant", "algo.loss_norm_tokens=16"]
+VARIANTS = {"plain": NO_SCHEDULE + TOKEN_MEAN, "schedule": SCHEDULE + TOKEN_MEAN,
+            "constant": NO_SCHEDULE + CONSTANT, "both": SCHEDULE + CONSTANT}
+CURVES = ["eval/success", "rollout/response_tokens", "grad_norm", "lr"]
+
+
+def run_command(variant: str, seed: int, root: Path) -> list[str]:
+    return [sys.executable, "-m", "reopold_agents.run", *RUN, *VARIANTS[variant], f"trainer.seed={seed}",
+            f"trainer.output_dir={root / f'{variant}_s{seed}'}",
+            f"trainer.heldout_cache={root / 'heldout_success.json'}"]
+
+
+def train(variant: str, seed: int, root: Path) -> None:
+    """One run, skipped when complete; a stopped run resumes from its last checkpoint."""
+    run_dir = root / f"{variant}_s{seed}"
+    if (run_dir / "summary.json").exists():
+        return
+    resume = ["trainer.resume=true"] if any((run_dir / "checkpoints").glob("step_*")) else []
+    cmd = run_command(variant, seed, root) + resume
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def window_mean(records: list[dict], key: str, first: int, last: int) -> float | None:
+    values = [r[key] for r in records if key in r and first <= r["step"] <= last]
+    return sum(values) / len(values) if values else None
+
+
+def run_report(run_dir: Path, heldout_tasks: int) -> dict:
+    """One finished run's numbers (module docstring)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = read_metrics(run_dir)
+    evals, steps = summary["evals"], summary["steps"]
+    start, final, teacher = evals[0][1], evals[-1][1], summary["teacher_success"]
+    return {"evals": evals, "fell": evals_fell(evals, heldout_tasks), "final": final, "best": summary.get("best"),
+            "closed": (final - start) / (teacher - start) if teacher > start else None, "teacher": teacher,
+            "seconds": summary["seconds"],
+            **{f"{name}_{edge}": window_mean(records, key, lo, lo + 9)
+               for name, key in (("reply_tokens", "rollout/response_tokens"), ("grad_norm", "grad_norm"))
+               for edge, lo in (("first", 1), ("last", steps - 9))}}
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def report(root: Path, variants: list[str], seeds: list[int], heldout_tasks: int) -> dict:
+    """Per variant the runs on disk, their table and the variant's summary; printed and returned."""
+    out: dict = {"variants": {}, "load": load_average()}
+    print("| variant | seed | held-out at each evaluation | fell > 1 SE | gap closed at the end | reply tokens "
+          "(steps 1-10 / last 10) | grad norm (1-10 / last 10) | minutes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant in variants:
+        runs = {}
+        for seed in seeds:
+            run_dir = root / f"{variant}_s{seed}"
+            if not (run_dir / "summary.json").exists():
+                continue
+            r = runs[seed] = run_report(run_dir, heldout_tasks)
+            print(f"| {variant} | {seed} | {' / '.join(f'{v:.3f}' for _, v in r['evals'])} | "
+                  f"{'yes' if r['fell'] else 'no'} | {fmt(r['closed'])} | {fmt(r['reply_tokens_first'])} / "
+                  f"{fmt(r['reply_tokens_last'])} | {fmt(r['grad_norm_first'])} / {fmt(r['grad_norm_last'])} | "
+                  f"{r['seconds'] / 60:.1f} |")
+        out["variants"][variant] = runs
+    print(f"load {out['load']}")
+    last = []
+    for variant, runs in out["variants"].items():
+        if runs:
+            finals = [r["final"] for r in runs.values()]
+            last.append(f"{variant} fell {sum(r['fell'] for r in runs.values())}/{len(runs)}, final "
+                        f"{statistics.median(finals):.3f} ({min(finals):.3f}-{max(finals):.3f})")
+    print("median over seeds: " + ("; ".join(last) if last else "no run finished yet"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+", default=["plain", "both"], choices=sorted(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--root", type=Path, required=True, help="one folder per run: <root>/<variant>_s<seed>")
+    p.add_argument("--heldout-tasks", type=int, default=128, help="the preset's trainer.heldout_tasks (for the SE)")
+    p.add_argument("--report-only", action="store_true", help="tables from the runs on disk; train nothing")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--plot", type=Path, default=None, help="draw the runs' in-run curves side by side to this PNG")
+    args = p.parse_args(argv)
+    if not args.report_only:
+        for variant in args.variants:
+            for seed in args.seeds:
+                train(variant, seed, args.root)
+    if args.plot is not None:  # before the report, whose last line is the result
+        runs = {(v, s): read_metrics(args.root / f"{v}_s{s}") for v in args.variants for s in args.seeds}
+        panels = plot_run_curves({k: v for k, v in runs.items() if v}, CURVES, args.plot)
+        print(f"curves: {args.plot} ({', '.join(panels)})")
+    found = report(args.root, args.variants, args.seeds, args.heldout_tasks)
+    if args.json is not None:
+        args.json.write_text(json.dumps(found, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
