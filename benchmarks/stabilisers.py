@@ -17,7 +17,9 @@ trainer.heldout_cache=<root>/heldout_success.json <variant's keys>``. Then, per 
 and metrics.jsonl: the held-out evaluations (128 greedy tasks every 10 steps), whether one fell more than one
 standard error below the start, the final and best success, the gap closed at the end, and the mean reply
 length and grad norm over the first and the last 10 steps. The last line: per variant, the runs that fell
-and the median final success. About 11 minutes a run on 2 CPU cores with nothing else running.
+and the median final success. About 11 minutes a run on 2 CPU cores with nothing else running, and about
+4 GB of disk a run (full-weight checkpoints with their AdamW state: the rotation plus ``checkpoints/best``);
+the report reads only ``summary.json`` and ``metrics.jsonl``, so ``checkpoints/`` of a finished run can go.
 
     python benchmarks/stabilisers.py --variants plain both --seeds 0 1 2 --root /work/runs/smol \\
         --plot benchmarks/results/smol_qwen_stabilisers.png --json benchmarks/results/smol_qwen_stabilisers.json
