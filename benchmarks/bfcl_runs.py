@@ -46,7 +46,8 @@ from pathlib import Path
 import yaml
 
 from reopold_agents.benchmarking.load import load_average
-from reopold_agents.benchmarking.run_curves import binomial_se, evals_fell, plot_run_curves
+from reopold_agents.benchmarking.run_curves import (add_report_options, binomial_se, evals_fell, plot_runs_on_disk,
+                                                    train_run)
 from reopold_agents.evaluation.compare import gap_with_se
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,11 +140,8 @@ def step(cmd: list[str]) -> None:
 
 def train_merge_evaluate(run_dir: Path, algo: str, seed: int, categories: list[str], overrides: list[str]) -> None:
     """Steps 1-3 for one run, each skipped where its output is complete."""
-    if not (run_dir / "summary.json").exists():
-        resume = ["trainer.resume=true"] if any((run_dir / "checkpoints").glob("step_*")) else []
-        step([sys.executable, "-m", "reopold_agents.run", "env=bfcl", "model=qwen_coder", f"algo={algo}",
-              f"trainer.seed={seed}", f"trainer.output_dir={run_dir}",
-              f"trainer.heldout_cache={run_dir.parent / 'heldout_success.json'}", *resume, *overrides])
+    train_run(run_dir, ["env=bfcl", "model=qwen_coder", f"algo={algo}", f"trainer.seed={seed}",
+                        f"trainer.heldout_cache={run_dir.parent / 'heldout_success.json'}", *overrides], REPO)
     merged = run_dir / "merged"
     if not (merged / "config.json").exists():
         step([sys.executable, "-m", "reopold_agents.export_lora", str(run_dir / "checkpoints" / "best"), str(merged)])
@@ -214,13 +212,7 @@ def curve_keys(categories: list[str]) -> list[str]:
 def plot_runs(root: Path, algos: list[str], seeds: list[int], categories: list[str], path: Path) -> list[str]:
     """Every run's in-run curves on shared panels against the step (one colour per algo, one line style per
     seed), from each run's metrics.jsonl, saved to ``path``; returns the panels drawn."""
-    from reopold_agents.metrics import read_metrics
-
-    runs = {(a, s): read_metrics(root / f"{a}_s{s}") for a in algos for s in seeds}
-    runs = {k: v for k, v in runs.items() if v}
-    if not runs:
-        raise SystemExit(f"--plot: no metrics.jsonl under {root} for {algos} x seeds {seeds}")
-    return plot_run_curves(runs, curve_keys(categories), path)
+    return plot_runs_on_disk(root, algos, seeds, curve_keys(categories), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--categories", nargs="+", default=["parallel", "multiple"])
     p.add_argument("--heldout-tasks", type=int, default=50, help="the runs' trainer.heldout_tasks (for the in-run SE)")
     p.add_argument("--override", nargs="*", default=[], help="extra run overrides, e.g. trainer.total_steps=40")
-    p.add_argument("--report-only", action="store_true", help="tables from the runs on disk; train nothing")
-    p.add_argument("--json", type=Path, default=None, help="write the report here")
-    p.add_argument("--plot", type=Path, default=None, help="draw the runs' in-run curves side by side to this PNG")
+    add_report_options(p)
     args = p.parse_args(argv)
     if not args.report_only:
         for algo in args.algos:

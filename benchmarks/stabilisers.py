@@ -30,12 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 from reopold_agents.benchmarking.load import load_average
-from reopold_agents.benchmarking.run_curves import evals_fell, plot_run_curves
+from reopold_agents.benchmarking.run_curves import add_report_options, evals_fell, plot_runs_on_disk, train_run
 from reopold_agents.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,21 +48,9 @@ VARIANTS = {"plain": NO_SCHEDULE + TOKEN_MEAN, "schedule": SCHEDULE + TOKEN_MEAN
 CURVES = ["eval/success", "rollout/response_tokens", "grad_norm", "lr"]
 
 
-def run_command(variant: str, seed: int, root: Path) -> list[str]:
-    return [sys.executable, "-m", "reopold_agents.run", *RUN, *VARIANTS[variant], f"trainer.seed={seed}",
-            f"trainer.output_dir={root / f'{variant}_s{seed}'}",
-            f"trainer.heldout_cache={root / 'heldout_success.json'}"]
-
-
-def train(variant: str, seed: int, root: Path) -> None:
-    """One run, skipped when complete; a stopped run resumes from its last checkpoint."""
-    run_dir = root / f"{variant}_s{seed}"
-    if (run_dir / "summary.json").exists():
-        return
-    resume = ["trainer.resume=true"] if any((run_dir / "checkpoints").glob("step_*")) else []
-    cmd = run_command(variant, seed, root) + resume
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
+def run_overrides(variant: str, seed: int, root: Path) -> list[str]:
+    """The run's overrides but its output folder (``train_run`` adds ``<root>/<variant>_s<seed>``)."""
+    return [*RUN, *VARIANTS[variant], f"trainer.seed={seed}", f"trainer.heldout_cache={root / 'heldout_success.json'}"]
 
 
 def window_mean(records: list[dict], key: str, first: int, last: int) -> float | None:
@@ -125,17 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root", type=Path, required=True, help="one folder per run: <root>/<variant>_s<seed>")
     p.add_argument("--heldout-tasks", type=int, default=128, help="the preset's trainer.heldout_tasks (for the SE)")
-    p.add_argument("--report-only", action="store_true", help="tables from the runs on disk; train nothing")
-    p.add_argument("--json", type=Path, default=None, help="write the report here")
-    p.add_argument("--plot", type=Path, default=None, help="draw the runs' in-run curves side by side to this PNG")
+    add_report_options(p)
     args = p.parse_args(argv)
     if not args.report_only:
         for variant in args.variants:
             for seed in args.seeds:
-                train(variant, seed, args.root)
+                train_run(args.root / f"{variant}_s{seed}", run_overrides(variant, seed, args.root), REPO)
     if args.plot is not None:  # before the report, whose last line is the result
-        runs = {(v, s): read_metrics(args.root / f"{v}_s{s}") for v in args.variants for s in args.seeds}
-        panels = plot_run_curves({k: v for k, v in runs.items() if v}, CURVES, args.plot)
+        panels = plot_runs_on_disk(args.root, args.variants, args.seeds, CURVES, args.plot)
         print(f"curves: {args.plot} ({', '.join(panels)})")
     found = report(args.root, args.variants, args.seeds, args.heldout_tasks)
     if args.json is not None:

@@ -633,8 +633,26 @@ def test_stabilisers_variants_spell_every_key_and_compose():
     assert len(keys) == 5
     for name, overrides in st.VARIANTS.items():
         assert {o.split("=")[0] for o in overrides} == keys, name
-        cfg = compose([o for o in st.run_command(name, 3, Path("/tmp/x"))[3:] if "output_dir" not in o])
+        cfg = compose(st.run_overrides(name, 3, Path("/tmp/x")))
         assert cfg.trainer.total_steps == 40 and cfg.trainer.seed == 3 and cfg.trainer.keep_best
         assert (cfg.algo.aggregation == "constant") == (name in ("constant", "both"))
         assert (cfg.trainer.warmup_steps == 4) == (name in ("schedule", "both"))
         assert cfg.trainer.lr_schedule == ("cosine" if name in ("schedule", "both") else "constant")
+
+
+def test_train_run_skips_finished_runs_and_resumes_stopped_ones(tmp_path, monkeypatch):
+    """benchmarking/run_curves.train_run: the run CLI with the output folder; nothing once summary.json exists;
+    trainer.resume=true once a step checkpoint exists."""
+    from reopold_agents.benchmarking import run_curves
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(run_curves.subprocess, "run", lambda cmd, check, cwd: calls.append(cmd))
+    run = tmp_path / "plain_s0"
+    run_curves.train_run(run, ["env=math", "trainer.seed=0"], tmp_path)
+    assert calls[-1][1:] == ["-m", "reopold_agents.run", "env=math", "trainer.seed=0", f"trainer.output_dir={run}"]
+    (run / "checkpoints" / "step_10").mkdir(parents=True)
+    run_curves.train_run(run, ["env=math"], tmp_path)
+    assert calls[-1][-1] == "trainer.resume=true" and len(calls) == 2
+    (run / "summary.json").write_text("{}")
+    run_curves.train_run(run, ["env=math"], tmp_path)
+    assert len(calls) == 2

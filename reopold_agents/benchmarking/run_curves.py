@@ -1,15 +1,39 @@
-"""Runs side by side: did a run's held-out success ever fall below its start, and its in-run curves drawn.
+"""Runs side by side: each trained once (resumed if stopped), whether its held-out success ever fell below
+its start, and its in-run curves drawn.
 
 Shared by the benchmarks that compare whole training runs (``benchmarks/bfcl_runs.py``,
-``benchmarks/stabilisers.py``); each run is a ``trainer.output_dir`` with its ``metrics.jsonl`` and
-``summary.json``.
+``benchmarks/stabilisers.py``); each run is a ``trainer.output_dir`` ``<root>/<group>_s<seed>`` with its
+``metrics.jsonl`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from reopold_agents.metrics import read_metrics
+
+
+def train_run(run_dir: Path, overrides: Sequence[str], cwd: Path) -> None:
+    """``python -m reopold_agents.run <overrides> trainer.output_dir=<run_dir>``, skipped once the run wrote
+    its summary.json; a stopped run resumes from its last checkpoint (the run CLI's own resume)."""
+    if (run_dir / "summary.json").exists():
+        return
+    resume = ["trainer.resume=true"] if any((run_dir / "checkpoints").glob("step_*")) else []
+    cmd = [sys.executable, "-m", "reopold_agents.run", *overrides, f"trainer.output_dir={run_dir}", *resume]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=cwd)
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """The options every runs-side-by-side script shares: report from disk only, JSON and curves out."""
+    parser.add_argument("--report-only", action="store_true", help="tables from the runs on disk; train nothing")
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--plot", type=Path, default=None, help="draw the runs' in-run curves side by side to this PNG")
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -22,6 +46,16 @@ def evals_fell(evals: Sequence[Sequence[float]], heldout_tasks: int) -> bool:
     error (of the start, on ``heldout_tasks`` tasks) below the start: the issues' "never below start - 1 SE"."""
     start = evals[0][1]
     return any(v < start - binomial_se(start, heldout_tasks) for _, v in evals[1:])
+
+
+def plot_runs_on_disk(root: Path, groups: Sequence[str], seeds: Sequence[int], keys: Sequence[str],
+                      path: Path) -> list[str]:
+    """``plot_run_curves`` of the runs ``<root>/<group>_s<seed>`` that logged metrics."""
+    runs = {(g, s): read_metrics(root / f"{g}_s{s}") for g in groups for s in seeds}
+    runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        raise SystemExit(f"--plot: no metrics.jsonl under {root} for {list(groups)} x seeds {list(seeds)}")
+    return plot_run_curves(runs, keys, path)
 
 
 def plot_run_curves(runs: Mapping[tuple[str, int], Sequence[Mapping[str, float]]], keys: Sequence[str],
