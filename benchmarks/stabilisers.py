@@ -3,12 +3,14 @@
 ``model=smol_qwen`` (SmolLM2-135M-Instruct student, Qwen2.5-Coder-0.5B-Instruct teacher, env=math asking for
 the number only) rose for 10 steps and then fell back when trained 40 (docs/run.md "Real models"). Each
 variant below is the same 40-step run with some of the stabilisers of docs/objective.md switched on;
-every variant spells all four keys, so a change of the preset's defaults does not change what it measures:
+every variant spells all six keys, so a change of the preset's defaults does not change what it measures:
 
-    plain      none (token-mean loss, constant lr)
+    plain      none (token-mean loss, constant lr, the stop token trained like any token)
     schedule   lr warm-up over 4 steps, then cosine decay to 0.1 x lr
     constant   the constant loss normaliser (sum over tokens / (sequences x 16), 16 = the reply budget)
     both       schedule and constant
+    stop_clip  plain with ``algo.stop_token=clip``: stopping is never rewarded (plain's replies shrink 16 -> 4)
+    stop_mask  plain with ``algo.stop_token=mask``: the stop token is never in the loss
 
 For every ``--variants`` x ``--seeds`` pair, one heavy process at a time (skipped once its summary.json
 exists): ``python -m reopold_agents.run env=math model=smol_qwen trainer.total_steps=40 trainer.eval_every=10
@@ -43,8 +45,10 @@ NO_SCHEDULE = ["trainer.warmup_steps=0", "trainer.lr_schedule=constant", "traine
 SCHEDULE = ["trainer.warmup_steps=4", "trainer.lr_schedule=cosine", "trainer.min_lr_ratio=0.1"]
 TOKEN_MEAN = ["algo.aggregation=token_mean", "algo.loss_norm_tokens=0"]
 CONSTANT = ["algo.aggregation=constant", "algo.loss_norm_tokens=16"]
-VARIANTS = {"plain": NO_SCHEDULE + TOKEN_MEAN, "schedule": SCHEDULE + TOKEN_MEAN,
-            "constant": NO_SCHEDULE + CONSTANT, "both": SCHEDULE + CONSTANT}
+STOP_TRAIN, STOP_CLIP, STOP_MASK = (["algo.stop_token=train"], ["algo.stop_token=clip"], ["algo.stop_token=mask"])
+VARIANTS = {"plain": NO_SCHEDULE + TOKEN_MEAN + STOP_TRAIN, "schedule": SCHEDULE + TOKEN_MEAN + STOP_TRAIN,
+            "constant": NO_SCHEDULE + CONSTANT + STOP_TRAIN, "both": SCHEDULE + CONSTANT + STOP_TRAIN,
+            "stop_clip": NO_SCHEDULE + TOKEN_MEAN + STOP_CLIP, "stop_mask": NO_SCHEDULE + TOKEN_MEAN + STOP_MASK}
 CURVES = ["eval/success", "rollout/response_tokens", "grad_norm", "lr"]
 
 

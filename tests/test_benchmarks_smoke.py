@@ -624,13 +624,13 @@ def test_stabilisers_reports_falls_gap_and_windows_from_disk(tmp_path, capsys):
 
 
 def test_stabilisers_variants_spell_every_key_and_compose():
-    """Every variant sets all four stabiliser keys (a preset default cannot change what it measures) and its
+    """Every variant sets all six stabiliser keys (a preset default cannot change what it measures) and its
     command composes into a valid config with those values."""
     from reopold_agents.config import compose
 
     st = _load("stabilisers")
     keys = {o.split("=")[0] for o in st.VARIANTS["plain"]}
-    assert len(keys) == 5
+    assert len(keys) == 6
     for name, overrides in st.VARIANTS.items():
         assert {o.split("=")[0] for o in overrides} == keys, name
         cfg = compose(st.run_overrides(name, 3, Path("/tmp/x")))
@@ -638,6 +638,7 @@ def test_stabilisers_variants_spell_every_key_and_compose():
         assert (cfg.algo.aggregation == "constant") == (name in ("constant", "both"))
         assert (cfg.trainer.warmup_steps == 4) == (name in ("schedule", "both"))
         assert cfg.trainer.lr_schedule == ("cosine" if name in ("schedule", "both") else "constant")
+        assert cfg.algo.stop_token == {"stop_clip": "clip", "stop_mask": "mask"}.get(name, "train")
 
 
 def test_train_run_skips_finished_runs_and_resumes_stopped_ones(tmp_path, monkeypatch):
