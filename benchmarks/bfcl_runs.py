@@ -45,10 +45,11 @@ from pathlib import Path
 
 import yaml
 
-from reopold_agents.benchmarking.load import load_average
+from reopold_agents.benchmarking.load import load_average, load_during
 from reopold_agents.benchmarking.run_curves import (add_report_options, binomial_se, evals_fell, plot_runs_on_disk,
                                                     train_run)
 from reopold_agents.evaluation.compare import gap_with_se
+from reopold_agents.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "configs" / "eval" / "bfcl_heldout.yaml"
@@ -164,6 +165,7 @@ def report(root: Path, algos: list[str], seeds: list[int], categories: list[str]
            teacher: Outcomes, heldout_tasks: int) -> dict:
     """Per algo and category: after, gap closed and falls over the seeds on disk; printed and returned."""
     out: dict = {"algos": {}, "load": load_average()}
+    steps: list[dict] = []  # every run's metrics records, for the load they ran under
     for algo in algos:
         runs = []
         for seed in seeds:
@@ -172,10 +174,13 @@ def report(root: Path, algos: list[str], seeds: list[int], categories: list[str]
             if not after or not (run_dir / "summary.json").exists():
                 continue
             summary = json.loads((run_dir / "summary.json").read_text())
+            records = read_metrics(run_dir)
+            steps += records
             rows = [compare_category(c, student.get(c, {}), after.get(c, {}), teacher.get(c)) for c in categories
                     if after.get(c)]
             runs.append({"seed": seed, "seconds": summary.get("seconds"), "evals": summary["evals"],
-                         "inrun_fell": evals_fell(summary["evals"], heldout_tasks), "categories": [asdict(r) for r in rows]})
+                         "inrun_fell": evals_fell(summary["evals"], heldout_tasks), "load": load_during(records),
+                         "categories": [asdict(r) for r in rows]})
         out["algos"][algo] = runs
         print(f"\n{algo}: {len(runs)} run(s) (seeds {[r['seed'] for r in runs]})")
         print("| category | before | after, median (range) | teacher (matched n) | gap closed, median (range) | fell > 1 SE |")
@@ -198,7 +203,8 @@ def report(root: Path, algos: list[str], seeds: list[int], categories: list[str]
             closed = [row["closed"] for r in runs for row in r["categories"] if row["category"] == c and row["leads"]]
             if closed:
                 last.append(f"{algo} {c} {statistics.median(closed):.0%} of the gap ({len(closed)} seeds)")
-    print(f"load {out['load']}")
+    out["load_during_runs"] = load_during(steps)
+    print(f"load during the runs {out['load_during_runs']}; now {out['load']}")
     print("median gap closed where the teacher leads: " + ("; ".join(last) if last else "no run evaluated yet"))
     return out
 

@@ -34,7 +34,7 @@ import json
 import statistics
 from pathlib import Path
 
-from reopold_agents.benchmarking.load import load_average
+from reopold_agents.benchmarking.load import load_average, load_during
 from reopold_agents.benchmarking.run_curves import add_report_options, evals_fell, plot_runs_on_disk, train_run
 from reopold_agents.metrics import read_metrics
 
@@ -70,7 +70,7 @@ def run_report(run_dir: Path, heldout_tasks: int) -> dict:
     start, final, teacher = evals[0][1], evals[-1][1], summary["teacher_success"]
     return {"evals": evals, "fell": evals_fell(evals, heldout_tasks), "final": final, "best": summary.get("best"),
             "closed": (final - start) / (teacher - start) if teacher > start else None, "teacher": teacher,
-            "seconds": summary["seconds"],
+            "seconds": summary["seconds"], "load": load_during(records),
             **{f"{name}_{edge}": window_mean(records, key, lo, lo + 9)
                for name, key in (("reply_tokens", "rollout/response_tokens"), ("grad_norm", "grad_norm"))
                for edge, lo in (("first", 1), ("last", steps - 9))}}
@@ -98,7 +98,9 @@ def report(root: Path, variants: list[str], seeds: list[int], heldout_tasks: int
                   f"{fmt(r['reply_tokens_last'])} | {fmt(r['grad_norm_first'])} / {fmt(r['grad_norm_last'])} | "
                   f"{r['seconds'] / 60:.1f} |")
         out["variants"][variant] = runs
-    print(f"load {out['load']}")
+    out["load_during_runs"] = load_during(record for variant, runs in out["variants"].items() for seed in runs
+                                          for record in read_metrics(root / f"{variant}_s{seed}"))
+    print(f"load during the runs {out['load_during_runs']}; now {out['load']}")
     last = []
     for variant, runs in out["variants"].items():
         if runs:

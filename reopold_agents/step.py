@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from reopold_agents.benchmarking.load import load_1min
 from reopold_agents.metrics import summarize
 from reopold_agents.distributed.backend import Backend, RolloutHandle
 from reopold_agents.entry_metrics import entry_metrics, episode_means, log_ratios
@@ -102,6 +103,9 @@ def train_step(backend: Backend, handle: RolloutHandle, step: int, t_submit: flo
         "rollout/redone_chunks": float(stats.redone_chunks),
         "rollout/worker_restarts": float(stats.worker_restarts),
     })
+    load = load_1min()  # what the step times were measured under (a shared machine is slower)
+    if load is not None:
+        metrics["perf/load_1min"] = load
     return StepResult(step=step, trajectories=trajectories, batch=batch, metrics=metrics)
 
 

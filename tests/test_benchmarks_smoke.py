@@ -558,7 +558,8 @@ def test_bfcl_runs_report_reads_runs_on_disk(tmp_path, capsys):
     (run / "summary.json").write_text(json.dumps({"evals": [[0, 0.4], [10, 0.2], [20, 0.5]], "seconds": 600}))
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
         {"step": 0, "eval/success": 0.4, "eval/bfcl/parallel/success": 0.0},
-        *({"step": s, "grad_norm": 1.0 + s, "rollout/response_tokens": 60.0 - s} for s in range(1, 21)),
+        *({"step": s, "grad_norm": 1.0 + s, "rollout/response_tokens": 60.0 - s, "perf/load_1min": 1.0 + s / 10}
+          for s in range(1, 21)),
         {"step": 20, "eval/success": 0.5, "eval/bfcl/parallel/success": 0.4})) + "\n")
     br.main(["--report-only", "--root", str(tmp_path / "root"), "--algos", "opd", "--seeds", "0", "1",
              "--student", str(student), "--teacher", str(teacher), "--json", str(tmp_path / "r.json"),
@@ -567,8 +568,11 @@ def test_bfcl_runs_report_reads_runs_on_disk(tmp_path, capsys):
     # panels: the keys some run logged (the default categories' multiple was not)
     assert br.plot_runs(tmp_path / "root", ["opd"], [0, 1], ["parallel", "multiple"], tmp_path / "c2.png") == [
         "eval/success", "eval/bfcl/parallel/success", "rollout/response_tokens", "grad_norm"]
-    found = json.loads((tmp_path / "r.json").read_text())["algos"]["opd"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    found = report["algos"]["opd"]
     assert [r["seed"] for r in found] == [0] and found[0]["inrun_fell"]  # 0.2 < 0.4 - 0.069
+    # the load the steps ran under, from the runs' own metrics (1.1 ... 3.0 over steps 1-20)
+    assert found[0]["load"] == report["load_during_runs"] == "median 2.05 (1.10-3.00) over 20 steps"
     rows = {r["category"]: r for r in found[0]["categories"]}
     assert rows["parallel"]["leads"] and math.isclose(rows["parallel"]["closed"], 0.4 / 0.8)
     assert rows["multiple"]["fell"] and rows["multiple"]["closed"] is None  # 0.5 < 0.8 - 0.126; gap 0.2 < 2 SE
@@ -621,6 +625,16 @@ def test_stabilisers_reports_falls_gap_and_windows_from_disk(tmp_path, capsys):
     assert math.isclose(plain["reply_tokens_first"], 16.0 - 0.55)  # mean of 16 - s/10 over s = 1..10
     assert math.isclose(plain["reply_tokens_last"], 16.0 - 3.55)  # s = 31..40
     assert math.isclose(both["grad_norm_last"], 0.5 * 35.5)
+    assert plain["load"] == "not logged"  # runs older than perf/load_1min say so rather than guess
+
+
+def test_load_during_is_the_median_and_range_of_the_logged_load():
+    from reopold_agents.benchmarking.load import load_1min, load_during
+
+    assert load_during([{"step": 1}, {"step": 2}]) == "not logged"
+    assert load_during([{"perf/load_1min": v} for v in (3.0, 1.0, 2.5, 0.5)]) == \
+        "median 1.75 (0.50-3.00) over 4 steps"
+    assert load_1min() is not None and load_1min() >= 0.0
 
 
 def test_stabilisers_variants_spell_every_key_and_compose():

@@ -51,8 +51,9 @@ def test_two_step_run_writes_metrics_plot_checkpoints(env, tmp_path):
     assert [r["step"] for r in records] == [0, 1, 2]  # eval before, two steps; the eval after joins step 2
     step = records[1]
     for key in ("loss", "rollout/reward", "rollout/success", "teacher/log_ratio/mean", "frac_selected",
-                "frac_clipped", "entropy_mean", "perf/tokens_per_s", "perf/step_time_s"):
+                "frac_clipped", "entropy_mean", "perf/tokens_per_s", "perf/step_time_s", "perf/load_1min"):
         assert key in step, key
+    assert step["perf/load_1min"] >= 0.0  # the machine's load the step ran under (Linux has one)
     assert records[0]["eval/success"] == result.success_before and records[-1]["eval/success"] == result.success_after
     assert (out / "curves.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
