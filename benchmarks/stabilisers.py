@@ -62,10 +62,9 @@ def window_mean(records: list[dict], key: str, first: int, last: int) -> float |
     return sum(values) / len(values) if values else None
 
 
-def run_report(run_dir: Path, heldout_tasks: int) -> dict:
-    """One finished run's numbers (module docstring)."""
+def run_report(run_dir: Path, records: list[dict], heldout_tasks: int) -> dict:
+    """One finished run's numbers (module docstring), from its summary and its metrics ``records``."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    records = read_metrics(run_dir)
     evals, steps = summary["evals"], summary["steps"]
     start, final, teacher = evals[0][1], evals[-1][1], summary["teacher_success"]
     return {"evals": evals, "fell": evals_fell(evals, heldout_tasks), "final": final, "best": summary.get("best"),
@@ -83,6 +82,7 @@ def fmt(x: float | None) -> str:
 def report(root: Path, variants: list[str], seeds: list[int], heldout_tasks: int) -> dict:
     """Per variant the runs on disk, their table and the variant's summary; printed and returned."""
     out: dict = {"variants": {}, "load": load_average()}
+    steps: list[dict] = []  # every run's metrics records, for the load they ran under
     print("| variant | seed | held-out at each evaluation | fell > 1 SE | gap closed at the end | reply tokens "
           "(steps 1-10 / last 10) | grad norm (1-10 / last 10) | minutes |")
     print("|---|---|---|---|---|---|---|---|")
@@ -92,14 +92,15 @@ def report(root: Path, variants: list[str], seeds: list[int], heldout_tasks: int
             run_dir = root / f"{variant}_s{seed}"
             if not (run_dir / "summary.json").exists():
                 continue
-            r = runs[seed] = run_report(run_dir, heldout_tasks)
+            records = read_metrics(run_dir)
+            steps += records
+            r = runs[seed] = run_report(run_dir, records, heldout_tasks)
             print(f"| {variant} | {seed} | {' / '.join(f'{v:.3f}' for _, v in r['evals'])} | "
                   f"{'yes' if r['fell'] else 'no'} | {fmt(r['closed'])} | {fmt(r['reply_tokens_first'])} / "
                   f"{fmt(r['reply_tokens_last'])} | {fmt(r['grad_norm_first'])} / {fmt(r['grad_norm_last'])} | "
                   f"{r['seconds'] / 60:.1f} |")
         out["variants"][variant] = runs
-    out["load_during_runs"] = load_during(record for variant, runs in out["variants"].items() for seed in runs
-                                          for record in read_metrics(root / f"{variant}_s{seed}"))
+    out["load_during_runs"] = load_during(steps)
     print(f"load during the runs {out['load_during_runs']}; now {out['load']}")
     last = []
     for variant, runs in out["variants"].items():
