@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -29,6 +30,15 @@ def summarize(prefix: str, values: Iterable[float]) -> dict[str, float]:
         f"{prefix}/min": min(vals),
         f"{prefix}/max": max(vals),
     }
+
+
+def load_1min() -> float | None:
+    """The 1-minute load average (runnable + waiting processes), logged every step as ``perf/load_1min``: the
+    load a step's times were measured under. None where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # AttributeError: no getloadavg on this platform (Windows)
+        return None
 
 
 def _scalar(value: Any) -> float | None:

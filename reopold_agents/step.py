@@ -25,8 +25,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from reopold_agents.benchmarking.load import load_1min
-from reopold_agents.metrics import summarize
+from reopold_agents.metrics import load_1min, summarize
 from reopold_agents.distributed.backend import Backend, RolloutHandle
 from reopold_agents.entry_metrics import entry_metrics, episode_means, log_ratios
 from reopold_agents.objectives.outcome import mixed_groups

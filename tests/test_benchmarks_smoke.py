@@ -629,7 +629,8 @@ def test_stabilisers_reports_falls_gap_and_windows_from_disk(tmp_path, capsys):
 
 
 def test_load_during_is_the_median_and_range_of_the_logged_load():
-    from reopold_agents.benchmarking.load import load_1min, load_during
+    from reopold_agents.benchmarking.load import load_during
+    from reopold_agents.metrics import load_1min
 
     assert load_during([{"step": 1}, {"step": 2}]) == "not logged"
     assert load_during([{"perf/load_1min": v} for v in (3.0, 1.0, 2.5, 0.5)]) == \

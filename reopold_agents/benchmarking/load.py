@@ -1,22 +1,15 @@
 """The machine's load beside each measured ratio (benchmarks run on shared machines: docs/BENCHMARKS.md).
 
-A run logs ``perf/load_1min`` every step (reopold_agents/step.py), so a benchmark that compares whole runs
-reports the load *during* them (``load_during``), not only the load when its report is printed.
+A run logs ``perf/load_1min`` every step (reopold_agents/step.py, read by ``metrics.load_1min``), so a
+benchmark that compares whole runs reports the load *during* them (``load_during``), not only the load when its report is printed.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Iterable, Mapping
 
-
-def load_1min() -> float | None:
-    """The 1-minute load average (runnable + waiting processes), or None where the platform has none."""
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):  # AttributeError: no getloadavg on this platform (Windows)
-        return None
+from reopold_agents.metrics import load_1min
 
 
 def load_average() -> str:
