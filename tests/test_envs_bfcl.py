@@ -174,6 +174,26 @@ def test_eval_rollout_keeps_generating_after_a_call():
         toolqa.close()
 
 
+def test_eval_record_counts_the_calls_of_a_bfcl_reply():
+    """A BFCL reply's calls are scored, not executed, so the record's ``tool_calls`` is the env's count of
+    decoded calls; toolqa's executed turns count one each (a failed call too); a plain answer counts none."""
+    from reopold_agents.evaluation.runner import _tool_calls
+    from reopold_agents.trajectory import Trajectory
+
+    env = _env("parallel")
+    env.reset(seed=0)
+    text = '```json\n{"name": "f", "arguments": {"a": 1}}\n{"name": "g", "arguments": {}}\n```'
+    bfcl_info = env.respond(text).info
+    assert bfcl_info["num_calls"] == 2
+
+    def traj(*infos: dict) -> Trajectory:
+        return Trajectory(token_ids=[], loss_mask=[], turns=[{"text": "", "info": i} for i in infos])
+
+    assert _tool_calls(traj(bfcl_info)) == 2
+    assert _tool_calls(traj({"tool_name": "search", "tool_error": None}, {"tool_name": "calc", "tool_error": "bad"}, {})) == 2
+    assert _tool_calls(traj({})) == 0
+
+
 @pytest.mark.slow
 def test_evaluate_cli_on_bfcl_core(tmp_path, capsys):
     """The documented command end to end (tiny model, first entry of each category): per-category table,
@@ -195,3 +215,4 @@ def test_evaluate_cli_on_bfcl_core(tmp_path, capsys):
         parsed = parse_calls(rec["response"])
         calls = [] if parsed.error else parsed.calls
         assert match_calls(rec["benchmark"], task.meta["functions"], calls, task.meta["ground_truth"]).valid == rec["correct"]
+        assert rec["tool_calls"] == len(calls)  # the calls decoded from the reply, not executed turns (none are)

@@ -69,8 +69,11 @@ def _as_engine(engine_or_model: Any, tokenizer: Any, processor: Any, engine_cfg:
 
 
 def _tool_calls(traj: Trajectory) -> int:
-    """Turns the env answered as a tool call (toolqa reports ``tool_name``, also for failed calls)."""
-    return sum(1 for turn in traj.turns if "tool_name" in (turn.get("info") or {}))
+    """Tool calls the model made: an env that executes one call per turn reports ``tool_name`` (toolqa, failed
+    calls too); one that only scores the calls of a reply reports how many it decoded (``num_calls``: bfcl,
+    where a parallel answer is several calls in one message)."""
+    infos = [turn.get("info") or {} for turn in traj.turns]
+    return sum(int(info["num_calls"]) if "num_calls" in info else int("tool_name" in info) for info in infos)
 
 
 def _response(traj: Trajectory, tokenizer: Any) -> str:
