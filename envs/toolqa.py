@@ -133,7 +133,8 @@ class ToolQAEnv(TextEnv):
         if result.is_error:
             return self._error(call.name, body, images)
         body = bounded_text(body, self.max_tool_chars)
-        return Outcome(messages=[tool_message(call.name, body, images)], info={"tool_name": call.name, "tool_error": None})
+        return Outcome(messages=[tool_message(call.name, body, images)],
+                       info={"tool_name": call.name, "tool_error": None, "num_calls": 1})
 
     def message_limit(self, message: Message) -> int:
         return self.max_tool_chars if message.get("role") == "tool" else super().message_limit(message)
@@ -141,4 +142,5 @@ class ToolQAEnv(TextEnv):
     def _error(self, name: str | None, why: str, images: Sequence[Any] = ()) -> Outcome:
         text = bounded_text(why if why.startswith("Error:") else f"Error: {why}", self.max_tool_chars)
         name = bounded_text(name, 200) if name is not None else None
-        return Outcome(messages=[tool_message(name, text, images)], why=text, info={"tool_name": name, "tool_error": text})
+        return Outcome(messages=[tool_message(name, text, images)], why=text,
+                       info={"tool_name": name, "tool_error": text, "num_calls": 1})

@@ -176,7 +176,7 @@ def test_eval_rollout_keeps_generating_after_a_call():
 
 def test_eval_record_counts_the_calls_of_a_bfcl_reply():
     """A BFCL reply's calls are scored, not executed, so the record's ``tool_calls`` is the env's count of
-    decoded calls; toolqa's executed turns count one each (a failed call too); a plain answer counts none."""
+    decoded calls; toolqa's answered calls count one each (a failed call too); a plain answer counts none."""
     from reopold_agents.evaluation.runner import _tool_calls
     from reopold_agents.trajectory import Trajectory
 
@@ -186,11 +186,17 @@ def test_eval_record_counts_the_calls_of_a_bfcl_reply():
     bfcl_info = env.respond(text).info
     assert bfcl_info["num_calls"] == 2
 
+    toolqa = ra.make_env("toolqa", seed=0)
+    toolqa.reset(seed=0)
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}</tool_call>'
+    toolqa_infos = [toolqa.step(call)[4], toolqa.step('<tool_call>{"name": "nope"}</tool_call>')[4]]
+    assert toolqa_infos[0]["tool_error"] is None and toolqa_infos[1]["tool_error"]
+
     def traj(*infos: dict) -> Trajectory:
         return Trajectory(token_ids=[], loss_mask=[], turns=[{"text": "", "info": i} for i in infos])
 
     assert _tool_calls(traj(bfcl_info)) == 2
-    assert _tool_calls(traj({"tool_name": "search", "tool_error": None}, {"tool_name": "calc", "tool_error": "bad"}, {})) == 2
+    assert _tool_calls(traj(*toolqa_infos, {"task_id": "t", "turn": 3})) == 2
     assert _tool_calls(traj({})) == 0
 
 

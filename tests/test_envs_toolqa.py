@@ -38,7 +38,7 @@ def test_search_result_reaches_the_agent(env):
     obs, r, term, trunc, info = env.step(task.demonstration[0])
     assert (r, term, trunc) == (0.0, False, False)
     assert obs["messages"][-1]["role"] == "tool" and task.answer in obs["messages"][-1]["content"]
-    assert info["tool_name"] == "search" and info["tool_error"] is None
+    assert info["tool_name"] == "search" and info["tool_error"] is None and info["num_calls"] == 1
 
 
 def test_wrong_answer_terminates_with_zero(env):
@@ -115,6 +115,7 @@ def test_malformed_call_gives_error_observation(env, text):
     assert len(msgs) == before + 2 and msgs[-2] == {"role": "assistant", "content": text}
     assert msgs[-1]["role"] == "tool" and msgs[-1]["content"].startswith("Error: ")
     assert info["tool_error"] == msgs[-1]["content"] and len(info["tool_error"]) > len("Error: ")
+    assert info["num_calls"] == 1  # a failed call is still a call the model made (eval's tool_calls)
     # the episode goes on: a correct answer afterwards still scores
     obs, r, term, trunc, info = env.step(f"\\boxed{{{env.task.answer}}}")
     assert r == 1.0 and term

@@ -1,7 +1,8 @@
 """The machine's load beside each measured ratio (benchmarks run on shared machines: docs/BENCHMARKS.md).
 
 A run logs ``perf/load_1min`` every step (reopold_agents/step.py, read by ``metrics.load_1min``), so a
-benchmark that compares whole runs reports the load *during* them (``load_during``), not only the load when its report is printed.
+benchmark that compares whole runs reports the load *during* them (``load_during``), not only the load when
+its report is printed.
 """
 
 from __future__ import annotations

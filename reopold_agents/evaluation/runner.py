@@ -69,11 +69,9 @@ def _as_engine(engine_or_model: Any, tokenizer: Any, processor: Any, engine_cfg:
 
 
 def _tool_calls(traj: Trajectory) -> int:
-    """Tool calls the model made: an env that executes one call per turn reports ``tool_name`` (toolqa, failed
-    calls too); one that only scores the calls of a reply reports how many it decoded (``num_calls``: bfcl,
-    where a parallel answer is several calls in one message)."""
-    infos = [turn.get("info") or {} for turn in traj.turns]
-    return sum(int(info["num_calls"]) if "num_calls" in info else int("tool_name" in info) for info in infos)
+    """Tool calls the model made: the sum of the ``num_calls`` each turn's env info reports (toolqa: 1 per call
+    it answered, failed calls too; bfcl: the calls decoded from the reply, which it scores without running)."""
+    return sum(int((turn.get("info") or {}).get("num_calls", 0)) for turn in traj.turns)
 
 
 def _response(traj: Trajectory, tokenizer: Any) -> str:
